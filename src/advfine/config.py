@@ -1,0 +1,69 @@
+"""Config checks beyond the JSON schema, and the slice of the config each stage reads.
+
+Each stage gets only the sections it uses (``stage_config``); the workflow passes that slice as
+Snakemake params, so changing a setting reruns exactly the stages that read it, and adding a seed
+or a compression level to ``sweep`` reruns nothing that exists."""
+from __future__ import annotations
+
+from pathlib import Path
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+STAGE_SECTIONS = {
+    "train_base": ("data", "model", "attack.train", "train"),
+    "compress": ("data", "compress"),
+    "finetune": ("data", "attack.train", "finetune"),
+    "evaluate": ("data", "model", "attack.eval", "evaluate"),
+}
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key."""
+
+
+def validate_config(config: dict) -> None:
+    """JSON-schema validation (as Snakemake does) plus the cross-field checks below."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ConfigError(f"config key {key}: {err.message}")
+    check_config(config)
+
+
+def check_config(config: dict) -> None:
+    """Checks the schema cannot express."""
+    sweep, report = config["sweep"], config["report"]
+    if report["prune_sparsity"] not in sweep["prune_sparsities"] and sweep["prune_sparsities"]:
+        raise ConfigError(f"config key report.prune_sparsity: {report['prune_sparsity']} is not in "
+                          f"sweep.prune_sparsities {sweep['prune_sparsities']}")
+    if report["ptq_bits"] not in sweep["ptq_bits"] and sweep["ptq_bits"]:
+        raise ConfigError(f"config key report.ptq_bits: {report['ptq_bits']} is not in "
+                          f"sweep.ptq_bits {sweep['ptq_bits']}")
+    if sweep["dense_finetune"] and "st" not in sweep["base_models"]:
+        raise ConfigError("config key sweep.dense_finetune: fine-tunes the standard model, "
+                          "so sweep.base_models must contain 'st'")
+    if len({f"{s:g}" for s in sweep["prune_sparsities"]}) != len(sweep["prune_sparsities"]):
+        raise ConfigError("config key sweep.prune_sparsities: two values give the same folder name")
+    for which in ("train", "eval"):
+        pgd = config["attack"][which]
+        if pgd["steps"] > 0 and pgd["step_size"] * pgd["steps"] < pgd["eps"]:
+            raise ConfigError(f"config key attack.{which}: step_size x steps = "
+                              f"{pgd['step_size'] * pgd['steps']:g} cannot reach eps {pgd['eps']}")
+
+
+def stage_config(config: dict, stage: str) -> dict:
+    """The config sections ``stage`` reads, with the same nesting as the full config."""
+    out: dict = {}
+    for dotted in STAGE_SECTIONS[stage]:
+        head, _, tail = dotted.partition(".")
+        if tail:
+            out.setdefault(head, {})[tail] = config[head][tail]
+        else:
+            out[head] = config[head]
+    return out

@@ -1,0 +1,7 @@
+from advfine.job import snakemake_job
+from advfine.stages import run_finetune
+
+with snakemake_job(snakemake) as cfg:
+    run_finetune(cfg, snakemake.wildcards.compression, snakemake.wildcards.finetune,
+                 int(snakemake.wildcards.seed), snakemake.input.model, snakemake.input.metrics,
+                 snakemake.output.model, snakemake.output.metrics, snakemake.threads)

@@ -1,0 +1,5 @@
+from advfine.job import snakemake_job
+from advfine.stages import run_plot
+
+with snakemake_job(snakemake):
+    run_plot(snakemake.input.csv, snakemake.output.figure1, snakemake.output.figure3)
