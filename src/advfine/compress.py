@@ -1,5 +1,5 @@
 """Compression with NNI 3.0: L1-norm filter pruning (physically removed by ModelSpeedup), post-training
-fake quantization (PtqQuantizer), checkpointing of quantized models, and cost counting.
+fake quantization (PtqQuantizer), and checkpointing of quantized models.
 
 Notes on NNI's fake-quant models (read from NNI 3.0's source and checked in tests/test_compress.py):
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 
 import nni
 import torch
@@ -34,11 +33,12 @@ from nni.compression.speedup import ModelSpeedup
 from nni.compression.utils import TorchEvaluator
 from torch import nn
 
+from .cost import NNI_WRAPPER as _WRAPPER
+from .cost import model_cost, weight_storage_bytes  # noqa: F401  (re-exported)
 from .models import arch_of, build_model
 from .nni_compat import apply_nni_torch_fixes
 
 SUPPORTED_BITS = (16, 8, 4, 2)
-_WRAPPER = "_nni_wrapper"
 
 
 # ----------------------------------------------------------------------------------------- pruning
@@ -198,55 +198,3 @@ def restore_quantized(arch: dict, state_dict: dict, quant: dict) -> nn.Module:
             space = wrappers[layer].quantization_target_spaces[target]
             space.tracked_min, space.tracked_max = entry["tracked_min"], entry["tracked_max"]
     return _finish_quantized(model)
-
-
-# ------------------------------------------------------------------------------------------- costs
-
-def model_cost(model: nn.Module, input_shape: tuple) -> dict:
-    """Parameters and multiply-accumulates of one input, counted with forward hooks on Conv2d/Linear
-    (NNI's ``count_flops_params`` fails on NNI-quantized models: it looks for pruning masks in every
-    wrapper). ``input_shape`` is one input's shape (C, H, W); a leading batch dimension is allowed."""
-    shape = tuple(input_shape)
-    if len(shape) == 3:
-        shape = (1, *shape)
-    macs = 0
-
-    def count(module, inputs, output):
-        nonlocal macs
-        per_sample = output[0].numel()  # output elements of one sample
-        if isinstance(module, nn.Conv2d):
-            k_h, k_w = module.kernel_size
-            macs += per_sample * (module.in_channels // module.groups) * k_h * k_w
-        else:
-            macs += per_sample * module.in_features
-
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    training = model.training
-    param = next(model.parameters())
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(shape, dtype=param.dtype, device=param.device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(training)
-    return {"params": sum(p.numel() for p in model.parameters()), "macs": int(macs)}
-
-
-def weight_storage_bytes(model: nn.Module, bits: int | None) -> int:
-    """Bytes to store the parameters: Conv2d/Linear weights at ``bits``, everything else (biases ...) at
-    32 bits; ``bits=None`` means fp32 throughout. Each tensor is packed to whole bytes; the few
-    quantization scales/zero points are not counted. Buffers (e.g. normalization constants) are not
-    parameters and are not counted."""
-    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or bits < 1):
-        raise ValueError(f"bits must be a positive int or None, got {bits!r}")
-    total = 0
-    for name, param in model.named_parameters():
-        name = name.replace(f"{_WRAPPER}.", "")  # quantized model: count its float weight once
-        layer_name, _, leaf = name.rpartition(".")
-        layer = model.get_submodule(layer_name)
-        is_weight = leaf == "weight" and isinstance(layer, (nn.Conv2d, nn.Linear))
-        width = bits if (is_weight and bits is not None) else 32
-        total += math.ceil(param.numel() * width / 8)
-    return total

@@ -10,10 +10,11 @@ from pathlib import Path
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 STAGE_SECTIONS = {
-    "train_base": ("data", "model", "attack.train", "train"),
-    "compress": ("data", "compress"),
-    "finetune": ("data", "attack.train", "finetune"),
-    "evaluate": ("data", "model", "attack.eval", "evaluate"),
+    "prepare_data": ("data",),
+    "train_base": ("model", "attack.train", "train"),
+    "compress": ("compress",),
+    "finetune": ("attack.train", "finetune"),
+    "evaluate": ("model", "attack.eval", "evaluate"),
 }
 
 

@@ -12,7 +12,7 @@ import torch
 
 from . import artifacts
 from .attacks import PGDAttack
-from .data import load_dataset
+from .data import load_dataset, load_prepared, save_prepared
 from .evaluate import evaluate_model
 from .models import build_model, count_parameters, default_arch
 from .runtime import resolve_device, seed_everything, set_threads
@@ -68,12 +68,24 @@ def _metrics(config: dict, seed: int, device, stage: str, wall: float, parent: d
             "provenance": artifacts.provenance(config, seed, device)}
 
 
-def run_train_base(config: dict, train: str, seed: int, out_model: str, out_metrics: str, threads: int = 1) -> dict:
+def run_prepare_data(config: dict, out_data: str) -> dict:
+    """Load and preprocess the dataset once (split, scaling, subsets) into one tensor file."""
+    start = time.perf_counter()
+    data = load_dataset(config["data"])
+    save_prepared(data, out_data)
+    info = {"name": data.name, "n_train": len(data.train_y), "n_test": len(data.test_y),
+            "shape": list(data.train_x.shape[1:]), "wall_time_s": time.perf_counter() - start}
+    log.info("prepared %s", info)
+    return info
+
+
+def run_train_base(config: dict, data_path: str, train: str, seed: int, out_model: str, out_metrics: str,
+                   threads: int = 1) -> dict:
     """Train the base model: ``st`` (standard) or ``rb`` (PGD adversarial training)."""
     if train not in BASE_MODELS:
         raise ValueError(f"unknown base model {train!r}; known: {sorted(BASE_MODELS)}")
     device = _setup(config, seed, threads)
-    data = load_dataset(config["data"])
+    data = load_prepared(data_path)
     arch = default_arch(config["model"]["arch"], data.in_channels, data.num_classes, data.input_size,
                         data.mean, data.std)
     model = build_model(arch)
@@ -98,11 +110,12 @@ def _calibration_batches(x: torch.Tensor, n_batches: int, batch_size: int, seed:
     return [x[i] for i in idx.split(batch_size)]
 
 
-def run_compress(config: dict, compression: str, seed: int, parent_model: str, parent_metrics: str,
+def run_compress(config: dict, data_path: str, compression: str, seed: int, parent_model: str, parent_metrics: str,
                  out_model: str, out_metrics: str, threads: int = 1) -> dict:
     """Compress a trained model: L1 filter pruning (filters removed) or NNI post-training
     quantization. The parent checkpoint is only read; the result is a new node."""
-    from .compress import float_state_dict, model_cost, prune_filters_l1, quant_state, quantize_ptq
+    from .compress import float_state_dict, prune_filters_l1, quant_state, quantize_ptq
+    from .cost import model_cost
 
     method, level = parse_compression(compression)
     if method == "dense":
@@ -110,7 +123,7 @@ def run_compress(config: dict, compression: str, seed: int, parent_model: str, p
     device = _setup(config, seed, threads)
     parent = artifacts.read_json(parent_metrics)
     model, ckpt = artifacts.load_model(parent_model)
-    data = load_dataset(config["data"])
+    data = load_prepared(data_path)
     start = time.perf_counter()
     example = data.train_x[:2]
     if method == "prune":
@@ -138,21 +151,19 @@ def finetune_settings(config: dict, method: str) -> dict:
     PTQ lr 0.01 with momentum 0.9), with the shared epochs and batch size."""
     ft = config["finetune"]
     return {"epochs": ft["epochs"], "batch_size": ft["batch_size"], "lr_drop_epoch": None,
-            **ft[method]}
+            "eps_warmup_epochs": ft.get("eps_warmup_epochs", 0), **ft[method]}
 
 
-def run_finetune(config: dict, compression: str, mode: str, seed: int, parent_model: str,
+def run_finetune(config: dict, data_path: str, compression: str, mode: str, seed: int, parent_model: str,
                  parent_metrics: str, out_model: str, out_metrics: str, threads: int = 1) -> dict:
     """Fine-tune a (compressed) model, starting from its weights: ``st`` standard, ``ad`` adversarial."""
-    from .compress import float_state_dict, quant_state
-
     if mode not in ("st", "ad"):
         raise ValueError(f"unknown fine-tuning mode {mode!r}; expected st or ad ('none' needs no job)")
     method, _ = parse_compression(compression)
     device = _setup(config, seed, threads)
     parent = artifacts.read_json(parent_metrics)
     model, ckpt = artifacts.load_model(parent_model)
-    data = load_dataset(config["data"])
+    data = load_prepared(data_path)
     settings = finetune_settings(config, method)
     attack = _attack(config, "train") if mode == "ad" else None
     start = time.perf_counter()
@@ -161,6 +172,8 @@ def run_finetune(config: dict, compression: str, mode: str, seed: int, parent_mo
     wall = time.perf_counter() - start
     model.cpu()
     if ckpt["quant"] is not None:
+        from .compress import float_state_dict, quant_state
+
         state, quant = float_state_dict(model), quant_state(model)
     else:
         state, quant = model.state_dict(), None
@@ -172,21 +185,23 @@ def run_finetune(config: dict, compression: str, mode: str, seed: int, parent_mo
     return metrics
 
 
-def run_evaluate(config: dict, experiment: str, train: str, compression: str, finetune: str, seed: int,
-                 model_path: str, model_metrics: str, out_eval: str, threads: int = 1) -> dict:
+def run_evaluate(config: dict, data_path: str, experiment: str, train: str, compression: str, finetune: str,
+                 seed: int, model_path: str, model_metrics: str, out_eval: str, threads: int = 1) -> dict:
     """Clean and PGD robust accuracy on the test set, plus the model's cost and full provenance.
     Fake-quantized models are also attacked through their float twin (transfer attack)."""
-    from .compress import float_state_dict, model_cost, weight_storage_bytes
+    from .cost import model_cost, weight_storage_bytes
 
     device = _setup(config, seed, threads)
     upstream = artifacts.read_json(model_metrics)
     model, ckpt = artifacts.load_model(model_path)
-    data = load_dataset(config["data"])
+    data = load_prepared(data_path)
     method, level = parse_compression(compression)
     attack = _attack(config, "eval")
     ev = config["evaluate"]
     transfer_source = None
     if ckpt["quant"] is not None and ev.get("transfer_attack_for_quantized", True):
+        from .compress import float_state_dict
+
         transfer_source = build_model(ckpt["arch"])
         transfer_source.load_state_dict(float_state_dict(model))
         transfer_source.eval()
@@ -198,7 +213,7 @@ def run_evaluate(config: dict, experiment: str, train: str, compression: str, fi
     cost = model_cost(model, tuple(data.train_x.shape[1:]))
     bits = int(level) if method == "ptq" else None
     record = {
-        "experiment": experiment, "dataset": config["data"]["name"], "arch": config["model"]["arch"],
+        "experiment": experiment, "dataset": data.name, "arch": config["model"]["arch"],
         "seed": seed, "train": train, "compression": compression, "method": method, "level": level,
         "finetune": finetune, **result, "attack": attack.describe(),
         "params": cost["params"], "macs": cost["macs"],

@@ -4,12 +4,8 @@ import sys
 
 from snakemake.utils import validate
 
-# Jobs import the advfine package from src/ (also under --software-deployment-method conda).
-ADVFINE_SRC = os.path.join(workflow.basedir, "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (ADVFINE_SRC, os.environ.get("PYTHONPATH")) if p
-)
-sys.path.insert(0, ADVFINE_SRC)
+# The workflow imports its own advfine package from src/ (the job scripts do the same).
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from advfine.config import check_config, stage_config, ConfigError
 
@@ -23,6 +19,7 @@ EXPERIMENT = config["experiment"]
 DATASET = config["data"]["name"]
 ARCH = config["model"]["arch"]
 SWEEP = config["sweep"]
+DATA = "results/{experiment}/data/{dataset}.pt"
 NODE = "results/{experiment}/{dataset}-{arch}/seed{seed}/base-{train}"
 LOGS = "logs/{experiment}/{dataset}-{arch}/seed{seed}/base-{train}"
 

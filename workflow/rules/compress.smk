@@ -1,6 +1,7 @@
 rule compress:
     """L1-norm filter pruning (filters removed) or post-training quantization of a base model."""
     input:
+        data=DATA,
         model=f"{NODE}/model.pt",
         metrics=f"{NODE}/metrics.json",
     output:

@@ -2,6 +2,7 @@ rule evaluate:
     """Clean and PGD robust accuracy, cost and provenance of one model."""
     input:
         unpack(evaluated_model),
+        data=DATA,
     output:
         eval=f"{NODE}/{{compression}}/ft-{{finetune}}/eval.json",
     params:

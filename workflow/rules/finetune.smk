@@ -2,6 +2,7 @@ rule finetune:
     """Standard (st) or adversarial (ad) fine-tuning, starting from the parent's weights."""
     input:
         unpack(parent_model),
+        data=DATA,
     output:
         model=f"{NODE}/{{compression}}/ft-{{finetune}}/model.pt",
         metrics=f"{NODE}/{{compression}}/ft-{{finetune}}/metrics.json",

@@ -1,5 +1,21 @@
+rule prepare_data:
+    """Load, split and preprocess the dataset once; every other job reads this tensor file."""
+    output:
+        data=DATA,
+    params:
+        cfg=stage_config(config, "prepare_data"),
+    log:
+        "logs/{experiment}/prepare_data_{dataset}.log",
+    conda:
+        "../../envs/advfine.yaml"
+    script:
+        "../scripts/prepare_data.py"
+
+
 rule train_base:
     """Train the base model: standard (st) or PGD adversarial (rb)."""
+    input:
+        data=DATA,
     output:
         model=f"{NODE}/model.pt",
         metrics=f"{NODE}/metrics.json",

@@ -1,3 +1,7 @@
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # this workflow's advfine package
+
 from advfine.job import snakemake_job
 from advfine.stages import run_plot
 

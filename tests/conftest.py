@@ -1,0 +1,49 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FMNIST = REPO.parent / "shared" / "data" / "FashionMNIST" / "raw"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    # Tiny models gain nothing from threads; with a busy second core, 2 threads were ~100x slower.
+    torch.set_num_threads(1)
+
+
+def tiny_config(**over) -> dict:
+    """A complete config for a few-second run: small digits subset, 1 epoch, short attacks."""
+    cfg = {
+        "experiment": "tiny",
+        "device": "cpu",
+        "threads": 1,
+        "data": {"name": "digits", "image_size": 28, "test_fraction": 0.25, "split_seed": 0,
+                 "data_root": "data", "download": False, "train_subset": 512, "test_subset": 128},
+        "model": {"arch": "cnn8"},
+        "sweep": {"seeds": [0], "base_models": ["st", "rb"], "prune_sparsities": [0.5], "ptq_bits": [8],
+                  "finetune": ["none", "st", "ad"], "dense_finetune": ["ad"]},
+        "attack": {"train": {"eps": 0.1, "step_size": 0.05, "steps": 2, "random_start": True},
+                   "eval": {"eps": 0.1, "step_size": 0.04, "steps": 3, "random_start": True}},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.1, "momentum": 0.0, "lr_drop_epoch": 1,
+                  "lr_after_drop": 0.01},
+        "compress": {"calibration_batches": 2, "calibration_batch_size": 32},
+        "finetune": {"epochs": 1, "batch_size": 32, "prune": {"lr": 0.1, "momentum": 0.0},
+                     "ptq": {"lr": 0.01, "momentum": 0.9}, "dense": {"lr": 0.01, "momentum": 0.0}},
+        "evaluate": {"batch_size": 128, "transfer_attack_for_quantized": True},
+        "report": {"prune_sparsity": 0.5, "ptq_bits": 8},
+    }
+    for dotted, value in over.items():
+        *heads, last = dotted.split(".")
+        node = cfg
+        for h in heads:
+            node = node[h]
+        node[last] = value
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg():
+    return tiny_config()

@@ -1,0 +1,153 @@
+"""Data, models, attacks and the training loop, on tiny real digits."""
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from advfine.attacks import PGDAttack, pgd_linf
+from advfine.data import DataError, load_dataset, load_fashion_mnist_tensors
+from advfine.evaluate import clean_accuracy, evaluate_model
+from advfine.models import build_model, count_parameters, default_arch
+from advfine.train import learning_rate, train_model
+
+from conftest import SHARED_FMNIST, tiny_config
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(tiny_config()["data"])
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """A CNN8 standard-trained for 2 epochs on 512 digits (a few seconds)."""
+    torch.manual_seed(0)
+    model = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
+    cfg = tiny_config()["train"]
+    history = train_model(model, digits.train_x, digits.train_y, cfg, None, seed=0, device=CPU)
+    return model, history
+
+
+def test_digits_are_28x28_in_unit_range_with_a_fixed_split(digits):
+    assert digits.train_x.shape[1:] == (1, 28, 28) and digits.test_x.shape[1:] == (1, 28, 28)
+    assert digits.train_x.min() >= 0 and digits.train_x.max() <= 1
+    assert len(digits.train_y) == 512 and len(digits.test_y) == 128
+    again = load_dataset(tiny_config()["data"])
+    assert torch.equal(again.train_x, digits.train_x) and torch.equal(again.test_y, digits.test_y)
+    full = load_dataset(tiny_config(**{"data.train_subset": None, "data.test_subset": None})["data"])
+    assert len(full.train_y) + len(full.test_y) == 1797
+    assert set(full.test_y.tolist()) == set(range(10))  # stratified
+
+
+def test_cnn8_matches_the_paper():
+    model = build_model(default_arch("cnn8", 1, 10, 28, [0.5], [0.5]))
+    assert count_parameters(model) == 549_994
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def _write_idx(path, array: np.ndarray):
+    dims = array.shape
+    header = struct.pack(">HBB", 0, 0x08, len(dims)) + b"".join(struct.pack(">I", d) for d in dims)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reads_local_gz_files_offline(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("t10k", 10)):
+        _write_idx(raw / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    tx, ty, vx, vy = load_fashion_mnist_tensors(tmp_path, download=False)
+    assert tx.shape == (20, 1, 28, 28) and vx.shape == (10, 1, 28, 28)
+    assert 0 <= tx.min() and tx.max() <= 1 and ty.dtype == torch.int64
+
+
+def test_fashion_mnist_missing_files_name_the_path(tmp_path):
+    with pytest.raises(DataError, match="FashionMNIST/raw/train-images-idx3-ubyte"):
+        load_fashion_mnist_tensors(tmp_path, download=False)
+
+
+@pytest.mark.skipif(not SHARED_FMNIST.is_dir(), reason="real Fashion-MNIST not present in ../shared")
+def test_real_fashion_mnist(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in SHARED_FMNIST.glob("*.gz"):
+        (raw / gz.name).symlink_to(gz)
+    data = load_dataset({"name": "fashion_mnist", "data_root": str(tmp_path), "download": False})
+    assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
+    assert torch.bincount(data.test_y).tolist() == [1000] * 10
+
+
+def test_training_learns_and_is_seeded(digits, trained):
+    model, history = trained
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert clean_accuracy(model, digits.test_x, digits.test_y, 128, CPU) > 0.6
+    torch.manual_seed(0)
+    twin = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
+    twin_history = train_model(twin, digits.train_x, digits.train_y, tiny_config()["train"], None, 0, CPU)
+    assert [h["loss"] for h in twin_history] == [h["loss"] for h in history]
+
+
+def test_learning_rate_schedule():
+    cfg = {"lr": 0.1, "lr_drop_epoch": 4, "lr_after_drop": 0.01}
+    assert [learning_rate(e, cfg) for e in range(6)] == [0.1] * 4 + [0.01] * 2
+    assert learning_rate(10, {"lr": 0.1, "lr_drop_epoch": None}) == 0.1
+
+
+def test_pgd_stays_in_the_eps_ball_and_the_image_range(digits, trained):
+    model, _ = trained
+    x, y = digits.test_x[:64], digits.test_y[:64]
+    model.train()
+    x_adv = pgd_linf(model, x, y, eps=0.1, step_size=0.03, steps=5)
+    assert model.training  # mode restored
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert not torch.equal(x_adv, x)
+
+
+def test_pgd_at_eps_zero_gives_clean_accuracy(digits, trained):
+    model, _ = trained
+    attack = PGDAttack(eps=0.0, step_size=0.01, steps=10)
+    result = evaluate_model(model, digits.test_x, digits.test_y, attack, 64, CPU, seed=0)
+    assert result["robust_acc"] == result["clean_acc"]
+
+
+def test_pgd_lowers_accuracy_and_robust_never_exceeds_clean(digits, trained):
+    model, _ = trained
+    attack = PGDAttack(eps=0.2, step_size=0.05, steps=10)
+    result = evaluate_model(model, digits.test_x, digits.test_y, attack, 64, CPU, seed=0,
+                            transfer_source=model)
+    assert result["robust_acc"] <= result["robust_acc_whitebox"] <= result["clean_acc"]
+    assert result["robust_acc"] < result["clean_acc"] - 0.2  # a standard model is not robust
+
+
+def test_skipping_misclassified_samples_does_not_change_robust_accuracy(digits, trained):
+    """Robust accuracy counts a sample only if it is right both clean and attacked; attacking
+    the already-wrong ones (as a naive loop would) gives the same number."""
+    model, _ = trained
+    attack = PGDAttack(eps=0.1, step_size=0.03, steps=5)
+    x, y = digits.test_x, digits.test_y
+    result = evaluate_model(model, x, y, attack, 64, CPU, seed=0)
+    with torch.no_grad():
+        clean_ok = model(x).argmax(1) == y
+    x_adv = attack(model, x, y, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        naive = (clean_ok & (model(x_adv).argmax(1) == y)).float().mean().item()
+    assert abs(result["robust_acc"] - naive) <= 2 / len(y)  # random starts differ; within 2 samples
+
+
+def test_eps_warmup_starts_clean_and_reaches_full_eps():
+    from advfine.train import attack_for_epoch
+
+    attack = PGDAttack(eps=0.1, step_size=0.03, steps=5)
+    cfg = {"eps_warmup_epochs": 2}
+    assert attack_for_epoch(attack, 0, cfg) is None
+    assert attack_for_epoch(attack, 1, cfg).eps == pytest.approx(0.05)
+    assert attack_for_epoch(attack, 2, cfg) == attack
+    assert attack_for_epoch(attack, 0, {}) == attack

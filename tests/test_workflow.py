@@ -1,0 +1,98 @@
+"""The whole Snakemake DAG on a tiny config, in a scratch working directory."""
+import json
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, tiny_config
+
+
+def snakemake(workdir, *args, timeout=900):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(workdir, cfg):
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def planned_outputs(result) -> list[str]:
+    """Output paths of the jobs a dry run plans."""
+    return re.findall(r"^\s+output: (.+)$", result.stdout, flags=re.M)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("wf")
+    write_config(workdir, tiny_config())
+    result = snakemake(workdir, "all")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_the_whole_dag_produces_tables_and_figures(finished_run):
+    out = finished_run / "results" / "tiny"
+    evals = sorted(out.rglob("eval.json"))
+    assert len(evals) == 2 + 1 + 2 * 2 * 3  # 2 bases dense, T_ad(f_st), 2 bases x 2 compressions x 3 ft
+    for path in evals:
+        record = json.loads(path.read_text())
+        assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1
+        assert record["provenance"]["git_commit"] and record["stages"][0]["stage"] == "train_base"
+    df = pd.read_csv(out / "all_metrics.csv")
+    assert len(df) == len(evals)
+    for table in ("table2_baselines", "table3_compressed", "table5_adversarial_finetuning"):
+        text = (out / "tables" / f"{table}.md").read_text()
+        assert "n/a" not in text, f"{table} has an empty cell"
+    for fig in ("figure1_adversarial_finetuning", "figure3_no_finetuning"):
+        assert (out / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
+    logs = list((finished_run / "logs").rglob("*.log"))
+    assert len(logs) >= len(evals) and any("epoch" in p.read_text() for p in logs)
+
+
+@pytest.mark.slow
+def test_a_rerun_schedules_nothing(finished_run):
+    result = snakemake(finished_run, "all", "-n")
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_extending_the_sweep_plans_only_the_new_nodes(finished_run):
+    cfg = tiny_config()
+    cfg["sweep"]["seeds"] = [0, 1]
+    cfg["sweep"]["prune_sparsities"] = [0.5, 0.8]
+    cfg["sweep"]["ptq_bits"] = [8, 4]
+    write_config(finished_run, cfg)
+    try:
+        result = snakemake(finished_run, "all", "-n")
+    finally:
+        write_config(finished_run, tiny_config())
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = planned_outputs(result)
+    nodes = [o for o in outputs if "/seed" in o]
+    assert nodes, result.stdout[-2000:]
+    new = re.compile(r"seed1/|prune-0\.8|ptq-int4")
+    assert all(new.search(o) for o in nodes), [o for o in nodes if not new.search(o)]
+    assert not any("seed0/base-st/model.pt" in o for o in outputs)
+
+
+@pytest.mark.parametrize("change,key", [({"data.name": "imagenet"}, "imagenet"),
+                                        ({"sweep.ptq_bits": [1]}, "ptq_bits"),
+                                        ({"report.ptq_bits": 4}, "report.ptq_bits")])
+def test_a_bad_config_fails_before_any_job_naming_the_key(tmp_path, change, key):
+    write_config(tmp_path, tiny_config(**change))
+    result = snakemake(tmp_path, "all", "-n", timeout=120)
+    assert result.returncode != 0
+    assert key in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_lint_passes():
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
