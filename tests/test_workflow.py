@@ -48,7 +48,7 @@ def test_the_whole_dag_produces_tables_and_figures(finished_run):
     assert len(df) == len(evals)
     for table in ("table2_baselines", "table3_compressed", "table5_adversarial_finetuning"):
         text = (out / "tables" / f"{table}.md").read_text()
-        assert "n/a" not in text, f"{table} has an empty cell"
+        assert "| n/a" not in text, f"{table} has an empty cell"
     for fig in ("figure1_adversarial_finetuning", "figure3_no_finetuning"):
         assert (out / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
     logs = list((finished_run / "logs").rglob("*.log"))

@@ -8,13 +8,15 @@ everything; the cost falls with the error rate.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from .attacks import PGDAttack
 from .data import iterate_batches
-from .runtime import make_generator
+from .runtime import make_generator, place_model
 
 
 @torch.no_grad()
@@ -52,20 +54,23 @@ def survives_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidat
 
 def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: PGDAttack, batch_size: int,
                    device: torch.device, seed: int, transfer_source: nn.Module | None = None) -> dict:
-    """Clean accuracy and PGD robust accuracy. With ``transfer_source``, the samples that survive
-    the white-box attack also face the attack crafted on that model: ``robust_acc`` is the
-    worst case of both, and ``robust_acc_whitebox - robust_acc`` measures what the white-box
-    gradient missed."""
-    model.to(device)
+    """Clean accuracy and PGD robust accuracy. The white-box attack stops on a sample at the first
+    iterate that fools the model (see ``pgd_linf``). With ``transfer_source``, the samples that
+    survive it also face the attack crafted on that model (run to the last step: fooling the
+    source says nothing about the target): ``robust_acc`` is the worst case of both, and
+    ``robust_acc_whitebox - robust_acc`` measures what the white-box gradient missed."""
+    place_model(model, device)
     generator = make_generator(seed, device)
+    whitebox = replace(attack, stop_on_success=True)
     clean_ok = predict(model, x, batch_size, device) == y
-    robust_ok = survives_attack(model, x, y, clean_ok, attack, batch_size, device, generator,
+    robust_ok = survives_attack(model, x, y, clean_ok, whitebox, batch_size, device, generator,
                                 desc="PGD white-box")
     result = {"clean_acc": clean_ok.float().mean().item(), "robust_acc_whitebox": robust_ok.float().mean().item(),
-              "n_test": len(y)}
+              "n_test": len(y), "attack": whitebox.describe() | {"transfer_from": None}}
     if transfer_source is not None:
-        transfer_source.to(device).eval()
-        robust_ok = survives_attack(model, x, y, robust_ok, attack, batch_size, device, generator,
-                                    source_model=transfer_source, desc="PGD transfer")
+        place_model(transfer_source, device).eval()
+        robust_ok = survives_attack(model, x, y, robust_ok, replace(attack, stop_on_success=False), batch_size,
+                                    device, generator, source_model=transfer_source, desc="PGD transfer")
+        result["attack"]["transfer_from"] = "float twin (same weights, no fake quantization)"
     result["robust_acc"] = robust_ok.float().mean().item()
     return result

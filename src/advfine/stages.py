@@ -215,7 +215,7 @@ def run_evaluate(config: dict, data_path: str, experiment: str, train: str, comp
     record = {
         "experiment": experiment, "dataset": data.name, "arch": config["model"]["arch"],
         "seed": seed, "train": train, "compression": compression, "method": method, "level": level,
-        "finetune": finetune, **result, "attack": attack.describe(),
+        "finetune": finetune, **result,
         "params": cost["params"], "macs": cost["macs"],
         "checkpoint_bytes": Path(model_path).stat().st_size,
         "weight_bytes": weight_storage_bytes(model, bits),

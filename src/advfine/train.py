@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from .attacks import PGDAttack
 from .data import iterate_batches
-from .runtime import make_generator
+from .runtime import make_generator, place_model
 
 
 def learning_rate(epoch: int, cfg: dict) -> float:
@@ -44,8 +44,9 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     Batch order and attack random starts are drawn from generators seeded with ``seed``.
     Returns one dict per epoch: lr, mean loss, accuracy on the batches trained on, wall time.
     """
-    model.to(device)
-    x_all, y_all = train_x.to(device), train_y.to(device)
+    place_model(model, device)
+    x_all = train_x.to(device).contiguous(memory_format=torch.channels_last)
+    y_all = train_y.to(device)
     order_gen = torch.Generator().manual_seed(seed)
     attack_gen = make_generator(seed + 1, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate(0, cfg),
