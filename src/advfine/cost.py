@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 NNI_WRAPPER = "_nni_wrapper"  # the child module NNI's quantizer puts on each wrapped layer
-_WRAPPER = NNI_WRAPPER
 
 
 def model_cost(model: nn.Module, input_shape: tuple) -> dict:
@@ -52,7 +51,7 @@ def weight_storage_bytes(model: nn.Module, bits: int | None) -> int:
         raise ValueError(f"bits must be a positive int or None, got {bits!r}")
     total = 0
     for name, param in model.named_parameters():
-        name = name.replace(f"{_WRAPPER}.", "")  # quantized model: count its float weight once
+        name = name.replace(f"{NNI_WRAPPER}.", "")  # quantized model: count its float weight once
         layer_name, _, leaf = name.rpartition(".")
         layer = model.get_submodule(layer_name)
         is_weight = leaf == "weight" and isinstance(layer, (nn.Conv2d, nn.Linear))

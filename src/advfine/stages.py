@@ -21,7 +21,6 @@ from .train import train_model
 log = logging.getLogger("advfine")
 
 BASE_MODELS = {"st": "standard training", "rb": "PGD adversarial training"}
-FINETUNE_MODES = {"none": "no fine-tuning", "st": "standard fine-tuning", "ad": "adversarial fine-tuning"}
 
 
 def parse_compression(label: str) -> tuple[str, float | int | None]:
