@@ -56,3 +56,13 @@ def test_json_errors_name_the_file(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(artifacts.ArtifactError, match="bad.json"):
         artifacts.read_json(tmp_path / "bad.json")
+
+
+def test_a_missing_or_damaged_prepared_dataset_names_the_file(tmp_path):
+    from advfine.data import DataError, load_prepared
+
+    with pytest.raises(DataError, match="digits.pt not found"):
+        load_prepared(tmp_path / "digits.pt")
+    (tmp_path / "digits.pt").write_bytes(b"not a tensor file")
+    with pytest.raises(DataError, match="digits.pt"):
+        load_prepared(tmp_path / "digits.pt")

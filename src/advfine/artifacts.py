@@ -62,30 +62,41 @@ def read_json(path: str | Path) -> dict:
         raise ArtifactError(f"{path}: not valid JSON ({err}); delete it and re-run snakemake") from err
 
 
-def save_checkpoint(path: str | Path, state_dict: dict, arch: dict, quant: dict | None = None,
-                    extra: dict | None = None) -> None:
-    """Weights + the arch dict that rebuilds the model (+ quantization state for fake-quant models)."""
-    payload = {"format": CHECKPOINT_FORMAT, "arch": arch, "state_dict": state_dict, "quant": quant,
-               "extra": extra or {}}
+def save_tensor_file(path: str | Path, payload: dict) -> None:
+    """torch.save a dict of tensors and plain values, atomically."""
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint safely. A missing, truncated or foreign file raises ArtifactError naming it."""
+def load_tensor_file(path: str | Path, fmt: str, what: str, error: type[Exception] | None = None) -> dict:
+    """Load a file written by ``save_tensor_file`` with ``weights_only=True`` (pickled code never runs)
+    and check its ``format``. A missing, truncated or foreign file raises ``error`` naming it."""
+    error = error or ArtifactError
     path = Path(path)
     if not path.exists():
-        raise ArtifactError(f"checkpoint {path} not found; re-run snakemake to recreate it")
+        raise error(f"{what} {path} not found; re-run snakemake to recreate it")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or unsafe files
-        raise ArtifactError(
-            f"checkpoint {path} cannot be loaded safely ({type(err).__name__}: {str(err).splitlines()[0]}). "
-            "It may be truncated or not an advfine checkpoint: delete it and re-run snakemake."
+        raise error(
+            f"{what} {path} cannot be loaded safely ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            "It may be truncated or not written by advfine: delete it and re-run snakemake."
         ) from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ArtifactError(f"checkpoint {path} is not an advfine checkpoint ({CHECKPOINT_FORMAT})")
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise error(f"{what} {path} is not an advfine file of format {fmt}")
     return payload
+
+
+def save_checkpoint(path: str | Path, state_dict: dict, arch: dict, quant: dict | None = None,
+                    extra: dict | None = None) -> None:
+    """Weights + the arch dict that rebuilds the model (+ quantization state for fake-quant models)."""
+    save_tensor_file(path, {"format": CHECKPOINT_FORMAT, "arch": arch, "state_dict": state_dict,
+                            "quant": quant, "extra": extra or {}})
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint safely; a missing, truncated or foreign file raises ArtifactError naming it."""
+    return load_tensor_file(path, CHECKPOINT_FORMAT, "checkpoint")
 
 
 def load_model(path: str | Path):

@@ -143,29 +143,20 @@ DATASET_FORMAT = "advfine-dataset-1"
 def save_prepared(dataset: Dataset, path: str | Path) -> None:
     """Write the prepared tensors once, so every job loads them in milliseconds instead of
     re-reading and re-processing the raw files (and importing scikit-learn or torchvision)."""
-    from .artifacts import atomic_path
+    from .artifacts import save_tensor_file
 
-    payload = {"format": DATASET_FORMAT, "name": dataset.name, "train_x": dataset.train_x,
-               "train_y": dataset.train_y, "test_x": dataset.test_x, "test_y": dataset.test_y,
-               "num_classes": dataset.num_classes, "mean": dataset.mean, "std": dataset.std}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_tensor_file(path, {"format": DATASET_FORMAT, "name": dataset.name, "train_x": dataset.train_x,
+                            "train_y": dataset.train_y, "test_x": dataset.test_x, "test_y": dataset.test_y,
+                            "num_classes": dataset.num_classes, "mean": dataset.mean, "std": dataset.std})
 
 
 def load_prepared(path: str | Path) -> Dataset:
     """Load what ``save_prepared`` wrote (safely: weights_only)."""
-    path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DataError(f"prepared dataset {path} not found; re-run snakemake to recreate it") from None
-    except Exception as err:
-        raise DataError(f"prepared dataset {path} cannot be loaded ({type(err).__name__}); "
-                        "delete it and re-run snakemake") from err
-    if not isinstance(payload, dict) or payload.get("format") != DATASET_FORMAT:
-        raise DataError(f"{path} is not an advfine prepared dataset ({DATASET_FORMAT})")
-    return Dataset(payload["name"], payload["train_x"], payload["train_y"], payload["test_x"],
-                   payload["test_y"], payload["num_classes"], payload["mean"], payload["std"])
+    from .artifacts import load_tensor_file
+
+    p = load_tensor_file(path, DATASET_FORMAT, "prepared dataset", DataError)
+    return Dataset(p["name"], p["train_x"], p["train_y"], p["test_x"], p["test_y"], p["num_classes"],
+                   p["mean"], p["std"])
 
 
 def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
