@@ -14,6 +14,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
 
 
+def small_cnn8_arch(mean=(0.5,), std=(0.5,)) -> dict:
+    """A narrow CNN8 (8-8-16-16-16-16 filters, 32 hidden) for fast compression tests."""
+    from advfine.models import default_arch
+
+    arch = default_arch("cnn8", 1, 10, 28, list(mean), list(std))
+    arch["conv_channels"] = [8, 8, 16, 16, 16, 16]
+    arch["hidden"] = 32
+    return arch
+
+
+@pytest.fixture(scope="module")
+def small_parent():
+    """An untrained small CNN8 in eval mode, the same weights in every module that asks."""
+    from advfine.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(small_cnn8_arch()).eval()
+
+
 def tiny_config(**over) -> dict:
     """A complete config for a few-second run: small digits subset, 1 epoch, short attacks."""
     cfg = {

@@ -10,8 +10,33 @@ from advfine.config import ConfigError, stage_config, validate_config
 from conftest import REPO, tiny_config
 
 
-def test_the_shipped_configs_are_valid():
-    validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+SHIPPED = [REPO / "config.yaml", *sorted((REPO / "configs").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_the_shipped_configs_are_valid(path):
+    validate_config(yaml.safe_load(path.read_text()))
+
+
+def test_the_paper_configs_hold_the_papers_settings():
+    for name, eps, levels in (("paper-fmnist", 0.1, (0.8, 8)), ("paper-cifar10", 8 / 255, (0.5, 8))):
+        cfg = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
+        assert cfg["attack"]["eps_space"] == "pixel"
+        for which in ("train", "eval"):
+            assert cfg["attack"][which] == {"eps": pytest.approx(eps), "step_size": 0.01, "steps": 20,
+                                            "random_start": True}
+        assert cfg["train"] | {"augment": False} == {
+            "epochs": 20, "batch_size": 64, "lr": 0.1, "momentum": 0.0, "lr_drop_epoch": 4,
+            "lr_after_drop": 0.01, "eps_warmup_epochs": 0, "augment": False}
+        assert cfg["finetune"]["epochs"] == 3 and cfg["finetune"]["prune"] == {"lr": 0.1, "momentum": 0.0}
+        assert cfg["finetune"]["ptq"] == cfg["finetune"]["qat"] == {"lr": 0.01, "momentum": 0.9}
+        assert cfg["sweep"]["prune_sparsities"] == [round(0.1 * i, 1) for i in range(1, 10)]
+        assert cfg["sweep"]["ptq_bits"] == cfg["sweep"]["qat_bits"] == [16, 8, 4, 2, 1]
+        assert cfg["sweep"]["seeds"] == [0, 1, 2]
+        assert (cfg["report"]["prune_sparsity"], cfg["report"]["ptq_bits"]) == levels
+
+
+def test_a_tiny_config_is_valid():
     validate_config(tiny_config())
 
 
@@ -24,7 +49,19 @@ BAD = [
     ({"sweep.prune_sparsities": [0.5, 1.0]}, "sweep.prune_sparsities.1"),
     ({"sweep.prune_sparsities": [0.0]}, "sweep.prune_sparsities.0"),
     ({"sweep.ptq_bits": [8, 0]}, "sweep.ptq_bits.1"),
-    ({"sweep.ptq_bits": [1]}, "sweep.ptq_bits.0"),
+    ({"sweep.ptq_bits": [3]}, "sweep.ptq_bits.0"),
+    ({"sweep.qat_bits": [8, 32]}, "sweep.qat_bits.1"),
+    ({"sweep.qat_bits": [8]}, "compress.qat"),
+    ({"attack.eps_space": "normalized"}, "attack.eps_space"),
+    ({"model.arch": "vgg16"}, "model.arch"),
+    ({"data.name": "cifar100"}, "data.name"),
+    ({"compress.qat": {"init": "random", "epochs": 1, "batch_size": 8, "lr": 0.1, "momentum": 0.0,
+                       "lr_drop_epoch": None, "lr_after_drop": 0.01}}, "compress.qat.init"),
+    ({"compress.qat": {"init": "scratch", "epochs": 1, "batch_size": 8, "lr": 0.1, "momentum": 0.0,
+                       "lr_drop_epoch": None, "lr_after_drop": 0.01, "bogus": 1}}, "bogus"),
+    ({"report.figure2": {"enabled": True, "class_index": 8, "n_images": 10}, "sweep.finetune": ["none"]},
+     "report.figure2.enabled"),
+    ({"train.augment": "yes"}, "train.augment"),
     ({"sweep.seeds": []}, "sweep.seeds"),
     ({"sweep.base_models": ["st", "xx"]}, "sweep.base_models.1"),
     ({"sweep.finetune": ["none", "adv"]}, "sweep.finetune.1"),
@@ -57,9 +94,13 @@ def test_stage_config_holds_only_what_the_stage_reads():
     cfg = tiny_config()
     train = stage_config(cfg, "train_base")
     assert set(train) == {"model", "attack", "train"} and set(train["attack"]) == {"train"}
+    paper = yaml.safe_load((REPO / "configs" / "paper-fmnist.yaml").read_text())
+    assert set(stage_config(paper, "train_base")["attack"]) == {"eps_space", "train"}
+    assert stage_config(paper, "compress") == {"compress": {"calibration_batches": 16,
+                                                            "calibration_batch_size": 64}}
     more_seeds = copy.deepcopy(cfg)
     more_seeds["sweep"]["seeds"] = [0, 1, 2]
-    for stage in ("prepare_data", "train_base", "compress", "finetune", "evaluate"):
+    for stage in ("prepare_data", "train_base", "compress", "qat", "finetune", "evaluate", "features"):
         assert stage_config(more_seeds, stage) == stage_config(cfg, stage)
 
 

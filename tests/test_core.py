@@ -169,3 +169,22 @@ def test_stopping_at_the_first_fooling_iterate_is_at_least_as_strong(digits, tra
     # individual paths may differ slightly: compare counts).
     assert robust_stop.sum() <= robust_last.sum()
     assert robust_stop.sum() < len(y)  # and it does attack
+
+
+def test_paper_faithful_eps_is_half_in_pixels_and_unclamped(digits, trained):
+    """The reference code adds eps after normalizing with std 0.5 and never clamps: its eps 0.2 moves
+    pixels by at most 0.1 and may leave [0, 1]. The pixel default keeps the full eps and the range."""
+    model, _ = trained
+    x, y = digits.test_x[:64], digits.test_y[:64]
+    faithful = PGDAttack(eps=0.2, step_size=0.05, steps=5, eps_space="paper_faithful")
+    x_adv = faithful(model, x, y, generator=torch.Generator().manual_seed(0))
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+    assert (x_adv - x).abs().max() > 0.09
+    assert x_adv.min() < 0  # digits have black background pixels at 0: unclamped moves go below
+    info = faithful.describe()
+    assert info["eps_space"] == "paper_faithful" and info["eps_pixel"] == pytest.approx(0.1)
+    assert not info["clamped_to_valid_range"]
+    pixel = PGDAttack(eps=0.2, step_size=0.05, steps=5)
+    assert pixel.describe()["eps_space"] == "pixel" and pixel.describe()["eps_pixel"] == 0.2
+    with pytest.raises(ValueError, match="eps_space"):
+        PGDAttack(eps=0.1, step_size=0.05, steps=5, eps_space="normalized")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import math
-import sys
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +12,7 @@ import pytest
 from advfine import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PDF_MAGIC = b"%PDF-"
 
 # Hand-picked numbers for one Table 3 / Table 5 cell: T_ad(f_st^p) at sparsity 0.8.
 #   test:   80, 84 -> mean 82.00, sample std sqrt((2^2 + 2^2) / 1) = 2.83
@@ -19,30 +20,62 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIXED = {("st", "prune-0.8", "ad", 0): (0.80, 0.70), ("st", "prune-0.8", "ad", 1): (0.84, 0.76),
          # f_st (dense, no fine-tuning): 90, 91 / 4, 6
          ("st", "dense", "none", 0): (0.90, 0.04), ("st", "dense", "none", 1): (0.91, 0.06)}
-COMPRESSIONS = {"dense": ("dense", None), "prune-0.5": ("prune", 0.5), "prune-0.8": ("prune", 0.8),
-                "ptq-int8": ("ptq", 8), "ptq-int4": ("ptq", 4)}
 
 
-def make_record(train, compression, finetune, seed, clean=None, robust=None, **over):
-    method, level = COMPRESSIONS.get(compression, (compression.split("-")[0], None))
+def parse_compression(compression):
+    if compression == "dense":
+        return "dense", None
+    method, _, level = compression.partition("-")
+    return method, (int(level[3:]) if level.startswith("int") else float(level))
+
+
+# Stage costs, chosen so the computational-gains table has round numbers:
+#   rb train_base: 118 min (seed 0) / 120 min (seed 1), 1e15 MACs, adversarial
+#   st train_base: 10 min, 5e13 MACs; compress: 1 s (prune) / 2 s (PTQ), no MACs to speak of
+#   finetune ad: 14 min after dense, 10 min after pruning, 12 min after PTQ; 1.5e14 / 1e14 MACs
+FT_MINUTES = {"dense": 14.0, "prune": 10.0, "ptq": 12.0, "qat": 12.0}
+
+
+def make_stages(train, method, finetune, seed, legacy=False):
+    def stage(name, seconds, macs, adversarial):
+        st = {"stage": name, "wall_time_s": seconds}
+        if not legacy:  # eval.json written before the stages carried cost and device
+            st |= {"estimated_macs": macs, "adversarial": adversarial, "device": "cuda"}
+        return st
+
+    if train == "rb":
+        stages = [stage("train_base", 60.0 * (118 + 2 * seed), 1e15, True)]
+    else:
+        stages = [stage("train_base", 600.0, 5e13, False)]
+    if method != "dense":
+        stages.append(stage("compress", {"prune": 1.0}.get(method, 2.0), 0 if method == "prune"
+                            else 2.5e9, method == "qat" and train == "rb"))
+    if finetune != "none":
+        ad = finetune == "ad"
+        macs = (1.5e14 if method == "dense" else 1e14) if ad else 2e13
+        stages.append(stage("finetune", 60.0 * FT_MINUTES.get(method, 10.0), macs, ad))
+    return stages
+
+
+def make_record(train, compression, finetune, seed, clean=None, robust=None, legacy=False, **over):
+    method, level = parse_compression(compression)
     if clean is None:
         clean, robust = FIXED.get((train, compression, finetune, seed), (None, None))
     if clean is None:  # arbitrary but deterministic
         h = sum(map(ord, f"{train}{compression}{finetune}")) % 40
         clean, robust = 0.5 + h / 100 + seed / 100, 0.2 + h / 200 + seed / 50
-    stages = [{"stage": "train_base", "wall_time_s": 100.0 + seed}]
-    if method != "dense":
-        stages.append({"stage": "compress", "wall_time_s": 2.0})
-    if finetune != "none":
-        stages.append({"stage": "finetune", "wall_time_s": 30.0})
+    attack = {"eps": 0.1, "step_size": 0.01, "steps": 40}
+    if not legacy:
+        attack |= {"eps_space": "paper_faithful", "eps_pixel": 0.05}
     rec = {
         "experiment": "fmnist_cnn8", "dataset": "fashion_mnist", "arch": "cnn8", "seed": seed,
         "train": train, "compression": compression, "method": method, "level": level,
         "finetune": finetune, "clean_acc": clean, "robust_acc": robust, "n_test": 10000,
         "params": 1000, "macs": 5000, "checkpoint_bytes": 4000, "weight_bytes": 3000,
-        "device": "cpu", "eval_wall_time_s": 1.5, "stages": stages,
+        "device": "cpu", "eval_wall_time_s": 1.5,
+        "stages": make_stages(train, method, finetune, seed, legacy),
         "provenance": {"config_hash": "abc123", "git_commit": "deadbeef", "versions": {}},
-        "attack": {"eps": 0.1, "step_size": 0.01, "steps": 40},
+        "attack": attack,
     }
     rec.update(over)
     return rec
@@ -64,6 +97,13 @@ def synthetic_records():
     return recs
 
 
+def qat_records():
+    """Robust models with QAT at INT16..INT1 (Figure 4) and one adversarially fine-tuned INT8."""
+    recs = [make_record("rb", f"qat-int{b}", "none", s) for b in (16, 8, 4, 2, 1) for s in (0, 1)]
+    recs.append(make_record("rb", "qat-int8", "ad", 0, clean=0.88, robust=0.81))
+    return recs
+
+
 def write_records(dirpath: Path, recs) -> list[Path]:
     paths = []
     for i, rec in enumerate(recs):
@@ -72,6 +112,10 @@ def write_records(dirpath: Path, recs) -> list[Path]:
         p.write_text(json.dumps(rec))
         paths.append(p)
     return paths
+
+
+def frame(tmp_path, recs) -> pd.DataFrame:
+    return report.collect_metrics(write_records(tmp_path, recs))
 
 
 @pytest.fixture
@@ -84,6 +128,11 @@ def df(paths):
     return report.collect_metrics(paths)
 
 
+@pytest.fixture
+def df_qat(df, tmp_path):
+    return pd.concat([df, frame(tmp_path / "qat", qat_records())], ignore_index=True)
+
+
 # ----------------------------------------------------------------------------- collect_metrics
 
 
@@ -93,20 +142,62 @@ def test_collect_metrics_columns_rows_and_sorting(df, paths):
                 "finetune", "clean_acc", "robust_acc", "n_test", "params", "macs",
                 "checkpoint_bytes", "weight_bytes", "device", "eval_wall_time_s",
                 "train_base_wall_time_s", "compress_wall_time_s", "finetune_wall_time_s",
-                "git_commit", "config_hash"]
-    assert list(df.columns[: len(expected)]) == expected
+                "train_base_estimated_macs", "compress_estimated_macs",
+                "finetune_estimated_macs", "train_base_adversarial", "compress_adversarial",
+                "finetune_adversarial", "train_base_device", "compress_device", "finetune_device",
+                "git_commit", "config_hash", "attack_eps", "attack_step_size", "attack_steps",
+                "attack_eps_space", "attack_eps_pixel", "path"]
+    assert list(df.columns) == expected
     key = ["train", "method", "level", "finetune", "seed"]
     assert df[key].equals(df.sort_values(key, na_position="first", kind="mergesort")[key]
                           .reset_index(drop=True))
     # Same result whatever order the files are given in.
     pd.testing.assert_frame_equal(report.collect_metrics(list(reversed(paths))), df)
-    dense = df[(df.method == "dense") & (df.finetune == "none")].iloc[0]
+    dense = df[(df.method == "dense") & (df.finetune == "none") & (df.train == "st")].iloc[0]
     assert math.isnan(dense["level"])
     assert math.isnan(dense["compress_wall_time_s"]) and math.isnan(dense["finetune_wall_time_s"])
-    assert dense["train_base_wall_time_s"] == 100.0
+    assert dense["train_base_wall_time_s"] == 600.0
+    assert dense["train_base_estimated_macs"] == 5e13
+    assert not dense["train_base_adversarial"]
+    assert dense["train_base_device"] == "cuda" and pd.isna(dense["finetune_adversarial"])
     assert dense["git_commit"] == "deadbeef" and dense["config_hash"] == "abc123"
+    assert dense["attack_eps_space"] == "paper_faithful" and dense["attack_eps_pixel"] == 0.05
     pq = df[(df.method == "ptq") & (df.finetune == "ad")].iloc[0]
-    assert pq["compress_wall_time_s"] == 2.0 and pq["finetune_wall_time_s"] == 30.0
+    assert pq["compress_wall_time_s"] == 2.0 and pq["finetune_wall_time_s"] == 720.0
+    assert bool(pq["finetune_adversarial"]) and pq["finetune_estimated_macs"] == 1e14
+    assert str(df["finetune_adversarial"].dtype) == "boolean"
+
+
+def test_older_eval_files_without_new_keys_still_load(tmp_path):
+    recs = [make_record("rb", "dense", "none", 0, legacy=True),
+            make_record("st", "ptq-int8", "ad", 0, legacy=True)]
+    old = frame(tmp_path, recs)
+    assert len(old) == 2 and list(old.columns) == report.METRIC_COLUMNS
+    assert old["train_base_estimated_macs"].isna().all()
+    assert old["finetune_adversarial"].isna().all() and old["train_base_device"].isna().all()
+    assert old["attack_eps_space"].isna().all() and old["attack_eps_pixel"].isna().all()
+    assert (old["train_base_wall_time_s"] > 0).all()
+
+
+def test_new_method_dataset_arch_values_load(tmp_path):
+    recs = [make_record("rb", "qat-int1", "none", 0, dataset="cifar10", arch="resnet18",
+                        experiment="c10")]
+    row = frame(tmp_path, recs).iloc[0]
+    assert (row["method"], row["level"], row["dataset"], row["arch"]) == ("qat", 1.0, "cifar10",
+                                                                          "resnet18")
+    assert bool(row["compress_adversarial"])
+
+
+@pytest.mark.parametrize("field, value", [("estimated_macs", "1e15"), ("adversarial", "yes"),
+                                          ("adversarial", 1), ("device", 0),
+                                          ("estimated_macs", True)])
+def test_mistyped_stage_fields_name_file_and_field(tmp_path, field, value):
+    rec = make_record("st", "dense", "none", 0)
+    rec["stages"][0][field] = value
+    p = write_records(tmp_path, [rec])[0]
+    with pytest.raises(report.MetricsFileError) as exc:
+        report.collect_metrics([p])
+    assert str(p) in str(exc.value) and field in str(exc.value)
 
 
 def test_missing_file_names_it(tmp_path):
@@ -137,14 +228,17 @@ def test_percent_instead_of_fraction_is_rejected(tmp_path):
         report.collect_metrics([p])
 
 
-def test_duplicate_model_is_rejected(tmp_path):
+def test_duplicate_model_and_duplicate_stage_are_rejected(tmp_path):
     recs = [make_record("st", "ptq-int8", "ad", 0), make_record("st", "ptq-int8", "ad", 0)]
-    ps = write_records(tmp_path, recs)
     with pytest.raises(report.MetricsFileError, match="m001"):
-        report.collect_metrics(ps)
+        report.collect_metrics(write_records(tmp_path / "a", recs))
+    rec = make_record("st", "ptq-int8", "ad", 0)
+    rec["stages"].append(dict(rec["stages"][-1]))
+    with pytest.raises(report.MetricsFileError, match="'finetune' twice"):
+        report.collect_metrics(write_records(tmp_path / "b", [rec]))
 
 
-# ----------------------------------------------------------------------------- labels
+# ----------------------------------------------------------------------------- labels and cells
 
 
 def test_labels_in_paper_notation():
@@ -154,12 +248,28 @@ def test_labels_in_paper_notation():
     assert report.model_label("st", "prune", "st") == "T_st(f_st^p)"
     assert report.model_label("st", "ptq", "ad", quant_kind=True) == "T_ad(f_st^q) (PTQ)"
     assert report.model_label("rb", "qat", "ad", quant_kind=True) == "T_ad(f_rb^q) (QAT)"
-    assert report.level_label("ptq", 16.0) == "INT16"
+    assert report.level_label("ptq", 16.0) == "INT16" and report.level_label("qat", 1) == "INT1"
 
 
-def test_format_cell():
+def test_latex_labels_and_escaping():
+    assert report.latex_model_label("f_st") == "$f_{st}$"
+    assert report.latex_model_label("f_rb^p") == "$f_{rb}^{p}$"
+    assert report.latex_model_label("T_ad(f_st)") == r"$\mathcal{T}_{ad}(f_{st})$"
+    assert report.latex_model_label("T_ad(f_rb^q) (QAT)") == r"$\mathcal{T}_{ad}(f_{rb}^{q})$ (QAT)"
+    assert report.latex_model_label("my_model & 50%") == r"my\_model \& 50\%"
+    assert report.latex_escape(r"a_b^c{d}~\#$") == (r"a\_b\textasciicircum{}c\{d\}"
+                                                    r"\textasciitilde{}\textbackslash{}\#\$")
+
+
+def test_number_formats():
     assert report.format_cell(82.0, 2.8284271) == "82.00 ± 2.83"
     assert report.format_cell(float("nan"), float("nan")) == "n/a"
+    assert report.format_minutes(118.0, 1.414) == "118.00 ± 1.41"
+    assert report.format_minutes(0.0123, 0.0004) == "0.0123 ± 0.0004"
+    assert report.format_macs(1.5e14) == "150 TMAC" and report.format_macs(2.34e15) == "2.34 PMAC"
+    assert report.format_macs(0) == "0 MAC" and report.format_macs(float("nan")) == "n/a"
+    assert report.format_ratio(14 / 119) == "0.12" and report.format_ratio(0.0031) == "3.1e-03"
+    assert report.format_ratio(float("nan")) == "n/a"
 
 
 # ----------------------------------------------------------------------------- tables
@@ -174,12 +284,13 @@ def test_table2_rows_columns_values(df):
     assert f_st["test"] == "90.50 ± 0.71" and f_st["robustness"] == "5.00 ± 1.41"
     assert f_st["n"] == 2
     assert f_st["test_mean"] == pytest.approx(90.5) and f_st["robust_std"] == pytest.approx(2**0.5)
-    # T_ad(f_st) is only listed when present
+    # T_ad(f_st) is always a row: n/a when it was not run
     no_tad = report.table2(df[~((df.method == "dense") & (df.finetune == "ad"))])
-    assert list(no_tad["model"]) == ["f_st", "f_rb"]
+    assert list(no_tad["model"]) == ["f_st", "f_rb", "T_ad(f_st)"]
+    assert no_tad.iloc[2]["test"] == "n/a" and no_tad.iloc[2]["n"] == 0
 
 
-def _cell(t, model, perf, ft):
+def _cell(t, model, perf):
     row = t[(t["model"] == model) & (t["performance"] == perf)]
     assert len(row) == 1
     return row.iloc[0]
@@ -187,77 +298,245 @@ def _cell(t, model, perf, ft):
 
 def test_table3_cells_na_and_single_seed(df):
     t = report.table3(df, 0.8, 8)
+    assert report.table4 is report.table3
     assert list(t["model"]) == ["f_st^p", "f_st^p", "f_st^q", "f_st^q",
                                 "f_rb^p", "f_rb^p", "f_rb^q", "f_rb^q"]
     assert list(t["performance"]) == ["test", "robustness"] * 4
-    r = _cell(t, "f_st^p", "test", "ad")
+    r = _cell(t, "f_st^p", "test")
     assert r["ad"] == "82.00 ± 2.83" and r["ad_n"] == 2
     assert r["ad_mean"] == pytest.approx(82.0) and r["ad_std"] == pytest.approx(8**0.5)
-    assert _cell(t, "f_st^p", "robustness", "ad")["ad"] == "73.00 ± 4.24"
+    assert _cell(t, "f_st^p", "robustness")["ad"] == "73.00 ± 4.24"
     # missing combination -> n/a, NaN numbers, n = 0
-    miss = _cell(t, "f_rb^p", "test", "st")
+    miss = _cell(t, "f_rb^p", "test")
     assert miss["st"] == "n/a" and miss["st_n"] == 0 and math.isnan(miss["st_mean"])
-    assert _cell(t, "f_rb^p", "robustness", "st")["st"] == "n/a"
+    assert _cell(t, "f_rb^p", "robustness")["st"] == "n/a"
     # single seed -> std 0.00
-    one = _cell(t, "f_rb^q", "test", "none")
+    one = _cell(t, "f_rb^q", "test")
     assert one["none"].endswith(" ± 0.00") and one["none_n"] == 1 and one["none_std"] == 0.0
     # a level that was never run -> everything n/a, rows still there
     t9 = report.table3(df, 0.9, 2)
     assert len(t9) == 8 and (t9[["none", "st", "ad"]] == "n/a").all().all()
 
 
-def test_table5_rows_and_qat(df, tmp_path):
+def test_table5_rows_and_qat(df, df_qat, tmp_path):
     t = report.table5(df, 0.8, 8)
+    assert report.table6 is report.table5
     assert list(t["model"]) == ["f_st", "T_ad(f_st^p)", "T_ad(f_st^q) (PTQ)",
-                                "f_rb", "T_ad(f_rb^p)", "T_ad(f_rb^q) (PTQ)"]
+                                "f_rb", "T_ad(f_rb^p)", "T_ad(f_rb^q) (PTQ)", "T_ad(f_rb^q) (QAT)"]
     assert t.iloc[1]["test"] == "82.00 ± 2.83" and t.iloc[1]["n"] == 2
-    # QAT rows (and an unknown method, which is ignored) appear only when present
-    extra = [make_record("rb", "qat-int8", "ad", 0, level=8, method="qat", clean=0.88,
-                         robust=0.81),
-             make_record("rb", "lowrank-0.5", "ad", 0, method="lowrank", level=0.5)]
-    df2 = pd.concat([df, report.collect_metrics(write_records(tmp_path / "x", extra))],
-                    ignore_index=True)
-    t2 = report.table5(df2, 0.8, 8)
-    assert list(t2["model"])[-1] == "T_ad(f_rb^q) (QAT)" and len(t2) == 7
-    assert t2.iloc[-1]["test"] == "88.00 ± 0.00" and t2.iloc[-1]["n"] == 1
-    assert len(report.table3(df2, 0.8, 8)) == 8
+    assert t.iloc[-1]["test"] == "n/a" and t.iloc[-1]["n"] == 0  # no QAT run
+    # the QAT row is T_ad of method qat at the PTQ bit width (QAT models without T_ad don't count)
+    t2 = report.table5(df_qat, 0.8, 8)
+    assert len(t2) == 7 and t2.iloc[-1]["test"] == "88.00 ± 0.00" and t2.iloc[-1]["n"] == 1
+    assert report.table5(df_qat, 0.8, 4).iloc[-1]["test"] == "n/a"
+    # an unknown method is ignored; a standard QAT model adds its row after the PTQ one
+    extra = [make_record("rb", "lowrank-0.5", "ad", 0),
+             make_record("st", "qat-int8", "ad", 0, clean=0.70, robust=0.60)]
+    t3 = report.table5(pd.concat([df_qat, frame(tmp_path / "x", extra)], ignore_index=True), 0.8, 8)
+    assert list(t3["model"])[:4] == ["f_st", "T_ad(f_st^p)", "T_ad(f_st^q) (PTQ)",
+                                     "T_ad(f_st^q) (QAT)"]
+    assert t3.iloc[3]["robustness"] == "60.00 ± 0.00" and len(t3) == 8
+    assert len(report.table3(df_qat, 0.8, 8)) == 8
 
 
 def test_levels_per_dataset(df):
     t = report.table3(df, {"fashion_mnist": 0.8, "cifar10": 0.5}, {"fashion_mnist": 8})
-    assert _cell(t, "f_st^p", "test", "ad")["ad"] == "82.00 ± 2.83"
+    assert _cell(t, "f_st^p", "test")["ad"] == "82.00 ± 2.83"
     t = report.table3(df, {"cifar10": 0.5}, 8)  # dataset not in mapping -> n/a
     assert (t[t["model"] == "f_st^p"][["none", "st", "ad"]] == "n/a").all().all()
 
 
-def test_write_tables(df, tmp_path):
+def _gain(t, model):
+    row = t[t["model"] == model]
+    assert len(row) == 1
+    return row.iloc[0]
+
+
+def test_computational_gains_from_recorded_stages(df):
+    t = report.computational_gains(df, 0.8, 8)
+    assert list(t["model"]) == ["f_rb", "T_ad(f_st)", "T_ad(f_st^p)", "T_ad(f_st^q) (PTQ)"]
+    assert list(t["adversarial_stage"]) == ["train_base", "finetune", "finetune", "finetune"]
+    rb = _gain(t, "f_rb")  # 118 and 120 minutes of adversarial training
+    assert rb["adv_wall_min"] == "119.00 ± 1.41" and rb["n"] == 2
+    assert rb["adv_time_ratio"] == pytest.approx(1.0) and rb["adv_macs"] == "1 PMAC"
+    assert rb["lineage_wall_min_mean"] == pytest.approx(119.0) and rb["device"] == "cuda"
+    dense = _gain(t, "T_ad(f_st)")  # 14 min fine-tuning after 10 min standard training
+    assert dense["adv_wall_min"] == "14.00 ± 0.00"
+    assert dense["adv_time_ratio"] == pytest.approx(14 / 119)
+    assert dense["adv_macs"] == "150 TMAC" and dense["adv_macs_ratio"] == pytest.approx(0.15)
+    assert dense["lineage_wall_min_mean"] == pytest.approx(24.0)
+    assert dense["lineage_time_ratio"] == pytest.approx(24 / 119)
+    assert dense["lineage_macs_mean"] == pytest.approx(2e14)
+    pruned = _gain(t, "T_ad(f_st^p)")  # 10 + 1 s pruning + 10 min
+    assert pruned["adv_wall_min_mean"] == pytest.approx(10.0)
+    assert pruned["lineage_wall_min_mean"] == pytest.approx(20 + 1 / 60)
+    assert pruned["lineage_macs_mean"] == pytest.approx(1.5e14)  # pruning's 0 MACs are known
+    ptq = _gain(t, "T_ad(f_st^q) (PTQ)")
+    assert ptq["adv_wall_min_mean"] == pytest.approx(12.0)
+    assert ptq["lineage_macs_mean"] == pytest.approx(5e13 + 2.5e9 + 1e14)
+    # levels that were not run -> n/a rows, f_rb still there
+    t2 = report.computational_gains(df, 0.9, 2)
+    assert _gain(t2, "T_ad(f_st^p)")["adv_wall_min"] == "n/a"
+    assert _gain(t2, "T_ad(f_st^q) (PTQ)")["device"] == "n/a"
+    assert _gain(t2, "f_rb")["adv_wall_min"] == "119.00 ± 1.41"
+
+
+def test_computational_gains_with_older_eval_files(tmp_path):
+    recs = [make_record("rb", "dense", "none", 0, legacy=True),
+            make_record("st", "dense", "ad", 0, legacy=True)]
+    t = report.computational_gains(frame(tmp_path, recs), 0.8, 8)
+    dense = _gain(t, "T_ad(f_st)")
+    assert dense["adv_wall_min"] == "14.00 ± 0.00"
+    assert dense["adv_time_ratio"] == pytest.approx(14 / 118)
+    assert dense["adv_macs"] == "n/a" and math.isnan(dense["adv_macs_ratio"])
+    assert math.isnan(dense["lineage_macs_mean"]) and dense["device"] == "n/a"
+    assert _gain(t, "T_ad(f_st^p)")["n"] == 0
+
+
+def test_table_names_per_dataset():
+    assert report.table_names("fashion_mnist") == [
+        "table2_baselines", "table3_compressed", "table5_adversarial_finetuning",
+        "computational_gains"]
+    assert report.table_names("digits") == report.table_names("fashion_mnist")
+    assert report.table_names("cifar10") == [
+        "table2_baselines", "table4_compressed", "table6_adversarial_finetuning",
+        "computational_gains"]
+
+
+# ----------------------------------------------------------------------------- LaTeX structure
+
+
+def _unescaped(pattern: str) -> str:
+    return r"(?<!\\)" + pattern
+
+
+def check_latex_table(tex: str) -> list[list[str]]:
+    """Structural LaTeX check (no TeX installation needed): environments nest, braces and
+    math shifts balance, booktabs rules are in order, every tabular row spans the column spec.
+    Returns the body rows as lists of cells."""
+    stack = []
+    for kind, name in re.findall(r"\\(begin|end)\{([^}]*)\}", tex):
+        if kind == "begin":
+            stack.append(name)
+        else:
+            assert stack and stack.pop() == name, f"\\end{{{name}}} does not close"
+    assert not stack, f"unclosed environments {stack}"
+    depth = 0
+    for ch in re.sub(r"\\[{}]", "", tex):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0, "a } closes nothing"
+    assert depth == 0, "unbalanced braces"
+    for line in tex.splitlines():
+        if not line.startswith("%"):
+            assert len(re.findall(_unescaped(r"\$"), line)) % 2 == 0, f"unbalanced $ in {line!r}"
+    spec = re.search(r"\\begin\{tabular\}\{([lcr]+)\}", tex).group(1)
+    top, mid, bottom = (tex.index(r"\toprule"), tex.index(r"\midrule"), tex.index(r"\bottomrule"))
+    assert top < mid < bottom
+    rows = []
+    for line in tex[top:bottom].splitlines():
+        line = line.strip()
+        if not line.endswith(r"\\"):
+            continue
+        cells = re.split(_unescaped("&"), line[:-2])
+        span = sum(int(m.group(1)) if (m := re.search(r"\\multicolumn\{(\d+)\}", c)) else 1
+                   for c in cells)
+        assert span == len(spec), f"row spans {span} columns, tabular has {len(spec)}: {line!r}"
+        if tex.index(line) > mid:
+            rows.append([c.strip() for c in cells])
+    return rows
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def test_write_tables_fashion_mnist(df_qat, tmp_path):
     out = tmp_path / "tables"
-    written = report.write_tables(df, out, 0.8, 8)
-    names = sorted(p.name for p in written)
-    assert names == sorted(f"{s}.{e}" for s in ("table2_baselines", "table3_compressed",
-                                                "table5_adversarial_finetuning")
-                           for e in ("csv", "md"))
-    assert sorted(p.name for p in out.iterdir()) == names  # no temp files left behind
+    written = report.write_tables(df_qat, out, 0.8, 8)
+    stems = report.table_names("fashion_mnist")
+    assert [p.name for p in written] == [f"{s}.{e}" for s in stems for e in ("csv", "md", "tex")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # no temp files
     t3 = pd.read_csv(out / "table3_compressed.csv")
     row = t3[(t3["model"] == "f_st^p") & (t3["performance"] == "test")].iloc[0]
     assert row["ad_mean"] == pytest.approx(82.0) and row["ad_std"] == pytest.approx(2.8284, 1e-4)
+    assert list(t3.columns[:3]) == ["experiment", "dataset", "arch"]
+
     md3 = (out / "table3_compressed.md").read_text(encoding="utf-8")
     assert md3.startswith("Table 3:") and "0.8" in md3.splitlines()[0] and "INT8" in md3
+    assert "Fashion-MNIST (8-layer CNN)" in md3.splitlines()[0]
     assert "82.00 ± 2.83" in md3 and "n/a" in md3 and "T_st(·)" in md3
     assert "2/0/2" in md3 and "1/2/2" in md3  # per-column seed counts where they differ
     md2 = (out / "table2_baselines.md").read_text(encoding="utf-8")
     header = [c.strip() for c in md2.split("\n\n")[1].splitlines()[0].strip("|").split("|")]
-    assert header == ["Experiment", "Dataset", "Arch", "Model", "n", "Test", "Robustness"]
-    assert md2.startswith("Table 2:") and "T_ad(f_st)" in md2
+    assert header == ["Dataset", "Model", "n", "Test", "Robustness"]
+    assert md2.startswith("Table 2:") and "T_ad(f_st)" in md2 and "| Fashion-MNIST |" in md2
     md5 = (out / "table5_adversarial_finetuning.md").read_text(encoding="utf-8")
     assert md5.startswith("Table 5:") and "T_ad(f_rb^q) (PTQ)" in md5
+    assert re.search(r"\| T_ad\(f_rb\^q\) \(QAT\) +\| 1 +\| 88\.00 ± 0\.00", md5)
+    gains = (out / "computational_gains.md").read_text(encoding="utf-8")
+    assert "119.00 ± 1.41" in gains and "150 TMAC" in gains and "| 0.12 " in gains
+    assert "| 1.00 " in gains  # ratios stay formatted text
+
+    tex3 = (out / "table3_compressed.tex").read_text(encoding="utf-8")
+    rows3 = check_latex_table(tex3)
+    assert rows3[0] == ["$f_{st}^{p}$", "test", r"62.50 $\pm$ 0.71", r"61.50 $\pm$ 0.71",
+                        r"82.00 $\pm$ 2.83", "2"]
+    assert rows3[1][0] == "" and r"\multicolumn{3}{c}{Fine-tuning}" in tex3
+    assert r"\caption{" in tex3 and r"80\% sparsity" in tex3 and r"\label{tab:table3_compressed}" in tex3
+    rows5 = check_latex_table((out / "table5_adversarial_finetuning.tex").read_text(encoding="utf-8"))
+    assert rows5[-1] == [r"$\mathcal{T}_{ad}(f_{rb}^{q})$ (QAT)", "1", r"88.00 $\pm$ 0.00",
+                         r"81.00 $\pm$ 0.00"]
+    rows2 = check_latex_table((out / "table2_baselines.tex").read_text(encoding="utf-8"))
+    assert [r[1] for r in rows2] == ["$f_{st}$", "$f_{rb}$", r"$\mathcal{T}_{ad}(f_{st})$"]
+    rows_g = check_latex_table((out / "computational_gains.tex").read_text(encoding="utf-8"))
+    assert rows_g[0][:5] == ["$f_{rb}$", "training", "2", r"119.00 $\pm$ 1.41", "1.00"]
+    assert rows_g[1][5] == "150 TMAC" and rows_g[1][-1] == "cuda"
+
+
+def test_write_tables_cifar10_names_tables_4_and_6(tmp_path):
+    recs = [make_record(t, c, f, 0, dataset="cifar10", arch="resnet18", experiment="c10_rn18")
+            for t, c, f in [("st", "dense", "none"), ("rb", "dense", "none"),
+                            ("st", "prune-0.5", "ad"), ("st", "ptq-int8", "ad")]]
+    out = tmp_path / "tables"
+    written = report.write_tables(frame(tmp_path / "e", recs), out, 0.5, 8)
+    assert {p.stem for p in written} == set(report.table_names("cifar10"))
+    md4 = (out / "table4_compressed.md").read_text(encoding="utf-8")
+    md6 = (out / "table6_adversarial_finetuning.md").read_text(encoding="utf-8")
+    assert md4.startswith("Table 4:") and "CIFAR10 (ResNet-18)" in md4 and "0.5" in md4
+    assert md6.startswith("Table 6:")
+    tex4 = (out / "table4_compressed.tex").read_text(encoding="utf-8")
+    check_latex_table(tex4)
+    assert r"\label{tab:table4_compressed}" in tex4 and r"50\% sparsity" in tex4
+
+
+def test_write_tables_several_groups_and_escaping(df, tmp_path):
+    other = frame(tmp_path / "e", [make_record("st", "dense", "none", 0, experiment="exp_2&b")])
+    out = tmp_path / "tables"
+    report.write_tables(pd.concat([df, other], ignore_index=True), out, 0.8, 8)
+    tex = (out / "table2_baselines.tex").read_text(encoding="utf-8")
+    rows = check_latex_table(tex)
+    assert r"\emph{exp\_2\&b: Fashion-MNIST, 8-layer CNN}" in tex and len(rows) == 2 + 2 * 3
+    md = (out / "table2_baselines.md").read_text(encoding="utf-8")
+    assert "**exp_2&b: Fashion-MNIST, 8-layer CNN**" in md and "**fmnist_cnn8:" in md
+
+
+def test_write_tables_needs_one_dataset(df, tmp_path):
+    other = frame(tmp_path / "e", [make_record("st", "dense", "none", 0, dataset="cifar10")])
+    with pytest.raises(ValueError, match="exactly one dataset"):
+        report.write_tables(pd.concat([df, other], ignore_index=True), tmp_path / "t", 0.8, 8)
+    with pytest.raises(ValueError, match="got rows of datasets"):
+        report.write_tables(df, tmp_path / "t", 0.8, 8, dataset="cifar10")
+    with pytest.raises(ValueError, match="pass dataset="):
+        report.write_tables(report.collect_metrics([]), tmp_path / "t", 0.8, 8)
 
 
 def test_write_tables_empty(tmp_path):
-    empty = report.collect_metrics([])
-    written = report.write_tables(empty, tmp_path, 0.8, 8)
+    written = report.write_tables(report.collect_metrics([]), tmp_path, 0.8, 8, dataset="cifar10")
+    assert [p.stem for p in written[::3]] == report.table_names("cifar10")
     assert all(p.exists() for p in written)
     assert "(no data)" in (tmp_path / "table2_baselines.md").read_text(encoding="utf-8")
+    tex = (tmp_path / "table4_compressed.tex").read_text(encoding="utf-8")
+    check_latex_table(tex)
+    assert r"\multicolumn{6}{c}{no data}" in tex
 
 
 # ----------------------------------------------------------------------------- figures
@@ -268,15 +547,50 @@ def _assert_png(p: Path):
     assert len(data) > 1000 and data[:8] == PNG_MAGIC
 
 
-def test_figures_are_png(df, tmp_path):
-    f1 = report.plot_figure1(df, tmp_path / "fig" / "figure1.png")
-    f3 = report.plot_figure3(df, tmp_path / "fig" / "figure3.png")
-    _assert_png(f1)
-    _assert_png(f3)
-    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["figure1.png", "figure3.png"]
+def _assert_pdf(p: Path):
+    data = p.read_bytes()
+    assert len(data) > 1000 and data[:5] == PDF_MAGIC and b"%%EOF" in data[-32:]
 
 
-def test_figures_without_data(df, tmp_path):
-    _assert_png(report.plot_figure1(report.collect_metrics([]), tmp_path / "empty.png"))
+def test_figures_png_and_pdf(df_qat, tmp_path):
+    fig = tmp_path / "fig"
+    f1 = report.plot_figure1(df_qat, fig / "f1.png", fig / "f1.pdf")
+    f3 = report.plot_figure3(df_qat, fig / "f3.png")  # PDF is optional
+    f4 = report.plot_figure4(df_qat, fig / "f4.png", fig / "f4.pdf")
+    assert [p.name for p in f1 + f3 + f4] == ["f1.png", "f1.pdf", "f3.png", "f4.png", "f4.pdf"]
+    for p in f1 + f3 + f4:
+        (_assert_png if p.suffix == ".png" else _assert_pdf)(p)
+    assert sorted(p.name for p in fig.iterdir()) == sorted(p.name for p in f1 + f3 + f4)
+
+
+def test_plot_figures_by_name(df_qat, tmp_path):
+    written = report.plot_figures(df_qat, tmp_path)
+    assert [p.name for p in written] == [f"{n}.{e}" for n in report.FIGURES for e in ("png", "pdf")]
+    assert list(report.FIGURES) == ["figure1_adversarial_finetuning", "figure3_no_finetuning",
+                                    "figure4_qat"]
+    with pytest.raises(ValueError, match="unknown figure"):
+        report.plot_figures(df_qat, tmp_path, ["figure9"])
+
+
+def test_bit_width_axis_int16_to_int1(df_qat):
+    fig = report.new_figure(5, 4)
+    ax = fig.subplots()
+    ns = report._panel(ax, df_qat, "qat", "none", ("rb",), "QAT")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["INT16", "INT8", "INT4", "INT2", "INT1"]
+    assert ns == [2] * 5 * 2  # five bit widths, test and robustness, two seeds each
+    curves = ax.containers  # one errorbar per curve: robust f_rb test and robustness
+    assert len(curves) == 2
+    assert all(sorted(c.lines[0].get_xdata()) == [0, 1, 2, 3, 4] for c in curves)
+
+
+def test_figures_without_data_and_from_csv(df, tmp_path):
+    _assert_png(report.plot_figure1(report.collect_metrics([]), tmp_path / "empty.png")[0])
     only_prune = df[df.method != "ptq"]  # PTQ panel says "no data"
-    _assert_png(report.plot_figure3(only_prune, tmp_path / "noptq.png"))
+    _assert_png(report.plot_figure3(only_prune, tmp_path / "noptq.png")[0])
+    _assert_pdf(report.plot_figure4(df, tmp_path / "noqat.png", tmp_path / "noqat.pdf")[1])
+    # the workflow plots from all_metrics.csv, not from the eval files
+    csv = report.write_metrics_csv(df, tmp_path / "all_metrics.csv")
+    again = pd.read_csv(csv)
+    _assert_png(report.plot_figure1(again, tmp_path / "from_csv.png")[0])
+    t = report.computational_gains(again, 0.8, 8)
+    assert _gain(t, "T_ad(f_st)")["adv_wall_min"] == "14.00 ± 0.00"

@@ -101,14 +101,57 @@ def test_adversarial_finetuning_of_a_quantized_model_saves_and_reloads(data_path
         assert torch.isfinite(model(torch.rand(2, 1, 28, 28))).all()
 
 
-def test_int1_is_refused_clearly(data_path, base, tmp_path):
-    with pytest.raises(ValueError, match="INT1"):
-        compress(data_path, base, tmp_path, "ptq-int1")
-    assert list(tmp_path.iterdir()) == []
+def test_int1_is_a_real_one_bit_model(data_path, base, tmp_path):
+    compress(data_path, base, tmp_path, "ptq-int1")
+    dense = evaluate(data_path, base / "model.pt", base / "metrics.json", **{"attack.eval.steps": 0})
+    binary = evaluate(data_path, tmp_path / "ptq-int1.pt", tmp_path / "ptq-int1.json", "ptq-int1",
+                      **{"attack.eval.steps": 0})
+    assert binary["weight_bytes"] < dense["weight_bytes"] / 20  # 1-bit conv/linear weights
+    model, ckpt = artifacts.load_model(tmp_path / "ptq-int1.pt")
+    assert ckpt["quant"]["bits"] == 1
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.rand(2, 1, 28, 28))).all()
+
+
+QAT = {"init": "parent", "epochs": 1, "batch_size": 32, "lr": 0.01, "momentum": 0.9, "lr_drop_epoch": None,
+       "lr_after_drop": 0.01, "eps_warmup_epochs": 0}
+
+
+def qat(data_path, base, out, train, init):
+    cfg = stage_config(tiny_config(**{"sweep.qat_bits": [8], "compress.qat": QAT | {"init": init}}), "qat")
+    parent = (base / "model.pt", base / "metrics.json") if init == "parent" else (None, None)
+    return stages.run_quantization_aware_training(cfg | {"device": "cpu"}, data_path, "qat-int8", train, 0,
+                                                  *parent, out / "qat-int8.pt", out / "qat-int8.json")
+
+
+def test_quantization_aware_training_from_the_parent_and_from_scratch(data_path, base, tmp_path):
+    m = qat(data_path, base, tmp_path, "rb", "parent")
+    assert (m["method"], m["level"], m["init"]) == ("qat", 8, "parent")
+    assert [s["stage"] for s in m["stages"]] == ["train_base", "compress"]
+    assert m["stages"][-1]["adversarial"] and m["stages"][-1]["estimated_macs"] > 0
+    assert m["attack"]["eps_space"] == "pixel"
+    result = evaluate(data_path, tmp_path / "qat-int8.pt", tmp_path / "qat-int8.json", "qat-int8",
+                      **{"attack.eval.steps": 0})
+    assert result["clean_acc"] > 0.6 and result["method"] == "qat"
+    _, ckpt = artifacts.load_model(tmp_path / "qat-int8.pt")
+    assert ckpt["quant"]["bits"] == 8
+
+    scratch = tmp_path / "scratch"
+    m = qat(data_path, base, scratch, "st", "scratch")
+    assert [s["stage"] for s in m["stages"]] == ["compress"] and not m["stages"][0]["adversarial"]
+
+
+def test_stages_record_their_estimated_compute(data_path, base, tmp_path):
+    metrics = json.loads((base / "metrics.json").read_text())
+    fwd = 13_686_528  # CNN8's multiply-accumulates per 28x28 image (FACTS.md: 13.7 M)
+    stage = metrics["stages"][0]
+    assert stage["estimated_macs"] == 3 * 3 * 512 * fwd  # 3 clean epochs of 512 images, 3 passes each
+    assert not stage["adversarial"] and stage["device"] == "cpu"
+    assert stages.training_macs([{"eps": 0.0}, {"eps": 0.1}], 10, 100, attack_steps=5) == 10 * 100 * (3 + 13)
 
 
 def test_compression_labels_round_trip():
-    for label in ("dense", "prune-0.5", "prune-0.85", "ptq-int8", "ptq-int16"):
+    for label in ("dense", "prune-0.5", "prune-0.85", "ptq-int8", "ptq-int16", "ptq-int1", "qat-int4"):
         assert stages.compression_label(*stages.parse_compression(label)) == label
     with pytest.raises(ValueError, match="unknown compression"):
         stages.parse_compression("ptq-8")

@@ -17,6 +17,19 @@ def snakemake(workdir, *args, timeout=900):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
+# The tiny DAG also runs QAT (INT8, from the trained robust model), so every table cell has data,
+# and Figure 2's t-SNE.
+WITH_QAT = {"report.figure2": {"enabled": True, "class_index": 8, "n_images": 20, "perplexity": 5},
+            "sweep.qat_bits": [8],
+            "compress.qat": {"init": "parent", "epochs": 1, "batch_size": 32, "lr": 0.01, "momentum": 0.9,
+                             "lr_drop_epoch": None, "lr_after_drop": 0.01},
+            "finetune.qat": {"lr": 0.01, "momentum": 0.9}}
+
+
+def workflow_config(**over):
+    return tiny_config(**WITH_QAT, **over)
+
+
 def write_config(workdir, cfg):
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
 
@@ -29,7 +42,7 @@ def planned_outputs(result) -> list[str]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("wf")
-    write_config(workdir, tiny_config())
+    write_config(workdir, workflow_config())
     result = snakemake(workdir, "all")
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
@@ -39,18 +52,23 @@ def finished_run(tmp_path_factory):
 def test_the_whole_dag_produces_tables_and_figures(finished_run):
     out = finished_run / "results" / "tiny"
     evals = sorted(out.rglob("eval.json"))
-    assert len(evals) == 2 + 1 + 2 * 2 * 3  # 2 bases dense, T_ad(f_st), 2 bases x 2 compressions x 3 ft
+    # 2 bases dense, T_ad(f_st), 2 bases x 2 compressions x 3 ft, QAT of f_rb x 3 ft
+    assert len(evals) == 2 + 1 + 2 * 2 * 3 + 3
     for path in evals:
         record = json.loads(path.read_text())
         assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1
         assert record["provenance"]["git_commit"] and record["stages"][0]["stage"] == "train_base"
+        assert record["attack"]["eps_space"] == "pixel"
     df = pd.read_csv(out / "all_metrics.csv")
     assert len(df) == len(evals)
     for table in ("table2_baselines", "table3_compressed", "table5_adversarial_finetuning"):
         text = (out / "tables" / f"{table}.md").read_text()
         assert "| n/a" not in text, f"{table} has an empty cell"
-    for fig in ("figure1_adversarial_finetuning", "figure3_no_finetuning"):
+        assert "\\begin{tabular}" in (out / "tables" / f"{table}.tex").read_text()
+    assert (out / "tables" / "computational_gains.csv").exists()
+    for fig in ("figure1_adversarial_finetuning", "figure2_tsne", "figure3_no_finetuning", "figure4_qat"):
         assert (out / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (out / "figures" / f"{fig}.pdf").read_bytes()[:4] == b"%PDF"
     logs = list((finished_run / "logs").rglob("*.log"))
     assert len(logs) >= len(evals) and any("epoch" in p.read_text() for p in logs)
 
@@ -63,7 +81,7 @@ def test_a_rerun_schedules_nothing(finished_run):
 
 @pytest.mark.slow
 def test_extending_the_sweep_plans_only_the_new_nodes(finished_run):
-    cfg = tiny_config()
+    cfg = workflow_config()
     cfg["sweep"]["seeds"] = [0, 1]
     cfg["sweep"]["prune_sparsities"] = [0.5, 0.8]
     cfg["sweep"]["ptq_bits"] = [8, 4]
@@ -71,7 +89,7 @@ def test_extending_the_sweep_plans_only_the_new_nodes(finished_run):
     try:
         result = snakemake(finished_run, "all", "-n")
     finally:
-        write_config(finished_run, tiny_config())
+        write_config(finished_run, workflow_config())
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = planned_outputs(result)
     nodes = [o for o in outputs if "/seed" in o]
@@ -82,7 +100,7 @@ def test_extending_the_sweep_plans_only_the_new_nodes(finished_run):
 
 
 @pytest.mark.parametrize("change,key", [({"data.name": "imagenet"}, "imagenet"),
-                                        ({"sweep.ptq_bits": [1]}, "ptq_bits"),
+                                        ({"sweep.ptq_bits": [3]}, "ptq_bits"),
                                         ({"report.ptq_bits": 4}, "report.ptq_bits")])
 def test_a_bad_config_fails_before_any_job_naming_the_key(tmp_path, change, key):
     write_config(tmp_path, tiny_config(**change))

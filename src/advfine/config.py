@@ -11,10 +11,12 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 
 STAGE_SECTIONS = {
     "prepare_data": ("data",),
-    "train_base": ("model", "attack.train", "train"),
-    "compress": ("compress",),
-    "finetune": ("attack.train", "finetune"),
-    "evaluate": ("model", "attack.eval", "evaluate"),
+    "train_base": ("model", "attack.eps_space", "attack.train", "train"),
+    "compress": ("compress.calibration_batches", "compress.calibration_batch_size"),
+    "qat": ("model", "attack.eps_space", "attack.train", "compress"),
+    "finetune": ("attack.eps_space", "attack.train", "finetune"),
+    "evaluate": ("model", "attack.eps_space", "attack.eval", "evaluate"),
+    "features": ("attack.eps_space", "attack.eval", "report.figure2"),
 }
 
 
@@ -40,6 +42,7 @@ def validate_config(config: dict) -> None:
 def check_config(config: dict) -> None:
     """Checks the schema cannot express."""
     sweep, report = config["sweep"], config["report"]
+    qat_bits = sweep.get("qat_bits", [])
     if report["prune_sparsity"] not in sweep["prune_sparsities"] and sweep["prune_sparsities"]:
         raise ConfigError(f"config key report.prune_sparsity: {report['prune_sparsity']} is not in "
                           f"sweep.prune_sparsities {sweep['prune_sparsities']}")
@@ -49,6 +52,22 @@ def check_config(config: dict) -> None:
     if sweep["dense_finetune"] and "st" not in sweep["base_models"]:
         raise ConfigError("config key sweep.dense_finetune: fine-tunes the standard model, "
                           "so sweep.base_models must contain 'st'")
+    if qat_bits and "qat" not in config["compress"]:
+        raise ConfigError("config key compress.qat: missing; sweep.qat_bits needs the QAT training settings")
+    if qat_bits and set(sweep["finetune"]) - {"none"} and "qat" not in config["finetune"]:
+        raise ConfigError("config key finetune.qat: missing; fine-tuning QAT models (sweep.qat_bits with "
+                          "sweep.finetune st/ad) needs its lr and momentum")
+    figure2 = report.get("figure2", {"enabled": False})
+    if figure2["enabled"]:
+        needs = {"model.arch": (config["model"]["arch"] == "cnn8", "cnn8 (layers 6-8 of the paper's CNN)"),
+                 "sweep.base_models": ("st" in sweep["base_models"] and "rb" in sweep["base_models"], "st and rb"),
+                 "sweep.finetune": ({"st", "ad"} <= set(sweep["finetune"]), "st and ad"),
+                 "sweep.prune_sparsities": (bool(sweep["prune_sparsities"]), "report.prune_sparsity"),
+                 "sweep.ptq_bits": (bool(sweep["ptq_bits"]), "report.ptq_bits")}
+        for key, (ok, what) in needs.items():
+            if not ok:
+                raise ConfigError(f"config key report.figure2.enabled: Figure 2 needs {key} to contain {what}; "
+                                  "set report.figure2.enabled: false or extend the sweep")
     if len({f"{s:g}" for s in sweep["prune_sparsities"]}) != len(sweep["prune_sparsities"]):
         raise ConfigError("config key sweep.prune_sparsities: two values give the same folder name")
     for which in ("train", "eval"):
@@ -64,7 +83,8 @@ def stage_config(config: dict, stage: str) -> dict:
     for dotted in STAGE_SECTIONS[stage]:
         head, _, tail = dotted.partition(".")
         if tail:
-            out.setdefault(head, {})[tail] = config[head][tail]
+            if tail in config[head]:  # optional keys (e.g. attack.eps_space) may be absent
+                out.setdefault(head, {})[tail] = config[head][tail]
         else:
             out[head] = config[head]
     return out

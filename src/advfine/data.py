@@ -1,11 +1,12 @@
 """Datasets as in-memory tensors: images float32 in [0, 1], shape N x C x H x W; labels int64.
 
-The datasets here are small (MNIST-sized), so a per-item DataLoader would only add overhead:
-batches are slices of a tensor (see ``iterate_batches``).
+The datasets here are small (MNIST- and CIFAR-sized), so a per-item DataLoader would only add overhead:
+batches are slices of a tensor (see ``iterate_batches``), augmented as whole batches (``augment_batch``).
 """
 from __future__ import annotations
 
 import gzip
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,90 @@ def load_fashion_mnist_tensors(data_root: str | Path, download: bool):
     return to_float(train.data), train.targets.long(), to_float(test.data), test.targets.long()
 
 
+class _NumpyArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a CIFAR batch file cannot run code on load."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how Python 3 writes bytes at protocol 2 (the official files' protocol)
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not a plain CIFAR batch")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """One ``cifar-10-batches-py`` file: a pickled dict with 'data' (uint8, N x 3072, channel-major) and
+    'labels'. latin1 decodes the Python 2 pickles of the official files (as torchvision does)."""
+    with open(path, "rb") as f:
+        entry = _NumpyArrayUnpickler(f, encoding="latin1").load()
+    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    return np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32), list(entry["labels"])
+
+
+def load_cifar10_tensors(data_root: str | Path, download: bool):
+    """CIFAR-10 from the official python batches in ``{data_root}/cifar-10-batches-py/``; with download: true
+    and files missing, torchvision's CIFAR10 fetches, md5-checks and unpacks them there.
+
+    The batches are read here rather than through ``CIFAR10(download=False)``: torchvision refuses any
+    file whose md5 differs from the official one, which would rule out generated test files, and its
+    plain pickle.load would run whatever code a damaged or foreign file holds."""
+    from torchvision.datasets import CIFAR10
+
+    root = Path(data_root)
+    folder = root / CIFAR10.base_folder
+    train_files = [name for name, _md5 in CIFAR10.train_list]
+    test_files = [name for name, _md5 in CIFAR10.test_list]
+    missing = [name for name in train_files + test_files if not (folder / name).exists()]
+    if missing and not download:
+        raise DataError(
+            f"CIFAR-10 not found: missing {', '.join(str(folder / m) for m in missing)}. Unpack the official "
+            f"cifar-10-python.tar.gz into {root} (it holds cifar-10-batches-py/), or set data.download: true.")
+    if missing:
+        try:
+            CIFAR10(str(root), train=True, download=True)  # downloads and unpacks both splits
+        except Exception as err:  # network, md5 and archive errors come in many types
+            raise DataError(f"cannot download CIFAR-10 into {folder}: {err}. Without internet, unpack the "
+                            f"official cifar-10-python.tar.gz into {root} by hand.") from err
+
+    def read(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = [], []
+        for name in names:
+            try:
+                batch_images, batch_labels = _read_cifar_batch(folder / name)
+            except (OSError, EOFError, ValueError, KeyError, AttributeError, pickle.UnpicklingError) as err:
+                raise DataError(f"cannot read CIFAR-10 batch {folder / name}: {type(err).__name__}: {err}. "
+                                "Replace it with the official file (truncated or damaged?).") from err
+            if len(batch_images) != len(batch_labels):
+                raise DataError(f"CIFAR-10 batch {folder / name} has {len(batch_images)} images but "
+                                f"{len(batch_labels)} labels")
+            images.append(batch_images)
+            labels += batch_labels
+        x = torch.from_numpy(np.concatenate(images)).float().div_(255.0)
+        return x, torch.tensor(labels, dtype=torch.int64)
+
+    return (*read(train_files), *read(test_files))
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """The standard CIFAR augmentation on a whole batch, on its device: a random H x W crop of the image
+    zero-padded by ``padding`` pixels, then a horizontal flip with probability 1/2. Draws from
+    ``generator`` (on x's device) only, so runs are reproducible. Written here because torchvision's
+    RandomCrop/RandomHorizontalFlip use the global RNG and one crop for a whole batch."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    top = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=x.device)
+    left = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=x.device)
+    flip = torch.rand(n, 1, generator=generator, device=x.device) < 0.5
+    rows = top + torch.arange(h, device=x.device)  # n x h
+    cols = left + torch.where(flip, torch.arange(w - 1, -1, -1, device=x.device), torch.arange(w, device=x.device))
+    batch = torch.arange(n, device=x.device).view(n, 1, 1)
+    # Advanced indexing puts the indexed dims first: n x h x w x C, then back to N x C x H x W.
+    return padded[batch, :, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2)
+
+
 def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int):
     """A fixed random subset of n items (all of them if n is None or too large)."""
     if n is None or n >= len(y):
@@ -128,8 +213,10 @@ def load_dataset(cfg: dict) -> Dataset:
                                              cfg.get("split_seed", 0))
     elif name == "fashion_mnist":
         tx, ty, vx, vy = load_fashion_mnist_tensors(cfg.get("data_root", "data"), cfg.get("download", False))
+    elif name == "cifar10":
+        tx, ty, vx, vy = load_cifar10_tensors(cfg.get("data_root", "data"), cfg.get("download", False))
     else:
-        raise ValueError(f"data.name: unknown dataset {name!r}; known: digits, fashion_mnist")
+        raise ValueError(f"data.name: unknown dataset {name!r}; known: digits, fashion_mnist, cifar10")
     split_seed = cfg.get("split_seed", 0)
     tx, ty = _subset(tx, ty, cfg.get("train_subset"), split_seed)
     vx, vy = _subset(vx, vy, cfg.get("test_subset"), split_seed + 1)

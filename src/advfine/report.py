@@ -2,10 +2,26 @@
 
 Pipeline (all pure functions except the ``write_*``/``plot_*`` writers):
 
-    df = collect_metrics(paths)                # one row per eval.json, flat columns
-    write_tables(df, out_dir, 0.8, 8)          # Tables 2, 3, 5 as CSV + Markdown
-    plot_figure1(df, "figure1.png")            # accuracy vs compression level, finetune == "ad"
-    plot_figure3(df, "figure3.png")            # same, finetune == "none"
+    df = collect_metrics(paths)                 # one row per eval.json, flat columns
+    write_metrics_csv(df, "all_metrics.csv")
+    write_tables(df, out_dir, 0.8, 8)           # table_names(dataset), each as .csv, .md, .tex
+    plot_figures(df, fig_dir)                   # FIGURES: Figures 1, 3, 4 as .png and .pdf
+    plot_figure1(df, "f1.png", "f1.pdf")        # ... or one figure at a time
+
+One experiment (one config) holds one dataset. For it ``write_tables`` writes the paper's
+tables (stems from ``table_names(dataset)``):
+
+* ``table2_baselines``: f_st, f_rb, T_ad(f_st) (Table 2);
+* ``table3_compressed`` / ``table4_compressed`` (on cifar10): compressed models x fine-tuning
+  None/T_st/T_ad (Tables 3 and 4 are the same table for Fashion-MNIST and CIFAR-10);
+* ``table5_adversarial_finetuning`` / ``table6_adversarial_finetuning`` (on cifar10): dense
+  models vs adversarially fine-tuned compressed ones, PTQ and QAT (Tables 5 and 6);
+* ``computational_gains``: wall time and estimated MACs of full adversarial training (f_rb) vs
+  adversarial fine-tuning (T_ad(f_st), T_ad(f_st^p), T_ad(f_st^q)), Sec. 6 "Computational gains".
+
+Figures (PNG, and PDF when a PDF path is given): Figure 1 (accuracy vs pruning sparsity and vs
+bit width after adversarial fine-tuning), Figure 3 (the same without fine-tuning), Figure 4
+(QAT robust models f_rb^q vs bit width, no fine-tuning). Figure 2 (t-SNE) is in ``features``.
 
 Conventions
 -----------
@@ -14,17 +30,23 @@ Conventions
   the std is shown as 0.00.  Every table carries the number of seeds (``n`` columns).
 * A requested combination with no data is shown as ``n/a`` (never dropped).
 * Tables are computed separately for each (experiment, dataset, arch) group; those three
-  columns lead every table.
+  columns lead every CSV table. Markdown and LaTeX follow the paper's layout (with the ``n``
+  column added) and name dataset and architecture in the caption.
 * Model labels follow the paper in plain text: ``f_st``, ``f_rb^p``, ``T_ad(f_st^q) (PTQ)``...
-  (``^p`` = pruned, ``^q`` = quantized, ``T_st``/``T_ad`` = standard/adversarial fine-tuning).
+  (``^p`` = pruned, ``^q`` = quantized, ``T_st``/``T_ad`` = standard/adversarial fine-tuning);
+  LaTeX renders them as math (``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``).
 * Unknown ``method``/``train``/``finetune`` values are carried in the DataFrame but are left
   out of tables and figures that do not use them.
+* eval.json files written before a key existed still load: missing per-stage
+  ``estimated_macs``/``adversarial``/``device`` and ``attack.eps_space``/``eps_pixel`` become
+  NaN/NA, and the cells that need them n/a.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -37,7 +59,12 @@ from .artifacts import atomic_path
 
 GROUP_COLS = ["experiment", "dataset", "arch"]
 STANDARD_STAGES = ["train_base", "compress", "finetune"]
+# Per-stage columns "<stage>_<field>" taken from each entry of eval.json's "stages".
+STAGE_FIELDS = ["wall_time_s", "estimated_macs", "adversarial", "device"]
 NA = "n/a"
+
+DATASET_NAMES = {"digits": "Digits", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR10"}
+ARCH_NAMES = {"cnn8": "8-layer CNN", "resnet18": "ResNet-18"}
 
 # Top-level keys every eval.json must have, with the accepted Python types.
 _NUM = (int, float)
@@ -73,8 +100,9 @@ _FLAT_COLS = [
 ]
 METRIC_COLUMNS = (
     _FLAT_COLS
-    + [f"{s}_wall_time_s" for s in STANDARD_STAGES]
-    + ["git_commit", "config_hash", "attack_eps", "attack_step_size", "attack_steps", "path"]
+    + [f"{s}_{field}" for field in STAGE_FIELDS for s in STANDARD_STAGES]
+    + ["git_commit", "config_hash", "attack_eps", "attack_step_size", "attack_steps",
+       "attack_eps_space", "attack_eps_pixel", "path"]
 )
 _SORT_COLS = ["experiment", "dataset", "arch", "train", "method", "level", "finetune", "seed",
               "compression"]
@@ -87,6 +115,31 @@ class MetricsFileError(ValueError):
 
 
 # ----------------------------------------------------------------------------- collecting
+
+
+def _is_number(value) -> bool:
+    # bool is an int subclass; never accept it for a numeric field.
+    return isinstance(value, _NUM) and not isinstance(value, bool)
+
+
+def _stage_row(path: Path, i: int, st) -> dict:
+    """The ``<stage>_<field>`` columns of one entry of "stages"; optional fields may be absent."""
+    where = f"{path}: key 'stages'[{i}]"
+    if not (isinstance(st, dict) and isinstance(st.get("stage"), str)
+            and _is_number(st.get("wall_time_s"))):
+        raise MetricsFileError(f"{where} must be {{'stage': str, 'wall_time_s': number, ...}}")
+    macs, adversarial, device = st.get("estimated_macs"), st.get("adversarial"), st.get("device")
+    if macs is not None and not _is_number(macs):
+        raise MetricsFileError(f"{where}: 'estimated_macs' must be a number, got {macs!r}")
+    if adversarial is not None and not isinstance(adversarial, bool):
+        raise MetricsFileError(f"{where}: 'adversarial' must be true or false, got {adversarial!r}")
+    if device is not None and not isinstance(device, str):
+        raise MetricsFileError(f"{where}: 'device' must be a string, got {device!r}")
+    name = st["stage"]
+    return {f"{name}_wall_time_s": float(st["wall_time_s"]),
+            f"{name}_estimated_macs": math.nan if macs is None else float(macs),
+            f"{name}_adversarial": adversarial,
+            f"{name}_device": device}
 
 
 def _load_one(path: Path) -> dict:
@@ -103,7 +156,6 @@ def _load_one(path: Path) -> dict:
         if key not in rec:
             raise MetricsFileError(f"{path}: missing required key '{key}'")
         val = rec[key]
-        # bool is an int subclass; never accept it for a numeric field.
         if isinstance(val, bool) or not isinstance(val, types):
             raise MetricsFileError(
                 f"{path}: key '{key}' has type {type(val).__name__}, expected "
@@ -114,25 +166,21 @@ def _load_one(path: Path) -> dict:
 
     row = {k: rec[k] for k in _FLAT_COLS}
     row["level"] = math.nan if rec["level"] is None else float(rec["level"])
-    for stage in STANDARD_STAGES:
-        row[f"{stage}_wall_time_s"] = math.nan
     seen: set[str] = set()
     for i, st in enumerate(rec["stages"]):
-        if not (isinstance(st, dict) and isinstance(st.get("stage"), str)
-                and isinstance(st.get("wall_time_s"), _NUM)
-                and not isinstance(st.get("wall_time_s"), bool)):
-            raise MetricsFileError(
-                f"{path}: key 'stages'[{i}] must be {{'stage': str, 'wall_time_s': number}}")
+        stage_cols = _stage_row(path, i, st)
         if st["stage"] in seen:
             raise MetricsFileError(f"{path}: key 'stages' lists stage '{st['stage']}' twice")
         seen.add(st["stage"])
-        row[f"{st['stage']}_wall_time_s"] = float(st["wall_time_s"])
+        row.update(stage_cols)
     prov, attack = rec["provenance"], rec["attack"]
     row["git_commit"] = prov.get("git_commit")
     row["config_hash"] = prov.get("config_hash")
     row["attack_eps"] = attack.get("eps")
     row["attack_step_size"] = attack.get("step_size")
     row["attack_steps"] = attack.get("steps")
+    row["attack_eps_space"] = attack.get("eps_space")
+    row["attack_eps_pixel"] = attack.get("eps_pixel")
     row["path"] = str(path)
     return row
 
@@ -140,7 +188,9 @@ def _load_one(path: Path) -> dict:
 def collect_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """Read eval.json files into one DataFrame, one row per file.
 
-    Columns: ``METRIC_COLUMNS`` (+ ``<stage>_wall_time_s`` for any non-standard stage).
+    Columns: ``METRIC_COLUMNS`` (+ ``<stage>_<field>`` for any non-standard stage). Per stage:
+    ``_wall_time_s`` and ``_estimated_macs`` (float, NaN when the stage is not in the model's
+    lineage or the file predates the key), ``_adversarial`` (nullable boolean), ``_device``.
     Rows are sorted by experiment, dataset, arch, train, method, level, finetune, seed.
     Raises ``FileNotFoundError`` / ``MetricsFileError`` naming the offending file (and key), and
     ``MetricsFileError`` if two files describe the same model (same key columns and seed).
@@ -158,6 +208,11 @@ def collect_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
                     f"{k}={v}" for k, v in zip(_KEY_COLS, key)) + "): " + ", ".join(same["path"]))
     for col in ("seed", "n_test", "params", "macs", "checkpoint_bytes", "weight_bytes"):
         df[col] = df[col].astype("int64")
+    for col in df.columns:
+        if col.endswith("_adversarial"):
+            df[col] = df[col].astype("boolean")
+        elif col.endswith(("_wall_time_s", "_estimated_macs")) or col == "attack_eps_pixel":
+            df[col] = df[col].astype(float)
     df = df.sort_values(_SORT_COLS, na_position="first", kind="mergesort")
     return df.reset_index(drop=True)
 
@@ -191,6 +246,16 @@ def level_label(method: str, level: float | None) -> str:
     return f"sparsity {level:g}"
 
 
+def dataset_name(dataset: str) -> str:
+    """Display name: ``fashion_mnist`` -> ``Fashion-MNIST`` (unknown names unchanged)."""
+    return DATASET_NAMES.get(dataset, dataset)
+
+
+def arch_name(arch: str) -> str:
+    """Display name: ``cnn8`` -> ``8-layer CNN`` (unknown names unchanged)."""
+    return ARCH_NAMES.get(arch, arch)
+
+
 # ----------------------------------------------------------------------------- cells
 
 
@@ -219,11 +284,48 @@ def summarize(rows: pd.DataFrame) -> dict:
     return out
 
 
+def _mean_std(values: pd.Series) -> tuple[float, float]:
+    """Mean and sample std of the known (non-NaN) values; std 0.0 for one value, NaNs for none."""
+    vals = values.astype(float).dropna().to_numpy()
+    if len(vals) == 0:
+        return math.nan, math.nan
+    return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+
+
 def format_cell(mean: float, std: float) -> str:
     """``"82.00 ± 2.83"``, or ``"n/a"`` when there is no data."""
     if mean is None or std is None or math.isnan(mean) or math.isnan(std):
         return NA
     return f"{mean:.2f} ± {std:.2f}"
+
+
+def format_minutes(mean: float, std: float) -> str:
+    """``"118.20 ± 1.50"``; short runs keep 4 decimals (``"0.0123 ± 0.0004"``); n/a when NaN."""
+    if math.isnan(mean) or math.isnan(std):
+        return NA
+    decimals = 2 if abs(mean) >= 0.1 or mean == 0 else 4
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+_MAC_UNITS = [("EMAC", 1e18), ("PMAC", 1e15), ("TMAC", 1e12), ("GMAC", 1e9), ("MMAC", 1e6),
+              ("kMAC", 1e3)]
+
+
+def format_macs(macs: float) -> str:
+    """``1.23e15`` -> ``"1.23 PMAC"``; ``0`` -> ``"0 MAC"``; n/a when NaN."""
+    if macs is None or math.isnan(macs):
+        return NA
+    for unit, scale in _MAC_UNITS:
+        if abs(macs) >= scale:
+            return f"{macs / scale:.3g} {unit}"
+    return f"{macs:.3g} MAC"
+
+
+def format_ratio(ratio: float) -> str:
+    """``"0.12"``; very small ratios in scientific notation (``"3.1e-03"``); n/a when NaN/inf."""
+    if ratio is None or not math.isfinite(ratio):
+        return NA
+    return f"{ratio:.2f}" if ratio == 0 or abs(ratio) >= 0.01 else f"{ratio:.1e}"
 
 
 def _level_for(levels: float | Mapping[str, float], dataset: str) -> float | None:
@@ -232,12 +334,6 @@ def _level_for(levels: float | Mapping[str, float], dataset: str) -> float | Non
     if isinstance(levels, Mapping):
         return levels.get(dataset)
     return levels
-
-
-def _levels_text(levels: float | Mapping[str, float], fmt) -> str:
-    if isinstance(levels, Mapping):
-        return ", ".join(f"{fmt(v)} on {k}" for k, v in sorted(levels.items()))
-    return fmt(levels)
 
 
 def _groups(df: pd.DataFrame):
@@ -273,21 +369,22 @@ def _row(keys: tuple, label: str, s: dict) -> dict:
 
 
 def table2(df: pd.DataFrame) -> pd.DataFrame:
-    """Baselines: f_st, f_rb (dense, no fine-tuning) and, when present, T_ad(f_st)."""
+    """Table 2, baselines: f_st, f_rb (dense, no fine-tuning) and T_ad(f_st) (the dense standard
+    model fine-tuned adversarially; n/a when not run)."""
     rows = []
     for keys, g in _groups(df):
         rows.append(_row(keys, "f_st", summarize(_select(g, "st", "dense", "none"))))
         rows.append(_row(keys, "f_rb", summarize(_select(g, "rb", "dense", "none"))))
-        tad = _select(g, "st", "dense", "ad")
-        if len(tad):
-            rows.append(_row(keys, model_label("st", "dense", "ad"), summarize(tad)))
+        rows.append(_row(keys, model_label("st", "dense", "ad"),
+                         summarize(_select(g, "st", "dense", "ad"))))
     return pd.DataFrame(rows, columns=_T2_COLS)
 
 
 def table3(df: pd.DataFrame, prune_level: float | Mapping[str, float],
            ptq_bits: int | Mapping[str, int]) -> pd.DataFrame:
-    """Compressed models f_st^p, f_st^q, f_rb^p, f_rb^q (q = PTQ) x fine-tuning None/T_st/T_ad,
-    each model with a "test" and a "robustness" row."""
+    """Tables 3 (Fashion-MNIST) and 4 (CIFAR10): compressed models f_st^p, f_st^q, f_rb^p,
+    f_rb^q (q = PTQ) x fine-tuning None/T_st/T_ad, each model with a "test" and a "robustness"
+    row."""
     rows = []
     for keys, g in _groups(df):
         dataset = keys[1]
@@ -309,11 +406,15 @@ def table3(df: pd.DataFrame, prune_level: float | Mapping[str, float],
     return pd.DataFrame(rows, columns=_T3_COLS)
 
 
+table4 = table3  # the paper's Table 4 is Table 3 on CIFAR10
+
+
 def table5(df: pd.DataFrame, prune_level: float | Mapping[str, float],
            ptq_bits: int | Mapping[str, int]) -> pd.DataFrame:
-    """Dense base models vs adversarially fine-tuned compressed ones:
-    f_st, T_ad(f_st^p), T_ad(f_st^q) (PTQ), f_rb, T_ad(f_rb^p), T_ad(f_rb^q) (PTQ), plus
-    T_ad(f_<train>^q) (QAT) rows (at the PTQ bit width) for each train mode having any QAT rows."""
+    """Tables 5 (Fashion-MNIST) and 6 (CIFAR10): dense base models vs adversarially fine-tuned
+    compressed ones: f_st, T_ad(f_st^p), T_ad(f_st^q) (PTQ), f_rb, T_ad(f_rb^p), T_ad(f_rb^q) (PTQ),
+    T_ad(f_rb^q) (QAT) (method qat at the PTQ bit width; n/a when not run). A T_ad(f_st^q) (QAT)
+    row (not in the paper) follows the PTQ one when such models exist."""
     rows = []
     for keys, g in _groups(df):
         dataset = keys[1]
@@ -321,12 +422,274 @@ def table5(df: pd.DataFrame, prune_level: float | Mapping[str, float],
         for train in ("st", "rb"):
             rows.append(_row(keys, base_label(train), summarize(_select(g, train, "dense", "none"))))
             specs = [("prune", p_lev), ("ptq", q_bits)]
-            if ((g["train"] == train) & (g["method"] == "qat")).any():
+            if train == "rb" or ((g["train"] == train) & (g["method"] == "qat")).any():
                 specs.append(("qat", q_bits))
             for method, lev in specs:
                 s = summarize(_pick(g, train, method, "ad", lev, True))
                 rows.append(_row(keys, model_label(train, method, "ad", quant_kind=True), s))
     return pd.DataFrame(rows, columns=_T2_COLS)
+
+
+table6 = table5  # the paper's Table 6 is Table 5 on CIFAR10
+
+# (label, train, method, finetune, the adversarial stage, level kind)
+_GAIN_ROWS = [
+    ("f_rb", "rb", "dense", "none", "train_base", None),
+    ("T_ad(f_st)", "st", "dense", "ad", "finetune", None),
+    ("T_ad(f_st^p)", "st", "prune", "ad", "finetune", "prune"),
+    ("T_ad(f_st^q) (PTQ)", "st", "ptq", "ad", "finetune", "ptq"),
+]
+_GAIN_COLS = GROUP_COLS + [
+    "model", "adversarial_stage", "n",
+    "adv_wall_min", "adv_wall_min_mean", "adv_wall_min_std", "adv_time_ratio",
+    "adv_macs", "adv_macs_mean", "adv_macs_ratio",
+    "lineage_wall_min", "lineage_wall_min_mean", "lineage_wall_min_std", "lineage_time_ratio",
+    "lineage_macs_mean", "lineage_macs_ratio", "device",
+]
+
+
+def _lineage_stages(df: pd.DataFrame) -> list[str]:
+    """Every stage with a ``<stage>_wall_time_s`` column (standard ones first)."""
+    found = [c[: -len("_wall_time_s")] for c in df.columns
+             if c.endswith("_wall_time_s") and c != "eval_wall_time_s"]
+    return [s for s in STANDARD_STAGES if s in found] + sorted(set(found) - set(STANDARD_STAGES))
+
+
+def _lineage_totals(rows: pd.DataFrame, stages: list[str]) -> tuple[pd.Series, pd.Series]:
+    """Per model: total wall time (s) of the stages in its lineage, and their total estimated
+    MACs (NaN if any of those stages lacks its MACs). A stage is in the lineage when its wall
+    time is recorded."""
+    walls = rows[[f"{s}_wall_time_s" for s in stages]].astype(float)
+    macs = rows.reindex(columns=[f"{s}_estimated_macs" for s in stages]).astype(float)
+    in_lineage = walls.notna().to_numpy()
+    macs_known = macs.notna().to_numpy()
+    total_wall = walls.sum(axis=1, min_count=1)
+    total_macs = pd.Series(np.where(in_lineage, macs.fillna(0.0).to_numpy(), 0.0).sum(axis=1),
+                           index=rows.index)
+    total_macs[(in_lineage & ~macs_known).any(axis=1) | ~in_lineage.any(axis=1)] = math.nan
+    return total_wall, total_macs
+
+
+def computational_gains(df: pd.DataFrame, prune_level: float | Mapping[str, float],
+                        ptq_bits: int | Mapping[str, int]) -> pd.DataFrame:
+    """Sec. 6 "Computational gains" (the paper: 118 min adversarial training vs 14 min adversarial
+    fine-tuning vs 10 min for a compressed model, CIFAR10) from the recorded ``stages``.
+
+    Rows: f_rb (its adversarial stage: train_base), T_ad(f_st), T_ad(f_st^p), T_ad(f_st^q) (PTQ)
+    at the report levels (adversarial stage: finetune). Columns: the adversarial stage's wall
+    time in minutes (mean ± std over seeds) and estimated MACs (mean), each with its ratio to
+    f_rb's (ratio of means); the whole lineage's wall time (standard training + compression +
+    fine-tuning; for f_rb its adversarial training) and estimated MACs with ratios; the device(s)
+    the adversarial stage ran on. n/a when missing."""
+    stages = _lineage_stages(df)
+    rows = []
+    for keys, g in _groups(df):
+        dataset = keys[1]
+        levels = {"prune": _level_for(prune_level, dataset), "ptq": _level_for(ptq_bits, dataset)}
+        group_rows = []
+        for label, train, method, finetune, stage, kind in _GAIN_ROWS:
+            sel = _pick(g, train, method, finetune, levels.get(kind), kind is not None)
+            adv_wall = sel.get(f"{stage}_wall_time_s", pd.Series(dtype=float)) / 60.0
+            adv_macs = sel.get(f"{stage}_estimated_macs", pd.Series(dtype=float))
+            devices = sel.get(f"{stage}_device", pd.Series(dtype=object)).dropna().unique()
+            total_wall, total_macs = _lineage_totals(sel, stages)
+            adv_mean, adv_std = _mean_std(adv_wall)
+            lin_mean, lin_std = _mean_std(total_wall / 60.0)
+            macs_mean, lin_macs_mean = _mean_std(adv_macs)[0], _mean_std(total_macs)[0]
+            group_rows.append({
+                **dict(zip(GROUP_COLS, keys)), "model": label, "adversarial_stage": stage,
+                "n": int(sel["seed"].nunique()),
+                "adv_wall_min": format_minutes(adv_mean, adv_std),
+                "adv_wall_min_mean": adv_mean, "adv_wall_min_std": adv_std,
+                "adv_macs": format_macs(macs_mean), "adv_macs_mean": macs_mean,
+                "lineage_wall_min": format_minutes(lin_mean, lin_std),
+                "lineage_wall_min_mean": lin_mean, "lineage_wall_min_std": lin_std,
+                "lineage_macs_mean": lin_macs_mean,
+                "device": ", ".join(sorted(map(str, devices))) or NA,
+            })
+        ref = group_rows[0]  # f_rb: full adversarial training
+        for r in group_rows:
+            r["adv_time_ratio"] = _ratio(r["adv_wall_min_mean"], ref["adv_wall_min_mean"])
+            r["adv_macs_ratio"] = _ratio(r["adv_macs_mean"], ref["adv_macs_mean"])
+            r["lineage_time_ratio"] = _ratio(r["lineage_wall_min_mean"], ref["lineage_wall_min_mean"])
+            r["lineage_macs_ratio"] = _ratio(r["lineage_macs_mean"], ref["lineage_macs_mean"])
+        rows += group_rows
+    return pd.DataFrame(rows, columns=_GAIN_COLS)
+
+
+def _ratio(value: float, reference: float) -> float:
+    if math.isnan(value) or math.isnan(reference) or reference == 0:
+        return math.nan
+    return value / reference
+
+
+# ----------------------------------------------------------------------------- table names
+
+TABLE_FORMATS = ["csv", "md", "tex"]
+
+
+def table_names(dataset: str) -> list[str]:
+    """File stems ``write_tables`` writes for an experiment on ``dataset`` (each as .csv, .md,
+    .tex). CIFAR10 gets the paper's Tables 4 and 6, every other dataset Tables 3 and 5."""
+    if dataset == "cifar10":
+        return ["table2_baselines", "table4_compressed", "table6_adversarial_finetuning",
+                "computational_gains"]
+    return ["table2_baselines", "table3_compressed", "table5_adversarial_finetuning",
+            "computational_gains"]
+
+
+# ----------------------------------------------------------------------------- LaTeX helpers
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}"}
+_LABEL_RE = re.compile(r"^(?:T_(?P<ft>[a-z]+)\((?P<inner>[^()\s]+)\)|(?P<plain>[^()\s]+))"
+                       r"(?P<kind> \((?:PTQ|QAT)\))?$")
+_BASE_RE = re.compile(r"^f_(?P<train>[a-z]+)(?:\^(?P<sup>[a-z]+))?$")
+
+
+def latex_escape(text) -> str:
+    """Plain text safe inside LaTeX (``fashion_mnist`` -> ``fashion\\_mnist``)."""
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
+
+
+def latex_model_label(label: str) -> str:
+    """``T_ad(f_st^q) (PTQ)`` -> ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``; a label that is not
+    in the paper's notation is escaped as plain text."""
+    m = _LABEL_RE.match(label)
+    base = _BASE_RE.match((m.group("inner") or m.group("plain")) if m else "")
+    if not (m and base):
+        return latex_escape(label)
+    math_label = "f_{" + base.group("train") + "}"
+    if base.group("sup"):
+        math_label += "^{" + base.group("sup") + "}"
+    if m.group("ft"):
+        math_label = r"\mathcal{T}_{" + m.group("ft") + "}(" + math_label + ")"
+    return f"${math_label}$" + (m.group("kind") or "")
+
+
+def _latex_text(cell) -> str:
+    """A table cell: escaped, with ``±`` as ``$\\pm$``."""
+    return latex_escape(cell).replace("±", r"$\pm$")
+
+
+# ----------------------------------------------------------------------------- table layouts
+# Each layout turns the CSV rows of one (experiment, dataset, arch) group into the paper's
+# layout: a DataFrame of plain-text cells whose column names are the Markdown header.
+
+
+def _seed_counts(row: pd.Series, keys: list[str]) -> str:
+    """``"3"`` when all columns have the same number of seeds, else ``"3/0/3"``."""
+    ns = [str(int(row[k])) for k in keys]
+    return ns[0] if len(set(ns)) == 1 else "/".join(ns)
+
+
+def _layout_table2(rows: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({
+        "Dataset": [dataset_name(rows["dataset"].iloc[0])] + [""] * (len(rows) - 1),
+        "Model": rows["model"], "n": rows["n"].astype(int).astype(str),
+        "Test": rows["test"], "Robustness": rows["robustness"]})
+    return out.reset_index(drop=True)
+
+
+def _layout_table3(rows: pd.DataFrame) -> pd.DataFrame:
+    first = rows["performance"] == "test"  # the model is named once, on its "test" row
+    out = pd.DataFrame({"Model": rows["model"].where(first, ""), "Performance": rows["performance"]})
+    for ft, title in _FT_KEYS:
+        out[title] = rows[ft]
+    out["n"] = [_seed_counts(r, [f"{ft}_n" for ft, _ in _FT_KEYS]) for _, r in rows.iterrows()]
+    return out.reset_index(drop=True)
+
+
+def _layout_table5(rows: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"Model": rows["model"], "n": rows["n"].astype(int).astype(str),
+                         "Test": rows["test"], "Robustness": rows["robustness"]}
+                        ).reset_index(drop=True)
+
+
+_STAGE_ROLE = {"train_base": "training", "finetune": "fine-tuning"}
+
+
+def _layout_gains(rows: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Model": rows["model"],
+        "Adversarial stage": rows["adversarial_stage"].map(lambda s: _STAGE_ROLE.get(s, s)),
+        "n": rows["n"].astype(int).astype(str),
+        "Adv. time (min)": rows["adv_wall_min"],
+        "Adv. time / f_rb": rows["adv_time_ratio"].map(format_ratio),
+        "Adv. MACs (est.)": rows["adv_macs"],
+        "Adv. MACs / f_rb": rows["adv_macs_ratio"].map(format_ratio),
+        "Lineage time (min)": rows["lineage_wall_min"],
+        "Lineage time / f_rb": rows["lineage_time_ratio"].map(format_ratio),
+        "Device": rows["device"],
+    }).reset_index(drop=True)
+
+
+# LaTeX header lines and column specification of each layout.
+_T_ST, _T_AD = r"$\mathcal{T}_{st}(\cdot)$", r"$\mathcal{T}_{ad}(\cdot)$"
+_TEX_HEADERS = {
+    "table2": ([r"Dataset & Model & $n$ & Test & Robustness \\"], "llrcc"),
+    "table3": ([r" & & \multicolumn{3}{c}{Fine-tuning} & \\", r"\cmidrule(lr){3-5}",
+                rf"Model & Performance & None & {_T_ST} & {_T_AD} & $n$ \\"], "llcccc"),
+    "table5": ([r"Model & $n$ & Test & Robustness \\"], "lrcc"),
+    "gains": ([r" & & & \multicolumn{4}{c}{Adversarial stage} & \multicolumn{2}{c}{Whole lineage} & \\",
+               r"\cmidrule(lr){4-7} \cmidrule(lr){8-9}",
+               r"Model & Stage & $n$ & Time (min) & Ratio & MACs (est.) & Ratio & Time (min) & Ratio"
+               r" & Device \\"], "llrccccccl"),
+}
+
+
+def _group_title(keys: tuple) -> str:
+    experiment, dataset, arch = keys
+    return f"{experiment}: {dataset_name(dataset)}, {arch_name(arch)}"
+
+
+def _blocks(table: pd.DataFrame, layout) -> list[tuple[tuple, pd.DataFrame]]:
+    """[(group keys, paper-layout DataFrame)] per (experiment, dataset, arch) group."""
+    if table.empty:
+        return []
+    return [(keys, layout(rows)) for keys, rows in table.groupby(GROUP_COLS, sort=True)]
+
+
+def _markdown(caption: str, blocks: list, note: str) -> str:
+    def md(block: pd.DataFrame) -> str:
+        # disable_numparse: cells are final text ("1.00" must not become "1")
+        return block.to_markdown(index=False, disable_numparse=True)
+
+    if not blocks:
+        body = "(no data)"
+    elif len(blocks) == 1:
+        body = md(blocks[0][1])
+    else:
+        body = "\n\n".join(f"**{_group_title(keys)}**\n\n{md(b)}" for keys, b in blocks)
+    return f"{caption}\n\n{body}\n\n{note}\n"
+
+
+def _latex(caption: str, label: str, blocks: list, header: list[str], colspec: str,
+           note: str) -> str:
+    """A booktabs table float (needs ``\\usepackage{booktabs}``). Model labels become math,
+    other cells are escaped; several groups are separated by a titled ``\\midrule``."""
+    ncols = len(colspec)
+    lines = ["% Written by advfine.report; needs \\usepackage{booktabs}.",
+             r"\begin{table}[htbp]", r"\centering", rf"\caption{{{caption}}}",
+             rf"\label{{tab:{label}}}", rf"\begin{{tabular}}{{{colspec}}}", r"\toprule"]
+    lines += header
+    lines.append(r"\midrule")
+    if not blocks:
+        lines.append(rf"\multicolumn{{{ncols}}}{{c}}{{no data}} \\")
+    for i, (keys, block) in enumerate(blocks):
+        if len(blocks) > 1:
+            if i:
+                lines.append(r"\midrule")
+            title = latex_escape(_group_title(keys))
+            lines.append(rf"\multicolumn{{{ncols}}}{{l}}{{\emph{{{title}}}}} \\")
+        for _, row in block.iterrows():
+            cells = [latex_model_label(v) if col == "Model" and v else _latex_text(v)
+                     for col, v in row.items()]
+            lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", "",
+              rf"\par\smallskip{{\footnotesize {note}}}", r"\end{table}", ""]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- writers
@@ -337,60 +700,99 @@ def _atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _markdown(caption: str, table: pd.DataFrame, note: str) -> str:
-    body = table.to_markdown(index=False) if len(table) else "(no data)"
-    return f"{caption}\n\n{body}\n\n{note}\n"
-
-
-def _md_table2(t: pd.DataFrame) -> pd.DataFrame:
-    return t.rename(columns={"experiment": "Experiment", "dataset": "Dataset", "arch": "Arch",
-                             "model": "Model", "test": "Test", "robustness": "Robustness"})[
-        ["Experiment", "Dataset", "Arch", "Model", "n", "Test", "Robustness"]]
-
-
-def _md_table3(t: pd.DataFrame) -> pd.DataFrame:
-    out = t.rename(columns={"experiment": "Experiment", "dataset": "Dataset", "arch": "Arch",
-                            "model": "Model", "performance": "Performance",
-                            **{ft: title for ft, title in _FT_KEYS}})
-    ns = t[[f"{ft}_n" for ft, _ in _FT_KEYS]].astype(int).astype(str)
-    out["n (None/T_st/T_ad)"] = [
-        r.iloc[0] if r.nunique() == 1 else "/".join(r) for _, r in ns.iterrows()]
-    return out[["Experiment", "Dataset", "Arch", "Model", "Performance"]
-               + [title for _, title in _FT_KEYS] + ["n (None/T_st/T_ad)"]]
-
-
 _NOTE = ("Accuracy in %, mean ± sample std (ddof=1) over seeds; n = number of seeds "
          "(std 0.00 when n = 1); n/a = no data for that combination.")
+_TEX_NOTE = (r"Accuracy in \%, mean $\pm$ sample std (ddof=1) over seeds; $n$ = number of seeds "
+             r"(std 0.00 when $n = 1$); n/a = no data for that combination.")
+_GAINS_NOTE = ("Wall times in minutes, mean ± sample std over seeds; MACs: mean over seeds of the "
+               "estimated multiply-accumulates recorded for each stage; ratios: ratio of means to "
+               "f_rb's; n/a = no data (or an eval.json written before MACs were recorded).")
+_TEX_GAINS_NOTE = (r"Wall times in minutes, mean $\pm$ sample std over seeds; MACs: mean over "
+                   r"seeds of the estimated multiply-accumulates recorded for each stage; "
+                   r"ratio: ratio of means to $f_{rb}$'s; n/a = no data.")
+
+
+def _single_dataset(df: pd.DataFrame, dataset: str | None) -> str:
+    found = sorted(df["dataset"].dropna().unique()) if len(df) else []
+    if dataset is None:
+        if len(found) != 1:
+            raise ValueError("write_tables needs the rows of exactly one dataset (one experiment), "
+                             f"found {found or 'none'}; pass dataset= for an empty DataFrame")
+        return found[0]
+    if found and found != [dataset]:
+        raise ValueError(f"write_tables(dataset={dataset!r}) got rows of datasets {found}")
+    return dataset
 
 
 def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
                  prune_level: float | Mapping[str, float],
-                 ptq_bits: int | Mapping[str, int]) -> list[Path]:
-    """Write table2_baselines, table3_compressed, table5_adversarial_finetuning as .csv and .md
-    into ``out_dir`` (atomically). ``prune_level``/``ptq_bits`` are one value or a
-    {dataset: value} mapping. Returns the written paths (csv, md per table)."""
-    out = Path(out_dir)
-    p_txt = _levels_text(prune_level, lambda v: f"{v:g}")
-    q_txt = _levels_text(ptq_bits, lambda v: f"INT{int(v)}")
-    t2, t3, t5 = table2(df), table3(df, prune_level, ptq_bits), table5(df, prune_level, ptq_bits)
-    specs = [
-        ("table2_baselines", t2, _md_table2(t2),
-         "Table 2: Baseline performance of dense standard (f_st) and robust (f_rb) models; "
-         "T_ad(f_st) = standard model with adversarial fine-tuning (shown when present)."),
-        ("table3_compressed", t3, _md_table3(t3),
-         f"Table 3: Compressed standard and robust models (^p = l1 pruning at sparsity {p_txt}; "
-         f"^q = post-training quantization {q_txt}) without fine-tuning (None), with standard "
-         "(T_st) and adversarial (T_ad) fine-tuning."),
-        ("table5_adversarial_finetuning", t5, _md_table2(t5),
-         f"Table 5: Dense models vs adversarially fine-tuned compressed models T_ad(·) (pruning "
-         f"sparsity {p_txt}; quantization {q_txt}, PTQ and, when present, QAT)."),
+                 ptq_bits: int | Mapping[str, int], dataset: str | None = None) -> list[Path]:
+    """Write the tables of one experiment into ``out_dir`` (atomically): for each stem of
+    ``table_names(dataset)`` a ``.csv`` (all numbers, group columns), ``.md`` and ``.tex``
+    (booktabs) in the paper's layout. ``dataset`` defaults to the single dataset in ``df``
+    (ValueError if there are several, or none and no ``dataset``). ``prune_level``/``ptq_bits``
+    are one value or a {dataset: value} mapping. Returns the written paths."""
+    dataset = _single_dataset(df, dataset)
+    stems = table_names(dataset)
+    p_lev, q_bits = _level_for(prune_level, dataset), _level_for(ptq_bits, dataset)
+    p_txt = NA if p_lev is None else f"{p_lev:g}"
+    p_pct = NA if p_lev is None else f"{100 * p_lev:g}\\%"
+    q_txt = NA if q_bits is None else f"INT{int(q_bits)}"
+    archs = ", ".join(arch_name(a) for a in sorted(df["arch"].dropna().unique())) if len(df) else ""
+    on = f"{dataset_name(dataset)} ({archs})" if archs else dataset_name(dataset)
+    on_tex = latex_escape(on)
+    num3, num5 = (4, 6) if dataset == "cifar10" else (3, 5)
+    specs = [  # (stem, CSV table, layout, LaTeX header key, md caption, tex caption, notes)
+        (stems[0], table2(df), _layout_table2, "table2",
+         f"Table 2: Baseline performance of the dense standard (f_st) and robust (f_rb) models on "
+         f"{on}, test accuracy and robustness (accuracy under PGD); T_ad(f_st) = the standard model "
+         "with adversarial fine-tuning.",
+         rf"Baseline performance of the dense standard ($f_{{st}}$) and robust ($f_{{rb}}$) models on "
+         rf"{on_tex}, test accuracy and robustness (accuracy under PGD); $\mathcal{{T}}_{{ad}}(f_{{st}})$ "
+         "is the standard model with adversarial fine-tuning.", _NOTE, _TEX_NOTE),
+        (stems[1], table3(df, prune_level, ptq_bits), _layout_table3, "table3",
+         f"Table {num3}: Performance of compressed standard and robust models on {on}: l1-norm "
+         f"filter pruning with sparsity {p_txt} (^p) and {q_txt} post-training quantization (^q), "
+         "without fine-tuning (None), with standard (T_st) and adversarial (T_ad) fine-tuning.",
+         rf"Performance of compressed standard and robust models on {on_tex}: $\ell_1$-norm filter "
+         rf"pruning with {p_pct} sparsity ratio ($f^p$) and {q_txt} post-training quantization "
+         rf"($f^q$), without fine-tuning (None), with standard fine-tuning {_T_ST} and adversarial "
+         rf"fine-tuning {_T_AD}.", _NOTE, _TEX_NOTE),
+        (stems[2], table5(df, prune_level, ptq_bits), _layout_table5, "table5",
+         f"Table {num5}: Performance on {on} of the dense models f_st, f_rb and of compressed models "
+         f"after adversarial fine-tuning T_ad(·): pruning with sparsity {p_txt} (^p), {q_txt} "
+         "post-training quantization (PTQ) and quantization-aware training (QAT) (^q).",
+         rf"Performance on {on_tex} of the dense models $f_{{st}}$, $f_{{rb}}$ and of compressed "
+         rf"models after adversarial fine-tuning {_T_AD}: pruning with {p_pct} sparsity ratio "
+         rf"($f^p$), {q_txt} post-training quantization (PTQ) and quantization-aware training "
+         rf"(QAT) ($f^q$).", _NOTE, _TEX_NOTE),
+        (stems[3], computational_gains(df, prune_level, ptq_bits), _layout_gains, "gains",
+         f"Computational gains on {on}: the adversarial stage of full adversarial training (f_rb) "
+         f"vs adversarial fine-tuning of the dense (T_ad(f_st)), pruned (sparsity {p_txt}) and "
+         f"quantized ({q_txt} PTQ) standard models, with its wall time and estimated MACs, and the "
+         "wall time of each model's whole lineage (standard training + compression + "
+         "fine-tuning); ratios to f_rb.",
+         rf"Computational gains on {on_tex}: the adversarial stage of full adversarial training "
+         rf"($f_{{rb}}$) vs adversarial fine-tuning of the dense ($\mathcal{{T}}_{{ad}}(f_{{st}})$), "
+         rf"pruned ({p_pct} sparsity) and quantized ({q_txt} PTQ) standard models, with its wall "
+         r"time and estimated multiply-accumulates (MACs), and the wall time of each model's "
+         r"whole lineage (standard training + compression + fine-tuning).",
+         _GAINS_NOTE, _TEX_GAINS_NOTE),
     ]
+    out = Path(out_dir)
     written = []
-    for stem, table, md_table, caption in specs:
-        csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
-        _atomic_write_text(csv_path, table.to_csv(index=False, lineterminator="\n"))
-        _atomic_write_text(md_path, _markdown(caption, md_table, _NOTE))
-        written += [csv_path, md_path]
+    for stem, table, layout, tex_key, md_caption, tex_caption, note, tex_note in specs:
+        blocks = _blocks(table, layout)
+        header, colspec = _TEX_HEADERS[tex_key]
+        files = {
+            "csv": table.to_csv(index=False, lineterminator="\n"),
+            "md": _markdown(md_caption, blocks, note),
+            "tex": _latex(tex_caption, stem, blocks, header, colspec, tex_note),
+        }
+        for ext in TABLE_FORMATS:
+            path = out / f"{stem}.{ext}"
+            _atomic_write_text(path, files[ext])
+            written.append(path)
     return written
 
 
@@ -402,6 +804,8 @@ def write_metrics_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 # ----------------------------------------------------------------------------- figures
+# Each plot_* function writes a PNG to ``path_png`` and, when ``path_pdf`` is given, the same
+# figure as PDF; it returns the written paths. ``plot_figures`` writes both for named figures.
 
 _LINES = [  # (train, metric key, label, color, marker)
     ("st", "test", "standard f_st: test", "tab:blue", "o"),
@@ -409,6 +813,34 @@ _LINES = [  # (train, metric key, label, color, marker)
     ("rb", "test", "robust f_rb: test", "tab:green", "s"),
     ("rb", "robust", "robust f_rb: robustness", "tab:red", "s"),
 ]
+_QUANT_XLABEL = {"ptq": "post-training quantization bit width",
+                 "qat": "quantization-aware training bit width"}
+
+
+def new_figure(width: float, height: float):
+    """A matplotlib Figure on an Agg canvas: no pyplot, no screen, no global backend switch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path_png: str | os.PathLike,
+                path_pdf: str | os.PathLike | None = None) -> list[Path]:
+    """Write ``fig`` as PNG (and PDF) atomically, without timestamps; returns the paths."""
+    written = []
+    for path, fmt, meta in ((path_png, "png", {"Software": None}),
+                            (path_pdf, "pdf", {"Creator": None, "Producer": None,
+                                               "CreationDate": None})):
+        if path is None:
+            continue
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=120, metadata=meta)
+        written.append(path)
+    return written
 
 
 def _curve(g: pd.DataFrame, train: str, method: str, finetune: str) -> pd.DataFrame:
@@ -427,24 +859,27 @@ def _no_data(ax, title: str) -> None:
     ax.set_yticks([])
 
 
-def _panel(ax, g: pd.DataFrame, method: str, finetune: str, title: str) -> list[int]:
-    """Draw one panel; returns the seed counts of the plotted points."""
-    curves = {train: _curve(g, train, method, finetune) for train in ("st", "rb")}
+def _panel(ax, g: pd.DataFrame, method: str, finetune: str, trains: tuple[str, ...],
+           title: str) -> list[int]:
+    """Draw one panel (accuracy vs compression level); returns the seed counts of the points."""
+    curves = {train: _curve(g, train, method, finetune) for train in trains}
     if all(c.empty for c in curves.values()):
         _no_data(ax, title)
         return []
-    if method == "ptq":  # categorical bit widths, most bits (least compressed) on the left
+    if method in _QUANT_XLABEL:  # categorical bit widths (INT16 ... INT1), most bits on the left
         bits = sorted({int(b) for c in curves.values() for b in c["level"]}, reverse=True)
         pos = {b: i for i, b in enumerate(bits)}
         xof = lambda levels: [pos[int(b)] for b in levels]  # noqa: E731
         ax.set_xticks(range(len(bits)), [f"INT{b}" for b in bits])
         ax.set_xlim(-0.5, len(bits) - 0.5)
-        ax.set_xlabel("post-training quantization bit width")
+        ax.set_xlabel(_QUANT_XLABEL[method])
     else:
         xof = list
         ax.set_xlabel("pruning sparsity ratio")
     ns: list[int] = []
     for train, key, label, color, marker in _LINES:
+        if train not in trains:
+            continue
         c = curves[train]
         if not c.empty:
             ax.errorbar(xof(c["level"]), c[f"{key}_mean"], yerr=c[f"{key}_std"], label=label,
@@ -460,45 +895,80 @@ def _panel(ax, g: pd.DataFrame, method: str, finetune: str, title: str) -> list[
     return ns
 
 
-def _plot_levels(df: pd.DataFrame, path: str | os.PathLike, finetune: str, heading: str) -> Path:
-    # Figure + Agg canvas directly: no pyplot, no screen, no global backend switch.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def _plot_levels(df: pd.DataFrame, path_png, path_pdf, panels: list[tuple[str, str, str]],
+                 trains: tuple[str, ...], heading: str) -> list[Path]:
+    """One row of ``panels`` (method, finetune, title) per (experiment, dataset, arch)."""
     from matplotlib.lines import Line2D
 
     groups = _groups(df) or [(("", "", ""), pd.DataFrame(columns=METRIC_COLUMNS))]
-    fig = Figure(figsize=(11, 4.2 * len(groups) + 1.2))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(groups), 2, squeeze=False)
+    fig = new_figure(max(5.5 * len(panels), 7.5), 4.2 * len(groups) + 1.5)
+    axes = fig.subplots(len(groups), len(panels), squeeze=False)
     ns: list[int] = []
-    for (keys, g), (ax_p, ax_q) in zip(groups, axes):
+    for (keys, g), row_axes in zip(groups, axes):
         exp, dataset, arch = keys
-        where = f"{exp}: {dataset}, {arch}\n" if exp else ""
-        ns += _panel(ax_p, g, "prune", finetune, f"{where}l1-norm pruning (f^p)")
-        ns += _panel(ax_q, g, "ptq", finetune, f"{where}post-training quantization (f^q)")
+        where = f"{exp}: {dataset_name(dataset)}, {arch_name(arch)}\n" if exp else ""
+        for ax, (method, finetune, title) in zip(row_axes, panels):
+            ns += _panel(ax, g, method, finetune, trains, where + title)
     seeds = (f"n = {min(ns)} seeds" if ns and min(ns) == max(ns)
              else f"n = {min(ns)}-{max(ns)} seeds" if ns else "no data")
-    fig.suptitle(f"{heading}\nmean ± sample std over seeds ({seeds}); "
+    fig.suptitle(f"{heading}\nmean ± sample std over seeds ({seeds})\n"
                  "dotted lines: dense model without fine-tuning", fontsize=11)
-    handles = [Line2D([], [], color=c, marker=m, label=lab) for _, _, lab, c, m in _LINES]
+    handles = [Line2D([], [], color=c, marker=m, label=lab)
+               for train, _, lab, c, m in _LINES if train in trains]
     handles.append(Line2D([], [], color="gray", linestyle=":", label="dense reference"))
-    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=9, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
-    return path
+    return save_figure(fig, path_png, path_pdf)
 
 
-def plot_figure1(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Figure 1: test accuracy and robustness vs compression level after adversarial
-    fine-tuning (finetune == "ad"); left pruning, right PTQ; one panel row per
-    (experiment, dataset, arch)."""
-    return _plot_levels(df, path, "ad", "Figure 1: compressed models after adversarial "
-                        "fine-tuning T_ad(·)")
+def plot_figure1(df: pd.DataFrame, path_png: str | os.PathLike,
+                 path_pdf: str | os.PathLike | None = None) -> list[Path]:
+    """Figure 1: test accuracy and robustness of standard and robust models vs compression level
+    after adversarial fine-tuning (finetune == "ad"); left pruning sparsity, right PTQ bit width;
+    error bars = std over seeds; one panel row per (experiment, dataset, arch)."""
+    panels = [("prune", "ad", "l1-norm pruning, T_ad(f^p)"),
+              ("ptq", "ad", "post-training quantization, T_ad(f^q)")]
+    return _plot_levels(df, path_png, path_pdf, panels, ("st", "rb"),
+                        "Figure 1: compressed models after adversarial fine-tuning T_ad(·)")
 
 
-def plot_figure3(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+def plot_figure3(df: pd.DataFrame, path_png: str | os.PathLike,
+                 path_pdf: str | os.PathLike | None = None) -> list[Path]:
     """Figure 3: the same as Figure 1 without fine-tuning (finetune == "none")."""
-    return _plot_levels(df, path, "none", "Figure 3: compressed models without fine-tuning")
+    panels = [("prune", "none", "l1-norm pruning (f^p)"),
+              ("ptq", "none", "post-training quantization (f^q)")]
+    return _plot_levels(df, path_png, path_pdf, panels, ("st", "rb"),
+                        "Figure 3: compressed models without fine-tuning")
+
+
+def plot_figure4(df: pd.DataFrame, path_png: str | os.PathLike,
+                 path_pdf: str | os.PathLike | None = None) -> list[Path]:
+    """Figure 4: robust models quantized by quantization-aware training (method "qat", train
+    "rb", finetune "none"): test accuracy and robustness vs bit width, one point per bit width."""
+    panels = [("qat", "none", "quantization-aware training (f_rb^q)")]
+    return _plot_levels(df, path_png, path_pdf, panels, ("rb",),
+                        "Figure 4: robust models with quantization-aware training, "
+                        "no fine-tuning")
+
+
+# Figure stems (as the workflow names the files) -> plot function.
+FIGURES = {
+    "figure1_adversarial_finetuning": plot_figure1,
+    "figure3_no_finetuning": plot_figure3,
+    "figure4_qat": plot_figure4,
+}
+
+
+def plot_figures(df: pd.DataFrame, out_dir: str | os.PathLike,
+                 names: Iterable[str] | None = None) -> list[Path]:
+    """Write ``<out_dir>/<name>.png`` and ``.pdf`` for each figure stem in ``names`` (default:
+    all of ``FIGURES``); returns the written paths. Unknown names raise ValueError."""
+    names = list(FIGURES) if names is None else list(names)
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown:
+        raise ValueError(f"unknown figure(s) {unknown}; known: {sorted(FIGURES)}")
+    out = Path(out_dir)
+    written = []
+    for name in names:
+        written += FIGURES[name](df, out / f"{name}.png", out / f"{name}.pdf")
+    return written

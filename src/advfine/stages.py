@@ -23,19 +23,24 @@ log = logging.getLogger("advfine")
 BASE_MODELS = {"st": "standard training", "rb": "PGD adversarial training"}
 
 
+QUANTIZATION_METHODS = ("ptq", "qat")  # post-training quantization, quantization-aware training
+
+
 def parse_compression(label: str) -> tuple[str, float | int | None]:
-    """'dense' -> ('dense', None); 'prune-0.8' -> ('prune', 0.8); 'ptq-int8' -> ('ptq', 8)."""
+    """'dense' -> ('dense', None); 'prune-0.8' -> ('prune', 0.8); 'ptq-int8' -> ('ptq', 8);
+    'qat-int4' -> ('qat', 4)."""
     if label == "dense":
         return "dense", None
     method, _, level = label.partition("-")
     try:
         if method == "prune":
             return "prune", float(level)
-        if method == "ptq" and level.startswith("int"):
-            return "ptq", int(level[3:])
+        if method in QUANTIZATION_METHODS and level.startswith("int"):
+            return method, int(level[3:])
     except ValueError:
         pass
-    raise ValueError(f"unknown compression {label!r}; expected dense, prune-<sparsity> or ptq-int<bits>")
+    raise ValueError(f"unknown compression {label!r}; expected dense, prune-<sparsity>, ptq-int<bits> "
+                     "or qat-int<bits>")
 
 
 def compression_label(method: str, level: float | int | None = None) -> str:
@@ -43,8 +48,8 @@ def compression_label(method: str, level: float | int | None = None) -> str:
         return "dense"
     if method == "prune":
         return f"prune-{float(level):g}"
-    if method == "ptq":
-        return f"ptq-int{int(level)}"
+    if method in QUANTIZATION_METHODS:
+        return f"{method}-int{int(level)}"
     raise ValueError(f"unknown compression method {method!r}")
 
 
@@ -57,12 +62,27 @@ def _setup(config: dict, seed: int, threads: int) -> torch.device:
 
 
 def _attack(config: dict, which: str) -> PGDAttack:
-    return PGDAttack.from_config(config["attack"][which])
+    return PGDAttack.from_config(config["attack"][which], config["attack"].get("eps_space", "pixel"))
 
 
-def _metrics(config: dict, seed: int, device, stage: str, wall: float, parent: dict | None, **fields) -> dict:
+def training_macs(history: list[dict], n_examples: int, forward_macs: int, attack_steps: int) -> int:
+    """Multiply-accumulates a training run spent, estimated from its epochs: a training step costs
+    about 3 forward passes (forward, backward to activations and to weights), a PGD step about 2
+    (forward, backward to the input only); an epoch with eps > 0 runs ``attack_steps`` of them."""
+    total = 0
+    for epoch in history:
+        steps = attack_steps if epoch.get("eps", 0.0) > 0 else 0
+        total += n_examples * (3 + 2 * steps) * forward_macs
+    return int(total)
+
+
+def _metrics(config: dict, seed: int, device, stage: str, wall: float, parent: dict | None,
+             estimated_macs: int = 0, adversarial: bool = False, **fields) -> dict:
+    """A stage's metrics: its own fields, provenance, and ``stages``: the lineage of every stage that
+    produced this model (wall time, estimated MACs, adversarial or not, device), oldest first."""
     stages = list(parent["stages"]) if parent else []
-    stages.append({"stage": stage, "wall_time_s": wall})
+    stages.append({"stage": stage, "wall_time_s": wall, "estimated_macs": int(estimated_macs),
+                   "adversarial": bool(adversarial), "device": str(device)})
     return {"stage": stage, "wall_time_s": wall, "stages": stages, **fields,
             "provenance": artifacts.provenance(config, seed, device)}
 
@@ -85,9 +105,15 @@ def run_train_base(config: dict, data_path: str, train: str, seed: int, out_mode
         raise ValueError(f"unknown base model {train!r}; known: {sorted(BASE_MODELS)}")
     device = _setup(config, seed, threads)
     data = load_prepared(data_path)
-    arch = default_arch(config["model"]["arch"], data.in_channels, data.num_classes, data.input_size,
-                        data.mean, data.std)
+    arch = _dataset_arch(config, data)
     model = build_model(arch)
+    pretrained = config["model"].get("pretrained")
+    if pretrained:
+        from .models import load_pretrained
+
+        load_pretrained(model, pretrained)
+        log.info("base model starts from the pretrained checkpoint %s", pretrained)
+    forward_macs = _forward_macs(model, data)
     start = time.perf_counter()
     attack = _attack(config, "train") if train == "rb" else None
     history = train_model(model, data.train_x, data.train_y, config["train"], attack, seed, device,
@@ -95,11 +121,28 @@ def run_train_base(config: dict, data_path: str, train: str, seed: int, out_mode
     wall = time.perf_counter() - start
     model.cpu()
     artifacts.save_checkpoint(out_model, model.state_dict(), arch, extra={"train": train, "seed": seed})
-    metrics = _metrics(config, seed, device, "train_base", wall, None, train=train, history=history,
-                       params=count_parameters(model), n_train=len(data.train_y),
-                       attack=attack.describe() if attack else None)
+    macs = training_macs(history, len(data.train_y), forward_macs, attack.steps if attack else 0)
+    metrics = _metrics(config, seed, device, "train_base", wall, None, macs, attack is not None, train=train,
+                       history=history, params=count_parameters(model), n_train=len(data.train_y),
+                       pretrained=pretrained, attack=attack.describe() if attack else None)
     artifacts.write_json(out_metrics, metrics)
     return metrics
+
+
+def _dataset_arch(config: dict, data) -> dict:
+    return default_arch(config["model"]["arch"], data.in_channels, data.num_classes, data.input_size,
+                        data.mean, data.std)
+
+
+def _cost(model, data) -> dict:
+    """Parameters and multiply-accumulates of one input of the dataset."""
+    from .cost import model_cost
+
+    return model_cost(model, tuple(data.train_x.shape[1:]))
+
+
+def _forward_macs(model, data) -> int:
+    return _cost(model, data)["macs"]
 
 
 def _calibration_batches(x: torch.Tensor, n_batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
@@ -114,11 +157,11 @@ def run_compress(config: dict, data_path: str, compression: str, seed: int, pare
     """Compress a trained model: L1 filter pruning (filters removed) or NNI post-training
     quantization. The parent checkpoint is only read; the result is a new node."""
     from .compress import float_state_dict, prune_filters_l1, quant_state, quantize_ptq
-    from .cost import model_cost
 
     method, level = parse_compression(compression)
-    if method == "dense":
-        raise ValueError("'dense' is not a compression; the base model is used directly")
+    if method not in ("prune", "ptq"):
+        raise ValueError(f"run_compress does prune-* and ptq-int*, not {compression!r} "
+                         "(dense needs no job; QAT is run_quantization_aware_training)")
     device = _setup(config, seed, threads)
     parent = artifacts.read_json(parent_metrics)
     model, ckpt = artifacts.load_model(parent_model)
@@ -129,18 +172,71 @@ def run_compress(config: dict, data_path: str, compression: str, seed: int, pare
         compressed, arch = prune_filters_l1(model, ckpt["arch"], level, example)
         state, quant = compressed.state_dict(), None
     else:
-        cal = config["compress"]
-        batches = _calibration_batches(data.train_x, int(cal["calibration_batches"]),
-                                       int(cal["calibration_batch_size"]), seed)
+        batches = _calibration(config, data, seed)
         compressed = quantize_ptq(model, int(level), batches)
         arch, state, quant = ckpt["arch"], float_state_dict(compressed), quant_state(compressed)
     wall = time.perf_counter() - start
-    cost = model_cost(compressed, tuple(data.train_x.shape[1:]))
+    cost = _cost(compressed, data)
     artifacts.save_checkpoint(out_model, state, arch, quant,
                               extra={"compression": compression, "parent": str(parent_model)})
-    metrics = _metrics(config, seed, device, "compress", wall, parent, compression=compression,
+    # PTQ's only compute is the calibration forward passes; pruning's is negligible
+    macs = sum(len(b) for b in batches) * cost["macs"] if method == "ptq" else 0
+    metrics = _metrics(config, seed, device, "compress", wall, parent, macs, False, compression=compression,
                        method=method, level=level, arch=arch, parent_params=count_parameters(model),
                        **cost)
+    artifacts.write_json(out_metrics, metrics)
+    return metrics
+
+
+def _calibration(config: dict, data, seed: int) -> list[torch.Tensor]:
+    cal = config["compress"]
+    return _calibration_batches(data.train_x, int(cal["calibration_batches"]), int(cal["calibration_batch_size"]),
+                                seed)
+
+
+def run_quantization_aware_training(config: dict, data_path: str, compression: str, train: str, seed: int,
+                                    parent_model: str | None, parent_metrics: str | None, out_model: str,
+                                    out_metrics: str, threads: int = 1) -> dict:
+    """QAT (Jacob et al. 2018): train a fake-quantized model whose quantization ranges follow the
+    weights and activations, with the base model's kind of training: standard under ``st``, PGD
+    adversarial under ``rb`` (the paper's f_rb^q with QAT). ``compress.qat.init`` says where it starts:
+    the trained base model's weights (``parent``: the paper's CIFAR-10 protocol) or a fresh random
+    init (``scratch``: its Fashion-MNIST protocol; then no parent is read)."""
+    from .compress import float_state_dict, prepare_qat, quant_state
+
+    method, bits = parse_compression(compression)
+    if method != "qat":
+        raise ValueError(f"run_quantization_aware_training needs a qat-int<bits> label, got {compression!r}")
+    if train not in BASE_MODELS:
+        raise ValueError(f"unknown base model {train!r}; known: {sorted(BASE_MODELS)}")
+    qat_cfg = config["compress"]["qat"]
+    device = _setup(config, seed, threads)
+    data = load_prepared(data_path)
+    if qat_cfg["init"] == "parent":
+        if parent_model is None or parent_metrics is None:
+            raise ValueError("compress.qat.init is 'parent' but no parent model was given")
+        parent = artifacts.read_json(parent_metrics)
+        model, ckpt = artifacts.load_model(parent_model)
+        arch = ckpt["arch"]
+    else:
+        parent, arch = None, _dataset_arch(config, data)
+        model = build_model(arch)  # seeded by _setup
+    start = time.perf_counter()
+    qmodel = prepare_qat(model, int(bits), _calibration(config, data, seed))
+    forward_macs = _forward_macs(qmodel, data)
+    attack = _attack(config, "train") if train == "rb" else None
+    history = train_model(qmodel, data.train_x, data.train_y, qat_cfg, attack, seed + 3000, device,
+                          desc=f"QAT int{bits} {train}")
+    wall = time.perf_counter() - start
+    qmodel.cpu()
+    parent_ref = None if parent_model is None else str(parent_model)
+    artifacts.save_checkpoint(out_model, float_state_dict(qmodel), arch, quant_state(qmodel),
+                              extra={"compression": compression, "parent": parent_ref, "init": qat_cfg["init"]})
+    macs = training_macs(history, len(data.train_y), forward_macs, attack.steps if attack else 0)
+    metrics = _metrics(config, seed, device, "compress", wall, parent, macs, attack is not None,
+                       compression=compression, method=method, level=bits, init=qat_cfg["init"], arch=arch,
+                       history=history, attack=attack.describe() if attack else None,
+                       **_cost(qmodel, data))
     artifacts.write_json(out_metrics, metrics)
     return metrics
 
@@ -149,8 +245,11 @@ def finetune_settings(config: dict, method: str) -> dict:
     """Training settings of fine-tuning after ``method`` (the paper's Appendix A.1: pruning lr 0.1,
     PTQ lr 0.01 with momentum 0.9), with the shared epochs and batch size."""
     ft = config["finetune"]
+    if method not in ft:
+        raise ValueError(f"config key finetune.{method}: missing (lr and momentum of fine-tuning after {method})")
     return {"epochs": ft["epochs"], "batch_size": ft["batch_size"], "lr_drop_epoch": None,
-            "eps_warmup_epochs": ft.get("eps_warmup_epochs", 0), **ft[method]}
+            "eps_warmup_epochs": ft.get("eps_warmup_epochs", 0), "augment": ft.get("augment", False),
+            **ft[method]}
 
 
 def run_finetune(config: dict, data_path: str, compression: str, mode: str, seed: int, parent_model: str,
@@ -165,6 +264,7 @@ def run_finetune(config: dict, data_path: str, compression: str, mode: str, seed
     data = load_prepared(data_path)
     settings = finetune_settings(config, method)
     attack = _attack(config, "train") if mode == "ad" else None
+    forward_macs = _forward_macs(model, data)
     start = time.perf_counter()
     history = train_model(model, data.train_x, data.train_y, settings, attack, seed + 1000, device,
                           desc=f"finetune {mode} {compression}")
@@ -178,8 +278,9 @@ def run_finetune(config: dict, data_path: str, compression: str, mode: str, seed
         state, quant = model.state_dict(), None
     artifacts.save_checkpoint(out_model, state, ckpt["arch"], quant,
                               extra={"finetune": mode, "parent": str(parent_model)})
-    metrics = _metrics(config, seed, device, "finetune", wall, parent, finetune=mode, settings=settings,
-                       history=history, attack=attack.describe() if attack else None)
+    macs = training_macs(history, len(data.train_y), forward_macs, attack.steps if attack else 0)
+    metrics = _metrics(config, seed, device, "finetune", wall, parent, macs, attack is not None, finetune=mode,
+                       settings=settings, history=history, attack=attack.describe() if attack else None)
     artifacts.write_json(out_metrics, metrics)
     return metrics
 
@@ -188,7 +289,7 @@ def run_evaluate(config: dict, data_path: str, experiment: str, train: str, comp
                  seed: int, model_path: str, model_metrics: str, out_eval: str, threads: int = 1) -> dict:
     """Clean and PGD robust accuracy on the test set, plus the model's cost and full provenance.
     Fake-quantized models are also attacked through their float twin (transfer attack)."""
-    from .cost import model_cost, weight_storage_bytes
+    from .cost import weight_storage_bytes
 
     device = _setup(config, seed, threads)
     upstream = artifacts.read_json(model_metrics)
@@ -209,10 +310,10 @@ def run_evaluate(config: dict, data_path: str, experiment: str, train: str, comp
                             seed + 2000, transfer_source)
     wall = time.perf_counter() - start
     model.cpu()
-    cost = model_cost(model, tuple(data.train_x.shape[1:]))
-    bits = int(level) if method == "ptq" else None
+    cost = _cost(model, data)
+    bits = int(level) if method in QUANTIZATION_METHODS else None
     record = {
-        "experiment": experiment, "dataset": data.name, "arch": config["model"]["arch"],
+        "experiment": experiment, "dataset": data.name, "arch": ckpt["arch"]["name"],
         "seed": seed, "train": train, "compression": compression, "method": method, "level": level,
         "finetune": finetune, **result,
         "params": cost["params"], "macs": cost["macs"],
@@ -225,10 +326,9 @@ def run_evaluate(config: dict, data_path: str, experiment: str, train: str, comp
     return record
 
 
-
 def run_aggregate(eval_paths: list[str], out_csv: str, tables_dir: str, prune_sparsity: float,
                   ptq_bits: int) -> None:
-    """all_metrics.csv and Tables 2, 3, 5 (CSV + Markdown) from the per-model eval.json files."""
+    """all_metrics.csv and the paper's tables (CSV, Markdown, LaTeX) from the per-model eval.json files."""
     from .report import collect_metrics, write_metrics_csv, write_tables
 
     df = collect_metrics(eval_paths)
@@ -236,12 +336,45 @@ def run_aggregate(eval_paths: list[str], out_csv: str, tables_dir: str, prune_sp
     write_tables(df, tables_dir, prune_sparsity, ptq_bits)
 
 
-def run_plot(metrics_csv: str, out_figure1: str, out_figure3: str) -> None:
-    """Figures 1 and 3 from all_metrics.csv."""
+def run_plot(metrics_csv: str, figures_dir: str, figures: list[str]) -> None:
+    """The named figures (PNG and PDF) from all_metrics.csv."""
     import pandas as pd
 
-    from .report import plot_figure1, plot_figure3
+    from .report import plot_figures
 
-    df = pd.read_csv(metrics_csv)
-    plot_figure1(df, out_figure1)
-    plot_figure3(df, out_figure3)
+    plot_figures(pd.read_csv(metrics_csv), figures_dir, figures)
+
+
+# Figure 2's models: the workflow's input names, and the three pairs (rows) with the paper's labels.
+FIGURE2_MODELS = ("f_st", "f_rb", "T_st_f_st_q", "T_ad_f_st_q", "T_st_f_st_p", "T_ad_f_st_p")
+FIGURE2_PAIRS = ((("f_st", "f_st"), ("f_rb", "f_rb")),
+                 (("T_st_f_st_q", "T_st(f_st^q)"), ("T_ad_f_st_q", "T_ad(f_st^q)")),
+                 (("T_st_f_st_p", "T_st(f_st^p)"), ("T_ad_f_st_p", "T_ad(f_st^p)")))
+
+
+def run_figure2(config: dict, data_path: str, model_paths: dict[str, str], seed: int, out_png: str,
+                out_pdf: str, out_embeddings: str, threads: int = 1) -> None:
+    """Figure 2: t-SNE of the inputs and of layers 6-8, clean and PGD-attacked, for test images of one
+    class, for three model pairs; the embeddings are also written as CSV."""
+    from .features import figure2_embeddings, plot_figure2
+
+    device = _setup(config, seed, threads)
+    data = load_prepared(data_path)
+    settings = config["report"]["figure2"]
+    label = int(settings["class_index"])
+    chosen = (data.test_y == label).nonzero().flatten()[: int(settings["n_images"])]
+    if len(chosen) < 2:
+        raise ValueError(f"config key report.figure2.class_index: the test set has {len(chosen)} images of "
+                         f"class {label}; t-SNE needs several")
+    models = {}
+    for name in FIGURE2_MODELS:
+        model, _ = artifacts.load_model(model_paths[name])
+        models[name] = model.to(device).eval()
+    pairs = [(label_a, models[a], label_b, models[b]) for (a, label_a), (b, label_b) in FIGURE2_PAIRS]
+    attack_cfg = dict(config["attack"]["eval"], eps_space=config["attack"].get("eps_space", "pixel"))
+    log.info("figure 2: %d test images of class %d, %s", len(chosen), label, attack_cfg)
+    df = figure2_embeddings(pairs, data.test_x[chosen], data.test_y[chosen], attack_cfg, seed,
+                            float(settings.get("perplexity", 30)))
+    with artifacts.atomic_path(out_embeddings) as tmp:
+        df.to_csv(tmp, index=False)
+    plot_figure2(df, out_png, out_pdf)

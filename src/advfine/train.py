@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .attacks import PGDAttack
-from .data import iterate_batches
+from .data import augment_batch, iterate_batches
 from .runtime import make_generator, place_model
 
 
@@ -32,7 +33,7 @@ def attack_for_epoch(attack: PGDAttack | None, epoch: int, cfg: dict) -> PGDAtta
     scale = epoch / warmup
     if scale == 0:
         return None
-    return PGDAttack(attack.eps * scale, attack.step_size * scale, attack.steps, attack.random_start)
+    return replace(attack, eps=attack.eps * scale, step_size=attack.step_size * scale)
 
 
 def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, cfg: dict,
@@ -41,7 +42,9 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
 
     With ``attack`` given, each batch is replaced by its adversarial version computed against the
     current model (in eval mode) before the SGD step: PGD adversarial training (Madry et al.).
-    Batch order and attack random starts are drawn from generators seeded with ``seed``.
+    With ``cfg['augment']`` true, each clean batch is first randomly cropped (4-pixel zero padding) and
+    flipped (``augment_batch``). Batch order, augmentation and attack random starts are drawn from
+    generators seeded with ``seed``.
     Returns one dict per epoch: lr, mean loss, accuracy on the batches trained on, wall time.
     """
     place_model(model, device)
@@ -49,6 +52,7 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     y_all = train_y.to(device)
     order_gen = torch.Generator().manual_seed(seed)
     attack_gen = make_generator(seed + 1, device)
+    augment_gen = make_generator(seed + 2, device) if cfg.get("augment", False) else None
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate(0, cfg),
                                 momentum=float(cfg.get("momentum", 0.0)),
                                 weight_decay=float(cfg.get("weight_decay", 0.0)))
@@ -65,6 +69,8 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
         batches = iterate_batches(x_all, y_all, int(cfg["batch_size"]), shuffle=True, generator=order_gen)
         for x, y in tqdm(batches, total=n_batches, desc=f"{desc} epoch {epoch + 1}/{epochs}",
                          mininterval=5.0, leave=False):
+            if augment_gen is not None:
+                x = augment_batch(x, augment_gen)
             if epoch_attack is not None:
                 x = epoch_attack(model, x, y, generator=attack_gen)
             model.train()

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from advfine.config import check_config, stage_config, ConfigError
+from advfine.report import table_names
 
 validate(config, "../schemas/config.schema.yaml")
 try:
@@ -30,14 +31,34 @@ wildcard_constraints:
     arch=r"[a-z_0-9]+",
     seed=r"\d+",
     train=r"st|rb",
-    compression=r"dense|prune-[0-9.]+|ptq-int\d+",
+    compression=r"dense|prune-[0-9.]+|(ptq|qat)-int\d+",
     finetune=r"none|st|ad",
 
 
-def compression_labels():
-    return [f"prune-{s:g}" for s in SWEEP["prune_sparsities"]] + [
-        f"ptq-int{b}" for b in SWEEP["ptq_bits"]
-    ]
+def compression_labels(train):
+    """The compressed nodes under base model ``train``; QAT only under sweep.qat_base_models."""
+    labels = [f"prune-{s:g}" for s in SWEEP["prune_sparsities"]]
+    labels += [f"ptq-int{b}" for b in SWEEP["ptq_bits"]]
+    if train in SWEEP.get("qat_base_models", ["rb"]):
+        labels += [f"qat-int{b}" for b in SWEEP.get("qat_bits", [])]
+    return labels
+
+
+def base_model_input(wildcards):
+    """train_base reads the prepared data, and a user's pretrained checkpoint when one is set."""
+    inputs = {"data": DATA.format(**wildcards)}
+    if config["model"].get("pretrained"):
+        inputs["pretrained"] = config["model"]["pretrained"]
+    return inputs
+
+
+def qat_input(wildcards):
+    """QAT from the trained base model reads it; QAT from scratch needs only the data."""
+    inputs = {"data": DATA.format(**wildcards)}
+    if config["compress"]["qat"]["init"] == "parent":
+        node = NODE.format(**wildcards)
+        inputs.update(model=f"{node}/model.pt", metrics=f"{node}/metrics.json")
+    return inputs
 
 
 def parent_model(wildcards):
@@ -71,21 +92,50 @@ def eval_targets():
             paths.append(f"{node}/dense/ft-none/eval.json")
             if train == "st":
                 paths += [f"{node}/dense/ft-{ft}/eval.json" for ft in SWEEP["dense_finetune"]]
-            for comp in compression_labels():
+            for comp in compression_labels(train):
                 paths += [f"{node}/{comp}/ft-{ft}/eval.json" for ft in SWEEP["finetune"]]
     return paths
 
 
-TABLES = ["table2_baselines", "table3_compressed", "table5_adversarial_finetuning"]
+TABLES = table_names(DATASET)
+TABLE_FORMATS = ["csv", "md", "tex"]
+FIGURE_FORMATS = ["png", "pdf"]
+FIGURE2 = config["report"].get("figure2", {"enabled": False})
 FIGURES = ["figure1_adversarial_finetuning", "figure3_no_finetuning"]
+if SWEEP.get("qat_bits"):
+    FIGURES.append("figure4_qat")
 
 
 def table_targets():
     out = f"results/{EXPERIMENT}"
     return [f"{out}/all_metrics.csv"] + [
-        f"{out}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md")
+        f"{out}/tables/{t}.{ext}" for t in TABLES for ext in TABLE_FORMATS
     ]
 
 
 def figure_targets():
-    return [f"results/{EXPERIMENT}/figures/{f}.png" for f in FIGURES]
+    out = f"results/{EXPERIMENT}/figures"
+    targets = [f"{out}/{f}.{ext}" for f in FIGURES for ext in FIGURE_FORMATS]
+    if FIGURE2["enabled"]:
+        targets += [f"{out}/figure2_tsne.{ext}" for ext in FIGURE_FORMATS]
+    return targets
+
+
+def figure2_models(wildcards):
+    """The three model pairs of Figure 2, for the first seed: (f_st, f_rb),
+    (T_st(f_st^q), T_ad(f_st^q)) and (T_st(f_st^p), T_ad(f_st^p)) at the report levels."""
+    seed = SWEEP["seeds"][0]
+    node = {
+        t: NODE.format(experiment=wildcards.experiment, dataset=DATASET, arch=ARCH, seed=seed, train=t)
+        for t in ("st", "rb")
+    }
+    prune = f"prune-{config['report']['prune_sparsity']:g}"
+    ptq = f"ptq-int{config['report']['ptq_bits']}"
+    return {
+        "f_st": f"{node['st']}/model.pt",
+        "f_rb": f"{node['rb']}/model.pt",
+        "T_st_f_st_q": f"{node['st']}/{ptq}/ft-st/model.pt",
+        "T_ad_f_st_q": f"{node['st']}/{ptq}/ft-ad/model.pt",
+        "T_st_f_st_p": f"{node['st']}/{prune}/ft-st/model.pt",
+        "T_ad_f_st_p": f"{node['st']}/{prune}/ft-ad/model.pt",
+    }

@@ -20,3 +20,26 @@ rule compress:
         "../../envs/advfine.yaml"
     script:
         "../scripts/compress.py"
+
+
+rule quantization_aware_training:
+    """QAT at one bit width: standard (base st) or adversarial (base rb), from the base model's
+    weights or from scratch (compress.qat.init)."""
+    input:
+        unpack(qat_input),
+    output:
+        model=f"{NODE}/qat-int{{bits}}/model.pt",
+        metrics=f"{NODE}/qat-int{{bits}}/metrics.json",
+    wildcard_constraints:
+        bits=r"\d+",
+    params:
+        cfg=stage_config(config, "qat"),
+    log:
+        f"{LOGS}/qat-int{{bits}}/qat.log",
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/advfine.yaml"
+    script:
+        "../scripts/quantization_aware_training.py"

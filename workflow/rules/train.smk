@@ -15,7 +15,7 @@ rule prepare_data:
 rule train_base:
     """Train the base model: standard (st) or PGD adversarial (rb)."""
     input:
-        data=DATA,
+        unpack(base_model_input),
     output:
         model=f"{NODE}/model.pt",
         metrics=f"{NODE}/metrics.json",

@@ -6,4 +6,4 @@ from advfine.job import snakemake_job
 from advfine.stages import run_plot
 
 with snakemake_job(snakemake):
-    run_plot(snakemake.input.csv, snakemake.output.figure1, snakemake.output.figure3)
+    run_plot(snakemake.input.csv, snakemake.params.figures_dir, list(snakemake.params.figures))

@@ -1,0 +1,208 @@
+"""A real 1-bit (INT1) fake-quantization scheme. NNI's int1 is degenerate (its intN range
+[-(2^(N-1))+1, 2^(N-1)-1] is [0, 0] for N = 1), so INT1 is done here instead of with NNI.
+
+* Weights (every Conv2d/Linear, first and last layers included): ``sign(w) * alpha`` with one
+  ``alpha = mean |w|`` per output channel (XNOR-Net, Rastegari et al. 2016), recomputed from the float
+  weights at every forward, so it follows the weights in training and needs no stored state.
+  sign(0) counts as +1, so each output channel has exactly the two values +-alpha.
+* Activations: the input of every Conv2d/Linear except the first one run takes two levels {0, s}
+  (these inputs are ReLU outputs, so non-negative; a negative input would map to 0). One ``s`` per
+  layer (per tensor) is the two-level Lloyd-Max level (``two_level_scale``), calibrated on the
+  calibration batches layer by layer in forward order, on the inputs the binary model itself produces
+  (float activations are far larger than those of the binary model: calibrated on them, the last
+  layers' levels were so high that nearly every input became 0, measured on CNN8). In QAT it keeps
+  tracking the activations in train mode (exponential moving average, decay 0.99 as NNI's
+  QATQuantizer uses for min/max) and is frozen in eval mode; after PTQ it stays fixed.
+* The first layer's input, the normalized image, is NOT quantized: 1-bit images would destroy the
+  input (and with it the meaning of a pixel-space epsilon), and the images are 8-bit data already;
+  keeping the first layer's input in full precision is common practice for binary networks (XNOR-Net,
+  DoReFa-Net). Its weights are binary like all others. Layer outputs are not quantized separately:
+  the next layer's input quantization acts on them (after the ReLU).
+* Gradients are straight-through: for weights d(sign(w))/dw = 1 for |w| <= 1 (XNOR-Net's clipped STE)
+  plus the gradient through alpha; for activations the gradient of clamp(x, 0, s) (1 inside [0, s],
+  0 outside: clipped STE). Forward values are exact: the straight-through terms are ``(t - t.detach())``,
+  which adds exactly 0. As in XNOR-Net, a weight's gradient is alpha times that of its binary value,
+  so binary layers learn far slower than float ones at the same lr.
+
+Measured limitation: without BatchNorm each binary layer shrinks the signal (output std ~0.65x its
+float twin's per layer: alpha = mean |w| keeps sqrt(2/pi) of the weights' std, and the MSE-optimal
+two-level quantizer loses energy too), so on the BN-free CNN8 the logits of a fresh INT1 model are
+~20x smaller than at INT8 and relative weight gradients ~500x smaller, and INT1 QAT on digits stays near chance, while a
+2-layer binary MLP learns (tests/test_quantization_extra.py).
+
+The binary layers are subclasses of nn.Conv2d/nn.Linear keeping ``weight``/``bias`` as their float
+parameters, so state_dict keys are those of the float model, and cost hooks and weight counts see them
+as Conv2d/Linear. The scale ``s`` is a non-persistent buffer (saved by ``compress.quant_state``).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EMA_DECAY = 0.99  # of the tracked activation level in QAT, as NNI's QATQuantizer uses for min/max
+CALIBRATION_ITERATIONS = 20  # Lloyd iterations per calibration batch (from the mean of the positive values)
+TRACKING_ITERATIONS = 2  # per training batch, warm-started from the current level
+MIN_SCALE = torch.finfo(torch.float32).eps  # as NNI's floor of scales: never divide by or clamp to 0
+
+
+def two_level_scale(x: torch.Tensor, start: torch.Tensor | None = None,
+                    iterations: int = CALIBRATION_ITERATIONS) -> torch.Tensor:
+    """The level s of the quantizer q(x) = s * [x >= s/2] (levels {0, s}) that minimizes the squared
+    error on ``x``: Lloyd's iteration with one level fixed at 0, s <- mean of the values >= s/2.
+    Starts from ``start`` or from the mean of the positive values. Returns a 0-d tensor."""
+    x = x.detach().float().flatten()
+    if start is None:
+        positive = x > 0
+        s = (x * positive).sum() / positive.sum().clamp(min=1)
+    else:
+        s = start.detach().float()
+    for _ in range(iterations):
+        upper = x >= s / 2
+        s = (x * upper).sum() / upper.sum().clamp(min=1)
+    return s.clamp(min=MIN_SCALE)
+
+
+class BinaryLayer:
+    """Shared part of BinaryConv2d and BinaryLinear (a mixin before the torch layer class).
+
+    ``input_scale`` (buffer) is the activation level s, or None for the first layer (input not
+    quantized); ``track_input_scale`` is True for QAT (s follows the activations in train mode)."""
+
+    input_scale: torch.Tensor | None
+    track_input_scale: bool
+
+    def _init_binary(self, input_scale: torch.Tensor | None, track_input_scale: bool) -> None:
+        scale = None if input_scale is None else input_scale.detach().clone().float().reshape(())
+        self.register_buffer("input_scale", scale, persistent=False)  # quant_state saves it
+        self.track_input_scale = bool(track_input_scale)
+
+    def binary_weight(self) -> torch.Tensor:
+        """sign(w) * (mean |w| per output channel), with straight-through gradients."""
+        w = self.weight
+        alpha = w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
+        sign = torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+        clipped = w.clamp(-1.0, 1.0)
+        return alpha * (sign + (clipped - clipped.detach()))
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Two levels {0, s}; the level is updated first when tracking in train mode."""
+        if self.input_scale is None:
+            return x
+        if self.training and self.track_input_scale:
+            with torch.no_grad():
+                batch_scale = two_level_scale(x, start=self.input_scale, iterations=TRACKING_ITERATIONS)
+                # a new tensor, not an in-place update: no version clash with graphs that saved the old one
+                self.input_scale = EMA_DECAY * self.input_scale + (1 - EMA_DECAY) * batch_scale
+        s = self.input_scale.to(x.dtype)
+        clipped = torch.minimum(x.clamp(min=0.0), s)
+        return s * (clipped >= s / 2).to(x.dtype) + (clipped - clipped.detach())
+
+    def extra_repr(self) -> str:
+        scale = "float input" if self.input_scale is None else f"input_scale={self.input_scale.item():.4g}"
+        return f"{super().extra_repr()}, binary, {scale}, track_input_scale={self.track_input_scale}"
+
+
+class BinaryConv2d(BinaryLayer, nn.Conv2d):
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, input_scale: torch.Tensor | None, track_input_scale: bool):
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+                    device=conv.weight.device, dtype=conv.weight.dtype)
+        layer.load_state_dict(conv.state_dict())
+        layer._init_binary(input_scale, track_input_scale)
+        return layer.train(conv.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quantize_input(x), self.binary_weight(), self.bias)
+
+
+class BinaryLinear(BinaryLayer, nn.Linear):
+    @classmethod
+    def from_float(cls, linear: nn.Linear, input_scale: torch.Tensor | None, track_input_scale: bool):
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
+        layer.load_state_dict(linear.state_dict())
+        layer._init_binary(input_scale, track_input_scale)
+        return layer.train(linear.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.quantize_input(x), self.binary_weight(), self.bias)
+
+
+def binary_layers(model: nn.Module) -> dict[str, BinaryLayer]:
+    """{name: layer} of the binary layers of ``model``, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, BinaryLayer)}
+
+
+def _run_forward(model: nn.Module, batches: list[torch.Tensor], hooks: dict) -> None:
+    """Forward ``batches`` in eval mode without gradients, with forward pre-hooks {module: hook}."""
+    handles = [module.register_forward_pre_hook(hook) for module, hook in hooks.items()]
+    training = model.training
+    device = next(model.parameters()).device
+    try:
+        model.eval()
+        with torch.no_grad():
+            for batch in batches:
+                model(batch.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+
+
+def first_layer(model: nn.Module, example_input: torch.Tensor) -> str:
+    """Name of the Conv2d/Linear that a forward of ``model`` runs first (its input is the image)."""
+    run_order: list[str] = []
+    layers = {m: name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    _run_forward(model, [example_input], {m: lambda module, args: run_order.append(layers[module])
+                                          for m in layers})
+    if not run_order:
+        raise ValueError("the model's forward runs no Conv2d/Linear layer")
+    return run_order[0]
+
+
+def calibrate_input_scales(model: nn.Module, calibration_batches: list[torch.Tensor]) -> None:
+    """Set the activation level s of every binary layer of ``model`` that quantizes its input: the mean
+    over batches of ``two_level_scale`` of the layer's input. A forward pre-hook sets s just before the
+    layer runs, so each layer is calibrated on the inputs produced by the already calibrated binary
+    layers before it. Forward only, in eval mode (no QAT tracking)."""
+    estimates: dict[nn.Module, list[torch.Tensor]] = {}
+
+    def calibrate(layer, args):
+        estimates.setdefault(layer, []).append(two_level_scale(args[0]))
+        layer.input_scale = torch.stack(estimates[layer]).mean()
+
+    layers = [m for m in binary_layers(model).values() if m.input_scale is not None]
+    _run_forward(model, calibration_batches, {layer: calibrate for layer in layers})
+    if any(layer not in estimates for layer in layers):
+        raise ValueError("some binary layers are not run by the model's forward and cannot be calibrated")
+
+
+def convert_to_binary(model: nn.Module, input_scales: dict, track_input_scale: bool) -> nn.Module:
+    """Replace, in place, every Conv2d/Linear named in ``input_scales`` by its binary twin with that
+    activation level (None: input not quantized). Returns ``model``."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    if set(layers) != set(input_scales) or any(isinstance(m, BinaryLayer) for m in layers.values()):
+        raise ValueError("quant state does not match the Conv2d/Linear layers of this (float) model: "
+                         f"model has {sorted(layers)}, state has {sorted(input_scales)}")
+    for name, layer in layers.items():
+        binary_class = BinaryConv2d if isinstance(layer, nn.Conv2d) else BinaryLinear
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, leaf, binary_class.from_float(layer, input_scales[name], track_input_scale))
+    return model
+
+
+def binarize(model: nn.Module, calibration_batches: list[torch.Tensor], track_input_scale: bool) -> nn.Module:
+    """A binary (INT1) deep copy of the float ``model`` calibrated on ``calibration_batches``, in eval
+    mode; ``track_input_scale`` makes it a QAT model (levels keep tracking in train mode)."""
+    work = copy.deepcopy(model).eval()
+    first = first_layer(work, calibration_batches[0][:1])
+    layers = [name for name, m in work.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    placeholder = torch.ones((), device=next(work.parameters()).device)  # replaced by calibration
+    convert_to_binary(work, {name: None if name == first else placeholder for name in layers}, track_input_scale)
+    calibrate_input_scales(work, calibration_batches)
+    return work.eval()

@@ -1,0 +1,217 @@
+"""Figure 2: t-SNE of inputs and intermediate features, clean vs PGD-attacked (paper Sec. 6,
+"Robust and non-robust features after compression", and Appendix A.2).
+
+    x, y = select_class(test_x, test_y, BAG_LABEL, max_images=200)
+    pairs = [("f_st", f_st, "f_rb", f_rb),
+             ("T_st(f_st^q)", t_st_q, "T_ad(f_st^q)", t_ad_q),
+             ("T_st(f_st^p)", t_st_p, "T_ad(f_st^p)", t_ad_p)]
+    df = figure2_embeddings(pairs, x, y, attack_cfg, seed=0)
+    plot_figure2(df, "figure2_tsne.png", "figure2_tsne.pdf")
+
+One figure row per model pair (A, B), four columns:
+
+* ``input``: the flattened images, clean and PGD-attacked against A and against B (three labels,
+  as in Appendix A.2);
+* ``layer 6``, ``layer 7``, ``layer 8``: the flattened outputs of those layers of the CNN8
+  (``models.layer_outputs``), for each model on clean images and on the images attacked against
+  that model (white-box): four labels.
+
+Each panel is one joint t-SNE embedding (scikit-learn, perplexity 30 clipped below the number of
+points, learning rate "auto", PCA init, ``random_state=seed``) of all its points, so both models
+of a pair share the panel's coordinates; their layer outputs must have the same size.
+
+Layer outputs are read with forward hooks. On NNI fake-quantized models (``compress.quantize_ptq``)
+the wrapper replaces the wrapped layer's ``forward``, so a hook on that layer sees the quantized
+output, and hooks on the ReLUs see the ReLU of quantized convolutions: the features are those of
+the quantized model.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits
+from torch import nn
+
+from .attacks import PGDAttack
+from .models import layer_outputs
+from .report import new_figure, save_figure
+
+BAG_LABEL = 8  # Fashion-MNIST class "bag", the class the paper's Figure 2 shows
+FIGURE2_LAYERS = (6, 7, 8)  # the paper's "last three hidden layers"
+COLUMNS = ["input"] + [f"layer {k}" for k in FIGURE2_LAYERS]
+
+
+def select_class(x: torch.Tensor, y: torch.Tensor, label: int,
+                 max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``max_images`` (default: all) images of class ``label``, in dataset order."""
+    idx = (y == label).nonzero().flatten()
+    if max_images is not None:
+        idx = idx[:max_images]
+    if len(idx) == 0:
+        raise ValueError(f"no images of class {label}")
+    return x[idx], y[idx]
+
+
+def layer_features(model: nn.Module, x: torch.Tensor,
+                   layers: tuple[int, ...] = FIGURE2_LAYERS) -> dict[int, np.ndarray]:
+    """{layer number (1..8): its output for every image, flattened to (n, features)}, read with
+    forward hooks on the modules ``models.layer_outputs(model)`` names. The model runs in eval
+    mode without gradients; its mode is restored and the hooks removed afterwards."""
+    names = layer_outputs(model)
+    outputs: dict[int, torch.Tensor] = {}
+
+    def keep(number):
+        def hook(module, inputs, output):
+            outputs[number] = output.detach().flatten(1).cpu()
+        return hook
+
+    handles = [model.get_submodule(names[k - 1]).register_forward_hook(keep(k)) for k in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x.to(_device_of(model)))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {k: outputs[k].numpy() for k in layers}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def make_attack(attack_cfg: dict) -> PGDAttack:
+    """PGD from an ``attack.eval``-like dict: eps, step_size, steps, random_start (default true)
+    and eps_space ("pixel", the default, or "paper_faithful"; see ``attacks.PGDAttack``)."""
+    return PGDAttack.from_config(attack_cfg, attack_cfg.get("eps_space", "pixel"))
+
+
+def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: PGDAttack,
+            seed: int) -> torch.Tensor:
+    device = _device_of(model)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return attack(model, x.to(device), y.to(device), generator=generator).cpu()
+
+
+def tsne_2d(points: np.ndarray, seed: int, perplexity: float = 30.0,
+            max_iter: int = 500) -> np.ndarray:
+    """Two-dimensional t-SNE (Appendix A.2: perplexity 30, learning rate "auto"; PCA init and a
+    fixed ``random_state`` make it deterministic). scikit-learn needs perplexity < n points."""
+    perplexity = min(float(perplexity), len(points) - 1.0)
+    tsne = TSNE(n_components=2, perplexity=perplexity, learning_rate="auto", init="pca",
+                random_state=seed, max_iter=max_iter)
+    # The Barnes-Hut gradient runs on OpenMP threads; keep it to the job's torch thread budget
+    # (on a busy shared CPU, two OpenMP threads were twice as slow as one).
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="openmp"):
+        return tsne.fit_transform(points.astype(np.float32))
+
+
+def figure2_embeddings(pairs: list[tuple[str, nn.Module, str, nn.Module]], x: torch.Tensor,
+                       y: torch.Tensor, attack_cfg: dict, seed: int,
+                       perplexity: float = 30.0) -> pd.DataFrame:
+    """t-SNE coordinates of every point of Figure 2.
+
+    ``pairs``: (label A, model A, label B, model B) per figure row; ``x``/``y``: images in [0, 1]
+    (one class) and their labels; ``attack_cfg``: see ``make_attack``. Each model is attacked
+    once (PGD with a generator seeded from ``seed``, row and position in the pair); the same
+    adversarial images serve the input column and that model's layer columns.
+
+    Returns one row per point with columns: ``row`` (pair index), ``pair`` ("A vs B"),
+    ``column`` ("input", "layer 6", ...), ``layer`` (0 for the input), ``model`` (input column:
+    the model the attack was crafted against, "" for clean images; layer columns: the model whose
+    features these are), ``condition`` ("clean"/"adversarial"), ``sample`` (index into ``x``),
+    ``tsne_x``, ``tsne_y``."""
+    attack = make_attack(attack_cfg)
+    x, y = x.detach().cpu(), y.detach().cpu()
+    n = len(x)
+    samples = np.arange(n)
+    frames = []
+    for row, (label_a, model_a, label_b, model_b) in enumerate(pairs):
+        pair = f"{label_a} vs {label_b}"
+        models = [(label_a, model_a), (label_b, model_b)]
+        x_adv = {label: _attack(model, x, y, attack, seed + 1000 * row + j)
+                 for j, (label, model) in enumerate(models)}
+
+        # Column 1: the images themselves: clean, attacked against A, attacked against B.
+        parts = [("", "clean", x)] + [(label, "adversarial", x_adv[label]) for label, _ in models]
+        points = np.concatenate([images.flatten(1).numpy() for _, _, images in parts])
+        frames.append(_frame(row, pair, "input", 0, parts, samples, tsne_2d(points, seed, perplexity)))
+
+        # Columns 2-4: each model's layer outputs on clean images and on its own attack.
+        clean = {label: layer_features(model, x) for label, model in models}
+        attacked = {label: layer_features(model, x_adv[label]) for label, model in models}
+        for k in FIGURE2_LAYERS:
+            parts = [(label, cond, feats[label][k]) for label, _ in models
+                     for cond, feats in (("clean", clean), ("adversarial", attacked))]
+            sizes = {label: feats.shape[1] for label, _, feats in parts}
+            if len(set(sizes.values())) != 1:
+                raise ValueError(f"figure 2 row {row} ({pair}): layer {k} outputs differ in size "
+                                 f"{sizes}; a joint t-SNE needs models of the same width")
+            points = np.concatenate([feats for _, _, feats in parts])
+            frames.append(_frame(row, pair, f"layer {k}", k, parts, samples,
+                                 tsne_2d(points, seed, perplexity)))
+    columns = ["row", "pair", "column", "layer", "model", "condition", "sample", "tsne_x", "tsne_y"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def _frame(row: int, pair: str, column: str, layer: int, parts: list, samples: np.ndarray,
+           xy: np.ndarray) -> pd.DataFrame:
+    """The points of one panel; ``parts`` are (model, condition, values) in embedding order."""
+    n = len(samples)
+    return pd.DataFrame({
+        "row": row, "pair": pair, "column": column, "layer": layer,
+        "model": np.repeat([m for m, _, _ in parts], n),
+        "condition": np.repeat([c for _, c, _ in parts], n),
+        "sample": np.tile(samples, len(parts)),
+        "tsne_x": xy[:, 0], "tsne_y": xy[:, 1],
+    })
+
+
+# Colors: clean/attacked versions of model A in blues, of model B in reds; clean inputs gray.
+_STYLE = {("A", "clean"): ("tab:blue", "o"), ("A", "adversarial"): ("tab:cyan", "x"),
+          ("B", "clean"): ("tab:red", "o"), ("B", "adversarial"): ("tab:orange", "x"),
+          ("", "clean"): ("tab:gray", "o")}
+
+
+def plot_figure2(df: pd.DataFrame, path_png: str | os.PathLike,
+                 path_pdf: str | os.PathLike | None = None) -> list[Path]:
+    """Figure 2 from ``figure2_embeddings`` output: one row per model pair, columns input and
+    layers 6-8; writes PNG (and PDF when given) and returns the paths."""
+    rows = sorted(df["row"].unique()) if len(df) else []
+    columns = [c for c in COLUMNS if c in set(df["column"])] or COLUMNS
+    fig = new_figure(3.4 * len(columns), 3.2 * max(len(rows), 1) + 0.8)
+    axes = fig.subplots(max(len(rows), 1), len(columns), squeeze=False)
+    for i, (ax_row, row) in enumerate(zip(axes, rows or [None])):
+        sub = df[df["row"] == row] if row is not None else df
+        pair = sub["pair"].iloc[0] if len(sub) else ""
+        label_a, _, label_b = pair.partition(" vs ")
+        role = {label_a: "A", label_b: "B", "": ""}
+        for ax, column in zip(ax_row, columns):
+            panel = sub[sub["column"] == column]
+            for (model, condition), pts in panel.groupby(["model", "condition"], sort=False):
+                color, marker = _STYLE.get((role.get(model, ""), condition), ("black", "."))
+                text = ("clean" if model == "" else f"PGD vs {model}" if column == "input"
+                        else f"{model}: {'PGD' if condition == 'adversarial' else 'clean'}")
+                ax.scatter(pts["tsne_x"], pts["tsne_y"], s=8, c=color, marker=marker,
+                           linewidths=0.8, alpha=0.7, label=text)
+            if len(panel) == 0:
+                ax.text(0.5, 0.5, "no data", ha="center", va="center", color="gray",
+                        transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(column)
+            if column in ("input", "layer 6") and len(panel):
+                ax.legend(fontsize=6, markerscale=1.5, loc="best", framealpha=0.7)
+        ax_row[0].set_ylabel(pair, fontsize=9)
+    fig.suptitle("Figure 2: t-SNE of inputs and of layers 6-8 outputs, clean and PGD-attacked "
+                 "images (PGD against each model)", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path_png, path_pdf)
