@@ -270,3 +270,55 @@ def test_resnet18_pruned_equals_parent_with_filters_zeroed(resnet_parent, resnet
     rebuilt.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(x), got)
+
+
+# ------------------------------------------------------------------ the stages on CIFAR-format data
+
+@pytest.mark.slow
+def test_the_cifar10_resnet18_path_trains_prunes_quantizes_and_evaluates(tmp_path):
+    """prepare -> adversarial training -> 50 % pruning / PTQ INT8 / QAT INT8 -> adversarial fine-tuning
+    -> evaluation, through the stage functions the workflow runs, on generated CIFAR-format files."""
+    from advfine import artifacts, stages
+    from advfine.config import stage_config
+
+    from conftest import tiny_config
+
+    write_fake_cifar(tmp_path)
+    cfg = tiny_config(**{"data": cifar_cfg(tmp_path), "model.arch": "resnet18", "train.epochs": 1,
+                         "train.batch_size": 8, "train.augment": True, "attack.eval.steps": 2,
+                         "compress.calibration_batches": 1, "compress.calibration_batch_size": 8,
+                         "compress.qat": {"init": "parent", "epochs": 1, "batch_size": 8, "lr": 0.01,
+                                          "momentum": 0.9, "lr_drop_epoch": None, "lr_after_drop": 0.01},
+                         "finetune.batch_size": 8, "finetune.qat": {"lr": 0.01, "momentum": 0.9}})
+    cfg["attack"]["eps_space"] = "pixel"
+    cfg["attack"]["train"]["eps"] = cfg["attack"]["eval"]["eps"] = 8 / 255
+
+    def slice_(stage):
+        return stage_config(cfg, stage) | {"device": "cpu"}
+
+    data = tmp_path / "cifar10.pt"
+    info = stages.run_prepare_data(slice_("prepare_data"), data)
+    assert info["shape"] == [3, 32, 32] and info["n_train"] == 15 and info["n_test"] == 4
+    base = tmp_path / "base-rb"
+    m = stages.run_train_base(slice_("train_base"), data, "rb", 0, base / "model.pt", base / "metrics.json")
+    assert m["params"] == 11_173_962 and m["stages"][0]["adversarial"]
+    for label in ("prune-0.5", "ptq-int8", "qat-int8"):
+        node = base / label
+        if label == "qat-int8":
+            stages.run_quantization_aware_training(slice_("qat"), data, label, "rb", 0, base / "model.pt",
+                                                   base / "metrics.json", node / "model.pt", node / "metrics.json")
+        else:
+            stages.run_compress(slice_("compress"), data, label, 0, base / "model.pt", base / "metrics.json",
+                                node / "model.pt", node / "metrics.json")
+        ft = node / "ft-ad"
+        stages.run_finetune(slice_("finetune"), data, label, "ad", 0, node / "model.pt", node / "metrics.json",
+                            ft / "model.pt", ft / "metrics.json")
+        record = stages.run_evaluate(slice_("evaluate"), data, "tiny", "rb", label, "ad", 0, ft / "model.pt",
+                                     ft / "metrics.json", ft / "eval.json")
+        assert record["dataset"] == "cifar10" and record["arch"] == "resnet18"
+        assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1 and record["n_test"] == 4
+        assert [s["stage"] for s in record["stages"]] == ["train_base", "compress", "finetune"]
+        if label == "prune-0.5":
+            assert record["params"] == 2_797_610
+        else:
+            assert record["weight_bytes"] < 11_173_962 * 4 / 3  # 8-bit weights
