@@ -114,3 +114,20 @@ def test_lint_passes():
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name,jobs", [
+    ("paper-fmnist", {"train_base": 6, "compress": 84, "quantization_aware_training": 15, "finetune": 201,
+                      "evaluate": 306, "figure2_features": 1}),
+    ("paper-cifar10", {"train_base": 6, "compress": 84, "quantization_aware_training": 15, "finetune": 201,
+                       "evaluate": 306}),
+])
+def test_the_paper_configs_plan_the_whole_study(tmp_path, name, jobs):
+    """3 seeds x 2 base models x (9 sparsities + 5 PTQ bit widths) x fine-tuning none/st/ad, QAT of f_rb
+    at 5 bit widths, T_ad(f_st): planned without error (they need a GPU to run)."""
+    write_config(tmp_path, yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text()))
+    result = snakemake(tmp_path, "all", "-n", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M))
+    assert {rule: int(counts.get(rule, 0)) for rule in jobs} == jobs
+    assert ("figure2_features" in counts) == ("figure2_features" in jobs)
