@@ -68,6 +68,16 @@ def save_tensor_file(path: str | Path, payload: dict) -> None:
         torch.save(payload, tmp)
 
 
+def torch_load_weights_only(path: str | Path, what: str, error: type[Exception], advice: str = ""):
+    """``torch.load(path, weights_only=True)`` on the CPU (pickled code never runs); any failure (torch
+    raises several types for truncated or unsafe files) becomes ``error`` naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise error(f"{what} {path} cannot be loaded safely ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0]}). {advice}".rstrip()) from err
+
+
 def load_tensor_file(path: str | Path, fmt: str, what: str, error: type[Exception] | None = None) -> dict:
     """Load a file written by ``save_tensor_file`` with ``weights_only=True`` (pickled code never runs)
     and check its ``format``. A missing, truncated or foreign file raises ``error`` naming it."""
@@ -75,13 +85,8 @@ def load_tensor_file(path: str | Path, fmt: str, what: str, error: type[Exceptio
     path = Path(path)
     if not path.exists():
         raise error(f"{what} {path} not found; re-run snakemake to recreate it")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or unsafe files
-        raise error(
-            f"{what} {path} cannot be loaded safely ({type(err).__name__}: {str(err).splitlines()[0]}). "
-            "It may be truncated or not written by advfine: delete it and re-run snakemake."
-        ) from err
+    payload = torch_load_weights_only(
+        path, what, error, "It may be truncated or not written by advfine: delete it and re-run snakemake.")
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise error(f"{what} {path} is not an advfine file of format {fmt}")
     return payload

@@ -230,12 +230,9 @@ def load_pretrained(model: nn.Module, path: str | Path) -> nn.Module:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"pretrained checkpoint {path} not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or unsafe files
-        raise ValueError(f"pretrained checkpoint {path} cannot be loaded safely "
-                         f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
-    state = payload
+    from .artifacts import torch_load_weights_only
+
+    state = torch_load_weights_only(path, "pretrained checkpoint", ValueError)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
