@@ -146,9 +146,21 @@ def git_commit(repo_dir: str | Path | None = None) -> str:
         return "unknown"
 
 
+def _physical_gpu(device: str) -> str | None:
+    """The GPU id behind ``cuda:N``: entry N of CUDA_VISIBLE_DEVICES when it is set."""
+    if not device.startswith("cuda"):
+        return None
+    index = int(device.partition(":")[2] or 0)
+    visible = [t.strip() for t in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if t.strip()]
+    return visible[index] if index < len(visible) else str(index)
+
+
 def provenance(config: dict, seed: int, device: torch.device | str) -> dict:
+    """Where a result came from. ``config_hash`` covers the settings, not where they ran (the device
+    is recorded beside it, with the physical GPU id and the SLURM job id when there are)."""
+    device = str(device)
     return {
-        "config_hash": config_hash(config),
+        "config_hash": config_hash({k: v for k, v in config.items() if k != "device"}),
         "seed": seed,
         "device": str(device),
         "git_commit": git_commit(),
@@ -156,5 +168,7 @@ def provenance(config: dict, seed: int, device: torch.device | str) -> dict:
                      ("torch", "torchvision", "nni", "numpy", "snakemake", "scikit-learn")}
         | {"python": platform.python_version()},
         "host": socket.gethostname(),
+        "gpu": _physical_gpu(device),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -1,15 +1,19 @@
-"""Glue for Snakemake script jobs: log to the job's log file, hand the stage its config slice."""
+"""Glue for Snakemake script jobs: log to the job's log file, hand the stage its config slice and
+the device it runs on (a GPU of its own from the pool when the rule asks for one)."""
 from __future__ import annotations
 
 import logging
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+
+from .gpu_pool import job_device
 
 
 @contextmanager
 def snakemake_job(smk):
     """Inside a ``script:`` job: send stdout, stderr (tqdm progress) and logging to ``smk.log[0]``,
-    and yield the stage's config (its params slice plus the execution settings)."""
+    and yield the stage's config (its params slice plus the execution settings). A rule declaring
+    ``resources: gpu`` gets ``device`` = its own GPU (``cuda:N``) when CUDA is there (see gpu_pool)."""
     log_path = smk.log[0] if smk.log else None
     stream = open(log_path, "a", buffering=1) if log_path else sys.stderr
     old_out, old_err = sys.stdout, sys.stderr
@@ -20,10 +24,15 @@ def snakemake_job(smk):
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     try:
-        cfg = dict(smk.params.cfg) if hasattr(smk.params, "cfg") else {}
-        cfg["device"] = smk.config.get("device", "auto")
-        logging.getLogger("advfine").info("rule %s, wildcards %s", smk.rule, dict(smk.wildcards))
-        yield cfg
+        with ExitStack() as stack:
+            cfg = dict(smk.params.cfg) if hasattr(smk.params, "cfg") else {}
+            device = smk.config.get("device", "auto")
+            if int(getattr(smk.resources, "gpu", 0) or 0) > 0:
+                device = stack.enter_context(job_device(device))
+            cfg["device"] = device
+            logging.getLogger("advfine").info("rule %s, wildcards %s, device %s", smk.rule,
+                                              dict(smk.wildcards), device)
+            yield cfg
     except BaseException:
         logging.getLogger("advfine").exception("job failed")
         raise

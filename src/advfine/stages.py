@@ -16,7 +16,7 @@ from .data import load_dataset, load_prepared, save_prepared
 from .evaluate import evaluate_model
 from .models import build_model, count_parameters, default_arch
 from .runtime import resolve_device, seed_everything, set_threads
-from .train import train_model
+from .train import restored_wall_time, resume_path_for, train_model
 
 log = logging.getLogger("advfine")
 
@@ -116,9 +116,10 @@ def run_train_base(config: dict, data_path: str, train: str, seed: int, out_mode
     forward_macs = _forward_macs(model, data)
     start = time.perf_counter()
     attack = _attack(config, "train") if train == "rb" else None
+    resume = resume_path_for(out_model)
     history = train_model(model, data.train_x, data.train_y, config["train"], attack, seed, device,
-                          desc=f"train {train}")
-    wall = time.perf_counter() - start
+                          desc=f"train {train}", resume_path=resume)
+    wall = time.perf_counter() - start + restored_wall_time(history)
     model.cpu()
     artifacts.save_checkpoint(out_model, model.state_dict(), arch, extra={"train": train, "seed": seed})
     macs = training_macs(history, len(data.train_y), forward_macs, attack.steps if attack else 0)
@@ -126,6 +127,7 @@ def run_train_base(config: dict, data_path: str, train: str, seed: int, out_mode
                        history=history, params=count_parameters(model), n_train=len(data.train_y),
                        pretrained=pretrained, attack=attack.describe() if attack else None)
     artifacts.write_json(out_metrics, metrics)
+    resume.unlink(missing_ok=True)
     return metrics
 
 
@@ -225,9 +227,10 @@ def run_quantization_aware_training(config: dict, data_path: str, compression: s
     qmodel = prepare_qat(model, int(bits), _calibration(config, data, seed))
     forward_macs = _forward_macs(qmodel, data)
     attack = _attack(config, "train") if train == "rb" else None
+    resume = resume_path_for(out_model)
     history = train_model(qmodel, data.train_x, data.train_y, qat_cfg, attack, seed + 3000, device,
-                          desc=f"QAT int{bits} {train}")
-    wall = time.perf_counter() - start
+                          desc=f"QAT int{bits} {train}", resume_path=resume)
+    wall = time.perf_counter() - start + restored_wall_time(history)
     qmodel.cpu()
     parent_ref = None if parent_model is None else str(parent_model)
     artifacts.save_checkpoint(out_model, float_state_dict(qmodel), arch, quant_state(qmodel),
@@ -238,6 +241,7 @@ def run_quantization_aware_training(config: dict, data_path: str, compression: s
                        history=history, attack=attack.describe() if attack else None,
                        **_cost(qmodel, data))
     artifacts.write_json(out_metrics, metrics)
+    resume.unlink(missing_ok=True)
     return metrics
 
 
@@ -266,9 +270,10 @@ def run_finetune(config: dict, data_path: str, compression: str, mode: str, seed
     attack = _attack(config, "train") if mode == "ad" else None
     forward_macs = _forward_macs(model, data)
     start = time.perf_counter()
+    resume = resume_path_for(out_model)
     history = train_model(model, data.train_x, data.train_y, settings, attack, seed + 1000, device,
-                          desc=f"finetune {mode} {compression}")
-    wall = time.perf_counter() - start
+                          desc=f"finetune {mode} {compression}", resume_path=resume)
+    wall = time.perf_counter() - start + restored_wall_time(history)
     model.cpu()
     if ckpt["quant"] is not None:
         from .compress import float_state_dict, quant_state
@@ -282,6 +287,7 @@ def run_finetune(config: dict, data_path: str, compression: str, mode: str, seed
     metrics = _metrics(config, seed, device, "finetune", wall, parent, macs, attack is not None, finetune=mode,
                        settings=settings, history=history, attack=attack.describe() if attack else None)
     artifacts.write_json(out_metrics, metrics)
+    resume.unlink(missing_ok=True)
     return metrics
 
 

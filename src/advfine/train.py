@@ -1,17 +1,28 @@
 """One loop for standard and adversarial training and fine-tuning: the attack is a parameter."""
 from __future__ import annotations
 
+import hashlib
+import logging
+import random
 import time
 from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from . import artifacts
 from .attacks import PGDAttack
 from .data import augment_batch, iterate_batches
 from .runtime import make_generator, place_model
+
+log = logging.getLogger("advfine")
+
+RESUME_FORMAT = "advfine-resume-1"
 
 
 def learning_rate(epoch: int, cfg: dict) -> float:
@@ -36,8 +47,98 @@ def attack_for_epoch(attack: PGDAttack | None, epoch: int, cfg: dict) -> PGDAtta
     return replace(attack, eps=attack.eps * scale, step_size=attack.step_size * scale)
 
 
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``model``, persistent or not (NNI's fake-quant ranges are buffers,
+    the binary scheme's activation level is a non-persistent one), copied to the CPU."""
+    tensors = {f"param:{k}": v.detach().cpu().clone() for k, v in model.named_parameters()}
+    tensors |= {f"buffer:{k}": v.detach().cpu().clone() for k, v in model.named_buffers()}
+    return tensors
+
+
+def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy ``model_tensors`` output back into the same model, in place (the optimizer keeps its
+    references to the parameters)."""
+    live = {f"param:{k}": v for k, v in model.named_parameters()}
+    live |= {f"buffer:{k}": v for k, v in model.named_buffers()}
+    if set(live) != set(tensors):
+        raise ValueError("the resume checkpoint holds a different model: "
+                         f"{sorted(set(live) ^ set(tensors))[:5]} differ")
+    with torch.no_grad():
+        for key, value in tensors.items():
+            live[key].copy_(value)
+
+
+def _fingerprint(model: nn.Module, cfg: dict, attack: PGDAttack | None, seed: int, n_examples: int) -> str:
+    """What a resume checkpoint must match: the starting weights, the settings, the attack, the seed
+    and the data size. A checkpoint from another config or parent is ignored, never resumed."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model_tensors(model).items()):
+        digest.update(key.encode())
+        digest.update(value.numpy().tobytes())
+    settings = {"cfg": cfg, "attack": attack.describe() if attack else None, "seed": seed, "n": n_examples}
+    digest.update(artifacts.config_hash(settings).encode())
+    return digest.hexdigest()[:32]
+
+
+def _rng_states(generators: dict[str, torch.Generator | None]) -> dict:
+    """The state of every random number generator a training run may draw from."""
+    np_state = np.random.get_state()
+    states = {"generators": {k: g.get_state() for k, g in generators.items() if g is not None},
+              "torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict, generators: dict[str, torch.Generator | None]) -> None:
+    for key, generator in generators.items():
+        if generator is not None:
+            generator.set_state(states["generators"][key])
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def restored_wall_time(history: list[dict]) -> float:
+    """Seconds that earlier, interrupted attempts spent on the epochs this run restored: a stage's
+    wall time counts them, so a resumed run reports what the whole training cost."""
+    return sum(record["wall_time_s"] for record in history if record.get("restored"))
+
+
+def resume_path_for(output: str | Path) -> Path:
+    """Where a stage writing ``output`` keeps its per-epoch resume checkpoint: beside it, hidden."""
+    output = Path(output)
+    return output.with_name(f".{output.stem}.resume.pt")
+
+
+def save_resume(path: Path, payload: dict) -> None:
+    """One resume checkpoint per finished epoch, written atomically over the previous one."""
+    artifacts.save_tensor_file(path, {"format": RESUME_FORMAT, **payload})
+
+
+def load_resume(path: Path, fingerprint: str) -> dict | None:
+    """The resume checkpoint at ``path`` if it belongs to this run, else None (with the reason logged).
+    An unreadable (truncated) file is ignored too: the run starts over rather than failing."""
+    if not path.exists():
+        return None
+    try:
+        payload = artifacts.load_tensor_file(path, RESUME_FORMAT, "resume checkpoint")
+    except artifacts.ArtifactError as err:
+        log.warning("ignoring %s and starting from epoch 0: %s", path, err)
+        return None
+    if payload.get("fingerprint") != fingerprint:
+        log.warning("ignoring %s: it was written by a run with other settings or starting weights", path)
+        return None
+    return payload
+
+
 def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, cfg: dict,
-                attack: PGDAttack | None, seed: int, device: torch.device, desc: str = "train") -> list[dict]:
+                attack: PGDAttack | None, seed: int, device: torch.device, desc: str = "train",
+                resume_path: str | Path | None = None) -> list[dict]:
     """Train ``model`` in place with SGD for ``cfg['epochs']`` epochs.
 
     With ``attack`` given, each batch is replaced by its adversarial version computed against the
@@ -45,20 +146,38 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     With ``cfg['augment']`` true, each clean batch is first randomly cropped (4-pixel zero padding) and
     flipped (``augment_batch``). Batch order, augmentation and attack random starts are drawn from
     generators seeded with ``seed``.
-    Returns one dict per epoch: lr, mean loss, accuracy on the batches trained on, wall time.
+    With ``resume_path``, the model, optimizer, epoch, history and every RNG state are saved there after
+    each epoch; a later call with the same starting weights and settings continues from the last
+    finished epoch and ends with the same weights as an uninterrupted run (on CPU). The caller deletes
+    the file once its outputs are written.
+    Returns one dict per epoch: lr, mean loss, accuracy on the batches trained on, wall time (and
+    ``restored: True`` for epochs taken from a resume checkpoint).
     """
     place_model(model, device)
     x_all = train_x.to(device).contiguous(memory_format=torch.channels_last)
     y_all = train_y.to(device)
-    order_gen = torch.Generator().manual_seed(seed)
-    attack_gen = make_generator(seed + 1, device)
-    augment_gen = make_generator(seed + 2, device) if cfg.get("augment", False) else None
+    generators = {"order": torch.Generator().manual_seed(seed),
+                  "attack": make_generator(seed + 1, device),
+                  "augment": make_generator(seed + 2, device) if cfg.get("augment", False) else None}
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate(0, cfg),
                                 momentum=float(cfg.get("momentum", 0.0)),
                                 weight_decay=float(cfg.get("weight_decay", 0.0)))
-    history = []
+    history: list[dict] = []
     epochs = int(cfg["epochs"])
-    for epoch in range(epochs):
+    first_epoch = 0
+    if resume_path is not None:
+        resume_path = Path(resume_path)
+        fingerprint = _fingerprint(model, cfg, attack, seed, len(y_all))
+        state = load_resume(resume_path, fingerprint)
+        if state is not None:
+            load_model_tensors(model, state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            _set_rng_states(state["rng"], generators)
+            # restored epochs are marked: an earlier, interrupted attempt computed them
+            history = [dict(record, restored=True) for record in state["history"]]
+            first_epoch = int(state["epoch"])
+            log.info("%s: resuming after epoch %d of %d from %s", desc, first_epoch, epochs, resume_path)
+    for epoch in range(first_epoch, epochs):
         lr = learning_rate(epoch, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -66,13 +185,14 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
         start = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
         n_batches = (len(y_all) + cfg["batch_size"] - 1) // cfg["batch_size"]
-        batches = iterate_batches(x_all, y_all, int(cfg["batch_size"]), shuffle=True, generator=order_gen)
+        batches = iterate_batches(x_all, y_all, int(cfg["batch_size"]), shuffle=True,
+                                  generator=generators["order"])
         for x, y in tqdm(batches, total=n_batches, desc=f"{desc} epoch {epoch + 1}/{epochs}",
                          mininterval=5.0, leave=False):
-            if augment_gen is not None:
-                x = augment_batch(x, augment_gen)
+            if generators["augment"] is not None:
+                x = augment_batch(x, generators["augment"])
             if epoch_attack is not None:
-                x = epoch_attack(model, x, y, generator=attack_gen)
+                x = epoch_attack(model, x, y, generator=generators["attack"])
             model.train()
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -88,5 +208,9 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
         history.append(record)
         tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: lr {lr:g} loss {record['loss']:.4f} "
                    f"acc {record['train_acc']:.4f} ({record['wall_time_s']:.1f}s)")
+        if resume_path is not None:
+            save_resume(resume_path, {"fingerprint": fingerprint, "epoch": epoch + 1, "history": history,
+                                      "model": model_tensors(model), "optimizer": optimizer.state_dict(),
+                                      "rng": _rng_states(generators)})
     model.eval()
     return history
