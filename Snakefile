@@ -1,6 +1,6 @@
 # advfine: adversarial fine-tuning of compressed networks.
 #   snakemake --cores 2 all                    # tables and figures of config.yaml
-#   snakemake --cores 2 --configfile configs/X.yaml all_tables
+#   snakemake --cores 2 --configfile=configs/X.yaml all_tables   # "=": --configfile takes several files
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -15,6 +15,13 @@ include: "workflow/rules/compress.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+
+
+# Target rules run nothing: never submit them to a cluster.
+localrules:
+    all,
+    all_tables,
+    all_figures,
 
 
 rule all:

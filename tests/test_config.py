@@ -74,6 +74,11 @@ BAD = [
     ({"report.prune_sparsity": 0.7}, "report.prune_sparsity"),
     ({"report.ptq_bits": 4}, "report.ptq_bits"),
     ({"attack.eval.step_size": 0.001}, "attack.eval"),
+    ({"resources": {"compute": {"gpu": -1}}}, "resources.compute.gpu"),
+    ({"resources": {"compute": {"mem_mb": "4G"}}}, "resources.compute.mem_mb"),
+    ({"resources": {"light": {"runtime": 0}}}, "resources.light.runtime"),
+    ({"resources": {"compute": {"partition": "gpu"}}}, "partition"),
+    ({"resources": {"rules": {"train": {"runtime": 60}}}}, "resources.rules"),
 ]
 
 

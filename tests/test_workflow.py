@@ -131,3 +131,30 @@ def test_the_paper_configs_plan_the_whole_study(tmp_path, name, jobs):
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M))
     assert {rule: int(counts.get(rule, 0)) for rule in jobs} == jobs
     assert ("figure2_features" in counts) == ("figure2_features" in jobs)
+
+
+def test_job_resources_come_from_the_config(tmp_path):
+    """compute rules ask for the GPU, memory, time and partition of resources.compute (+ per-rule
+    overrides); the light rules take no GPU. The SLURM profile turns these into sbatch options."""
+    resources = {"compute": {"gpu": 1, "mem_mb": 3000, "runtime": 30, "slurm_partition": "gpu"},
+                 "light": {"gpu": 0, "mem_mb": 1000, "runtime": 5},
+                 "rules": {"train_base": {"runtime": 600, "slurm_partition": "gpu-long"}}}
+    write_config(tmp_path, tiny_config(resources=resources))
+    result = snakemake(tmp_path, "all", "-n", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = {}
+    for rule, res in re.findall(r"^rule (\w+):\n(?:\s+\w+: .*\n)*?\s+resources: (.*)$", result.stdout, flags=re.M):
+        planned.setdefault(rule, set()).add(res)
+    assert set(planned) >= {"prepare_data", "train_base", "compress", "finetune", "evaluate", "aggregate", "plot"}
+    for rule, variants in planned.items():
+        if rule.startswith("all"):
+            continue  # target rules run nothing
+        (res,) = variants  # every job of a rule asks the same
+        fields = dict(item.split("=", 1) for item in res.split(", "))
+        if rule == "train_base":
+            expected = {"gpu": "1", "mem_mb": "3000", "runtime": "600", "slurm_partition": "gpu-long"}
+        elif rule in ("prepare_data", "aggregate", "plot"):
+            expected = {"gpu": "0", "mem_mb": "1000", "runtime": "5"}
+        else:
+            expected = {"gpu": "1", "mem_mb": "3000", "runtime": "30", "slurm_partition": "gpu"}
+        assert {k: fields.get(k) for k in expected} == expected, (rule, res)

@@ -35,6 +35,24 @@ wildcard_constraints:
     finetune=r"none|st|ad",
 
 
+# The rules that train, compress, fine-tune or attack models; the others (prepare_data, aggregate,
+# plot) are light and take no GPU.
+COMPUTE_RULES = {"train_base", "compress", "quantization_aware_training", "finetune", "evaluate",
+                 "figure2_features"}
+DEFAULT_RESOURCES = {"compute": {"gpu": 1}, "light": {"gpu": 0}}
+
+
+def rule_resources(rule_name):
+    """Snakemake resources of ``rule_name`` from config key ``resources``: its group (compute or light),
+    then the rule's own overrides under ``resources.rules``."""
+    res = config.get("resources", {})
+    group = "compute" if rule_name in COMPUTE_RULES else "light"
+    merged = dict(DEFAULT_RESOURCES[group])
+    merged.update(res.get(group, {}))
+    merged.update(res.get("rules", {}).get(rule_name, {}))
+    return merged
+
+
 def compression_labels(train):
     """The compressed nodes under base model ``train``; QAT only under sweep.qat_base_models."""
     labels = [f"prune-{s:g}" for s in SWEEP["prune_sparsities"]]

@@ -15,7 +15,7 @@ rule compress:
         f"{LOGS}/{{compression}}/compress.log",
     threads: config["threads"]
     resources:
-        gpu=1,
+        **rule_resources("compress"),
     conda:
         "../../envs/advfine.yaml"
     script:
@@ -38,7 +38,7 @@ rule quantization_aware_training:
         f"{LOGS}/qat-int{{bits}}/qat.log",
     threads: config["threads"]
     resources:
-        gpu=1,
+        **rule_resources("quantization_aware_training"),
     conda:
         "../../envs/advfine.yaml"
     script:

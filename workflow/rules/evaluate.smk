@@ -11,7 +11,7 @@ rule evaluate:
         f"{LOGS}/{{compression}}/ft-{{finetune}}/evaluate.log",
     threads: config["threads"]
     resources:
-        gpu=1,
+        **rule_resources("evaluate"),
     conda:
         "../../envs/advfine.yaml"
     script:

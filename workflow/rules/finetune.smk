@@ -14,7 +14,7 @@ rule finetune:
         f"{LOGS}/{{compression}}/ft-{{finetune}}/finetune.log",
     threads: config["threads"]
     resources:
-        gpu=1,
+        **rule_resources("finetune"),
     conda:
         "../../envs/advfine.yaml"
     script:

@@ -14,6 +14,8 @@ rule aggregate:
         ptq_bits=config["report"]["ptq_bits"],
     log:
         "logs/{experiment}/aggregate.log",
+    resources:
+        **rule_resources("aggregate"),
     conda:
         "../../envs/advfine.yaml"
     script:
@@ -33,6 +35,8 @@ rule plot:
         figures=FIGURES,
     log:
         "logs/{experiment}/plot.log",
+    resources:
+        **rule_resources("plot"),
     conda:
         "../../envs/advfine.yaml"
     script:
@@ -55,7 +59,7 @@ rule figure2_features:
         "logs/{experiment}/figure2_features.log",
     threads: config["threads"]
     resources:
-        gpu=1,
+        **rule_resources("figure2_features"),
     conda:
         "../../envs/advfine.yaml"
     script:

@@ -6,6 +6,8 @@ rule prepare_data:
         cfg=stage_config(config, "prepare_data"),
     log:
         "logs/{experiment}/prepare_data_{dataset}.log",
+    resources:
+        **rule_resources("prepare_data"),
     conda:
         "../../envs/advfine.yaml"
     script:
@@ -25,7 +27,7 @@ rule train_base:
         f"{LOGS}/train_base.log",
     threads: config["threads"]
     resources:
-        gpu=1,
+        **rule_resources("train_base"),
     conda:
         "../../envs/advfine.yaml"
     script:
