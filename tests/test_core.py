@@ -56,13 +56,19 @@ def _write_idx(path, array: np.ndarray):
         fh.write(header + array.astype(np.uint8).tobytes())
 
 
-def test_fashion_mnist_reads_local_gz_files_offline(tmp_path):
-    raw = tmp_path / "FashionMNIST" / "raw"
+def _write_fake_fashion_mnist(root):
+    """Random images and labels in the official .gz files' format (20 train, 10 test)."""
+    raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for split, n in (("train", 20), ("t10k", 10)):
         _write_idx(raw / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
         _write_idx(raw / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    return raw
+
+
+def test_fashion_mnist_reads_local_gz_files_offline(tmp_path):
+    raw = _write_fake_fashion_mnist(tmp_path)
     tx, ty, vx, vy = load_fashion_mnist_tensors(tmp_path, download=False)
     assert tx.shape == (20, 1, 28, 28) and vx.shape == (10, 1, 28, 28)
     assert 0 <= tx.min() and tx.max() <= 1 and ty.dtype == torch.int64
@@ -188,3 +194,18 @@ def test_paper_faithful_eps_is_half_in_pixels_and_unclamped(digits, trained):
     assert pixel.describe()["eps_space"] == "pixel" and pixel.describe()["eps_pixel"] == 0.2
     with pytest.raises(ValueError, match="eps_space"):
         PGDAttack(eps=0.1, step_size=0.05, steps=5, eps_space="normalized")
+
+
+def test_fashion_mnist_damaged_files_are_named(tmp_path):
+    raw = _write_fake_fashion_mnist(tmp_path)
+    gz = raw / "t10k-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:200])  # a truncated download
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: .*official file"):
+        load_fashion_mnist_tensors(tmp_path, download=False)
+    assert not (raw / "t10k-images-idx3-ubyte").exists()  # nothing half-unpacked left behind
+    _write_idx(gz, np.random.default_rng(1).integers(0, 256, (10, 28, 28)))
+    unpacked = raw / "train-labels-idx1-ubyte"
+    load_fashion_mnist_tensors(tmp_path, download=False)
+    unpacked.write_bytes(unpacked.read_bytes()[:12])  # an unpacked file cut short
+    with pytest.raises(DataError, match="FashionMNIST/raw"):
+        load_fashion_mnist_tensors(tmp_path, download=False)

@@ -170,5 +170,6 @@ def provenance(config: dict, seed: int, device: torch.device | str) -> dict:
         "host": socket.gethostname(),
         "gpu": _physical_gpu(device),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # the GPUs a scheduler gave the job
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -75,8 +75,13 @@ def _unpack_local_gz(raw_dir: Path) -> None:
         gz = raw_dir / f"{name}.gz"
         if not target.exists() and gz.exists():
             tmp = target.with_suffix(".tmp")
-            with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            try:
+                with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (OSError, EOFError) as err:  # truncated or not gzip
+                tmp.unlink(missing_ok=True)
+                raise DataError(f"cannot unpack {gz}: {err}. Replace it with the official file "
+                                "(or delete it and set data.download: true).") from err
             tmp.replace(target)
 
 
@@ -88,11 +93,7 @@ def load_fashion_mnist_tensors(data_root: str | Path, download: bool):
     root = Path(data_root)
     raw_dir = root / "FashionMNIST" / "raw"
     if raw_dir.is_dir():
-        try:
-            _unpack_local_gz(raw_dir)
-        except (OSError, EOFError) as err:
-            raise DataError(f"cannot unpack Fashion-MNIST files in {raw_dir}: {err}. "
-                            "Replace the damaged .gz file with the official one.") from err
+        _unpack_local_gz(raw_dir)
     missing = [n for n in FASHION_MNIST_FILES if not (raw_dir / n).exists()]
     if missing and not download:
         raise DataError(

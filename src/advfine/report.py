@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from .artifacts import atomic_path
+from .outputs import TABLE_FORMATS, table_names  # noqa: F401  (table_names is part of this API)
 
 # ----------------------------------------------------------------------------- constants
 
@@ -521,21 +522,6 @@ def _ratio(value: float, reference: float) -> float:
     if math.isnan(value) or math.isnan(reference) or reference == 0:
         return math.nan
     return value / reference
-
-
-# ----------------------------------------------------------------------------- table names
-
-TABLE_FORMATS = ["csv", "md", "tex"]
-
-
-def table_names(dataset: str) -> list[str]:
-    """File stems ``write_tables`` writes for an experiment on ``dataset`` (each as .csv, .md,
-    .tex). CIFAR10 gets the paper's Tables 4 and 6, every other dataset Tables 3 and 5."""
-    if dataset == "cifar10":
-        return ["table2_baselines", "table4_compressed", "table6_adversarial_finetuning",
-                "computational_gains"]
-    return ["table2_baselines", "table3_compressed", "table5_adversarial_finetuning",
-            "computational_gains"]
 
 
 # ----------------------------------------------------------------------------- LaTeX helpers

@@ -8,7 +8,7 @@ from snakemake.utils import validate
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from advfine.config import check_config, stage_config, ConfigError
-from advfine.report import table_names
+from advfine.outputs import FIGURE_FORMATS, TABLE_FORMATS, table_names
 
 validate(config, "../schemas/config.schema.yaml")
 try:
@@ -116,8 +116,6 @@ def eval_targets():
 
 
 TABLES = table_names(DATASET)
-TABLE_FORMATS = ["csv", "md", "tex"]
-FIGURE_FORMATS = ["png", "pdf"]
 FIGURE2 = config["report"].get("figure2", {"enabled": False})
 FIGURES = ["figure1_adversarial_finetuning", "figure3_no_finetuning"]
 if SWEEP.get("qat_bits"):
