@@ -1,0 +1,60 @@
+"""Are compressed CNN8s really faster? Inference latency (batch 256, CPU) of the dense fp32 model,
+the 80 %-pruned model (filters physically removed), NNI's fake-quant INT8 and the real INT8 export
+(torch.ao, x86), measured side by side in one run, rounds interleaved; ratios against dense fp32.
+
+    .venv/bin/python benchmarks/compressed_speed.py [--threads 2] [--rounds 5]
+
+Issue 5's targets: pruned 80 % >= 3x faster than dense, real INT8 >= 4x. Weights are random (He
+init): latency does not depend on their values; accuracy is tested in tests/test_int8_export.py.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=256)
+    args = parser.parse_args()
+
+    import torch
+
+    from advfine.compress import prune_filters_l1, quantize_ptq
+    from advfine.int8_export import export_int8, measure_latency
+    from advfine.models import build_model, default_arch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    arch = default_arch("cnn8", 1, 10, 28, [0.5], [0.5])
+    dense = build_model(arch).eval()
+    calibration = [torch.rand(64, 1, 28, 28) for _ in range(4)]
+    pruned, _ = prune_filters_l1(dense, arch, 0.8, calibration[0][:2])
+    models = {"dense fp32": dense, "pruned 80 % fp32": pruned.eval(),
+              "fake-quant INT8 (NNI)": quantize_ptq(dense, 8, calibration),
+              "real INT8 (torch.ao)": export_int8(dense, calibration)}
+    example = torch.rand(args.batch, 1, 28, 28)
+    times = {name: [] for name in models}
+    for _ in range(args.rounds):  # interleaved: machine noise hits every model alike
+        for name, model in models.items():
+            times[name].append(measure_latency(model, example, repeats=3, warmup=1))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    targets = {"pruned 80 % fp32": 3.0, "real INT8 (torch.ao)": 4.0}
+    print(f"CNN8 inference, batch {args.batch}, {args.threads} thread(s), median of {args.rounds} rounds\n")
+    print("| model | latency (ms) | speed-up vs dense fp32 | target | met |")
+    print("|---|---|---|---|---|")
+    for name, seconds in median.items():
+        ratio = median["dense fp32"] / seconds
+        target = targets.get(name)
+        met = "" if target is None else ("yes" if ratio >= target else "no")
+        print(f"| {name} | {seconds * 1000:.1f} | {ratio:.2f}x | {'' if target is None else f'>= {target:g}x'} | {met} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The real INT8 export: integer kernels, same predictions as the float and fake-quant models up to
+rounding, a smaller file."""
+import io
+
+import pytest
+import torch
+
+from advfine import compress
+from advfine.evaluate import clean_accuracy
+from advfine.int8_export import export_int8, measure_latency
+from advfine.models import build_model, default_arch
+from advfine.train import train_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    torch.manual_seed(0)
+    model = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
+    train_model(model, digits.train_x, digits.train_y, {"epochs": 2, "batch_size": 32, "lr": 0.05,
+                "momentum": 0.9, "lr_drop_epoch": None, "lr_after_drop": 0.01}, None, 0, CPU)
+    return model.cpu().eval()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from advfine.data import load_dataset
+
+    return load_dataset({"name": "digits", "image_size": 28, "test_fraction": 0.25, "split_seed": 0})
+
+
+def size_of(model) -> int:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def test_int8_export_keeps_accuracy_and_shrinks_the_model(trained, digits):
+    calibration = list(digits.train_x[:256].split(64))
+    int8 = export_int8(trained, calibration)
+    kinds = {type(m).__module__ for m in int8.modules()}
+    assert any("quantized" in k for k in kinds), kinds  # integer modules, not fake-quant
+    fake = compress.quantize_ptq(trained, 8, calibration)
+    acc = {name: clean_accuracy(m, digits.test_x, digits.test_y, 256, CPU)
+           for name, m in (("float", trained), ("fake", fake), ("int8", int8))}
+    assert acc["float"] > 0.8, acc
+    assert abs(acc["int8"] - acc["fake"]) <= 0.01 and abs(acc["int8"] - acc["float"]) <= 0.01, acc
+    agree = (int8(digits.test_x).argmax(1) == trained(digits.test_x).argmax(1)).float().mean().item()
+    assert agree > 0.97
+    assert size_of(int8) < 0.35 * size_of(trained)  # int8 weights: about a quarter of fp32
+    assert measure_latency(int8, digits.test_x[:8], repeats=2) > 0
+
+
+def test_int8_export_refuses_what_it_cannot_convert(trained, digits):
+    with pytest.raises(ValueError, match="calibration batch"):
+        export_int8(trained, [])
+    fake = compress.quantize_ptq(trained, 8, [digits.train_x[:64]])
+    with pytest.raises(ValueError, match="plain float model"):
+        export_int8(fake, [digits.train_x[:64]])
