@@ -27,7 +27,8 @@ def main() -> None:
     import torch
 
     from advfine.compress import prune_filters_l1, quantize_ptq
-    from advfine.int8_export import export_int8, measure_latency
+    from advfine.cost import measure_latency
+    from advfine.int8_export import export_int8
     from advfine.models import build_model, default_arch
 
     torch.set_num_threads(args.threads)

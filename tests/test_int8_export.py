@@ -7,7 +7,8 @@ import torch
 
 from advfine import compress
 from advfine.evaluate import clean_accuracy
-from advfine.int8_export import export_int8, measure_latency
+from advfine.cost import measure_latency
+from advfine.int8_export import export_int8
 from advfine.models import build_model, default_arch
 from advfine.train import train_model
 

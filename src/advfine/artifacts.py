@@ -147,11 +147,13 @@ def git_commit(repo_dir: str | Path | None = None) -> str:
 
 
 def _physical_gpu(device: str) -> str | None:
-    """The GPU id behind ``cuda:N``: entry N of CUDA_VISIBLE_DEVICES when it is set."""
+    """The GPU id behind ``cuda:N``: entry N of the visible GPU ids (CUDA_VISIBLE_DEVICES when set)."""
     if not device.startswith("cuda"):
         return None
+    from .gpu_pool import visible_gpu_ids
+
     index = int(device.partition(":")[2] or 0)
-    visible = [t.strip() for t in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if t.strip()]
+    visible = visible_gpu_ids()
     return visible[index] if index < len(visible) else str(index)
 
 

@@ -3,6 +3,7 @@ evaluating a plain model does not pay for it."""
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import nn
@@ -58,3 +59,17 @@ def weight_storage_bytes(model: nn.Module, bits: int | None) -> int:
         width = bits if (is_weight and bits is not None) else 32
         total += math.ceil(param.numel() * width / 8)
     return total
+
+
+def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
+    """Median seconds of one forward pass of ``example`` (CPU, no gradients)."""
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            model(example)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]

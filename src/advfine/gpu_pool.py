@@ -74,9 +74,10 @@ def gpu_slot(gpu_ids: list[str], lock_dir: Path | None = None, poll_s: float = 1
     waited = False
     while True:
         for index, gpu_id in enumerate(gpu_ids):
-            fd = _try_lock(_lock_file(lock_dir, gpu_id))
+            path = _lock_file(lock_dir, gpu_id)
+            fd = _try_lock(path)
             if fd is not None:
-                log.info("using GPU %s (cuda:%d), lock %s", gpu_id, index, _lock_file(lock_dir, gpu_id))
+                log.info("using GPU %s (cuda:%d), lock %s", gpu_id, index, path)
                 try:
                     yield index, gpu_id
                 finally:

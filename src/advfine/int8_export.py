@@ -11,7 +11,6 @@ in favour of torchao's pt2e flow; torchao is not a dependency here, and torch 2.
 from __future__ import annotations
 
 import copy
-import time
 import warnings
 
 import torch
@@ -40,17 +39,3 @@ def export_int8(float_model: nn.Module, calibration_batches: list[torch.Tensor])
             for batch in calibration_batches:
                 prepared(batch.cpu())
         return convert_fx(prepared).eval()
-
-
-def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
-    """Median seconds of one forward pass of ``example`` (CPU, no gradients)."""
-    model.eval()
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + repeats):
-            start = time.perf_counter()
-            model(example)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
