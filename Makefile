@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: install run test test-fast lint clean
+.PHONY: install run test test-fast bench lint clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,14 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The benchmark suite (docs/benchmarks.md). It needs the default experiment's results (the no-op
+# re-run and the jobs' peak memory), so it runs `make run` first: nothing to do when that is done.
+# torchattacks (a baseline of benchmarks/training_speed.py) pins requests~=2.25.1, which would
+# downgrade snakemake's requests; its PGD needs none of its dependencies, hence --no-deps.
+bench: run
+	$(BIN)/python -m pip install --quiet --no-deps -r benchmarks/requirements.txt
+	$(BIN)/python benchmarks/run_all.py --threads $(CORES)
 
 lint: install
 	$(BIN)/snakemake --lint

@@ -6,12 +6,15 @@
    x 5 PTQ bit widths x QAT x all fine-tuning modes, 617 jobs) with a dry run in a scratch directory.
 2. A no-op re-run of the default experiment (`snakemake --cores 2 all` in this checkout) once
    `make run` has finished it; skipped with a message otherwise.
-Issue 5's targets: dry run <= 20 s, no-op re-run <= 10 s. Best of ``--repeats`` runs.
+3. The peak memory of every rule of the default experiment: each job logs its process's peak
+   resident set size (``advfine.job``: "rule R: peak_rss_mb=M"); the largest per rule is reported.
+Issue 5's targets: dry run <= 20 s, no-op re-run <= 10 s, every stage <= 2 GB. Best of ``--repeats`` runs.
 """
 from __future__ import annotations
 
 import argparse
 import re
+from collections import defaultdict
 import shutil
 import subprocess
 import sys
@@ -61,6 +64,7 @@ def main() -> None:
     else:
         rows.append(("no-op re-run of the default experiment (not measured: run `make run` first)", None, 10.0))
 
+    memory = peak_memory_by_rule(REPO / "logs" / default_experiment())
     print(f"Workflow overhead, best of {args.repeats}\n")
     print("| measurement | seconds | target | met |")
     print("|---|---|---|---|")
@@ -69,6 +73,36 @@ def main() -> None:
             print(f"| {name} | n/a | <= {target:g} s | n/a |")
         else:
             print(f"| {name} | {seconds:.1f} | <= {target:g} s | {'yes' if seconds <= target else 'no'} |")
+    print(f"\nPeak memory (resident set size) of the default experiment's jobs, largest per rule, "
+          f"from {sum(len(v) for v in memory.values())} job logs under logs/{default_experiment()}/\n")
+    if not memory:
+        print("(not measured: run `make run` first)")
+        return
+    print("| rule | jobs | peak MB (largest) | peak MB (median) | target | met |")
+    print("|---|---|---|---|---|---|")
+    for rule, values in sorted(memory.items()):
+        values.sort()
+        largest = values[-1]
+        print(f"| {rule} | {len(values)} | {largest:.0f} | {values[len(values) // 2]:.0f} | <= 2048 MB | "
+              f"{'yes' if largest <= 2048 else 'no'} |")
+
+
+def default_experiment() -> str:
+    import yaml
+
+    return yaml.safe_load((REPO / "config.yaml").read_text())["experiment"]
+
+
+def peak_memory_by_rule(log_dir: Path) -> dict[str, list[float]]:
+    """{rule: [peak MB of each job]} from the jobs' logs (the last run of each job counts)."""
+    pattern = re.compile(r"rule (\w+): peak_rss_mb=([0-9.]+)")
+    memory: dict[str, list[float]] = defaultdict(list)
+    for log in log_dir.rglob("*.log"):
+        found = pattern.findall(log.read_text(errors="replace"))
+        if found:
+            rule, mb = found[-1]
+            memory[rule].append(float(mb))
+    return dict(memory)
 
 
 if __name__ == "__main__":

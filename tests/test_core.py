@@ -134,18 +134,44 @@ def test_pgd_lowers_accuracy_and_robust_never_exceeds_clean(digits, trained):
 
 
 def test_skipping_misclassified_samples_does_not_change_robust_accuracy(digits, trained):
-    """Robust accuracy counts a sample only if it is right both clean and attacked; attacking
-    the already-wrong ones (as a naive loop would) gives the same number."""
+    """Robust accuracy counts a sample only if it is right both clean and attacked. Attacking every
+    sample at once (as a naive loop would), from the same per-sample random starts, gives exactly
+    the same numbers, while the evaluation sends only the correctly classified samples through the
+    attack."""
+    from dataclasses import replace
+
+    from advfine.evaluate import start_noise_for
+
     model, _ = trained
     attack = PGDAttack(eps=0.1, step_size=0.03, steps=5)
     x, y = digits.test_x, digits.test_y
-    result = evaluate_model(model, x, y, attack, 64, CPU, seed=0)
+    seen = []
+    hook = model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    try:
+        result = evaluate_model(model, x, y, attack, 64, CPU, seed=0)
+    finally:
+        hook.remove()
     with torch.no_grad():
         clean_ok = model(x).argmax(1) == y
-    x_adv = attack(model, x, y, generator=torch.Generator().manual_seed(0))
+    noise = start_noise_for(x, torch.Generator().manual_seed(0))  # evaluate_model's draw for seed 0
+    x_adv = replace(attack, stop_on_success=True)(model, x, y, start_noise=noise)
     with torch.no_grad():
-        naive = (clean_ok & (model(x_adv).argmax(1) == y)).float().mean().item()
-    assert abs(result["robust_acc"] - naive) <= 2 / len(y)  # random starts differ; within 2 samples
+        naive_ok = clean_ok & (model(x_adv).argmax(1) == y)
+    assert result["clean_acc"] == clean_ok.float().mean().item()
+    assert result["robust_acc"] == naive_ok.float().mean().item()
+    assert 0 < naive_ok.sum() < clean_ok.sum() < len(y)  # the attack works; some samples are wrong
+    # prediction: len(x) samples; attack: at most steps + 1 passes over the correct ones only
+    attacked = sum(seen) - len(x)
+    assert attacked <= clean_ok.sum().item() * (attack.steps + 1)
+
+
+def test_a_samples_random_start_does_not_depend_on_its_batch(digits, trained):
+    """Two batch sizes, same per-sample random starts: the same per-sample outcome."""
+    model, _ = trained
+    attack = PGDAttack(eps=0.1, step_size=0.03, steps=5)
+    results = [evaluate_model(model, digits.test_x, digits.test_y, attack, batch, CPU, seed=4)
+               for batch in (16, 128)]
+    assert results[0]["robust_acc"] == results[1]["robust_acc"]
 
 
 def test_eps_warmup_starts_clean_and_reaches_full_eps():

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 EPOCHS = 6
 NODE = "results/tiny/digits-cnn8/seed0/base-{train}"
 TARGETS = [f"{NODE.format(train=t)}/dense/ft-none/eval.json" for t in ("st", "rb")]
-VOLATILE = {"wall_time_s", "eval_wall_time_s", "created", "restored"}
+VOLATILE = {"wall_time_s", "eval_wall_time_s", "created", "restored", "latency_ms", "peak_rss_mb"}
 
 
 def kill_config():

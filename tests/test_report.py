@@ -141,10 +141,14 @@ def test_collect_metrics_columns_rows_and_sorting(df, paths):
     expected = ["experiment", "dataset", "arch", "seed", "train", "compression", "method", "level",
                 "finetune", "clean_acc", "robust_acc", "n_test", "params", "macs",
                 "checkpoint_bytes", "weight_bytes", "device", "eval_wall_time_s",
+                "precision", "latency_ms", "latency_batch", "latency_threads", "peak_rss_mb",
+                "int8_clean_acc", "int8_fake_quant_clean_acc", "int8_agreement",
+                "int8_latency_ms", "int8_model_bytes",
                 "train_base_wall_time_s", "compress_wall_time_s", "finetune_wall_time_s",
                 "train_base_estimated_macs", "compress_estimated_macs",
                 "finetune_estimated_macs", "train_base_adversarial", "compress_adversarial",
                 "finetune_adversarial", "train_base_device", "compress_device", "finetune_device",
+                "train_base_peak_rss_mb", "compress_peak_rss_mb", "finetune_peak_rss_mb",
                 "git_commit", "config_hash", "attack_eps", "attack_step_size", "attack_steps",
                 "attack_eps_space", "attack_eps_pixel", "path"]
     assert list(df.columns) == expected
@@ -177,6 +181,11 @@ def test_older_eval_files_without_new_keys_still_load(tmp_path):
     assert old["finetune_adversarial"].isna().all() and old["train_base_device"].isna().all()
     assert old["attack_eps_space"].isna().all() and old["attack_eps_pixel"].isna().all()
     assert (old["train_base_wall_time_s"] > 0).all()
+    # no latency / memory / precision / real INT8 keys either (written before they existed)
+    for col in ("latency_ms", "latency_batch", "latency_threads", "peak_rss_mb", "precision",
+                "int8_clean_acc", "int8_latency_ms", "int8_model_bytes", "train_base_peak_rss_mb",
+                "finetune_peak_rss_mb"):
+        assert old[col].isna().all(), col
 
 
 def test_new_method_dataset_arch_values_load(tmp_path):
@@ -396,11 +405,259 @@ def test_computational_gains_with_older_eval_files(tmp_path):
 def test_table_names_per_dataset():
     assert report.table_names("fashion_mnist") == [
         "table2_baselines", "table3_compressed", "table5_adversarial_finetuning",
-        "computational_gains"]
+        "computational_gains", "compute"]
     assert report.table_names("digits") == report.table_names("fashion_mnist")
     assert report.table_names("cifar10") == [
         "table2_baselines", "table4_compressed", "table6_adversarial_finetuning",
-        "computational_gains"]
+        "computational_gains", "compute"]
+    assert all(report.table_names(d)[-1] == "compute" for d in ("digits", "cifar10", "other"))
+
+
+# ----------------------------------------------------------------------------- compute table
+
+
+def with_compute(rec, latency=None, eval_peak=None, stage_peaks=None, int8=None, batch=256,
+                 threads=2, precision="fp32"):
+    """A record as the evaluation writes it since it measures latency and memory: ``stage_peaks``
+    = peak_rss_mb of each entry of "stages", in order (None leaves an entry without the key)."""
+    rec |= {"latency_ms": latency, "latency_batch": batch, "latency_threads": threads,
+            "peak_rss_mb": eval_peak, "precision": precision, "int8": int8}
+    for st, peak in zip(rec["stages"], stage_peaks or []):
+        if peak is not None:
+            st["peak_rss_mb"] = peak
+    return rec
+
+
+def int8_record(clean, fake, latency, agreement=0.98, model_bytes=1500):
+    return {"clean_acc": clean, "fake_quant_clean_acc": fake, "agreement": agreement,
+            "latency_ms": latency, "model_bytes": model_bytes}
+
+
+def compute_records():
+    """f_st (latency 10/12 ms), its PTQ INT8 node at half the latency with a real INT8 model at a
+    quarter, T_ad(f_st^p) at twice the latency, f_rb (20 ms) and its PTQ INT8 node (10 ms)."""
+    return [
+        with_compute(make_record("st", "dense", "none", 0), 10.0, 300.0, [500.0]),
+        with_compute(make_record("st", "dense", "none", 1), 12.0, 310.0, [520.0]),
+        with_compute(make_record("st", "ptq-int8", "none", 0), 5.5, 700.0, [500.0, 450.0],
+                     int8_record(0.89, 0.90, 2.75)),
+        with_compute(make_record("st", "ptq-int8", "none", 1), 5.5, 720.0, [520.0, 450.0],
+                     int8_record(0.91, 0.92, 2.75)),
+        with_compute(make_record("st", "prune-0.8", "ad", 0), 22.0, 600.0, [500.0, 400.0, 800.0]),
+        with_compute(make_record("rb", "dense", "none", 0), 20.0, 300.0, [900.0]),
+        with_compute(make_record("rb", "ptq-int8", "ad", 0), 10.0, 300.0, [900.0, 450.0, None]),
+    ]
+
+
+def _model(t, model, compression_level=None):
+    row = t[t["model"] == model]
+    if compression_level is not None:
+        row = row[row["compression_level"] == compression_level]
+    assert len(row) == 1
+    return row.iloc[0]
+
+
+def test_collect_metrics_reads_latency_memory_and_int8(tmp_path):
+    c = frame(tmp_path, compute_records())
+    pq = c[(c.train == "st") & (c.method == "ptq") & (c.seed == 0)].iloc[0]
+    assert pq["latency_ms"] == 5.5 and pq["latency_batch"] == 256 and pq["latency_threads"] == 2
+    assert pq["peak_rss_mb"] == 700.0 and pq["precision"] == "fp32"
+    assert (pq["int8_clean_acc"], pq["int8_fake_quant_clean_acc"]) == (0.89, 0.90)
+    assert pq["int8_agreement"] == 0.98 and pq["int8_latency_ms"] == 2.75
+    assert pq["int8_model_bytes"] == 1500
+    assert (pq["train_base_peak_rss_mb"], pq["compress_peak_rss_mb"]) == (500.0, 450.0)
+    assert math.isnan(pq["finetune_peak_rss_mb"])
+    dense = c[(c.train == "st") & (c.method == "dense")].iloc[0]
+    assert math.isnan(dense["int8_clean_acc"]) and pd.isna(dense["int8_model_bytes"])
+    rb_q = c[(c.train == "rb") & (c.method == "ptq")].iloc[0]
+    assert math.isnan(rb_q["finetune_peak_rss_mb"])  # the stage did not record it
+    assert str(c["latency_batch"].dtype) == "Int64" and c["latency_ms"].dtype == float
+    assert c["train_base_peak_rss_mb"].dtype == float
+    # null = not measured (e.g. latency repeats 0): loads as NaN
+    rec = with_compute(make_record("st", "dense", "none", 0), None, None)
+    row = frame(tmp_path / "null", [rec]).iloc[0]
+    assert math.isnan(row["latency_ms"]) and math.isnan(row["peak_rss_mb"])
+    assert math.isnan(row["int8_latency_ms"])
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("latency_ms", "3.5", "'latency_ms'"), ("latency_ms", True, "'latency_ms'"),
+    ("latency_ms", -1.0, "'latency_ms'"), ("latency_batch", 256.0, "'latency_batch'"),
+    ("latency_threads", 0, "'latency_threads'"), ("peak_rss_mb", "512", "'peak_rss_mb'"),
+    ("precision", 16, "'precision'"), ("int8", [0.9], "'int8'"),
+    ("int8", {"clean_acc": 89.0}, "'int8.clean_acc'"),
+    ("int8", {"agreement": "all"}, "'int8.agreement'"),
+    ("int8", {"latency_ms": "2"}, "'int8.latency_ms'"),
+    ("int8", {"model_bytes": 1.5}, "'int8.model_bytes'"),
+])
+def test_mistyped_compute_keys_name_file_and_key(tmp_path, key, value, named):
+    rec = with_compute(make_record("st", "ptq-int8", "none", 0), 5.0, 300.0,
+                       int8=int8_record(0.9, 0.9, 2.0))
+    rec[key] = value
+    p = write_records(tmp_path, [rec])[0]
+    with pytest.raises(report.MetricsFileError) as exc:
+        report.collect_metrics([p])
+    assert str(p) in str(exc.value) and named in str(exc.value)
+
+
+def test_mistyped_stage_peak_memory_names_file_and_field(tmp_path):
+    rec = make_record("st", "dense", "none", 0)
+    rec["stages"][0]["peak_rss_mb"] = "512 MB"
+    p = write_records(tmp_path, [rec])[0]
+    with pytest.raises(report.MetricsFileError) as exc:
+        report.collect_metrics([p])
+    assert str(p) in str(exc.value) and "'peak_rss_mb'" in str(exc.value)
+    assert "'stages'[0]" in str(exc.value)
+
+
+def test_compute_table_one_row_per_model_in_table_order(df, df_qat):
+    t = report.compute_table(df)
+    models = df.groupby(["train", "compression", "finetune"]).ngroups
+    assert len(t) == models == 2 + 1 + 2 * 4 * 3 - 1
+    assert list(t.columns[:3]) == ["experiment", "dataset", "arch"]
+    assert not t.duplicated(["train", "compression", "finetune"]).any()
+    head = list(zip(t["model"], t["compression_level"]))[:9]
+    assert head == [("f_st", "dense"), ("T_ad(f_st)", "dense"),
+                    ("f_st^p", "sparsity 0.5"), ("T_st(f_st^p)", "sparsity 0.5"),
+                    ("T_ad(f_st^p)", "sparsity 0.5"), ("f_st^p", "sparsity 0.8"),
+                    ("T_st(f_st^p)", "sparsity 0.8"), ("T_ad(f_st^p)", "sparsity 0.8"),
+                    ("f_st^q (PTQ)", "INT8")]
+    assert list(t["train"]) == ["st"] * 14 + ["rb"] * 12  # st before rb, like the other tables
+    assert _model(t, "f_rb")["n"] == 2 and _model(t, "f_rb^q (PTQ)", "INT8")["n"] == 1
+    assert _model(t, "f_rb^q (PTQ)", "INT4")["n"] == 2
+    # QAT nodes at every bit width, most bits first
+    tq = report.compute_table(df_qat)
+    assert len(tq) == len(t) + 5 + 1
+    qat = tq[tq["method"] == "qat"]
+    assert list(qat["compression_level"]) == ["INT16", "INT8", "INT8", "INT4", "INT2", "INT1"]
+    assert list(qat["model"])[1:3] == ["f_rb^q (QAT)", "T_ad(f_rb^q) (QAT)"]
+
+
+def test_compute_table_sizes_lineage_and_na_without_measurements(df):
+    t = report.compute_table(df)
+    tad = _model(t, "T_ad(f_st)")
+    assert tad["params_mean"] == 1000 and tad["macs"] == "5 kMAC"
+    assert tad["weight_size"] == "3.0 kB" and tad["checkpoint_size"] == "4.0 kB"
+    assert tad["lineage_wall_min"] == "24.00 ± 0.00"  # 10 min training + 14 min fine-tuning
+    assert tad["lineage_macs"] == "200 TMAC" and tad["lineage_macs_mean"] == pytest.approx(2e14)
+    pruned = _model(t, "T_ad(f_st^p)", "sparsity 0.8")
+    assert pruned["lineage_wall_min_mean"] == pytest.approx(20 + 1 / 60)
+    assert _model(t, "f_rb")["lineage_wall_min"] == "119.00 ± 1.41"
+    # these eval.json files have no latency, memory or INT8 records: n/a, NaN
+    for col in ("latency_ms", "int8_latency_ms", "int8_clean_acc", "fake_quant_clean_acc",
+                "peak_rss_mb"):
+        assert (t[col] == "n/a").all(), col
+    assert t["latency_speedup"].isna().all() and t["int8_speedup"].isna().all()
+    assert (t["int8_n"] == 0).all()
+
+
+def test_compute_table_latency_speedup_int8_and_peak_memory(tmp_path):
+    t = report.compute_table(frame(tmp_path, compute_records()))
+    assert list(t["model"]) == ["f_st", "T_ad(f_st^p)", "f_st^q (PTQ)", "f_rb",
+                                "T_ad(f_rb^q) (PTQ)"]
+    f_st = _model(t, "f_st")
+    assert f_st["latency_ms"] == "11.00 ± 1.41" and f_st["latency_speedup"] == pytest.approx(1.0)
+    assert f_st["latency_batch"] == "256" and f_st["latency_threads"] == "2"
+    assert f_st["int8_latency_ms"] == "n/a" and math.isnan(f_st["int8_speedup"])
+    assert f_st["int8_clean_acc"] == "n/a" and f_st["fake_quant_clean_acc"] == "n/a"
+    assert f_st["peak_rss_mb_mean"] == pytest.approx(510.0)  # training (500/520) > eval (300/310)
+    assert f_st["peak_rss_mb"] == "510.00 ± 14.14"
+    pq = _model(t, "f_st^q (PTQ)")  # half of f_st's mean latency: 2x; real INT8 at a quarter
+    assert pq["latency_ms"] == "5.50 ± 0.00" and pq["latency_speedup"] == pytest.approx(2.0)
+    assert pq["int8_latency_ms"] == "2.75 ± 0.00" and pq["int8_speedup"] == pytest.approx(4.0)
+    assert pq["int8_clean_acc"] == "90.00 ± 1.41" and pq["fake_quant_clean_acc"] == "91.00 ± 1.41"
+    assert pq["int8_n"] == 2 and pq["int8_agreement_mean"] == pytest.approx(98.0)
+    assert pq["int8_model_bytes_mean"] == 1500
+    assert pq["peak_rss_mb_mean"] == pytest.approx(710.0)  # the evaluation is the peak here
+    pruned = _model(t, "T_ad(f_st^p)")  # twice f_st's latency; fine-tuning is the peak
+    assert pruned["latency_speedup"] == pytest.approx(0.5) and pruned["peak_rss_mb"] == "800.00 ± 0.00"
+    assert pruned["int8_latency_ms"] == "n/a"
+    assert pruned["lineage_wall_min_mean"] == pytest.approx(10 + 1 / 60 + 10)
+    # robust models are compared with f_rb, not f_st
+    assert _model(t, "f_rb")["latency_speedup"] == pytest.approx(1.0)
+    rb_q = _model(t, "T_ad(f_rb^q) (PTQ)")
+    assert rb_q["latency_speedup"] == pytest.approx(2.0)
+    assert rb_q["lineage_wall_min_mean"] == pytest.approx(118 + 2 / 60 + 12)
+    assert rb_q["peak_rss_mb"] == "n/a"  # its fine-tuning stage recorded no peak memory
+    layout = report._layout_compute(t)
+    assert list(layout["Speed-up"]) == ["1.00x", "0.50x", "2.00x", "1.00x", "2.00x"]
+    assert list(layout["INT8 speed-up"]) == ["n/a", "n/a", "4.00x", "n/a", "n/a"]
+    assert list(layout["INT8 acc. (%)"])[:3] == ["n/a", "n/a", "90.00 ± 1.41"]
+    assert layout["Params"].iloc[0] == "1,000" and layout["Peak memory (MB)"].iloc[-1] == "n/a"
+    # without a dense reference the speed-up is n/a, the latency still shown
+    alone = report.compute_table(frame(tmp_path / "alone", compute_records()[2:5]))
+    assert _model(alone, "f_st^q (PTQ)")["latency_ms"] == "5.50 ± 0.00"
+    assert math.isnan(_model(alone, "f_st^q (PTQ)")["latency_speedup"])
+
+
+def test_compute_table_mixes_old_and_new_records(tmp_path):
+    recs = [with_compute(make_record("st", "dense", "none", 0), 10.0, 300.0, [500.0]),
+            make_record("st", "dense", "none", 1, legacy=True),  # older: no latency, no memory
+            make_record("st", "ptq-int8", "ad", 0, legacy=True)]
+    t = report.compute_table(frame(tmp_path, recs))
+    f_st = _model(t, "f_st")
+    assert f_st["n"] == 2 and f_st["latency_ms"] == "10.00 ± 0.00"  # over the seeds that have it
+    assert f_st["peak_rss_mb"] == "500.00 ± 0.00"
+    old = _model(t, "T_ad(f_st^q) (PTQ)")
+    assert old["latency_ms"] == "n/a" and math.isnan(old["latency_speedup"])
+    assert old["int8_latency_ms"] == "n/a" and old["peak_rss_mb"] == "n/a"
+    assert old["lineage_wall_min"] == "22.03 ± 0.00" and old["lineage_macs"] == "n/a"
+
+
+def test_compute_table_from_all_metrics_csv(tmp_path):
+    df = frame(tmp_path, compute_records())
+    again = pd.read_csv(report.write_metrics_csv(df, tmp_path / "all_metrics.csv"))
+    pd.testing.assert_frame_equal(report.compute_table(again), report.compute_table(df))
+    # an all_metrics.csv written before the new columns existed still gives the table
+    older = again.drop(columns=[c for c in again.columns if "latency" in c or "peak" in c])
+    t = report.compute_table(older)
+    assert len(t) == 5 and (t["latency_ms"] == "n/a").all() and (t["peak_rss_mb"] == "n/a").all()
+
+
+def test_write_tables_compute_files(tmp_path):
+    out = tmp_path / "tables"
+    written = report.write_tables(frame(tmp_path / "e", compute_records()), out, 0.8, 8)
+    assert [p.name for p in written][-3:] == ["compute.csv", "compute.md", "compute.tex"]
+    csv = pd.read_csv(out / "compute.csv")
+    assert len(csv) == 5 and list(csv.columns[:3]) == ["experiment", "dataset", "arch"]
+    row = csv[csv["model"] == "f_st^q (PTQ)"].iloc[0]
+    assert row["latency_ms_mean"] == pytest.approx(5.5)
+    assert row["latency_speedup"] == pytest.approx(2.0)
+    assert row["int8_clean_acc_mean"] == pytest.approx(90.0)
+    assert row["peak_rss_mb_mean"] == pytest.approx(710.0)
+    md = (out / "compute.md").read_text(encoding="utf-8")
+    assert md.startswith("Compute and memory on Fashion-MNIST (8-layer CNN)")
+    header = [c.strip() for c in md.split("\n\n")[1].splitlines()[0].strip("|").split("|")]
+    assert header == ["Model", "Compression", "n", "Params", "MACs", "Weights", "Checkpoint",
+                      "Latency (ms)", "Speed-up", "INT8 latency (ms)", "INT8 speed-up",
+                      "INT8 acc. (%)", "Fake-quant acc. (%)", "Lineage time (min)",
+                      "Lineage MACs (est.)", "Peak memory (MB)"]
+    assert re.search(r"\| f_st\^q \(PTQ\) +\| INT8 +\| 2 +\|", md)
+    assert "2.00x" in md and "4.00x" in md and "n/a" in md and "90.00 ± 1.41" in md
+    assert "batch of 256 test images on the CPU" in md and "torch.ao's x86" in md
+    assert "peak resident set size" in md and "fp32 with rounding" in md
+    tex = (out / "compute.tex").read_text(encoding="utf-8")
+    rows = check_latex_table(tex)
+    assert len(rows) == 5 and r"\label{tab:compute}" in tex
+    assert rows[2][:3] == ["$f_{st}^{q}$ (PTQ)", "INT8", "2"] and rows[2][8] == "2.00x"
+    assert rows[2][11] == r"90.00 $\pm$ 1.41" and rows[1][0] == r"$\mathcal{T}_{ad}(f_{st}^{p})$"
+    assert rows[1][1] == "sparsity 0.8" and rows[2][9] == r"2.75 $\pm$ 0.00"
+    assert rows[2][10] == "4.00x"
+    assert r"\multicolumn{4}{c}{Real INT8}" in tex and "Acc. (\\%)" in tex
+
+
+def test_write_tables_compute_empty_and_several_groups(df, tmp_path):
+    report.write_tables(report.collect_metrics([]), tmp_path / "empty", 0.8, 8, dataset="digits")
+    assert "(no data)" in (tmp_path / "empty" / "compute.md").read_text(encoding="utf-8")
+    tex = (tmp_path / "empty" / "compute.tex").read_text(encoding="utf-8")
+    check_latex_table(tex)
+    assert r"\multicolumn{16}{c}{no data}" in tex
+    other = frame(tmp_path / "e", [make_record("st", "dense", "none", 0, experiment="exp_2&b")])
+    out = tmp_path / "tables"
+    report.write_tables(pd.concat([df, other], ignore_index=True), out, 0.8, 8)
+    tex = (out / "compute.tex").read_text(encoding="utf-8")
+    rows = check_latex_table(tex)
+    assert r"\emph{exp\_2\&b: Fashion-MNIST, 8-layer CNN}" in tex and len(rows) == 2 + 26 + 1
 
 
 # ----------------------------------------------------------------------------- LaTeX structure

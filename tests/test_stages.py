@@ -76,6 +76,32 @@ def test_ptq_int8_without_finetuning_keeps_the_parent_accuracy(data_path, base, 
     assert [s["stage"] for s in quant["stages"]] == ["train_base", "compress"]
 
 
+def test_evaluation_measures_latency_memory_and_a_real_int8_model(data_path, base, tmp_path):
+    """Every evaluated node records its CPU latency (batch 256) and peak memory; a PTQ INT8 node also
+    measures the real integer model exported from its float weights, beside the fake-quant model."""
+    compress(data_path, base, tmp_path, "ptq-int8")
+    compress(data_path, base, tmp_path, "prune-0.5")
+    dense = evaluate(data_path, base / "model.pt", base / "metrics.json", **{"attack.eval.steps": 0})
+    pruned = evaluate(data_path, tmp_path / "prune-0.5.pt", tmp_path / "prune-0.5.json", "prune-0.5",
+                      **{"attack.eval.steps": 0})
+    quant = evaluate(data_path, tmp_path / "ptq-int8.pt", tmp_path / "ptq-int8.json", "ptq-int8",
+                     **{"attack.eval.steps": 0})
+    for record in (dense, pruned, quant):
+        assert record["latency_ms"] > 0 and record["latency_batch"] == 256 and record["latency_threads"] == 1
+        assert 50 < record["peak_rss_mb"] < 2048
+        assert all(stage["peak_rss_mb"] > 50 for stage in record["stages"])
+    assert dense["int8"] is None and pruned["int8"] is None
+    int8 = quant["int8"]
+    assert int8["fake_quant_clean_acc"] == quant["clean_acc"]
+    assert abs(int8["clean_acc"] - quant["clean_acc"]) <= 0.03 and int8["agreement"] > 0.9
+    assert 0 < int8["model_bytes"] < Path(base / "model.pt").stat().st_size / 2
+    assert int8["latency_ms"] > 0
+    # switched off: no latency, no INT8 export
+    off = evaluate(data_path, tmp_path / "ptq-int8.pt", tmp_path / "ptq-int8.json", "ptq-int8",
+                   **{"attack.eval.steps": 0, "evaluate.latency_repeats": 0})
+    assert off["latency_ms"] is None and off["int8"] is None
+
+
 def test_pruning_removes_filters_and_finetuning_starts_from_the_pruned_weights(data_path, base, tmp_path):
     m = compress(data_path, base, tmp_path, "prune-0.5")
     assert m["arch"]["conv_channels"] == [16, 16, 32, 32, 64, 64]

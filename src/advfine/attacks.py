@@ -10,7 +10,8 @@ from torch import nn
 
 def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float,
              steps: int, random_start: bool = True, generator: torch.Generator | None = None,
-             stop_on_success: bool = False, clamp: bool = True) -> torch.Tensor:
+             stop_on_success: bool = False, clamp: bool = True,
+             start_noise: torch.Tensor | None = None) -> torch.Tensor:
     """Projected gradient ascent on the cross-entropy inside the L-inf ball of radius eps around x,
     intersected with the valid image range [0, 1] (Madry et al., 2018).
 
@@ -23,6 +24,10 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, ste
     misclassifies, and that iterate is returned: any misclassified point in the ball proves the
     sample non-robust, so this is at least as strong as keeping the last iterate, and samples
     already broken cost nothing more.
+
+    The random start is x + (2u - 1) * eps with u uniform in [0, 1), drawn from ``generator``, or
+    taken from ``start_noise`` (u, shaped like x) when given: an evaluation draws u once per test
+    sample, so a sample's attack does not depend on which other samples share its batch.
     """
     x = x.detach()
     if eps == 0 or steps == 0:
@@ -31,7 +36,8 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, ste
     model.eval()
     try:
         if random_start:
-            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            noise = start_noise if start_noise is not None else torch.rand(
+                x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x_adv = x + (2 * noise - 1) * eps
             if clamp:
                 x_adv = x_adv.clamp(0.0, 1.0)
@@ -92,9 +98,10 @@ class PGDAttack:
         return PAPER_FAITHFUL_STD if self.eps_space == "paper_faithful" else 1.0
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, start_noise: torch.Tensor | None = None) -> torch.Tensor:
         return pgd_linf(model, x, y, self.eps * self.pixel_scale, self.step_size * self.pixel_scale, self.steps,
-                        self.random_start, generator, self.stop_on_success, clamp=self.eps_space == "pixel")
+                        self.random_start, generator, self.stop_on_success, clamp=self.eps_space == "pixel",
+                        start_noise=start_noise)
 
     def describe(self) -> dict:
         return {"name": "pgd_linf", "eps": self.eps, "step_size": self.step_size, "steps": self.steps,

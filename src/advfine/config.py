@@ -11,13 +11,17 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 
 STAGE_SECTIONS = {
     "prepare_data": ("data",),
-    "train_base": ("model", "attack.eps_space", "attack.train", "train"),
+    "train_base": ("model", "precision", "attack.eps_space", "attack.train", "train"),
     "compress": ("compress.calibration_batches", "compress.calibration_batch_size"),
     "qat": ("model", "attack.eps_space", "attack.train", "compress"),
-    "finetune": ("attack.eps_space", "attack.train", "finetune"),
-    "evaluate": ("model", "attack.eps_space", "attack.eval", "evaluate"),
+    "finetune": ("precision", "attack.eps_space", "attack.train", "finetune"),
+    "evaluate": ("model", "precision", "attack.eps_space", "attack.eval", "evaluate",
+                 "compress.calibration_batches", "compress.calibration_batch_size"),  # INT8 export
     "features": ("attack.eps_space", "attack.eval", "report.figure2"),
 }
+
+
+OPTIONAL_TOP_LEVEL = ("precision",)  # absent means the default (fp32)
 
 
 class ConfigError(ValueError):
@@ -85,6 +89,6 @@ def stage_config(config: dict, stage: str) -> dict:
         if tail:
             if tail in config[head]:  # optional keys (e.g. attack.eps_space) may be absent
                 out.setdefault(head, {})[tail] = config[head][tail]
-        else:
+        elif head in config or head not in OPTIONAL_TOP_LEVEL:
             out[head] = config[head]
     return out

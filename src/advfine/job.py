@@ -7,6 +7,7 @@ import sys
 from contextlib import ExitStack, contextmanager
 
 from .gpu_pool import job_device
+from .runtime import peak_rss_mb
 
 
 @contextmanager
@@ -37,6 +38,8 @@ def snakemake_job(smk):
         logging.getLogger("advfine").exception("job failed")
         raise
     finally:
+        # one line per job that benchmarks/workflow_overhead.py reads back for the memory table
+        logging.getLogger("advfine").info("rule %s: peak_rss_mb=%.1f", smk.rule, peak_rss_mb())
         root.removeHandler(handler)
         sys.stdout, sys.stderr = old_out, old_err
         if log_path:

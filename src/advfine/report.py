@@ -17,7 +17,10 @@ tables (stems from ``table_names(dataset)``):
 * ``table5_adversarial_finetuning`` / ``table6_adversarial_finetuning`` (on cifar10): dense
   models vs adversarially fine-tuned compressed ones, PTQ and QAT (Tables 5 and 6);
 * ``computational_gains``: wall time and estimated MACs of full adversarial training (f_rb) vs
-  adversarial fine-tuning (T_ad(f_st), T_ad(f_st^p), T_ad(f_st^q)), Sec. 6 "Computational gains".
+  adversarial fine-tuning (T_ad(f_st), T_ad(f_st^p), T_ad(f_st^q)), Sec. 6 "Computational gains";
+* ``compute`` (not in the paper): one row per model of the experiment with its size, CPU
+  inference latency and speed-up over its dense base, the real INT8 model of the PTQ INT8 node
+  (latency, accuracy), the cost of its training lineage and the peak memory of its jobs.
 
 Figures (PNG, and PDF when a PDF path is given): Figure 1 (accuracy vs pruning sparsity and vs
 bit width after adversarial fine-tuning), Figure 3 (the same without fine-tuning), Figure 4
@@ -38,8 +41,9 @@ Conventions
 * Unknown ``method``/``train``/``finetune`` values are carried in the DataFrame but are left
   out of tables and figures that do not use them.
 * eval.json files written before a key existed still load: missing per-stage
-  ``estimated_macs``/``adversarial``/``device`` and ``attack.eps_space``/``eps_pixel`` become
-  NaN/NA, and the cells that need them n/a.
+  ``estimated_macs``/``adversarial``/``device``/``peak_rss_mb``, ``attack.eps_space``/``eps_pixel``
+  and the top-level ``latency_*``/``peak_rss_mb``/``precision``/``int8`` become NaN/NA, and the
+  cells that need them n/a.
 """
 from __future__ import annotations
 
@@ -61,7 +65,7 @@ from .outputs import TABLE_FORMATS, table_names  # noqa: F401  (table_names is p
 GROUP_COLS = ["experiment", "dataset", "arch"]
 STANDARD_STAGES = ["train_base", "compress", "finetune"]
 # Per-stage columns "<stage>_<field>" taken from each entry of eval.json's "stages".
-STAGE_FIELDS = ["wall_time_s", "estimated_macs", "adversarial", "device"]
+STAGE_FIELDS = ["wall_time_s", "estimated_macs", "adversarial", "device", "peak_rss_mb"]
 NA = "n/a"
 
 DATASET_NAMES = {"digits": "Digits", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR10"}
@@ -99,8 +103,27 @@ _FLAT_COLS = [
     "finetune", "clean_acc", "robust_acc", "n_test", "params", "macs", "checkpoint_bytes",
     "weight_bytes", "device", "eval_wall_time_s",
 ]
+# Optional top-level keys (eval.json files written before them lack them; null = not measured):
+# column -> (key path in eval.json, kind). Kinds: "number" (>= 0), "fraction" (in [0, 1]),
+# "count" (int >= 1), "bytes" (int >= 0), "str". ``int8`` is null or an object of the int8_* keys.
+OPTIONAL_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "precision": (("precision",), "str"),
+    "latency_ms": (("latency_ms",), "number"),
+    "latency_batch": (("latency_batch",), "count"),
+    "latency_threads": (("latency_threads",), "count"),
+    "peak_rss_mb": (("peak_rss_mb",), "number"),
+    "int8_clean_acc": (("int8", "clean_acc"), "fraction"),
+    "int8_fake_quant_clean_acc": (("int8", "fake_quant_clean_acc"), "fraction"),
+    "int8_agreement": (("int8", "agreement"), "fraction"),
+    "int8_latency_ms": (("int8", "latency_ms"), "number"),
+    "int8_model_bytes": (("int8", "model_bytes"), "bytes"),
+}
+_OPTIONAL_INT_COLS = [c for c, (_, kind) in OPTIONAL_KEYS.items() if kind in ("count", "bytes")]
+_OPTIONAL_FLOAT_COLS = [c for c, (_, kind) in OPTIONAL_KEYS.items()
+                        if kind in ("number", "fraction")]
 METRIC_COLUMNS = (
     _FLAT_COLS
+    + list(OPTIONAL_KEYS)
     + [f"{s}_{field}" for field in STAGE_FIELDS for s in STANDARD_STAGES]
     + ["git_commit", "config_hash", "attack_eps", "attack_step_size", "attack_steps",
        "attack_eps_space", "attack_eps_pixel", "path"]
@@ -130,8 +153,11 @@ def _stage_row(path: Path, i: int, st) -> dict:
             and _is_number(st.get("wall_time_s"))):
         raise MetricsFileError(f"{where} must be {{'stage': str, 'wall_time_s': number, ...}}")
     macs, adversarial, device = st.get("estimated_macs"), st.get("adversarial"), st.get("device")
+    peak = st.get("peak_rss_mb")
     if macs is not None and not _is_number(macs):
         raise MetricsFileError(f"{where}: 'estimated_macs' must be a number, got {macs!r}")
+    if peak is not None and not (_is_number(peak) and peak >= 0):
+        raise MetricsFileError(f"{where}: 'peak_rss_mb' must be a number >= 0, got {peak!r}")
     if adversarial is not None and not isinstance(adversarial, bool):
         raise MetricsFileError(f"{where}: 'adversarial' must be true or false, got {adversarial!r}")
     if device is not None and not isinstance(device, str):
@@ -140,7 +166,40 @@ def _stage_row(path: Path, i: int, st) -> dict:
     return {f"{name}_wall_time_s": float(st["wall_time_s"]),
             f"{name}_estimated_macs": math.nan if macs is None else float(macs),
             f"{name}_adversarial": adversarial,
-            f"{name}_device": device}
+            f"{name}_device": device,
+            f"{name}_peak_rss_mb": math.nan if peak is None else float(peak)}
+
+
+_KIND_TEXT = {"number": "a number >= 0", "fraction": "a fraction in [0, 1]",
+              "count": "an integer >= 1", "bytes": "an integer >= 0", "str": "a string"}
+
+
+def _kind_ok(value, kind: str) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind in ("count", "bytes"):
+        return (isinstance(value, int) and not isinstance(value, bool)
+                and value >= (1 if kind == "count" else 0))
+    if not _is_number(value) or math.isnan(value):
+        return False
+    return value >= 0 and (kind != "fraction" or value <= 1)
+
+
+def _optional_row(path: Path, rec: dict) -> dict:
+    """The ``OPTIONAL_KEYS`` columns of one eval.json: None where a key is absent or null; a value
+    of the wrong type (or out of range) raises MetricsFileError naming the file and the key."""
+    int8 = rec.get("int8")
+    if int8 is not None and not isinstance(int8, dict):
+        raise MetricsFileError(f"{path}: key 'int8' has type {type(int8).__name__}, expected "
+                               "object or null")
+    row = {}
+    for col, (keys, kind) in OPTIONAL_KEYS.items():
+        value = (int8 or {}).get(keys[1]) if keys[0] == "int8" else rec.get(keys[0])
+        if value is not None and not _kind_ok(value, kind):
+            raise MetricsFileError(f"{path}: key '{'.'.join(keys)}' must be {_KIND_TEXT[kind]} or "
+                                   f"null, got {value!r} ({type(value).__name__})")
+        row[col] = value
+    return row
 
 
 def _load_one(path: Path) -> dict:
@@ -167,6 +226,7 @@ def _load_one(path: Path) -> dict:
 
     row = {k: rec[k] for k in _FLAT_COLS}
     row["level"] = math.nan if rec["level"] is None else float(rec["level"])
+    row.update(_optional_row(path, rec))
     seen: set[str] = set()
     for i, st in enumerate(rec["stages"]):
         stage_cols = _stage_row(path, i, st)
@@ -190,8 +250,11 @@ def collect_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """Read eval.json files into one DataFrame, one row per file.
 
     Columns: ``METRIC_COLUMNS`` (+ ``<stage>_<field>`` for any non-standard stage). Per stage:
-    ``_wall_time_s`` and ``_estimated_macs`` (float, NaN when the stage is not in the model's
-    lineage or the file predates the key), ``_adversarial`` (nullable boolean), ``_device``.
+    ``_wall_time_s``, ``_estimated_macs`` and ``_peak_rss_mb`` (float, NaN when the stage is not
+    in the model's lineage or the file predates the key), ``_adversarial`` (nullable boolean),
+    ``_device``. The evaluation's ``OPTIONAL_KEYS`` (``latency_ms``, ``peak_rss_mb``, ``int8_*``
+    ...) are float, or nullable Int64 for ``latency_batch``/``latency_threads``/
+    ``int8_model_bytes``; NaN/NA where the file lacks them (``int8_*``: every node but PTQ INT8).
     Rows are sorted by experiment, dataset, arch, train, method, level, finetune, seed.
     Raises ``FileNotFoundError`` / ``MetricsFileError`` naming the offending file (and key), and
     ``MetricsFileError`` if two files describe the same model (same key columns and seed).
@@ -212,8 +275,11 @@ def collect_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     for col in df.columns:
         if col.endswith("_adversarial"):
             df[col] = df[col].astype("boolean")
-        elif col.endswith(("_wall_time_s", "_estimated_macs")) or col == "attack_eps_pixel":
+        elif (col.endswith(("_wall_time_s", "_estimated_macs", "_peak_rss_mb"))
+              or col in ("attack_eps_pixel", *_OPTIONAL_FLOAT_COLS)):
             df[col] = df[col].astype(float)
+        elif col in _OPTIONAL_INT_COLS:
+            df[col] = df[col].astype("Int64")
     df = df.sort_values(_SORT_COLS, na_position="first", kind="mergesort")
     return df.reset_index(drop=True)
 
@@ -327,6 +393,28 @@ def format_ratio(ratio: float) -> str:
     if ratio is None or not math.isfinite(ratio):
         return NA
     return f"{ratio:.2f}" if ratio == 0 or abs(ratio) >= 0.01 else f"{ratio:.1e}"
+
+
+def format_speedup(ratio: float) -> str:
+    """``"2.00x"``; n/a when NaN/inf."""
+    if ratio is None or not math.isfinite(ratio):
+        return NA
+    return f"{ratio:.2f}x"
+
+
+def format_bytes(n: float) -> str:
+    """``4000`` -> ``"4.0 kB"``, ``2.5e6`` -> ``"2.50 MB"`` (decimal: 1 kB = 1000 bytes); n/a when
+    NaN."""
+    if n is None or not math.isfinite(n):
+        return NA
+    return f"{n / 1e6:.2f} MB" if abs(n) >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def format_count(n: float) -> str:
+    """``11173962`` -> ``"11,173,962"`` (a mean over seeds is rounded); n/a when NaN."""
+    if n is None or not math.isfinite(n):
+        return NA
+    return f"{round(n):,}"
 
 
 def _level_for(levels: float | Mapping[str, float], dataset: str) -> float | None:
@@ -524,6 +612,136 @@ def _ratio(value: float, reference: float) -> float:
     return value / reference
 
 
+_COMPUTE_COLS = GROUP_COLS + [
+    "model", "train", "compression", "method", "level", "finetune", "compression_level", "n",
+    "params_mean", "macs_mean", "macs", "weight_bytes_mean", "weight_size",
+    "checkpoint_bytes_mean", "checkpoint_size",
+    "latency_ms", "latency_ms_mean", "latency_ms_std", "latency_speedup",
+    "latency_batch", "latency_threads", "precision",
+    "int8_n", "int8_latency_ms", "int8_latency_ms_mean", "int8_latency_ms_std", "int8_speedup",
+    "int8_clean_acc", "int8_clean_acc_mean", "int8_clean_acc_std",
+    "fake_quant_clean_acc", "fake_quant_clean_acc_mean", "fake_quant_clean_acc_std",
+    "int8_agreement_mean", "int8_model_bytes_mean",
+    "lineage_wall_min", "lineage_wall_min_mean", "lineage_wall_min_std",
+    "lineage_macs", "lineage_macs_mean",
+    "peak_rss_mb", "peak_rss_mb_mean", "peak_rss_mb_std",
+]
+# Row order of the compute table: the other tables' order (st before rb; dense, pruning, PTQ,
+# QAT; no fine-tuning, T_st, T_ad), unknown values after the known ones, alphabetically.
+_TRAIN_ORDER = {"st": 0, "rb": 1}
+_METHOD_ORDER = {"dense": 0, "prune": 1, "ptq": 2, "qat": 3}
+_FINETUNE_ORDER = {"none": 0, "st": 1, "ad": 2}
+
+
+def _model_sort_key(train: str, method: str, level: float, finetune: str) -> tuple:
+    """Models by train, method, level, finetune; levels from the least to the most compressed
+    (sparsity ascending, bit widths descending: INT16 ... INT1)."""
+    lev = -math.inf if pd.isna(level) else (-level if method in ("ptq", "qat") else level)
+    return (_TRAIN_ORDER.get(train, len(_TRAIN_ORDER)), str(train),
+            _METHOD_ORDER.get(method, len(_METHOD_ORDER)), str(method), lev,
+            _FINETUNE_ORDER.get(finetune, len(_FINETUNE_ORDER)), str(finetune))
+
+
+def _compression_level(method: str, level: float) -> str:
+    """``level_label``, with an unknown method named instead of called a sparsity."""
+    if method in _METHOD_ORDER or pd.isna(level):
+        return level_label(method, None if pd.isna(level) else float(level))
+    return f"{method} {level:g}"
+
+
+def _lineage_peak_rss(rows: pd.DataFrame, stages: list[str]) -> pd.Series:
+    """Per model: the peak resident memory (MB) over its lineage's stages and its evaluation; NaN
+    if the evaluation or any stage in the lineage (wall time recorded) lacks it."""
+    walls = rows[[f"{s}_wall_time_s" for s in stages]].astype(float)
+    peaks = rows.reindex(columns=[f"{s}_peak_rss_mb" for s in stages]).astype(float)
+    in_lineage = walls.notna().to_numpy()
+    known = peaks.notna().to_numpy()
+    stage_peak = np.where(in_lineage & known, peaks.to_numpy(), -math.inf).max(
+        axis=1, initial=-math.inf)
+    eval_peak = rows.reindex(columns=["peak_rss_mb"])["peak_rss_mb"].astype(float).to_numpy()
+    peak = pd.Series(np.maximum(stage_peak, eval_peak), index=rows.index)
+    peak[(in_lineage & ~known).any(axis=1) | np.isnan(eval_peak)] = math.nan
+    return peak
+
+
+def _joined(values: pd.Series) -> str | float:
+    """The distinct known values as text (``"256"``, ``"fp32, bf16"``), NaN when none."""
+    found = sorted({str(int(v)) if isinstance(v, (int, float, np.integer, np.floating)) else str(v)
+                    for v in values.dropna()})
+    return ", ".join(found) if found else math.nan
+
+
+def compute_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Compute and memory cost of every model of the experiment (not in the paper): one row per
+    evaluated node (train x compression x finetune: f_st, f_rb, f_st^p at every sparsity with
+    None/T_st/T_ad, the PTQ and QAT nodes at every bit width, T_ad(f_st), ...), ordered by train,
+    method, level, finetune (``_model_sort_key``).
+
+    Columns (each a mean over seeds, ``*_std`` the sample std; formatted text beside the numbers):
+    parameters, MACs per input, weight and checkpoint bytes; the CPU inference latency (ms) and its
+    speed-up, the ratio of means of the dense model of the same base training without fine-tuning
+    (f_st / f_rb) to this model; for nodes with an ``int8`` record (the PTQ INT8 node), the real
+    INT8 model's latency, speed-up over that same dense model, clean accuracy (%) beside the
+    fake-quant model's, agreement and serialized size; the whole lineage's wall time (minutes)
+    and estimated MACs (as in ``computational_gains``); the peak resident memory (MB) over the
+    lineage's stages and the evaluation (``_lineage_peak_rss``). n/a / NaN where not recorded."""
+    df = df.reindex(columns=list(dict.fromkeys([*df.columns, *METRIC_COLUMNS])))  # older CSVs
+    stages = _lineage_stages(df)
+    model_cols = ["train", "compression", "method", "level", "finetune"]
+    rows = []
+    for keys, g in _groups(df):
+        models = sorted(g.groupby(model_cols, dropna=False, sort=False),
+                        key=lambda kv: _model_sort_key(kv[0][0], kv[0][2], kv[0][3], kv[0][4]))
+        for (train, compression, method, level, finetune), sel in models:
+            dense = _select(g, train, "dense", "none")
+            ref_latency = _mean_std(dense["latency_ms"])[0]
+            lat_mean, lat_std = _mean_std(sel["latency_ms"])
+            i8_mean, i8_std = _mean_std(sel["int8_latency_ms"])
+            acc_mean, acc_std = _mean_std(sel["int8_clean_acc"] * 100.0)
+            fq_mean, fq_std = _mean_std(sel["int8_fake_quant_clean_acc"] * 100.0)
+            total_wall, total_macs = _lineage_totals(sel, stages)
+            lin_mean, lin_std = _mean_std(total_wall / 60.0)
+            lin_macs = _mean_std(total_macs)[0]
+            peak_mean, peak_std = _mean_std(_lineage_peak_rss(sel, stages))
+            macs_mean = _mean_std(sel["macs"])[0]
+            weight_mean = _mean_std(sel["weight_bytes"])[0]
+            ckpt_mean = _mean_std(sel["checkpoint_bytes"])[0]
+            rows.append({
+                **dict(zip(GROUP_COLS, keys)),
+                "model": model_label(train, method, finetune, quant_kind=True),
+                "train": train, "compression": compression, "method": method, "level": level,
+                "finetune": finetune, "compression_level": _compression_level(method, level),
+                "n": int(sel["seed"].nunique()),
+                "params_mean": _mean_std(sel["params"])[0],
+                "macs_mean": macs_mean, "macs": format_macs(macs_mean),
+                "weight_bytes_mean": weight_mean, "weight_size": format_bytes(weight_mean),
+                "checkpoint_bytes_mean": ckpt_mean, "checkpoint_size": format_bytes(ckpt_mean),
+                "latency_ms": format_minutes(lat_mean, lat_std),
+                "latency_ms_mean": lat_mean, "latency_ms_std": lat_std,
+                "latency_speedup": _ratio(ref_latency, lat_mean),
+                "latency_batch": _joined(sel["latency_batch"]),
+                "latency_threads": _joined(sel["latency_threads"]),
+                "precision": _joined(sel["precision"]),
+                "int8_n": int(sel.loc[sel["int8_latency_ms"].notna()
+                                      | sel["int8_clean_acc"].notna(), "seed"].nunique()),
+                "int8_latency_ms": format_minutes(i8_mean, i8_std),
+                "int8_latency_ms_mean": i8_mean, "int8_latency_ms_std": i8_std,
+                "int8_speedup": _ratio(ref_latency, i8_mean),
+                "int8_clean_acc": format_cell(acc_mean, acc_std),
+                "int8_clean_acc_mean": acc_mean, "int8_clean_acc_std": acc_std,
+                "fake_quant_clean_acc": format_cell(fq_mean, fq_std),
+                "fake_quant_clean_acc_mean": fq_mean, "fake_quant_clean_acc_std": fq_std,
+                "int8_agreement_mean": _mean_std(sel["int8_agreement"] * 100.0)[0],
+                "int8_model_bytes_mean": _mean_std(sel["int8_model_bytes"])[0],
+                "lineage_wall_min": format_minutes(lin_mean, lin_std),
+                "lineage_wall_min_mean": lin_mean, "lineage_wall_min_std": lin_std,
+                "lineage_macs": format_macs(lin_macs), "lineage_macs_mean": lin_macs,
+                "peak_rss_mb": format_minutes(peak_mean, peak_std),
+                "peak_rss_mb_mean": peak_mean, "peak_rss_mb_std": peak_std,
+            })
+    return pd.DataFrame(rows, columns=_COMPUTE_COLS)
+
+
 # ----------------------------------------------------------------------------- LaTeX helpers
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -611,6 +829,22 @@ def _layout_gains(rows: pd.DataFrame) -> pd.DataFrame:
     }).reset_index(drop=True)
 
 
+def _layout_compute(rows: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Model": rows["model"], "Compression": rows["compression_level"],
+        "n": rows["n"].astype(int).astype(str),
+        "Params": rows["params_mean"].map(format_count), "MACs": rows["macs"],
+        "Weights": rows["weight_size"], "Checkpoint": rows["checkpoint_size"],
+        "Latency (ms)": rows["latency_ms"], "Speed-up": rows["latency_speedup"].map(format_speedup),
+        "INT8 latency (ms)": rows["int8_latency_ms"],
+        "INT8 speed-up": rows["int8_speedup"].map(format_speedup),
+        "INT8 acc. (%)": rows["int8_clean_acc"],
+        "Fake-quant acc. (%)": rows["fake_quant_clean_acc"],
+        "Lineage time (min)": rows["lineage_wall_min"], "Lineage MACs (est.)": rows["lineage_macs"],
+        "Peak memory (MB)": rows["peak_rss_mb"],
+    }).reset_index(drop=True)
+
+
 # LaTeX header lines and column specification of each layout.
 _T_ST, _T_AD = r"$\mathcal{T}_{st}(\cdot)$", r"$\mathcal{T}_{ad}(\cdot)$"
 _TEX_HEADERS = {
@@ -622,6 +856,12 @@ _TEX_HEADERS = {
                r"\cmidrule(lr){4-7} \cmidrule(lr){8-9}",
                r"Model & Stage & $n$ & Time (min) & Ratio & MACs (est.) & Ratio & Time (min) & Ratio"
                r" & Device \\"], "llrccccccl"),
+    "compute": ([r" & & & \multicolumn{4}{c}{Model size} & \multicolumn{2}{c}{Latency (CPU)}"
+                 r" & \multicolumn{4}{c}{Real INT8} & \multicolumn{2}{c}{Whole lineage} & \\",
+                 r"\cmidrule(lr){4-7} \cmidrule(lr){8-9} \cmidrule(lr){10-13} \cmidrule(lr){14-15}",
+                 r"Model & Compression & $n$ & Params & MACs & Weights & Checkpoint & ms & Speed-up"
+                 r" & ms & Speed-up & Acc. (\%) & Fake-quant (\%) & Time (min) & MACs (est.)"
+                 r" & Peak mem. (MB) \\"], "llrrrrrccccccccc"),
 }
 
 
@@ -698,6 +938,41 @@ _TEX_GAINS_NOTE = (r"Wall times in minutes, mean $\pm$ sample std over seeds; MA
                    r"ratio: ratio of means to $f_{rb}$'s; n/a = no data.")
 
 
+
+
+def _compute_notes(df: pd.DataFrame) -> tuple[str, str]:
+    """The compute table's Markdown and LaTeX notes, with the recorded batch size and threads."""
+    batch = _joined(df["latency_batch"]) if "latency_batch" in df and len(df) else math.nan
+    threads = _joined(df["latency_threads"]) if "latency_threads" in df and len(df) else math.nan
+    batch = "256" if isinstance(batch, float) else batch
+    threads = "" if isinstance(threads, float) else f" ({threads})"
+    md = (f"Latency: median of timed forward passes of a batch of {batch} test images on the CPU "
+          f"with the job's threads{threads}, in ms, mean ± sample std over seeds; speed-up: ratio "
+          "of means, the dense model of the same base training without fine-tuning (f_st or f_rb) "
+          "to this model (so f_st and f_rb are 1.00x). Fake-quantized models (^q, PTQ and QAT) run "
+          "as fp32 with rounding, so they are not faster; the real INT8 model is torch.ao's x86 "
+          "integer model of the PTQ INT8 node (n/a elsewhere), its clean accuracy (%) beside the "
+          "fake-quant model's. Params and MACs per input: mean over seeds; weights: bytes of the "
+          "stored weights, checkpoint: file size (kB = 1000 bytes, MB = 10^6 bytes). Whole "
+          "lineage: wall time in minutes (mean ± std) and estimated MACs (mean) of every stage "
+          "that produced the model (training + compression + fine-tuning). Peak memory: peak "
+          "resident set size of the job process, the maximum over the lineage's stages and the "
+          "evaluation, in MB (mean ± std); n/a = no data (or an eval.json written before it was "
+          "recorded).")
+    tex = (rf"Latency: median of timed forward passes of a batch of {batch} test images on the "
+           rf"CPU with the job's threads{latex_escape(threads)}, in ms, mean $\pm$ sample std over "
+           r"seeds; speed-up: ratio of means, the dense model of the same base training without "
+           r"fine-tuning ($f_{st}$ or $f_{rb}$) to this model. Fake-quantized models ($f^q$, PTQ "
+           r"and QAT) run as fp32 with rounding, so they are not faster; the real INT8 model is "
+           r"torch.ao's x86 integer model of the PTQ INT8 node (n/a elsewhere), its clean "
+           r"accuracy (\%) beside the fake-quant model's. Sizes: kB = 1000 bytes, MB = $10^6$ "
+           r"bytes. Whole lineage: wall time in minutes (mean $\pm$ std) and estimated MACs "
+           r"(mean) of every stage that produced the model. Peak memory: peak resident set size "
+           r"of the job process, the maximum over the lineage's stages and the evaluation, in MB "
+           r"(mean $\pm$ std); n/a = no data.")
+    return md, tex
+
+
 def _single_dataset(df: pd.DataFrame, dataset: str | None) -> str:
     found = sorted(df["dataset"].dropna().unique()) if len(df) else []
     if dataset is None:
@@ -764,6 +1039,18 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
          r"time and estimated multiply-accumulates (MACs), and the wall time of each model's "
          r"whole lineage (standard training + compression + fine-tuning).",
          _GAINS_NOTE, _TEX_GAINS_NOTE),
+        (stems[4], compute_table(df), _layout_compute, "compute",
+         f"Compute and memory on {on}: every model of the experiment with its size (parameters, "
+         "MACs per input, weight and checkpoint size), its CPU inference latency and speed-up over "
+         "the dense model of the same base training, the real INT8 model of the PTQ INT8 node "
+         "(latency, speed-up, clean accuracy beside the fake-quant model's), the wall time and "
+         "estimated MACs of its whole training lineage, and the peak memory of its jobs.",
+         rf"Compute and memory on {on_tex}: every model of the experiment with its size "
+         r"(parameters, multiply-accumulates (MACs) per input, weight and checkpoint size), its "
+         r"CPU inference latency and speed-up over the dense model of the same base training, "
+         r"the real INT8 model of the PTQ INT8 node (latency, speed-up, clean accuracy beside the "
+         r"fake-quant model's), the wall time and estimated MACs of its whole training lineage, "
+         r"and the peak memory of its jobs.", *_compute_notes(df)),
     ]
     out = Path(out_dir)
     written = []

@@ -15,7 +15,8 @@ from .attacks import PGDAttack
 from .data import load_dataset, load_prepared, save_prepared
 from .evaluate import evaluate_model
 from .models import build_model, count_parameters, default_arch
-from .runtime import resolve_device, seed_everything, set_threads
+from .runtime import (check_precision, configure_backends, cpu_has_native_bf16, peak_rss_mb, place_model,
+                      resolve_device, seed_everything, set_threads)
 from .train import restored_wall_time, resume_path_for, train_model
 
 log = logging.getLogger("advfine")
@@ -57,8 +58,23 @@ def _setup(config: dict, seed: int, threads: int) -> torch.device:
     set_threads(threads)
     seed_everything(seed)
     device = resolve_device(config.get("device", "auto"))
+    configure_backends(device, bool(config.get("deterministic", True)))
     log.info("device %s, %d thread(s), seed %d", device, threads, seed)
     return device
+
+
+def _precision(config: dict, fake_quantized: bool) -> str:
+    """The precision a stage computes in: config key ``precision``, except for fake-quantized models,
+    which always run in fp32 (bf16 has 8 significant bits: it cannot hold an INT16 or INT8 grid)."""
+    precision = check_precision(config.get("precision", "fp32"))
+    if fake_quantized and precision != "fp32":
+        log.info("precision %s asked for, but this model is fake-quantized: computing in fp32", precision)
+        return "fp32"
+    if precision == "bf16" and resolve_device(config.get("device", "auto")).type == "cpu" \
+            and not cpu_has_native_bf16():
+        log.warning("precision bf16 on a CPU without AVX-512 BF16 or AMX: bf16 is emulated here and "
+                    "slower than fp32 (results are still valid)")
+    return precision
 
 
 def _attack(config: dict, which: str) -> PGDAttack:
@@ -81,9 +97,10 @@ def _metrics(config: dict, seed: int, device, stage: str, wall: float, parent: d
     """A stage's metrics: its own fields, provenance, and ``stages``: the lineage of every stage that
     produced this model (wall time, estimated MACs, adversarial or not, device), oldest first."""
     stages = list(parent["stages"]) if parent else []
+    peak = peak_rss_mb()
     stages.append({"stage": stage, "wall_time_s": wall, "estimated_macs": int(estimated_macs),
-                   "adversarial": bool(adversarial), "device": str(device)})
-    return {"stage": stage, "wall_time_s": wall, "stages": stages, **fields,
+                   "adversarial": bool(adversarial), "device": str(device), "peak_rss_mb": peak})
+    return {"stage": stage, "wall_time_s": wall, "stages": stages, **fields, "peak_rss_mb": peak,
             "provenance": artifacts.provenance(config, seed, device)}
 
 
@@ -117,14 +134,15 @@ def run_train_base(config: dict, data_path: str, train: str, seed: int, out_mode
     start = time.perf_counter()
     attack = _attack(config, "train") if train == "rb" else None
     resume = resume_path_for(out_model)
+    precision = _precision(config, fake_quantized=False)
     history = train_model(model, data.train_x, data.train_y, config["train"], attack, seed, device,
-                          desc=f"train {train}", resume_path=resume)
+                          desc=f"train {train}", resume_path=resume, precision=precision)
     wall = time.perf_counter() - start + restored_wall_time(history)
     model.cpu()
     artifacts.save_checkpoint(out_model, model.state_dict(), arch, extra={"train": train, "seed": seed})
     macs = training_macs(history, len(data.train_y), forward_macs, attack.steps if attack else 0)
     metrics = _metrics(config, seed, device, "train_base", wall, None, macs, attack is not None, train=train,
-                       history=history, params=count_parameters(model), n_train=len(data.train_y),
+                       history=history, params=count_parameters(model), n_train=len(data.train_y), precision=precision,
                        pretrained=pretrained, attack=attack.describe() if attack else None)
     artifacts.write_json(out_metrics, metrics)
     resume.unlink(missing_ok=True)
@@ -238,7 +256,7 @@ def run_quantization_aware_training(config: dict, data_path: str, compression: s
     macs = training_macs(history, len(data.train_y), forward_macs, attack.steps if attack else 0)
     metrics = _metrics(config, seed, device, "compress", wall, parent, macs, attack is not None,
                        compression=compression, method=method, level=bits, init=qat_cfg["init"], arch=arch,
-                       history=history, attack=attack.describe() if attack else None,
+                       history=history, attack=attack.describe() if attack else None, precision="fp32",
                        **_cost(qmodel, data))
     artifacts.write_json(out_metrics, metrics)
     resume.unlink(missing_ok=True)
@@ -271,8 +289,9 @@ def run_finetune(config: dict, data_path: str, compression: str, mode: str, seed
     forward_macs = _forward_macs(model, data)
     start = time.perf_counter()
     resume = resume_path_for(out_model)
+    precision = _precision(config, fake_quantized=ckpt["quant"] is not None)
     history = train_model(model, data.train_x, data.train_y, settings, attack, seed + 1000, device,
-                          desc=f"finetune {mode} {compression}", resume_path=resume)
+                          desc=f"finetune {mode} {compression}", resume_path=resume, precision=precision)
     wall = time.perf_counter() - start + restored_wall_time(history)
     model.cpu()
     if ckpt["quant"] is not None:
@@ -285,7 +304,8 @@ def run_finetune(config: dict, data_path: str, compression: str, mode: str, seed
                               extra={"finetune": mode, "parent": str(parent_model)})
     macs = training_macs(history, len(data.train_y), forward_macs, attack.steps if attack else 0)
     metrics = _metrics(config, seed, device, "finetune", wall, parent, macs, attack is not None, finetune=mode,
-                       settings=settings, history=history, attack=attack.describe() if attack else None)
+                       settings=settings, history=history, attack=attack.describe() if attack else None,
+                       precision=precision)
     artifacts.write_json(out_metrics, metrics)
     resume.unlink(missing_ok=True)
     return metrics
@@ -304,19 +324,21 @@ def run_evaluate(config: dict, data_path: str, experiment: str, train: str, comp
     method, level = parse_compression(compression)
     attack = _attack(config, "eval")
     ev = config["evaluate"]
-    transfer_source = None
-    if ckpt["quant"] is not None and ev.get("transfer_attack_for_quantized", True):
+    float_twin = None  # a fake-quant model's float weights in a plain model
+    if ckpt["quant"] is not None:
         from .compress import float_state_dict
 
-        transfer_source = build_model(ckpt["arch"])
-        transfer_source.load_state_dict(float_state_dict(model))
-        transfer_source.eval()
+        float_twin = build_model(ckpt["arch"])
+        float_twin.load_state_dict(float_state_dict(model))
+        float_twin.eval()
+    transfer_source = float_twin if ev.get("transfer_attack_for_quantized", True) else None
     start = time.perf_counter()
     result = evaluate_model(model, data.test_x, data.test_y, attack, int(ev["batch_size"]), device,
-                            seed + 2000, transfer_source)
+                            seed + 2000, transfer_source, _precision(config, ckpt["quant"] is not None))
     wall = time.perf_counter() - start
     model.cpu()
     cost = _cost(model, data)
+    inference = _inference_costs(config, model, float_twin, method, level, data, seed, threads)
     bits = int(level) if method in QUANTIZATION_METHODS else None
     record = {
         "experiment": experiment, "dataset": data.name, "arch": ckpt["arch"]["name"],
@@ -325,11 +347,67 @@ def run_evaluate(config: dict, data_path: str, experiment: str, train: str, comp
         "params": cost["params"], "macs": cost["macs"],
         "checkpoint_bytes": Path(model_path).stat().st_size,
         "weight_bytes": weight_storage_bytes(model, bits),
-        "device": str(device), "eval_wall_time_s": wall, "stages": upstream["stages"],
-        "model_path": str(model_path), "provenance": artifacts.provenance(config, seed, device),
+        **inference, "device": str(device), "eval_wall_time_s": wall, "stages": upstream["stages"],
+        "model_path": str(model_path), "peak_rss_mb": peak_rss_mb(),
+        "provenance": artifacts.provenance(config, seed, device),
     }
     artifacts.write_json(out_eval, record)
     return record
+
+
+def _latency_batch(x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``batch_size`` test images (repeated when the test set is smaller)."""
+    repeats = -(-batch_size // len(x))
+    return torch.cat([x] * repeats)[:batch_size]
+
+
+def _inference_costs(config: dict, model, float_twin, method: str, level, data, seed: int, threads: int) -> dict:
+    """Measured inference cost on the CPU (whatever device evaluated the model): the median latency of
+    a batch of test images, and for PTQ INT8 nodes the same for a real integer model (torch.ao, x86)
+    exported from the float twin and calibrated on the batches PTQ used, with its clean accuracy.
+    A fake-quant model's latency is that of fp32 plus rounding: quantization only pays as integers."""
+    from .cost import measure_latency
+    from .evaluate import predict
+
+    ev = config["evaluate"]
+    batch_size, repeats = int(ev.get("latency_batch_size", 256)), int(ev.get("latency_repeats", 3))
+    if repeats == 0:
+        return {"latency_ms": None, "latency_batch": batch_size, "latency_threads": threads, "int8": None}
+    cpu = torch.device("cpu")
+    example = _latency_batch(data.test_x, batch_size)
+    fake_quant = float_twin is not None
+    if not fake_quant:  # float models run channels-last in this pipeline (runtime.place_model)
+        place_model(model, cpu)
+        example = example.contiguous(memory_format=torch.channels_last)
+    result = {"latency_ms": 1000 * measure_latency(model, example, repeats=repeats, warmup=1),
+              "latency_batch": batch_size, "latency_threads": threads, "int8": None}
+    if method == "ptq" and level == 8 and ev.get("int8_export", True):
+        from .int8_export import export_int8
+
+        int8_model = export_int8(float_twin, _calibration(config, data, seed))
+        eval_batch = int(ev["batch_size"])
+        int8_pred = predict(int8_model, data.test_x, eval_batch, cpu)
+        fake_pred = predict(model, data.test_x, eval_batch, cpu)
+        result["int8"] = {
+            "clean_acc": (int8_pred == data.test_y).float().mean().item(),
+            "fake_quant_clean_acc": (fake_pred == data.test_y).float().mean().item(),
+            "agreement": (int8_pred == fake_pred).float().mean().item(),
+            "latency_ms": 1000 * measure_latency(int8_model, _latency_batch(data.test_x, batch_size),
+                                                 repeats=repeats, warmup=1),
+            "model_bytes": _serialized_bytes(int8_model),
+        }
+        log.info("real INT8 model: %s", result["int8"])
+    log.info("inference latency, batch %d, %d thread(s): %.1f ms", batch_size, threads, result["latency_ms"])
+    return result
+
+
+def _serialized_bytes(model) -> int:
+    """Bytes of the model's state_dict as torch.save writes it (int8 weights are stored as int8)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
 
 
 def run_aggregate(eval_paths: list[str], out_csv: str, tables_dir: str, prune_sparsity: float,

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from . import artifacts
 from .attacks import PGDAttack
 from .data import augment_batch, iterate_batches
-from .runtime import make_generator, place_model
+from .runtime import autocast, check_precision, make_generator, place_model, to_device
 
 log = logging.getLogger("advfine")
 
@@ -68,14 +68,16 @@ def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> No
             live[key].copy_(value)
 
 
-def _fingerprint(model: nn.Module, cfg: dict, attack: PGDAttack | None, seed: int, n_examples: int) -> str:
+def _fingerprint(model: nn.Module, cfg: dict, attack: PGDAttack | None, seed: int, n_examples: int,
+                 precision: str) -> str:
     """What a resume checkpoint must match: the starting weights, the settings, the attack, the seed
     and the data size. A checkpoint from another config or parent is ignored, never resumed."""
     digest = hashlib.sha256()
     for key, value in sorted(model_tensors(model).items()):
         digest.update(key.encode())
         digest.update(value.numpy().tobytes())
-    settings = {"cfg": cfg, "attack": attack.describe() if attack else None, "seed": seed, "n": n_examples}
+    settings = {"cfg": cfg, "attack": attack.describe() if attack else None, "seed": seed, "n": n_examples,
+                "precision": precision}
     digest.update(artifacts.config_hash(settings).encode())
     return digest.hexdigest()[:32]
 
@@ -136,9 +138,29 @@ def load_resume(path: Path, fingerprint: str) -> dict | None:
     return payload
 
 
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                  attack: PGDAttack | None, generator: torch.Generator | None,
+                  precision: str = "fp32") -> tuple[float, int]:
+    """One SGD step on a batch, adversarial when ``attack`` is given: the batch is first replaced by
+    its PGD version against the current model (in eval mode, gradients to the input only), then the
+    model trains on it. Forward passes of both run under ``precision`` (see ``runtime.autocast``).
+    Returns the batch's mean loss and its number of correct predictions."""
+    device = x.device
+    with autocast(device, precision):
+        if attack is not None:
+            x = attack(model, x, y, generator=generator)
+        model.train()
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item(), (logits.argmax(1) == y).sum().item()
+
+
 def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, cfg: dict,
                 attack: PGDAttack | None, seed: int, device: torch.device, desc: str = "train",
-                resume_path: str | Path | None = None) -> list[dict]:
+                resume_path: str | Path | None = None, precision: str = "fp32") -> list[dict]:
     """Train ``model`` in place with SGD for ``cfg['epochs']`` epochs.
 
     With ``attack`` given, each batch is replaced by its adversarial version computed against the
@@ -150,12 +172,15 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     each epoch; a later call with the same starting weights and settings continues from the last
     finished epoch and ends with the same weights as an uninterrupted run (on CPU). The caller deletes
     the file once its outputs are written.
+    ``precision`` is ``fp32`` or ``bf16`` (autocast for the training and attack forward passes).
     Returns one dict per epoch: lr, mean loss, accuracy on the batches trained on, wall time (and
     ``restored: True`` for epochs taken from a resume checkpoint).
     """
+    check_precision(precision)
     place_model(model, device)
-    x_all = train_x.to(device).contiguous(memory_format=torch.channels_last)
-    y_all = train_y.to(device)
+    # the whole training set lives on the device: batches are slices of it (no per-batch copies)
+    x_all = to_device(train_x, device).contiguous(memory_format=torch.channels_last)
+    y_all = to_device(train_y, device)
     generators = {"order": torch.Generator().manual_seed(seed),
                   "attack": make_generator(seed + 1, device),
                   "augment": make_generator(seed + 2, device) if cfg.get("augment", False) else None}
@@ -167,7 +192,7 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     first_epoch = 0
     if resume_path is not None:
         resume_path = Path(resume_path)
-        fingerprint = _fingerprint(model, cfg, attack, seed, len(y_all))
+        fingerprint = _fingerprint(model, cfg, attack, seed, len(y_all), precision)
         state = load_resume(resume_path, fingerprint)
         if state is not None:
             load_model_tensors(model, state["model"])
@@ -191,16 +216,9 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
                          mininterval=5.0, leave=False):
             if generators["augment"] is not None:
                 x = augment_batch(x, generators["augment"])
-            if epoch_attack is not None:
-                x = epoch_attack(model, x, y, generator=generators["attack"])
-            model.train()
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            loss, n_correct = training_step(model, optimizer, x, y, epoch_attack, generators["attack"], precision)
+            loss_sum += loss * len(y)
+            correct += n_correct
             seen += len(y)
         model.eval()
         record = {"epoch": epoch + 1, "lr": lr, "loss": loss_sum / seen, "train_acc": correct / seen,

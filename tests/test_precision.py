@@ -1,0 +1,117 @@
+"""bf16 mixed precision and the GPU-facing helpers, on the CPU: the same code paths a GPU takes
+(autocast, pinned copies, cuDNN flags), checked here through their CPU behaviour."""
+import pytest
+import torch
+
+from advfine import runtime
+from advfine.attacks import PGDAttack
+from advfine.data import load_dataset
+from advfine.evaluate import evaluate_model
+from advfine.models import build_model, default_arch
+from advfine.train import train_model
+
+from conftest import tiny_config
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(tiny_config()["data"])
+
+
+def test_autocast_runs_forward_passes_in_bf16_only_when_asked():
+    model = build_model(default_arch("cnn8", 1, 10, 28, [0.5], [0.5])).eval()
+    x = torch.rand(4, 1, 28, 28)
+    with runtime.autocast(CPU, "fp32"):
+        assert model(x).dtype == torch.float32
+    with runtime.autocast(CPU, "bf16"):
+        assert model(x).dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32  # weights stay fp32
+    with pytest.raises(ValueError, match="precision"):
+        runtime.autocast(CPU, "fp16")
+
+
+def test_pgd_under_bf16_keeps_an_fp32_perturbation_in_the_ball():
+    model = build_model(default_arch("cnn8", 1, 10, 28, [0.5], [0.5])).eval()
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    with runtime.autocast(CPU, "bf16"):
+        x_adv = PGDAttack(eps=0.1, step_size=0.03, steps=3)(model, x, y, generator=torch.Generator().manual_seed(0))
+    assert x_adv.dtype == torch.float32
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert not torch.equal(x_adv, x)
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    torch.manual_seed(0)
+    model = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
+    train_model(model, digits.train_x, digits.train_y, tiny_config()["train"], None, 0, CPU)
+    return model
+
+
+def test_bf16_evaluation_matches_fp32(digits, trained):
+    """The same model evaluated in bf16 and fp32 (same random starts): clean and PGD accuracy agree
+    to within a few of the 128 test images."""
+    attack = PGDAttack(eps=0.1, step_size=0.04, steps=5)
+    fp32, bf16 = (evaluate_model(trained, digits.test_x, digits.test_y, attack, 64, CPU, 0, precision=p)
+                  for p in ("fp32", "bf16"))
+    assert fp32["precision"] == "fp32" and bf16["precision"] == "bf16"
+    assert fp32["clean_acc"] > 0.6
+    assert abs(fp32["clean_acc"] - bf16["clean_acc"]) <= 2 / 128
+    assert abs(fp32["robust_acc"] - bf16["robust_acc"]) <= 4 / 128
+    assert bf16["robust_acc"] <= bf16["clean_acc"]
+
+
+def test_bf16_adversarial_training_learns(digits):
+    """Adversarial training in bf16 (attack and SGD step under autocast) lowers the loss; the weights
+    stay fp32. (On a CPU without bf16 units this is slow: 256 images only.)"""
+    torch.manual_seed(0)
+    model = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
+    cfg = tiny_config(**{"train.epochs": 3, "train.eps_warmup_epochs": 1})["train"]
+    history = train_model(model, digits.train_x[:256], digits.train_y[:256], cfg,
+                          PGDAttack(eps=0.1, step_size=0.05, steps=1), 0, CPU, precision="bf16")
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_bf16_at_eps_zero_gives_clean_accuracy(digits, trained):
+    result = evaluate_model(trained, digits.test_x, digits.test_y, PGDAttack(eps=0.0, step_size=0.01, steps=3),
+                            64, CPU, 0, precision="bf16")
+    assert result["robust_acc"] == result["clean_acc"]
+
+
+def test_copies_to_the_cpu_are_not_pinned_and_cost_nothing():
+    x = torch.rand(3, 2)
+    assert runtime.to_device(x, CPU) is x  # the CPU fallback: no pinned staging copy
+
+
+def test_cudnn_autotuning_is_off_when_determinism_is_asked():
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    try:
+        runtime.configure_backends(CPU, deterministic=True)
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        runtime.configure_backends(CPU, deterministic=False)
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+
+
+def test_stages_record_precision_and_keep_fake_quant_models_in_fp32(tmp_path):
+    from advfine import stages
+    from advfine.config import stage_config
+
+    cfg = tiny_config(**{"train.epochs": 1, "precision": "bf16"})
+    data = tmp_path / "digits.pt"
+    stages.run_prepare_data(stage_config(cfg, "prepare_data"), data)
+    base = stages.run_train_base(stage_config(cfg, "train_base") | {"device": "cpu"}, data, "st", 0,
+                                 tmp_path / "m.pt", tmp_path / "m.json")
+    assert base["precision"] == "bf16"
+    stages.run_compress(stage_config(cfg, "compress") | {"device": "cpu"}, data, "ptq-int8", 0, tmp_path / "m.pt",
+                        tmp_path / "m.json", tmp_path / "q.pt", tmp_path / "q.json")
+    ft = stages.run_finetune(stage_config(cfg, "finetune") | {"device": "cpu"}, data, "ptq-int8", "st", 0,
+                             tmp_path / "q.pt", tmp_path / "q.json", tmp_path / "ft.pt", tmp_path / "ft.json")
+    assert ft["precision"] == "fp32"  # bf16 cannot hold the INT8 grid of a fake-quant model
+    ev = stages.run_evaluate(stage_config(cfg, "evaluate") | {"device": "cpu"}, data, "tiny", "st", "dense", "none",
+                             0, tmp_path / "m.pt", tmp_path / "m.json", tmp_path / "e.json")
+    assert ev["precision"] == "bf16"
