@@ -289,7 +289,8 @@ def test_the_cifar10_resnet18_path_trains_prunes_quantizes_and_evaluates(tmp_pat
                          "compress.calibration_batches": 1, "compress.calibration_batch_size": 8,
                          "compress.qat": {"init": "parent", "epochs": 1, "batch_size": 8, "lr": 0.01,
                                           "momentum": 0.9, "lr_drop_epoch": None, "lr_after_drop": 0.01},
-                         "finetune.batch_size": 8, "finetune.qat": {"lr": 0.01, "momentum": 0.9}})
+                         "finetune.batch_size": 8, "finetune.qat": {"lr": 0.01, "momentum": 0.9},
+                         "evaluate.latency_batch_size": 8, "evaluate.latency_repeats": 1})
     cfg["attack"]["eps_space"] = "pixel"
     cfg["attack"]["train"]["eps"] = cfg["attack"]["eval"]["eps"] = 8 / 255
 
@@ -318,6 +319,15 @@ def test_the_cifar10_resnet18_path_trains_prunes_quantizes_and_evaluates(tmp_pat
         assert record["dataset"] == "cifar10" and record["arch"] == "resnet18"
         assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1 and record["n_test"] == 4
         assert [s["stage"] for s in record["stages"]] == ["train_base", "compress", "finetune"]
+        assert record["latency_ms"] > 0 and record["latency_batch"] == 8
+        if label == "ptq-int8":  # the residual network exports to a real integer model too
+            model, _ = artifacts.load_model(ft / "model.pt")
+            if all(torch.isfinite(p).all() for p in model.parameters()):
+                assert record["int8"]["latency_ms"] > 0 and 0 <= record["int8"]["clean_acc"] <= 1
+            else:  # known: fake-quant fine-tuning of this 15-image ResNet can diverge; said, not hidden
+                assert record["int8"] is None and "not finite" in record["int8_skipped"]
+        else:
+            assert record["int8"] is None
         if label == "prune-0.5":
             assert record["params"] == 2_797_610
         else:

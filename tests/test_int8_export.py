@@ -1,9 +1,11 @@
 """The real INT8 export: integer kernels, same predictions as the float and fake-quant models up to
 rounding, a smaller file."""
+import copy
 import io
 
 import pytest
 import torch
+from torch import nn
 
 from advfine import compress
 from advfine.evaluate import clean_accuracy
@@ -39,18 +41,38 @@ def size_of(model) -> int:
 
 def test_int8_export_keeps_accuracy_and_shrinks_the_model(trained, digits):
     calibration = list(digits.train_x[:256].split(64))
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
     int8 = export_int8(trained, calibration)
+    assert all(torch.equal(v, before[k]) for k, v in trained.state_dict().items())  # float model untouched
     kinds = {type(m).__module__ for m in int8.modules()}
     assert any("quantized" in k for k in kinds), kinds  # integer modules, not fake-quant
     fake = compress.quantize_ptq(trained, 8, calibration)
     acc = {name: clean_accuracy(m, digits.test_x, digits.test_y, 256, CPU)
            for name, m in (("float", trained), ("fake", fake), ("int8", int8))}
     assert acc["float"] > 0.8, acc
-    assert abs(acc["int8"] - acc["fake"]) <= 0.01 and abs(acc["int8"] - acc["float"]) <= 0.01, acc
+    # Issue 5: within 0.5 point of NNI's fake-quant INT8 (450 test images: 2 images at most).
+    assert abs(acc["int8"] - acc["fake"]) <= 0.005 and abs(acc["int8"] - acc["float"]) <= 0.01, acc
     agree = (int8(digits.test_x).argmax(1) == trained(digits.test_x).argmax(1)).float().mean().item()
     assert agree > 0.97
     assert size_of(int8) < 0.35 * size_of(trained)  # int8 weights: about a quarter of fp32
     assert measure_latency(int8, digits.test_x[:8], repeats=2) > 0
+
+
+def test_int8_model_takes_either_memory_format(trained, digits):
+    channels_last = copy.deepcopy(trained).to(memory_format=torch.channels_last)  # as runtime.place_model leaves it
+    int8 = export_int8(channels_last, list(digits.train_x[:128].split(64)))
+    x = digits.test_x[:64]
+    assert torch.equal(int8(x), int8(x.contiguous(memory_format=torch.channels_last)))
+
+
+def test_int8_export_of_another_model_goes_through_fx_as_it_is():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 28 * 28, 10)).eval()
+    x = torch.rand(64, 1, 28, 28)
+    int8 = export_int8(model, [x])
+    assert any("quantized" in type(m).__module__ for m in int8.modules())
+    with torch.no_grad():
+        assert (int8(x).argmax(1) == model(x).argmax(1)).float().mean().item() > 0.9
 
 
 def test_int8_export_refuses_what_it_cannot_convert(trained, digits):
@@ -59,3 +81,19 @@ def test_int8_export_refuses_what_it_cannot_convert(trained, digits):
     fake = compress.quantize_ptq(trained, 8, [digits.train_x[:64]])
     with pytest.raises(ValueError, match="plain float model"):
         export_int8(fake, [digits.train_x[:64]])
+
+
+def test_a_cifar_resnet18_exports_to_an_integer_model():
+    """BatchNorm folds into the convolutions and the residual additions become integer additions."""
+    torch.manual_seed(0)
+    arch = default_arch("resnet18", 3, 10, 32, [0.5] * 3, [0.5] * 3)
+    arch["stage_channels"] = [8, 16, 16, 32]
+    arch["block_channels"] = [[8, 8], [16, 16], [16, 16], [32, 32]]
+    model = build_model(arch).eval()
+    x = torch.rand(32, 3, 32, 32)
+    int8 = export_int8(model, [x])
+    assert any("quantized" in type(m).__module__ for m in int8.modules())
+    with torch.no_grad():
+        ref, out = model(x), int8(x)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert (out - ref).abs().max() < 0.25 * ref.abs().max()  # close, up to 8-bit rounding

@@ -91,6 +91,9 @@ def test_evaluation_measures_latency_memory_and_a_real_int8_model(data_path, bas
         assert 50 < record["peak_rss_mb"] < 2048
         assert all(stage["peak_rss_mb"] > 50 for stage in record["stages"])
     assert dense["int8"] is None and pruned["int8"] is None
+    # filters are physically removed: the pruned checkpoint file is smaller, not just sparser
+    assert pruned["params"] < dense["params"] / 2 and pruned["macs"] < dense["macs"] / 2
+    assert pruned["checkpoint_bytes"] < dense["checkpoint_bytes"] / 2
     int8 = quant["int8"]
     assert int8["fake_quant_clean_acc"] == quant["clean_acc"]
     assert abs(int8["clean_acc"] - quant["clean_acc"]) <= 0.03 and int8["agreement"] > 0.9

@@ -381,7 +381,13 @@ def _inference_costs(config: dict, model, float_twin, method: str, level, data, 
         example = example.contiguous(memory_format=torch.channels_last)
     result = {"latency_ms": 1000 * measure_latency(model, example, repeats=repeats, warmup=1),
               "latency_batch": batch_size, "latency_threads": threads, "int8": None}
-    if method == "ptq" and level == 8 and ev.get("int8_export", True):
+    finite = all(torch.isfinite(t).all() for t in (float_twin or model).state_dict().values()
+                 if t.is_floating_point())
+    if method == "ptq" and level == 8 and ev.get("int8_export", True) and not finite:
+        # an integer model needs finite ranges; a diverged model has none (its accuracy is chance anyway)
+        result["int8_skipped"] = "the model's float weights are not finite (training diverged)"
+        log.warning("no real INT8 model: %s", result["int8_skipped"])
+    elif method == "ptq" and level == 8 and ev.get("int8_export", True):
         from .int8_export import export_int8
 
         int8_model = export_int8(float_twin, _calibration(config, data, seed))
