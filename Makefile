@@ -9,9 +9,13 @@ CORES ?= 2
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+# benchmarks/requirements.txt: torchattacks, a baseline of benchmarks/training_speed.py. It pins
+# requests~=2.25.1, which would downgrade snakemake's requests; its PGD needs none of its
+# dependencies, hence --no-deps.
+$(VENV)/.installed: requirements.txt benchmarks/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r benchmarks/requirements.txt
 	touch $@
 
 run: install
@@ -25,10 +29,7 @@ test-fast: install
 
 # The benchmark suite (docs/benchmarks.md). It needs the default experiment's results (the no-op
 # re-run and the jobs' peak memory), so it runs `make run` first: nothing to do when that is done.
-# torchattacks (a baseline of benchmarks/training_speed.py) pins requests~=2.25.1, which would
-# downgrade snakemake's requests; its PGD needs none of its dependencies, hence --no-deps.
 bench: run
-	$(BIN)/python -m pip install --quiet --no-deps -r benchmarks/requirements.txt
 	$(BIN)/python benchmarks/run_all.py --threads $(CORES)
 
 lint: install

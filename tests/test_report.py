@@ -634,7 +634,7 @@ def test_write_tables_compute_files(tmp_path):
                       "Lineage MACs (est.)", "Peak memory (MB)"]
     assert re.search(r"\| f_st\^q \(PTQ\) +\| INT8 +\| 2 +\|", md)
     assert "2.00x" in md and "4.00x" in md and "n/a" in md and "90.00 ± 1.41" in md
-    assert "batch of 256 test images on the CPU" in md and "torch.ao's x86" in md
+    assert "batch of 256 test images on the CPU" in md and "torch.ao's (oneDNN)" in md
     assert "peak resident set size" in md and "fp32 with rounding" in md
     tex = (out / "compute.tex").read_text(encoding="utf-8")
     rows = check_latex_table(tex)

@@ -363,7 +363,7 @@ def _latency_batch(x: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 def _inference_costs(config: dict, model, float_twin, method: str, level, data, seed: int, threads: int) -> dict:
     """Measured inference cost on the CPU (whatever device evaluated the model): the median latency of
-    a batch of test images, and for PTQ INT8 nodes the same for a real integer model (torch.ao, x86)
+    a batch of test images, and for PTQ INT8 nodes the same for a real integer model (torch.ao, oneDNN)
     exported from the float twin and calibrated on the batches PTQ used, with its clean accuracy.
     A fake-quant model's latency is that of fp32 plus rounding: quantization only pays as integers."""
     from .cost import measure_latency

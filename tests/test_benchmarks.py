@@ -1,0 +1,44 @@
+"""The benchmark scripts run and print their tables (tiny settings: this checks they work, not speed)."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def run(script, *args):
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_training_speed_compares_four_loops_and_reports_flops_and_peak():
+    out = run("training_speed.py", "--threads", "1", "--train-images", "384", "--pgd-steps", "1",
+              "--test-images", "32")
+    for row in ("| naive reference |", "| torchattacks PGD |", "| advfine fp32 |", "| advfine bf16 |",
+                "| fp32 | ", "| bf16 | ", "| standard model (before fine-tuning) |"):
+        assert row in out, out
+    assert "MFLOP per image" in out
+
+
+def test_compressed_speed_measures_every_model():
+    out = run("compressed_speed.py", "--threads", "1", "--rounds", "1", "--batch", "8")
+    for row in ("dense fp32, channels-last (baseline)", "pruned 80 % fp32", "fake-quant INT8 (NNI)",
+                "real INT8 (torch.ao, oneDNN)"):
+        assert row in out, out
+
+
+def test_peak_memory_is_read_back_from_job_logs(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from workflow_overhead import peak_memory_by_rule
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "train.log").write_text("x\nINFO advfine: rule train_base: peak_rss_mb=700.5\n"
+                                              "INFO advfine: rule train_base: peak_rss_mb=812.0\n")
+    (tmp_path / "evaluate.log").write_text("INFO advfine: rule evaluate: peak_rss_mb=1300.0\n")
+    (tmp_path / "other.log").write_text("no peak here\n")
+    assert peak_memory_by_rule(tmp_path) == {"train_base": [812.0], "evaluate": [1300.0]}  # last run counts
