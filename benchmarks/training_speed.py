@@ -292,7 +292,7 @@ def main() -> None:
           f"(target <= 1 point: {'met' if d_clean <= 1 and d_robust <= 1 else 'missed'}).")
     print(f"\nFLOPs of one step (FlopCounterMode, convolutions and matrix products, forward and backward): "
           f"{flops / 1e9:.2f} GFLOP = {flops / args.batch / 1e6:.1f} MFLOP per image.")
-    print("Peak of this machine (n x n matrix product, best of 5, same threads):")
+    print("\nPeak of this machine (n x n matrix product, best of 5, same threads):\n")
     print("| precision | n | peak GFLOP/s | advfine GFLOP/s | fraction of peak |")
     print("|---|---|---|---|---|")
     for precision in ("fp32", "bf16"):
@@ -308,7 +308,7 @@ def main() -> None:
           "sample at the first iterate that fools it; the alternative attacks every sample for all 10 steps "
           "(same random starts). Misclassified samples are non-robust either way, and a sample fooled at any "
           "iterate is non-robust, so advfine's robust accuracy is never higher (equal when no sample "
-          "recovers by the last step; tests/test_core.py checks the skipping gives identical numbers).")
+          "recovers by the last step; tests/test_core.py checks the skipping gives identical numbers).\n")
     print("| model | clean (%) | robust, advfine (%) | robust, attack everything (%) | advfine s | "
           "attack-everything s | speed-up |")
     print("|---|---|---|---|---|---|---|")
