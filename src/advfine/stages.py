@@ -381,8 +381,8 @@ def _inference_costs(config: dict, model, float_twin, method: str, level, data, 
         example = example.contiguous(memory_format=torch.channels_last)
     result = {"latency_ms": 1000 * measure_latency(model, example, repeats=repeats, warmup=1),
               "latency_batch": batch_size, "latency_threads": threads, "int8": None}
-    finite = all(torch.isfinite(t).all() for t in (float_twin or model).state_dict().values()
-                 if t.is_floating_point())
+    weights = (float_twin if float_twin is not None else model).state_dict().values()
+    finite = all(torch.isfinite(t).all() for t in weights if t.is_floating_point())
     if method == "ptq" and level == 8 and ev.get("int8_export", True) and not finite:
         # an integer model needs finite ranges; a diverged model has none (its accuracy is chance anyway)
         result["int8_skipped"] = "the model's float weights are not finite (training diverged)"
