@@ -115,3 +115,12 @@ def test_stages_record_precision_and_keep_fake_quant_models_in_fp32(tmp_path):
     ev = stages.run_evaluate(stage_config(cfg, "evaluate") | {"device": "cpu"}, data, "tiny", "st", "dense", "none",
                              0, tmp_path / "m.pt", tmp_path / "m.json", tmp_path / "e.json")
     assert ev["precision"] == "bf16"
+
+
+def test_precision_reaches_the_stage_params_only_when_it_is_not_the_default():
+    """fp32 results computed before the key existed stay valid: no rerun for `precision: fp32`."""
+    from advfine.config import stage_config
+
+    assert "precision" not in stage_config(tiny_config(), "train_base")
+    assert "precision" not in stage_config(tiny_config(precision="fp32"), "evaluate")
+    assert stage_config(tiny_config(precision="bf16"), "finetune")["precision"] == "bf16"

@@ -21,7 +21,9 @@ STAGE_SECTIONS = {
 }
 
 
-OPTIONAL_TOP_LEVEL = ("precision",)  # absent means the default (fp32)
+# Top-level keys added after results existed, with their defaults: a stage's params carry them only
+# when they differ from the default, so results computed before the key existed (in fp32) stay valid.
+OPTIONAL_TOP_LEVEL = {"precision": "fp32"}
 
 
 class ConfigError(ValueError):
@@ -89,6 +91,8 @@ def stage_config(config: dict, stage: str) -> dict:
         if tail:
             if tail in config[head]:  # optional keys (e.g. attack.eps_space) may be absent
                 out.setdefault(head, {})[tail] = config[head][tail]
-        elif head in config or head not in OPTIONAL_TOP_LEVEL:
+        elif head not in OPTIONAL_TOP_LEVEL:
+            out[head] = config[head]
+        elif config.get(head, OPTIONAL_TOP_LEVEL[head]) != OPTIONAL_TOP_LEVEL[head]:
             out[head] = config[head]
     return out
