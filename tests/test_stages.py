@@ -88,8 +88,9 @@ def test_evaluation_measures_latency_memory_and_a_real_int8_model(data_path, bas
                      **{"attack.eval.steps": 0})
     for record in (dense, pruned, quant):
         assert record["latency_ms"] > 0 and record["latency_batch"] == 256 and record["latency_threads"] == 1
-        assert 50 < record["peak_rss_mb"] < 2048
-        assert all(stage["peak_rss_mb"] > 50 for stage in record["stages"])
+        # the peak of this (pytest) process so far: in a workflow job it is the job's own peak
+        assert record["peak_rss_mb"] > 50 and all(stage["peak_rss_mb"] > 50 for stage in record["stages"])
+        assert record["peak_rss_mb"] >= max(stage["peak_rss_mb"] for stage in record["stages"])  # never falls
     assert dense["int8"] is None and pruned["int8"] is None
     # filters are physically removed: the pruned checkpoint file is smaller, not just sparser
     assert pruned["params"] < dense["params"] / 2 and pruned["macs"] < dense["macs"] / 2
