@@ -29,10 +29,10 @@ def import_seconds(statement: str, repeats: int = 3) -> float:
 
 def pgd20_training_images_per_second(threads: int, batch: int = 128, steps: int = 4) -> float:
     import torch
-    import torch.nn.functional as F
 
     from advfine.attacks import PGDAttack
     from advfine.models import build_model, default_arch
+    from advfine.train import training_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -42,12 +42,7 @@ def pgd20_training_images_per_second(threads: int, batch: int = 128, steps: int 
     attack = PGDAttack(eps=0.1, step_size=0.01, steps=20)
 
     def step():
-        x_adv = attack(model, x, y)
-        model.train()
-        loss = F.cross_entropy(model(x_adv), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        training_step(model, optimizer, x, y, attack, None)
 
     step()  # warm-up
     start = time.perf_counter()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
 BENCHMARKS = [  # (script, title, extra arguments)
     ("training_speed.py", "Adversarial training speed: naive reference, torchattacks, advfine fp32 and bf16", []),
     ("compressed_speed.py", "Compressed models: inference latency", ["--rounds", "7"]),
@@ -31,16 +32,6 @@ def git_commit() -> str:
     return (result.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty else "")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
@@ -48,6 +39,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import os
+
+    from advfine.runtime import cpu_model
 
     sections, started = [], time.perf_counter()
     for script, title, extra in BENCHMARKS:

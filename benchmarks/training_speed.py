@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from advfine.data import iterate_batches  # noqa: E402
+
 EPS, STEP_SIZE_FRACTION = 0.1, 2.5  # step size = 2.5 * eps / steps (Madry et al.'s rule of thumb)
 
 
@@ -65,19 +67,13 @@ def naive_reference_loop(model, train_x, train_y, batch, eps, step_size, steps, 
         yield step
 
 
-def sliced_batches(train_x, train_y, batch, seed):
-    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))
-    for start in range(0, len(order) - batch + 1, batch):
-        idx = order[start:start + batch]
-        yield train_x[idx], train_y[idx]
-
-
 def torchattacks_loop(model, train_x, train_y, batch, eps, step_size, steps, seed):
     import torchattacks
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     attack = torchattacks.PGD(model, eps=eps, alpha=step_size, steps=steps, random_start=True)
-    for x, y in sliced_batches(train_x, train_y, batch, seed):
+    order = torch.Generator().manual_seed(seed)  # the same batches in both sliced loops
+    for x, y in iterate_batches(train_x, train_y, batch, shuffle=True, generator=order):
         def step(x=x, y=y):
             x_adv = attack(x, y)  # torchattacks puts the model in eval mode for the attack
             model.train()
@@ -98,7 +94,8 @@ def advfine_loop(model, train_x, train_y, batch, eps, step_size, steps, seed, pr
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     attack = PGDAttack(eps=eps, step_size=step_size, steps=steps)
     generator = torch.Generator().manual_seed(seed + 1)
-    for x, y in sliced_batches(train_x, train_y, batch, seed):
+    order = torch.Generator().manual_seed(seed)  # the same batches in both sliced loops
+    for x, y in iterate_batches(train_x, train_y, batch, shuffle=True, generator=order):
         def step(x=x, y=y):
             training_step(model, optimizer, x, y, attack, generator, precision)
         yield step
@@ -174,17 +171,10 @@ def evaluation_cost(model, x, y, attack, seed: int) -> dict:
 def machine_line() -> str:
     import platform
 
-    from advfine.runtime import cpu_flags, cpu_has_native_bf16
+    from advfine.runtime import cpu_flags, cpu_has_native_bf16, cpu_model
 
     flags = cpu_flags()
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16") if f in flags]
     return (f"{model}, {platform.machine()}, ISA: {' '.join(isa) or 'n/a'}; native bf16: "
             f"{'yes' if cpu_has_native_bf16() else 'no'}; torch {torch.__version__}, "

@@ -78,6 +78,18 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown CPU" where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return "unknown CPU"
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX: without either, bf16 arithmetic on the CPU is emulated and slower than
     fp32 (measured here on an AVX2-only AMD EPYC: 8-15x slower for CNN8)."""

@@ -63,15 +63,14 @@ def _setup(config: dict, seed: int, threads: int) -> torch.device:
     return device
 
 
-def _precision(config: dict, fake_quantized: bool) -> str:
+def _precision(config: dict, device: torch.device, fake_quantized: bool) -> str:
     """The precision a stage computes in: config key ``precision``, except for fake-quantized models,
     which always run in fp32 (bf16 has 8 significant bits: it cannot hold an INT16 or INT8 grid)."""
     precision = check_precision(config.get("precision", "fp32"))
     if fake_quantized and precision != "fp32":
         log.info("precision %s asked for, but this model is fake-quantized: computing in fp32", precision)
         return "fp32"
-    if precision == "bf16" and resolve_device(config.get("device", "auto")).type == "cpu" \
-            and not cpu_has_native_bf16():
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         log.warning("precision bf16 on a CPU without AVX-512 BF16 or AMX: bf16 is emulated here and "
                     "slower than fp32 (results are still valid)")
     return precision
@@ -134,7 +133,7 @@ def run_train_base(config: dict, data_path: str, train: str, seed: int, out_mode
     start = time.perf_counter()
     attack = _attack(config, "train") if train == "rb" else None
     resume = resume_path_for(out_model)
-    precision = _precision(config, fake_quantized=False)
+    precision = _precision(config, device, fake_quantized=False)
     history = train_model(model, data.train_x, data.train_y, config["train"], attack, seed, device,
                           desc=f"train {train}", resume_path=resume, precision=precision)
     wall = time.perf_counter() - start + restored_wall_time(history)
@@ -289,7 +288,7 @@ def run_finetune(config: dict, data_path: str, compression: str, mode: str, seed
     forward_macs = _forward_macs(model, data)
     start = time.perf_counter()
     resume = resume_path_for(out_model)
-    precision = _precision(config, fake_quantized=ckpt["quant"] is not None)
+    precision = _precision(config, device, fake_quantized=ckpt["quant"] is not None)
     history = train_model(model, data.train_x, data.train_y, settings, attack, seed + 1000, device,
                           desc=f"finetune {mode} {compression}", resume_path=resume, precision=precision)
     wall = time.perf_counter() - start + restored_wall_time(history)
@@ -334,7 +333,7 @@ def run_evaluate(config: dict, data_path: str, experiment: str, train: str, comp
     transfer_source = float_twin if ev.get("transfer_attack_for_quantized", True) else None
     start = time.perf_counter()
     result = evaluate_model(model, data.test_x, data.test_y, attack, int(ev["batch_size"]), device,
-                            seed + 2000, transfer_source, _precision(config, ckpt["quant"] is not None))
+                            seed + 2000, transfer_source, _precision(config, device, ckpt["quant"] is not None))
     wall = time.perf_counter() - start
     model.cpu()
     cost = _cost(model, data)
@@ -381,13 +380,13 @@ def _inference_costs(config: dict, model, float_twin, method: str, level, data, 
         example = example.contiguous(memory_format=torch.channels_last)
     result = {"latency_ms": 1000 * measure_latency(model, example, repeats=repeats, warmup=1),
               "latency_batch": batch_size, "latency_threads": threads, "int8": None}
-    weights = (float_twin if float_twin is not None else model).state_dict().values()
-    finite = all(torch.isfinite(t).all() for t in weights if t.is_floating_point())
-    if method == "ptq" and level == 8 and ev.get("int8_export", True) and not finite:
+    wants_int8 = method == "ptq" and level == 8 and ev.get("int8_export", True)
+    if wants_int8 and not all(torch.isfinite(t).all() for t in float_twin.state_dict().values()
+                              if t.is_floating_point()):
         # an integer model needs finite ranges; a diverged model has none (its accuracy is chance anyway)
         result["int8_skipped"] = "the model's float weights are not finite (training diverged)"
         log.warning("no real INT8 model: %s", result["int8_skipped"])
-    elif method == "ptq" and level == 8 and ev.get("int8_export", True):
+    elif wants_int8:
         from .int8_export import export_int8
 
         int8_model = export_int8(float_twin, _calibration(config, data, seed))
