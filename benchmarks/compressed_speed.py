@@ -54,14 +54,18 @@ def main() -> None:
         pruned, _ = prune_filters_l1(dense, arch, 0.8, calibration[0][:2])
         fake_quant = quantize_ptq(dense, 8, calibration)
     logging.disable(logging.NOTSET)
-    int8 = export_int8(dense, calibration)
+    int8 = {engine: export_int8(dense, calibration, backend=engine) for engine in ("x86", "qnnpack")
+            if engine in torch.backends.quantized.supported_engines}
+    int8["oneDNN"] = export_int8(dense, calibration)  # the pipeline's choice, exported last (sets the engine)
     cpu = torch.device("cpu")
     baseline = "dense fp32, channels-last (baseline)"
     models = {baseline: place_model(copy.deepcopy(dense), cpu).eval(),
               "dense fp32, contiguous (not how the pipeline runs it)": dense,
               "pruned 80 % fp32": place_model(pruned, cpu).eval(),
               "fake-quant INT8 (NNI)": fake_quant,
-              "real INT8 (torch.ao, oneDNN)": int8}
+              "real INT8 (torch.ao, oneDNN)": int8["oneDNN"],
+              **{f"real INT8 (torch.ao, {engine} engine, for comparison)": model
+                 for engine, model in int8.items() if engine != "oneDNN"}}
     example = torch.rand(args.batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     times = {name: [] for name in models}
     for _ in range(args.rounds):  # interleaved: machine noise hits every model alike

@@ -79,6 +79,11 @@ BAD = [
     ({"resources": {"light": {"runtime": 0}}}, "resources.light.runtime"),
     ({"resources": {"compute": {"partition": "gpu"}}}, "partition"),
     ({"resources": {"rules": {"train": {"runtime": 60}}}}, "resources.rules"),
+    ({"precision": "fp16"}, "precision"),
+    ({"deterministic": "yes"}, "deterministic"),
+    ({"evaluate.latency_repeats": -1}, "evaluate.latency_repeats"),
+    ({"evaluate.latency_batch_size": 0}, "evaluate.latency_batch_size"),
+    ({"evaluate.int8_export": 1}, "evaluate.int8_export"),
 ]
 
 

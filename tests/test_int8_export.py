@@ -81,6 +81,8 @@ def test_int8_export_refuses_what_it_cannot_convert(trained, digits):
     fake = compress.quantize_ptq(trained, 8, [digits.train_x[:64]])
     with pytest.raises(ValueError, match="plain float model"):
         export_int8(fake, [digits.train_x[:64]])
+    with pytest.raises(ValueError, match="'tpu' is not in this torch build"):
+        export_int8(trained, [digits.train_x[:64]], backend="tpu")
 
 
 def test_a_cifar_resnet18_exports_to_an_integer_model():

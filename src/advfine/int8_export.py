@@ -8,13 +8,11 @@ their own ranges (histogram for activations, per-channel min/max for weights), s
 slightly from NNI's; the tests bound the accuracy difference. torch marks FX quantization deprecated
 in favour of torchao's pt2e flow; torchao is not a dependency here, and torch 2.14 still ships FX.
 
-Engine: oneDNN. Measured side by side on the 2-core AVX2 AMD EPYC (batch 256, 2 threads): its int8
-convolutions are 1.6x faster here than fbgemm's, which the "x86" engine picks for these convs
-(34.9 -> 21.1 ms; qnnpack is 4x slower than oneDNN); dense fp32 channels-last took 45.5 ms. The
-rest is convolutions at this CPU's limit: without VNNI an int8 multiply-add takes two multiply
-instructions (vpmaddubsw + vpmaddwd), so oneDNN's int8 convs run only 2.1-2.6x faster than its
-fp32 ones. (Folding the normalization into the first conv and a channels-last flatten saved only
-another 5 % and were left out.)
+Engine: oneDNN, the fastest of torch's engines on the 2-core AVX2 AMD EPYC this was built on
+(benchmarks/compressed_speed.py measures oneDNN, x86 and qnnpack side by side). Without VNNI an
+int8 multiply-add takes two multiply instructions (vpmaddubsw + vpmaddwd), which caps what int8
+convolutions gain over fp32 on such a CPU. (Folding the normalization into the first conv and a
+channels-last flatten were tried and gained little; they were left out.)
 """
 from __future__ import annotations
 
@@ -33,11 +31,12 @@ def quantized_backend() -> str:
 
 
 # Activations on 7 bits: without VNNI (this AMD EPYC) vpmaddubsw adds two uint8 x int8 products into a
-# saturating int16, which 2 x 255 x 127 overflows and 2 x 127 x 128 does not. Same speed.
+# saturating int16, which 2 x 255 x 127 overflows and 2 x 127 x 128 does not.
 REDUCE_RANGE = True
 
 
-def export_int8(float_model: nn.Module, calibration_batches: list[torch.Tensor]) -> nn.Module:
+def export_int8(float_model: nn.Module, calibration_batches: list[torch.Tensor],
+                backend: str | None = None) -> nn.Module:
     """An int8 copy of ``float_model`` (a plain model: no NNI wrappers) on the CPU, calibrated on
     ``calibration_batches`` (inputs in [0, 1]); ``float_model`` is not changed.
 
@@ -51,7 +50,10 @@ def export_int8(float_model: nn.Module, calibration_batches: list[torch.Tensor])
         raise ValueError("export_int8 needs at least one calibration batch")
     if any("_nni_wrapper" in name for name, _ in float_model.named_modules()):
         raise ValueError("export_int8 needs a plain float model; rebuild it from float_state_dict first")
-    backend = quantized_backend()
+    backend = backend or quantized_backend()  # another engine only to compare them (benchmarks)
+    if backend not in torch.backends.quantized.supported_engines:
+        raise ValueError(f"quantized engine {backend!r} is not in this torch build: "
+                         f"{torch.backends.quantized.supported_engines}")
     torch.backends.quantized.engine = backend
     model = copy.deepcopy(float_model).cpu().eval().to(memory_format=torch.contiguous_format)
     qconfig = QConfig(activation=HistogramObserver.with_args(reduce_range=REDUCE_RANGE),

@@ -92,7 +92,7 @@ def cpu_model() -> str:
 
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX: without either, bf16 arithmetic on the CPU is emulated and slower than
-    fp32 (measured here on an AVX2-only AMD EPYC: 8-15x slower for CNN8)."""
+    fp32 (benchmarks/training_speed.py on an AVX2-only AMD EPYC: a CNN8 training step 16x slower)."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
