@@ -32,8 +32,10 @@ test-fast: install
 bench: run
 	$(BIN)/python benchmarks/run_all.py --threads $(CORES)
 
+# The house checks CI runs beside the tests: Snakemake's linter and the snakefmt formatting.
 lint: install
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/
 
 clean:
 	rm -rf results logs .snakemake

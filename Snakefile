@@ -1,6 +1,9 @@
 # advfine: adversarial fine-tuning of compressed networks.
 #   snakemake --cores 2 all                    # tables and figures of config.yaml
 #   snakemake --cores 2 --configfile=configs/X.yaml all_tables   # "=": --configfile takes several files
+#   snakemake --report report.html             # after a run: figures and tables in one HTML file
+# One stage = one name: rule <name>, workflow/rules/<name>.smk, workflow/scripts/<name>.py,
+# advfine.stages.<name>.run, its config slice <name> (advfine.config.STAGE_SECTIONS) and <name>.log.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -9,12 +12,19 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
-include: "workflow/rules/train.smk"
+include: "workflow/rules/prepare_data.smk"
+include: "workflow/rules/train_base.smk"
 include: "workflow/rules/compress.smk"
+include: "workflow/rules/qat.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/report.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/plot.smk"
+include: "workflow/rules/figure2.smk"
 
 
 # Target rules run nothing: never submit them to a cluster.

@@ -191,7 +191,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from advfine.attacks import PGDAttack
-    from advfine.data import load_dataset
+    from advfine.config import section_with_defaults
+    from advfine.datasets import load_dataset
     from advfine.evaluate import evaluate_model
     from advfine.models import build_model, default_arch
     from advfine.runtime import cpu_has_native_bf16
@@ -199,15 +200,15 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
-    data = load_dataset({"name": "digits", "image_size": 28, "test_fraction": 0.25, "split_seed": 0,
-                         "test_subset": args.test_images})
+    data = load_dataset(section_with_defaults("data", {"name": "digits", "test_subset": args.test_images}))
     step_size = STEP_SIZE_FRACTION * EPS / args.pgd_steps
     torch.manual_seed(0)
     arch = default_arch("cnn8", 1, 10, 28, data.mean, data.std)
     standard = build_model(arch)
     with contextlib.redirect_stdout(sys.stderr):  # the epoch lines are progress, not results
-        train_model(standard, data.train_x, data.train_y, {"epochs": 4, "batch_size": 32, "lr": 0.1,
-                                                            "lr_drop_epoch": 3, "lr_after_drop": 0.01}, None, 0, cpu)
+        schedule = section_with_defaults("train", {"epochs": 4, "batch_size": 32, "lr": 0.1, "momentum": 0.0,
+                                                   "lr_drop_epoch": 3, "lr_after_drop": 0.01})
+        train_model(standard, data.train_x, data.train_y, schedule, None, 0, cpu)
     start_state = {k: v.clone() for k, v in standard.state_dict().items()}
 
     def fresh_model():

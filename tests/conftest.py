@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from advfine.config import section_with_defaults, stage_config, validate_config
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FMNIST = REPO.parent / "shared" / "data" / "FashionMNIST" / "raw"
 
@@ -33,8 +35,10 @@ def small_parent():
     return build_model(small_cnn8_arch()).eval()
 
 
-def tiny_config(**over) -> dict:
-    """A complete config for a few-second run: small digits subset, 1 epoch, short attacks."""
+def tiny_config(validate: bool = True, **over) -> dict:
+    """A complete config for a few-second run: small digits subset, 1 epoch, short attacks. ``over``
+    sets dotted keys (``"train.epochs": 3``); the result is validated with the schema's defaults filled
+    in, as the workflow does, unless ``validate=False`` (for tests of bad configs)."""
     cfg = {
         "experiment": "tiny",
         "device": "cpu",
@@ -60,7 +64,17 @@ def tiny_config(**over) -> dict:
         for h in heads:
             node = node[h]
         node[last] = value
-    return cfg
+    return validate_config(cfg) if validate else cfg
+
+
+def stage_settings(stage: str, **over) -> dict:
+    """What the workflow hands stage ``stage`` for ``tiny_config(**over)``: its slice, on the CPU."""
+    return stage_config(tiny_config(**over), stage) | {"device": "cpu"}
+
+
+def train_settings(**values) -> dict:
+    """A training schedule (the config's ``train`` section) with the schema's defaults filled in."""
+    return section_with_defaults("train", values)
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ import torch
 import torchvision
 from torch import nn
 
-from advfine import artifacts
+from advfine import checkpoints
 from advfine.compress import prune_filters_l1
-from advfine.data import DataError, augment_batch, load_dataset
+from advfine.data import DataError, augment_batch
+from advfine.datasets import load_dataset
 from advfine.models import arch_of, build_model, count_parameters, default_arch, load_pretrained
 from advfine.train import train_model
 
@@ -116,7 +117,7 @@ def test_train_model_augment_is_deterministic_and_off_by_default():
     x, y = torch.rand(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
     arch = default_arch("cnn8", 3, 10, 32, [0.5] * 3, [0.5] * 3)
     arch["conv_channels"], arch["hidden"] = [4] * 6, 8
-    cfg = {"epochs": 1, "batch_size": 8, "lr": 0.1}
+    cfg = train_settings(epochs=1, batch_size=8, lr=0.1, momentum=0.0, lr_drop_epoch=None, lr_after_drop=0.01)
 
     def trained(**over):
         torch.manual_seed(0)
@@ -191,7 +192,7 @@ def test_load_pretrained_foreign_and_own_checkpoints(tmp_path):
     assert torch.equal(model.normalize.mean.flatten(), torch.full((3,), 0.5))
 
     own = tmp_path / "own.pt"
-    artifacts.save_checkpoint(own, model.state_dict(), resnet_arch())
+    checkpoints.save_checkpoint(own, model.state_dict(), resnet_arch())
     again = load_pretrained(build_model(resnet_arch()), own).eval()
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
@@ -278,50 +279,50 @@ def test_resnet18_pruned_equals_parent_with_filters_zeroed(resnet_parent, resnet
 def test_the_cifar10_resnet18_path_trains_prunes_quantizes_and_evaluates(tmp_path):
     """prepare -> adversarial training -> 50 % pruning / PTQ INT8 / QAT INT8 -> adversarial fine-tuning
     -> evaluation, through the stage functions the workflow runs, on generated CIFAR-format files."""
-    from advfine import artifacts, stages
-    from advfine.config import stage_config
+    from advfine.stages import compress, evaluate, finetune, prepare_data, qat, train_base
 
-    from conftest import tiny_config
+    from conftest import stage_settings
 
     write_fake_cifar(tmp_path)
-    cfg = tiny_config(**{"data": cifar_cfg(tmp_path), "model.arch": "resnet18", "train.epochs": 1,
-                         "train.batch_size": 8, "train.augment": True, "attack.eval.steps": 2,
-                         "compress.calibration_batches": 1, "compress.calibration_batch_size": 8,
-                         "compress.qat": {"init": "parent", "epochs": 1, "batch_size": 8, "lr": 0.01,
-                                          "momentum": 0.9, "lr_drop_epoch": None, "lr_after_drop": 0.01},
-                         "finetune.batch_size": 8, "finetune.qat": {"lr": 0.01, "momentum": 0.9},
-                         "evaluate.latency_batch_size": 8, "evaluate.latency_repeats": 1})
-    cfg["attack"]["eps_space"] = "pixel"
-    cfg["attack"]["train"]["eps"] = cfg["attack"]["eval"]["eps"] = 8 / 255
+    eps = {"attack.eps_space": "pixel", "attack.train.eps": 8 / 255, "attack.eval.eps": 8 / 255}
+    over = {"data": cifar_cfg(tmp_path), "model.arch": "resnet18", "train.epochs": 1, "train.batch_size": 8,
+            "train.augment": True, "attack.eval.steps": 2, "compress.calibration_batches": 1,
+            "compress.calibration_batch_size": 8, "sweep.qat_bits": [8],
+            "qat": {"init": "parent", "epochs": 1, "batch_size": 8, "lr": 0.01, "momentum": 0.9,
+                    "lr_drop_epoch": None, "lr_after_drop": 0.01},
+            "finetune.batch_size": 8, "finetune.qat": {"lr": 0.01, "momentum": 0.9},
+            "evaluate.latency_batch_size": 8, "evaluate.latency_repeats": 1, **eps}
 
     def slice_(stage):
-        return stage_config(cfg, stage) | {"device": "cpu"}
+        return stage_settings(stage, **over)
 
     data = tmp_path / "cifar10.pt"
-    info = stages.run_prepare_data(slice_("prepare_data"), data)
+    info = prepare_data.run(slice_("prepare_data"), out_data=data)
     assert info["shape"] == [3, 32, 32] and info["n_train"] == 15 and info["n_test"] == 4
     base = tmp_path / "base-rb"
-    m = stages.run_train_base(slice_("train_base"), data, "rb", 0, base / "model.pt", base / "metrics.json")
+    parent = {"model": base / "model.pt", "metrics": base / "metrics.json"}
+    m = train_base.run(slice_("train_base"), data=data, train="rb", seed=0, out_model=parent["model"],
+                       out_metrics=parent["metrics"])
     assert m["params"] == 11_173_962 and m["stages"][0]["adversarial"]
     for label in ("prune-0.5", "ptq-int8", "qat-int8"):
         node = base / label
+        made = {"out_model": node / "model.pt", "out_metrics": node / "metrics.json"}
         if label == "qat-int8":
-            stages.run_quantization_aware_training(slice_("qat"), data, label, "rb", 0, base / "model.pt",
-                                                   base / "metrics.json", node / "model.pt", node / "metrics.json")
+            qat.run(slice_("qat"), data=data, bits=8, train="rb", seed=0, **parent, **made)
         else:
-            stages.run_compress(slice_("compress"), data, label, 0, base / "model.pt", base / "metrics.json",
-                                node / "model.pt", node / "metrics.json")
+            compress.run(slice_("compress"), data=data, compression=label, seed=0, **parent, **made)
         ft = node / "ft-ad"
-        stages.run_finetune(slice_("finetune"), data, label, "ad", 0, node / "model.pt", node / "metrics.json",
-                            ft / "model.pt", ft / "metrics.json")
-        record = stages.run_evaluate(slice_("evaluate"), data, "tiny", "rb", label, "ad", 0, ft / "model.pt",
-                                     ft / "metrics.json", ft / "eval.json")
+        finetune.run(slice_("finetune"), data=data, compression=label, mode="ad", seed=0, model=node / "model.pt",
+                     metrics=node / "metrics.json", out_model=ft / "model.pt", out_metrics=ft / "metrics.json")
+        record = evaluate.run(slice_("evaluate"), data=data, experiment="tiny", train="rb", compression=label,
+                              finetune="ad", seed=0, model=ft / "model.pt", metrics=ft / "metrics.json",
+                              out_eval=ft / "eval.json")
         assert record["dataset"] == "cifar10" and record["arch"] == "resnet18"
         assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1 and record["n_test"] == 4
         assert [s["stage"] for s in record["stages"]] == ["train_base", "compress", "finetune"]
         assert record["latency_ms"] > 0 and record["latency_batch"] == 8
         if label == "ptq-int8":  # the residual network exports to a real integer model too
-            model, _ = artifacts.load_model(ft / "model.pt")
+            model, _ = checkpoints.load_model(ft / "model.pt")
             if all(torch.isfinite(p).all() for p in model.parameters()):
                 assert record["int8"]["latency_ms"] > 0 and 0 <= record["int8"]["clean_acc"] <= 1
             else:  # known: fake-quant fine-tuning of this 15-image ResNet can diverge; said, not hidden

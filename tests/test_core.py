@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from advfine.attacks import PGDAttack, pgd_linf
-from advfine.data import DataError, load_dataset, load_fashion_mnist_tensors
+from advfine.config import section_with_defaults
+from advfine.data import DataError
+from advfine.datasets import load_dataset, load_fashion_mnist_tensors
 from advfine.evaluate import clean_accuracy, evaluate_model
 from advfine.models import build_model, count_parameters, default_arch
 from advfine.train import learning_rate, train_model
@@ -85,7 +87,7 @@ def test_real_fashion_mnist(tmp_path):
     raw.mkdir(parents=True)
     for gz in SHARED_FMNIST.glob("*.gz"):
         (raw / gz.name).symlink_to(gz)
-    data = load_dataset({"name": "fashion_mnist", "data_root": str(tmp_path), "download": False})
+    data = load_dataset(section_with_defaults("data", {"name": "fashion_mnist", "data_root": str(tmp_path)}))
     assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
     assert torch.bincount(data.test_y).tolist() == [1000] * 10
 
@@ -182,7 +184,7 @@ def test_eps_warmup_starts_clean_and_reaches_full_eps():
     assert attack_for_epoch(attack, 0, cfg) is None
     assert attack_for_epoch(attack, 1, cfg).eps == pytest.approx(0.05)
     assert attack_for_epoch(attack, 2, cfg) == attack
-    assert attack_for_epoch(attack, 0, {}) == attack
+    assert attack_for_epoch(attack, 0, {"eps_warmup_epochs": 0}) == attack
 
 
 def test_stopping_at_the_first_fooling_iterate_is_at_least_as_strong(digits, trained):

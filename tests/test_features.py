@@ -1,15 +1,18 @@
 """Figure 2 (advfine.features) on tiny untrained CNN8s, including NNI fake-quantized ones."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from advfine import features
+from advfine.attacks import PGDAttack
 from advfine.models import build_model, default_arch, layer_outputs
 
-ATTACK = {"eps": 0.1, "step_size": 0.05, "steps": 2, "random_start": True}
+ATTACK = PGDAttack(eps=0.1, step_size=0.05, steps=2, random_start=True)
 N = 20
 PRUNED_CHANNELS = (8, 8, 16, 16, 32, 32)  # the shape a pruned CNN8 is rebuilt with
 
@@ -95,11 +98,11 @@ def test_layer_features_on_fake_quantized_model(images, quantized):
 def test_attack_stays_in_the_pixel_ball(images, quantized):
     x, y = images
     for model in (cnn8(0), quantized[0]):  # the straight-through gradient attacks fake-quant too
-        x_adv = features._attack(model, x, y, features.make_attack(ATTACK), seed=0)
+        x_adv = features._attack(model, x, y, ATTACK, seed=0)
         diff = (x_adv - x).abs()
         assert diff.max() <= 0.1 + 1e-6 and diff.max() > 0.05
         assert x_adv.min() >= 0 and x_adv.max() <= 1
-    half = features.make_attack(ATTACK | {"eps_space": "paper_faithful"})
+    half = dataclasses.replace(ATTACK, eps_space="paper_faithful")
     assert (features._attack(cnn8(0), x, y, half, seed=0) - x).abs().max() <= 0.05 + 1e-6
 
 

@@ -125,12 +125,13 @@ def test_a_gpu_job_gets_the_free_gpu_as_its_device(tmp_path, monkeypatch):
         def job(gpu):
             return SimpleNamespace(log=[str(tmp_path / "job.log")], params=SimpleNamespace(cfg={"x": 1}),
                                    config={"device": "auto"}, resources=SimpleNamespace(gpu=gpu),
-                                   rule="train_base", wildcards={})
+                                   rule="train_base", wildcards={"seed": "3"}, threads=2)
 
-        with snakemake_job(job(1)) as cfg:
-            assert cfg == {"x": 1, "device": "cuda:1"}  # GPU 6: GPU 5 is busy
-        with snakemake_job(job(0)) as cfg:
-            assert cfg["device"] == "auto"  # aggregation and plotting take no GPU
+        with snakemake_job(job(1)) as running:
+            assert running.config == {"x": 1, "device": "cuda:1"}  # GPU 6: GPU 5 is busy
+            assert (running.seed, running.threads) == (3, 2)
+        with snakemake_job(job(0)) as running:
+            assert running.config["device"] == "auto"  # aggregation and plotting take no GPU
         assert "device cuda:1" in Path(tmp_path / "job.log").read_text()
     finally:
         holder.kill()
@@ -138,15 +139,16 @@ def test_a_gpu_job_gets_the_free_gpu_as_its_device(tmp_path, monkeypatch):
 
 
 def test_provenance_names_the_physical_gpu_and_slurm_job(monkeypatch):
-    from advfine.artifacts import provenance
+    from advfine.provenance import provenance
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,6")
     monkeypatch.setenv("SLURM_JOB_ID", "1234")
-    record = provenance({"device": "cuda:1", "train": {"lr": 0.1}}, 0, "cuda:1")
+    record = provenance({"device": "cuda:1", "deterministic": True, "train": {"lr": 0.1}}, 0, "cuda:1")
     assert record["gpu"] == "6" and record["slurm_job_id"] == "1234" and record["device"] == "cuda:1"
     # the hash identifies the settings, not where they ran
-    assert record["config_hash"] == provenance({"device": "cpu", "train": {"lr": 0.1}}, 0, "cpu")["config_hash"]
-    assert provenance({"device": "cpu"}, 0, "cpu")["gpu"] is None
+    on_cpu = provenance({"device": "cpu", "deterministic": True, "train": {"lr": 0.1}}, 0, "cpu")
+    assert record["config_hash"] == on_cpu["config_hash"] and on_cpu["gpu"] is None
+    assert on_cpu["deterministic"] is True
 
 
 def test_job_device_without_cuda_keeps_the_setting(tmp_path, monkeypatch):

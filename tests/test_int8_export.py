@@ -21,16 +21,17 @@ CPU = torch.device("cpu")
 def trained(digits):
     torch.manual_seed(0)
     model = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
-    train_model(model, digits.train_x, digits.train_y, {"epochs": 2, "batch_size": 32, "lr": 0.05,
-                "momentum": 0.9, "lr_drop_epoch": None, "lr_after_drop": 0.01}, None, 0, CPU)
+    train_model(model, digits.train_x, digits.train_y, train_settings(epochs=2, batch_size=32, lr=0.05, momentum=0.9,
+                lr_drop_epoch=None, lr_after_drop=0.01), None, 0, CPU)
     return model.cpu().eval()
 
 
 @pytest.fixture(scope="module")
 def digits():
-    from advfine.data import load_dataset
+    from advfine.config import section_with_defaults
+    from advfine.datasets import load_dataset
 
-    return load_dataset({"name": "digits", "image_size": 28, "test_fraction": 0.25, "split_seed": 0})
+    return load_dataset(section_with_defaults("data", {"name": "digits"}))
 
 
 def size_of(model) -> int:

@@ -5,12 +5,12 @@ import torch
 
 from advfine import runtime
 from advfine.attacks import PGDAttack
-from advfine.data import load_dataset
+from advfine.datasets import load_dataset
 from advfine.evaluate import evaluate_model
 from advfine.models import build_model, default_arch
 from advfine.train import train_model
 
-from conftest import tiny_config
+from conftest import stage_settings, tiny_config
 
 CPU = torch.device("cpu")
 
@@ -98,29 +98,30 @@ def test_cudnn_autotuning_is_off_when_determinism_is_asked():
 
 
 def test_stages_record_precision_and_keep_fake_quant_models_in_fp32(tmp_path):
-    from advfine import stages
-    from advfine.config import stage_config
+    from advfine.stages import compress, evaluate, finetune, prepare_data, train_base
 
-    cfg = tiny_config(**{"train.epochs": 1, "precision": "bf16"})
+    over = {"train.epochs": 1, "precision": "bf16"}
     data = tmp_path / "digits.pt"
-    stages.run_prepare_data(stage_config(cfg, "prepare_data"), data)
-    base = stages.run_train_base(stage_config(cfg, "train_base") | {"device": "cpu"}, data, "st", 0,
-                                 tmp_path / "m.pt", tmp_path / "m.json")
+    prepare_data.run(stage_settings("prepare_data", **over), out_data=data)
+    base = train_base.run(stage_settings("train_base", **over), data=data, train="st", seed=0,
+                          out_model=tmp_path / "m.pt", out_metrics=tmp_path / "m.json")
     assert base["precision"] == "bf16"
-    stages.run_compress(stage_config(cfg, "compress") | {"device": "cpu"}, data, "ptq-int8", 0, tmp_path / "m.pt",
-                        tmp_path / "m.json", tmp_path / "q.pt", tmp_path / "q.json")
-    ft = stages.run_finetune(stage_config(cfg, "finetune") | {"device": "cpu"}, data, "ptq-int8", "st", 0,
-                             tmp_path / "q.pt", tmp_path / "q.json", tmp_path / "ft.pt", tmp_path / "ft.json")
+    compress.run(stage_settings("compress", **over), data=data, compression="ptq-int8", seed=0,
+                 model=tmp_path / "m.pt", metrics=tmp_path / "m.json", out_model=tmp_path / "q.pt",
+                 out_metrics=tmp_path / "q.json")
+    ft = finetune.run(stage_settings("finetune", **over), data=data, compression="ptq-int8", mode="st", seed=0,
+                      model=tmp_path / "q.pt", metrics=tmp_path / "q.json", out_model=tmp_path / "ft.pt",
+                      out_metrics=tmp_path / "ft.json")
     assert ft["precision"] == "fp32"  # bf16 cannot hold the INT8 grid of a fake-quant model
-    ev = stages.run_evaluate(stage_config(cfg, "evaluate") | {"device": "cpu"}, data, "tiny", "st", "dense", "none",
-                             0, tmp_path / "m.pt", tmp_path / "m.json", tmp_path / "e.json")
+    ev = evaluate.run(stage_settings("evaluate", **over), data=data, experiment="tiny", train="st",
+                      compression="dense", finetune="none", seed=0, model=tmp_path / "m.pt",
+                      metrics=tmp_path / "m.json", out_eval=tmp_path / "e.json")
     assert ev["precision"] == "bf16"
 
 
-def test_precision_reaches_the_stage_params_only_when_it_is_not_the_default():
-    """fp32 results computed before the key existed stay valid: no rerun for `precision: fp32`."""
+def test_precision_reaches_the_stages_that_compute_in_it():
     from advfine.config import stage_config
 
-    assert "precision" not in stage_config(tiny_config(), "train_base")
-    assert "precision" not in stage_config(tiny_config(precision="fp32"), "evaluate")
-    assert stage_config(tiny_config(precision="bf16"), "finetune")["precision"] == "bf16"
+    for stage in ("train_base", "finetune", "evaluate"):
+        assert stage_config(tiny_config(), stage)["precision"] == "fp32"  # the schema's default
+        assert stage_config(tiny_config(precision="bf16"), stage)["precision"] == "bf16"

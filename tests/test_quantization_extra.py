@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advfine import artifacts, binary, compress
+from advfine import binary, checkpoints, compress
 from advfine.attacks import PGDAttack
-from advfine.data import load_dataset, load_digits_tensors
+from advfine.datasets import load_dataset, load_digits_tensors
 from advfine.evaluate import clean_accuracy, evaluate_model
 from advfine.models import build_model, default_arch
 from advfine.train import train_model
 
-from conftest import small_cnn8_arch
+from conftest import small_cnn8_arch, train_settings
 from conftest import tiny_config
 
 CPU = torch.device("cpu")
@@ -63,7 +63,8 @@ def changed_ranges(before: dict, after: dict) -> list:
 
 
 def settings(**over):
-    return {"epochs": 1, "batch_size": 16, "lr": 0.05, "momentum": 0.0, "lr_drop_epoch": None} | over
+    return train_settings(**({"epochs": 1, "batch_size": 16, "lr": 0.05, "momentum": 0.0, "lr_drop_epoch": None,
+                              "lr_after_drop": 0.01} | over))
 
 
 # ------------------------------------------------------------------------------------------- INT1
@@ -231,8 +232,8 @@ def test_checkpoint_roundtrip(parent, data, tmp_path, make, bits):
     mode = "qat" if make is compress.prepare_qat else "ptq"
     assert quant["mode"] == mode and quant["bits"] == bits
     path = tmp_path / "q.pt"
-    artifacts.save_checkpoint(path, state, small_arch(), quant)
-    restored, ckpt = artifacts.load_model(path)  # torch.load(weights_only=True) inside
+    checkpoints.save_checkpoint(path, state, small_arch(), quant)
+    restored, ckpt = checkpoints.load_model(path)  # torch.load(weights_only=True) inside
     direct = compress.restore_quantized(small_arch(), state, quant)
     x = data["x"]
     with torch.no_grad():
@@ -258,8 +259,8 @@ def test_checkpoint_without_mode_loads_as_ptq(parent, data):
 @pytest.mark.parametrize("bits", [8, 1])
 def test_finetuning_a_restored_qat_model(parent, data, tmp_path, bits):
     q = compress.prepare_qat(parent, bits, data["calib"])
-    artifacts.save_checkpoint(tmp_path / "q.pt", compress.float_state_dict(q), small_arch(), compress.quant_state(q))
-    model, _ = artifacts.load_model(tmp_path / "q.pt")
+    checkpoints.save_checkpoint(tmp_path / "q.pt", compress.float_state_dict(q), small_arch(), compress.quant_state(q))
+    model, _ = checkpoints.load_model(tmp_path / "q.pt")
     weights, before = compress.float_state_dict(model), ranges(model)
     attack = PGDAttack(eps=0.1, step_size=0.05, steps=2)
     history = train_model(model, data["x"], data["y"], settings(), attack, 0, CPU)

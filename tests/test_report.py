@@ -1,4 +1,5 @@
-"""Tests for advfine.report on a small synthetic set of eval.json files with known numbers."""
+"""Tests for the advfine.report package (collect, labels, tables, render, figures) on a small
+synthetic set of eval.json files with known numbers."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from advfine import report
+from advfine import vocab
+from advfine.report import collect, figures, labels, render, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PDF_MAGIC = b"%PDF-"
@@ -115,7 +117,7 @@ def write_records(dirpath: Path, recs) -> list[Path]:
 
 
 def frame(tmp_path, recs) -> pd.DataFrame:
-    return report.collect_metrics(write_records(tmp_path, recs))
+    return collect.collect_metrics(write_records(tmp_path, recs))
 
 
 @pytest.fixture
@@ -125,7 +127,7 @@ def paths(tmp_path):
 
 @pytest.fixture
 def df(paths):
-    return report.collect_metrics(paths)
+    return collect.collect_metrics(paths)
 
 
 @pytest.fixture
@@ -156,7 +158,7 @@ def test_collect_metrics_columns_rows_and_sorting(df, paths):
     assert df[key].equals(df.sort_values(key, na_position="first", kind="mergesort")[key]
                           .reset_index(drop=True))
     # Same result whatever order the files are given in.
-    pd.testing.assert_frame_equal(report.collect_metrics(list(reversed(paths))), df)
+    pd.testing.assert_frame_equal(collect.collect_metrics(list(reversed(paths))), df)
     dense = df[(df.method == "dense") & (df.finetune == "none") & (df.train == "st")].iloc[0]
     assert math.isnan(dense["level"])
     assert math.isnan(dense["compress_wall_time_s"]) and math.isnan(dense["finetune_wall_time_s"])
@@ -176,7 +178,7 @@ def test_older_eval_files_without_new_keys_still_load(tmp_path):
     recs = [make_record("rb", "dense", "none", 0, legacy=True),
             make_record("st", "ptq-int8", "ad", 0, legacy=True)]
     old = frame(tmp_path, recs)
-    assert len(old) == 2 and list(old.columns) == report.METRIC_COLUMNS
+    assert len(old) == 2 and list(old.columns) == collect.METRIC_COLUMNS
     assert old["train_base_estimated_macs"].isna().all()
     assert old["finetune_adversarial"].isna().all() and old["train_base_device"].isna().all()
     assert old["attack_eps_space"].isna().all() and old["attack_eps_pixel"].isna().all()
@@ -204,88 +206,88 @@ def test_mistyped_stage_fields_name_file_and_field(tmp_path, field, value):
     rec = make_record("st", "dense", "none", 0)
     rec["stages"][0][field] = value
     p = write_records(tmp_path, [rec])[0]
-    with pytest.raises(report.MetricsFileError) as exc:
-        report.collect_metrics([p])
+    with pytest.raises(collect.MetricsFileError) as exc:
+        collect.collect_metrics([p])
     assert str(p) in str(exc.value) and field in str(exc.value)
 
 
 def test_missing_file_names_it(tmp_path):
     missing = tmp_path / "nope" / "eval.json"
     with pytest.raises(FileNotFoundError, match="nope"):
-        report.collect_metrics([missing])
+        collect.collect_metrics([missing])
 
 
 def test_invalid_json_names_file(tmp_path, paths):
     bad = tmp_path / "broken.json"
     bad.write_text("{not json")
-    with pytest.raises(report.MetricsFileError, match="broken.json"):
-        report.collect_metrics(paths[:2] + [bad])
+    with pytest.raises(collect.MetricsFileError, match="broken.json"):
+        collect.collect_metrics(paths[:2] + [bad])
 
 
 def test_missing_key_names_file_and_key(tmp_path):
     rec = make_record("st", "dense", "none", 0)
     del rec["robust_acc"]
     p = write_records(tmp_path, [rec])[0]
-    with pytest.raises(report.MetricsFileError) as exc:
-        report.collect_metrics([p])
+    with pytest.raises(collect.MetricsFileError) as exc:
+        collect.collect_metrics([p])
     assert str(p) in str(exc.value) and "'robust_acc'" in str(exc.value)
 
 
 def test_percent_instead_of_fraction_is_rejected(tmp_path):
     p = write_records(tmp_path, [make_record("st", "dense", "none", 0, clean=90.5, robust=4.0)])[0]
-    with pytest.raises(report.MetricsFileError, match="clean_acc"):
-        report.collect_metrics([p])
+    with pytest.raises(collect.MetricsFileError, match="clean_acc"):
+        collect.collect_metrics([p])
 
 
 def test_duplicate_model_and_duplicate_stage_are_rejected(tmp_path):
     recs = [make_record("st", "ptq-int8", "ad", 0), make_record("st", "ptq-int8", "ad", 0)]
-    with pytest.raises(report.MetricsFileError, match="m001"):
-        report.collect_metrics(write_records(tmp_path / "a", recs))
+    with pytest.raises(collect.MetricsFileError, match="m001"):
+        collect.collect_metrics(write_records(tmp_path / "a", recs))
     rec = make_record("st", "ptq-int8", "ad", 0)
     rec["stages"].append(dict(rec["stages"][-1]))
-    with pytest.raises(report.MetricsFileError, match="'finetune' twice"):
-        report.collect_metrics(write_records(tmp_path / "b", [rec]))
+    with pytest.raises(collect.MetricsFileError, match="'finetune' twice"):
+        collect.collect_metrics(write_records(tmp_path / "b", [rec]))
 
 
 # ----------------------------------------------------------------------------- labels and cells
 
 
 def test_labels_in_paper_notation():
-    assert report.model_label("st") == "f_st"
-    assert report.model_label("rb", "prune") == "f_rb^p"
-    assert report.model_label("st", "dense", "ad") == "T_ad(f_st)"
-    assert report.model_label("st", "prune", "st") == "T_st(f_st^p)"
-    assert report.model_label("st", "ptq", "ad", quant_kind=True) == "T_ad(f_st^q) (PTQ)"
-    assert report.model_label("rb", "qat", "ad", quant_kind=True) == "T_ad(f_rb^q) (QAT)"
-    assert report.level_label("ptq", 16.0) == "INT16" and report.level_label("qat", 1) == "INT1"
+    assert vocab.model_label("st") == "f_st"
+    assert vocab.model_label("rb", "prune") == "f_rb^p"
+    assert vocab.model_label("st", "dense", "ad") == "T_ad(f_st)"
+    assert vocab.model_label("st", "prune", "st") == "T_st(f_st^p)"
+    assert vocab.model_label("st", "ptq", "ad", quant_kind=True) == "T_ad(f_st^q) (PTQ)"
+    assert vocab.model_label("rb", "qat", "ad", quant_kind=True) == "T_ad(f_rb^q) (QAT)"
+    assert labels.level_label("ptq", 16.0) == "INT16" and labels.level_label("qat", 1) == "INT1"
 
 
 def test_latex_labels_and_escaping():
-    assert report.latex_model_label("f_st") == "$f_{st}$"
-    assert report.latex_model_label("f_rb^p") == "$f_{rb}^{p}$"
-    assert report.latex_model_label("T_ad(f_st)") == r"$\mathcal{T}_{ad}(f_{st})$"
-    assert report.latex_model_label("T_ad(f_rb^q) (QAT)") == r"$\mathcal{T}_{ad}(f_{rb}^{q})$ (QAT)"
-    assert report.latex_model_label("my_model & 50%") == r"my\_model \& 50\%"
-    assert report.latex_escape(r"a_b^c{d}~\#$") == (r"a\_b\textasciicircum{}c\{d\}"
+    assert labels.latex_model_label("f_st") == "$f_{st}$"
+    assert labels.latex_model_label("f_rb^p") == "$f_{rb}^{p}$"
+    assert labels.latex_model_label("T_ad(f_st)") == r"$\mathcal{T}_{ad}(f_{st})$"
+    assert labels.latex_model_label("T_ad(f_rb^q) (QAT)") == r"$\mathcal{T}_{ad}(f_{rb}^{q})$ (QAT)"
+    assert labels.latex_model_label("my_model & 50%") == r"my\_model \& 50\%"
+    assert labels.latex_escape(r"a_b^c{d}~\#$") == (r"a\_b\textasciicircum{}c\{d\}"
                                                     r"\textasciitilde{}\textbackslash{}\#\$")
 
 
 def test_number_formats():
-    assert report.format_cell(82.0, 2.8284271) == "82.00 ± 2.83"
-    assert report.format_cell(float("nan"), float("nan")) == "n/a"
-    assert report.format_minutes(118.0, 1.414) == "118.00 ± 1.41"
-    assert report.format_minutes(0.0123, 0.0004) == "0.0123 ± 0.0004"
-    assert report.format_macs(1.5e14) == "150 TMAC" and report.format_macs(2.34e15) == "2.34 PMAC"
-    assert report.format_macs(0) == "0 MAC" and report.format_macs(float("nan")) == "n/a"
-    assert report.format_ratio(14 / 119) == "0.12" and report.format_ratio(0.0031) == "3.1e-03"
-    assert report.format_ratio(float("nan")) == "n/a"
+    assert labels.format_cell(82.0, 2.8284271) == "82.00 ± 2.83"
+    assert labels.format_cell(float("nan"), float("nan")) == "n/a"
+    assert labels.format_minutes(118.0, 1.414) == "118.00 ± 1.41"
+    assert labels.format_minutes(0.0123, 0.0004) == "0.0123 ± 0.0004"
+    assert labels.format_macs(1.5e14) == "150 TMAC" and labels.format_macs(2.34e15) == "2.34 PMAC"
+    assert labels.format_macs(0) == "0 MAC" and labels.format_macs(float("nan")) == "n/a"
+    assert labels.format_ratio(14 / 119) == "0.12" and labels.format_ratio(0.0031) == "3.1e-03"
+    assert labels.format_ratio(float("nan")) == "n/a"
 
 
 # ----------------------------------------------------------------------------- tables
 
 
 def test_table2_rows_columns_values(df):
-    t = report.table2(df)
+    t = tables.table2(df)
     assert list(t["model"]) == ["f_st", "f_rb", "T_ad(f_st)"]
     assert list(t.columns) == ["experiment", "dataset", "arch", "model", "n", "test",
                                "robustness", "test_mean", "test_std", "robust_mean", "robust_std"]
@@ -294,7 +296,7 @@ def test_table2_rows_columns_values(df):
     assert f_st["n"] == 2
     assert f_st["test_mean"] == pytest.approx(90.5) and f_st["robust_std"] == pytest.approx(2**0.5)
     # T_ad(f_st) is always a row: n/a when it was not run
-    no_tad = report.table2(df[~((df.method == "dense") & (df.finetune == "ad"))])
+    no_tad = tables.table2(df[~((df.method == "dense") & (df.finetune == "ad"))])
     assert list(no_tad["model"]) == ["f_st", "f_rb", "T_ad(f_st)"]
     assert no_tad.iloc[2]["test"] == "n/a" and no_tad.iloc[2]["n"] == 0
 
@@ -306,8 +308,8 @@ def _cell(t, model, perf):
 
 
 def test_table3_cells_na_and_single_seed(df):
-    t = report.table3(df, 0.8, 8)
-    assert report.table4 is report.table3
+    t = tables.table3(df, 0.8, 8)
+    assert tables.table4 is tables.table3
     assert list(t["model"]) == ["f_st^p", "f_st^p", "f_st^q", "f_st^q",
                                 "f_rb^p", "f_rb^p", "f_rb^q", "f_rb^q"]
     assert list(t["performance"]) == ["test", "robustness"] * 4
@@ -323,35 +325,35 @@ def test_table3_cells_na_and_single_seed(df):
     one = _cell(t, "f_rb^q", "test")
     assert one["none"].endswith(" ± 0.00") and one["none_n"] == 1 and one["none_std"] == 0.0
     # a level that was never run -> everything n/a, rows still there
-    t9 = report.table3(df, 0.9, 2)
+    t9 = tables.table3(df, 0.9, 2)
     assert len(t9) == 8 and (t9[["none", "st", "ad"]] == "n/a").all().all()
 
 
 def test_table5_rows_and_qat(df, df_qat, tmp_path):
-    t = report.table5(df, 0.8, 8)
-    assert report.table6 is report.table5
+    t = tables.table5(df, 0.8, 8)
+    assert tables.table6 is tables.table5
     assert list(t["model"]) == ["f_st", "T_ad(f_st^p)", "T_ad(f_st^q) (PTQ)",
                                 "f_rb", "T_ad(f_rb^p)", "T_ad(f_rb^q) (PTQ)", "T_ad(f_rb^q) (QAT)"]
     assert t.iloc[1]["test"] == "82.00 ± 2.83" and t.iloc[1]["n"] == 2
     assert t.iloc[-1]["test"] == "n/a" and t.iloc[-1]["n"] == 0  # no QAT run
     # the QAT row is T_ad of method qat at the PTQ bit width (QAT models without T_ad don't count)
-    t2 = report.table5(df_qat, 0.8, 8)
+    t2 = tables.table5(df_qat, 0.8, 8)
     assert len(t2) == 7 and t2.iloc[-1]["test"] == "88.00 ± 0.00" and t2.iloc[-1]["n"] == 1
-    assert report.table5(df_qat, 0.8, 4).iloc[-1]["test"] == "n/a"
+    assert tables.table5(df_qat, 0.8, 4).iloc[-1]["test"] == "n/a"
     # an unknown method is ignored; a standard QAT model adds its row after the PTQ one
     extra = [make_record("rb", "lowrank-0.5", "ad", 0),
              make_record("st", "qat-int8", "ad", 0, clean=0.70, robust=0.60)]
-    t3 = report.table5(pd.concat([df_qat, frame(tmp_path / "x", extra)], ignore_index=True), 0.8, 8)
+    t3 = tables.table5(pd.concat([df_qat, frame(tmp_path / "x", extra)], ignore_index=True), 0.8, 8)
     assert list(t3["model"])[:4] == ["f_st", "T_ad(f_st^p)", "T_ad(f_st^q) (PTQ)",
                                      "T_ad(f_st^q) (QAT)"]
     assert t3.iloc[3]["robustness"] == "60.00 ± 0.00" and len(t3) == 8
-    assert len(report.table3(df_qat, 0.8, 8)) == 8
+    assert len(tables.table3(df_qat, 0.8, 8)) == 8
 
 
 def test_levels_per_dataset(df):
-    t = report.table3(df, {"fashion_mnist": 0.8, "cifar10": 0.5}, {"fashion_mnist": 8})
+    t = tables.table3(df, {"fashion_mnist": 0.8, "cifar10": 0.5}, {"fashion_mnist": 8})
     assert _cell(t, "f_st^p", "test")["ad"] == "82.00 ± 2.83"
-    t = report.table3(df, {"cifar10": 0.5}, 8)  # dataset not in mapping -> n/a
+    t = tables.table3(df, {"cifar10": 0.5}, 8)  # dataset not in mapping -> n/a
     assert (t[t["model"] == "f_st^p"][["none", "st", "ad"]] == "n/a").all().all()
 
 
@@ -362,7 +364,7 @@ def _gain(t, model):
 
 
 def test_computational_gains_from_recorded_stages(df):
-    t = report.computational_gains(df, 0.8, 8)
+    t = tables.computational_gains(df, 0.8, 8)
     assert list(t["model"]) == ["f_rb", "T_ad(f_st)", "T_ad(f_st^p)", "T_ad(f_st^q) (PTQ)"]
     assert list(t["adversarial_stage"]) == ["train_base", "finetune", "finetune", "finetune"]
     rb = _gain(t, "f_rb")  # 118 and 120 minutes of adversarial training
@@ -384,7 +386,7 @@ def test_computational_gains_from_recorded_stages(df):
     assert ptq["adv_wall_min_mean"] == pytest.approx(12.0)
     assert ptq["lineage_macs_mean"] == pytest.approx(5e13 + 2.5e9 + 1e14)
     # levels that were not run -> n/a rows, f_rb still there
-    t2 = report.computational_gains(df, 0.9, 2)
+    t2 = tables.computational_gains(df, 0.9, 2)
     assert _gain(t2, "T_ad(f_st^p)")["adv_wall_min"] == "n/a"
     assert _gain(t2, "T_ad(f_st^q) (PTQ)")["device"] == "n/a"
     assert _gain(t2, "f_rb")["adv_wall_min"] == "119.00 ± 1.41"
@@ -393,7 +395,7 @@ def test_computational_gains_from_recorded_stages(df):
 def test_computational_gains_with_older_eval_files(tmp_path):
     recs = [make_record("rb", "dense", "none", 0, legacy=True),
             make_record("st", "dense", "ad", 0, legacy=True)]
-    t = report.computational_gains(frame(tmp_path, recs), 0.8, 8)
+    t = tables.computational_gains(frame(tmp_path, recs), 0.8, 8)
     dense = _gain(t, "T_ad(f_st)")
     assert dense["adv_wall_min"] == "14.00 ± 0.00"
     assert dense["adv_time_ratio"] == pytest.approx(14 / 118)
@@ -403,14 +405,14 @@ def test_computational_gains_with_older_eval_files(tmp_path):
 
 
 def test_table_names_per_dataset():
-    assert report.table_names("fashion_mnist") == [
+    assert vocab.table_names("fashion_mnist") == [
         "table2_baselines", "table3_compressed", "table5_adversarial_finetuning",
         "computational_gains", "compute"]
-    assert report.table_names("digits") == report.table_names("fashion_mnist")
-    assert report.table_names("cifar10") == [
+    assert vocab.table_names("digits") == vocab.table_names("fashion_mnist")
+    assert vocab.table_names("cifar10") == [
         "table2_baselines", "table4_compressed", "table6_adversarial_finetuning",
         "computational_gains", "compute"]
-    assert all(report.table_names(d)[-1] == "compute" for d in ("digits", "cifar10", "other"))
+    assert all(vocab.table_names(d)[-1] == "compute" for d in ("digits", "cifar10", "other"))
 
 
 # ----------------------------------------------------------------------------- compute table
@@ -495,8 +497,8 @@ def test_mistyped_compute_keys_name_file_and_key(tmp_path, key, value, named):
                        int8=int8_record(0.9, 0.9, 2.0))
     rec[key] = value
     p = write_records(tmp_path, [rec])[0]
-    with pytest.raises(report.MetricsFileError) as exc:
-        report.collect_metrics([p])
+    with pytest.raises(collect.MetricsFileError) as exc:
+        collect.collect_metrics([p])
     assert str(p) in str(exc.value) and named in str(exc.value)
 
 
@@ -504,14 +506,14 @@ def test_mistyped_stage_peak_memory_names_file_and_field(tmp_path):
     rec = make_record("st", "dense", "none", 0)
     rec["stages"][0]["peak_rss_mb"] = "512 MB"
     p = write_records(tmp_path, [rec])[0]
-    with pytest.raises(report.MetricsFileError) as exc:
-        report.collect_metrics([p])
+    with pytest.raises(collect.MetricsFileError) as exc:
+        collect.collect_metrics([p])
     assert str(p) in str(exc.value) and "'peak_rss_mb'" in str(exc.value)
     assert "'stages'[0]" in str(exc.value)
 
 
 def test_compute_table_one_row_per_model_in_table_order(df, df_qat):
-    t = report.compute_table(df)
+    t = tables.compute_table(df)
     models = df.groupby(["train", "compression", "finetune"]).ngroups
     assert len(t) == models == 2 + 1 + 2 * 4 * 3 - 1
     assert list(t.columns[:3]) == ["experiment", "dataset", "arch"]
@@ -526,7 +528,7 @@ def test_compute_table_one_row_per_model_in_table_order(df, df_qat):
     assert _model(t, "f_rb")["n"] == 2 and _model(t, "f_rb^q (PTQ)", "INT8")["n"] == 1
     assert _model(t, "f_rb^q (PTQ)", "INT4")["n"] == 2
     # QAT nodes at every bit width, most bits first
-    tq = report.compute_table(df_qat)
+    tq = tables.compute_table(df_qat)
     assert len(tq) == len(t) + 5 + 1
     qat = tq[tq["method"] == "qat"]
     assert list(qat["compression_level"]) == ["INT16", "INT8", "INT8", "INT4", "INT2", "INT1"]
@@ -534,7 +536,7 @@ def test_compute_table_one_row_per_model_in_table_order(df, df_qat):
 
 
 def test_compute_table_sizes_lineage_and_na_without_measurements(df):
-    t = report.compute_table(df)
+    t = tables.compute_table(df)
     tad = _model(t, "T_ad(f_st)")
     assert tad["params_mean"] == 1000 and tad["macs"] == "5 kMAC"
     assert tad["weight_size"] == "3.0 kB" and tad["checkpoint_size"] == "4.0 kB"
@@ -552,7 +554,7 @@ def test_compute_table_sizes_lineage_and_na_without_measurements(df):
 
 
 def test_compute_table_latency_speedup_int8_and_peak_memory(tmp_path):
-    t = report.compute_table(frame(tmp_path, compute_records()))
+    t = tables.compute_table(frame(tmp_path, compute_records()))
     assert list(t["model"]) == ["f_st", "T_ad(f_st^p)", "f_st^q (PTQ)", "f_rb",
                                 "T_ad(f_rb^q) (PTQ)"]
     f_st = _model(t, "f_st")
@@ -579,13 +581,13 @@ def test_compute_table_latency_speedup_int8_and_peak_memory(tmp_path):
     assert rb_q["latency_speedup"] == pytest.approx(2.0)
     assert rb_q["lineage_wall_min_mean"] == pytest.approx(118 + 2 / 60 + 12)
     assert rb_q["peak_rss_mb"] == "n/a"  # its fine-tuning stage recorded no peak memory
-    layout = report._layout_compute(t)
+    layout = render._layout_compute(t)
     assert list(layout["Speed-up"]) == ["1.00x", "0.50x", "2.00x", "1.00x", "2.00x"]
     assert list(layout["INT8 speed-up"]) == ["n/a", "n/a", "4.00x", "n/a", "n/a"]
     assert list(layout["INT8 acc. (%)"])[:3] == ["n/a", "n/a", "90.00 ± 1.41"]
     assert layout["Params"].iloc[0] == "1,000" and layout["Peak memory (MB)"].iloc[-1] == "n/a"
     # without a dense reference the speed-up is n/a, the latency still shown
-    alone = report.compute_table(frame(tmp_path / "alone", compute_records()[2:5]))
+    alone = tables.compute_table(frame(tmp_path / "alone", compute_records()[2:5]))
     assert _model(alone, "f_st^q (PTQ)")["latency_ms"] == "5.50 ± 0.00"
     assert math.isnan(_model(alone, "f_st^q (PTQ)")["latency_speedup"])
 
@@ -594,7 +596,7 @@ def test_compute_table_mixes_old_and_new_records(tmp_path):
     recs = [with_compute(make_record("st", "dense", "none", 0), 10.0, 300.0, [500.0]),
             make_record("st", "dense", "none", 1, legacy=True),  # older: no latency, no memory
             make_record("st", "ptq-int8", "ad", 0, legacy=True)]
-    t = report.compute_table(frame(tmp_path, recs))
+    t = tables.compute_table(frame(tmp_path, recs))
     f_st = _model(t, "f_st")
     assert f_st["n"] == 2 and f_st["latency_ms"] == "10.00 ± 0.00"  # over the seeds that have it
     assert f_st["peak_rss_mb"] == "500.00 ± 0.00"
@@ -606,17 +608,17 @@ def test_compute_table_mixes_old_and_new_records(tmp_path):
 
 def test_compute_table_from_all_metrics_csv(tmp_path):
     df = frame(tmp_path, compute_records())
-    again = pd.read_csv(report.write_metrics_csv(df, tmp_path / "all_metrics.csv"))
-    pd.testing.assert_frame_equal(report.compute_table(again), report.compute_table(df))
+    again = pd.read_csv(collect.write_metrics_csv(df, tmp_path / "all_metrics.csv"))
+    pd.testing.assert_frame_equal(tables.compute_table(again), tables.compute_table(df))
     # an all_metrics.csv written before the new columns existed still gives the table
     older = again.drop(columns=[c for c in again.columns if "latency" in c or "peak" in c])
-    t = report.compute_table(older)
+    t = tables.compute_table(older)
     assert len(t) == 5 and (t["latency_ms"] == "n/a").all() and (t["peak_rss_mb"] == "n/a").all()
 
 
 def test_write_tables_compute_files(tmp_path):
     out = tmp_path / "tables"
-    written = report.write_tables(frame(tmp_path / "e", compute_records()), out, 0.8, 8)
+    written = render.write_tables(frame(tmp_path / "e", compute_records()), out, 0.8, 8)
     assert [p.name for p in written][-3:] == ["compute.csv", "compute.md", "compute.tex"]
     csv = pd.read_csv(out / "compute.csv")
     assert len(csv) == 5 and list(csv.columns[:3]) == ["experiment", "dataset", "arch"]
@@ -647,14 +649,14 @@ def test_write_tables_compute_files(tmp_path):
 
 
 def test_write_tables_compute_empty_and_several_groups(df, tmp_path):
-    report.write_tables(report.collect_metrics([]), tmp_path / "empty", 0.8, 8, dataset="digits")
+    render.write_tables(collect.collect_metrics([]), tmp_path / "empty", 0.8, 8, dataset="digits")
     assert "(no data)" in (tmp_path / "empty" / "compute.md").read_text(encoding="utf-8")
     tex = (tmp_path / "empty" / "compute.tex").read_text(encoding="utf-8")
     check_latex_table(tex)
     assert r"\multicolumn{16}{c}{no data}" in tex
     other = frame(tmp_path / "e", [make_record("st", "dense", "none", 0, experiment="exp_2&b")])
     out = tmp_path / "tables"
-    report.write_tables(pd.concat([df, other], ignore_index=True), out, 0.8, 8)
+    render.write_tables(pd.concat([df, other], ignore_index=True), out, 0.8, 8)
     tex = (out / "compute.tex").read_text(encoding="utf-8")
     rows = check_latex_table(tex)
     assert r"\emph{exp\_2\&b: Fashion-MNIST, 8-layer CNN}" in tex and len(rows) == 2 + 26 + 1
@@ -708,8 +710,8 @@ def check_latex_table(tex: str) -> list[list[str]]:
 
 def test_write_tables_fashion_mnist(df_qat, tmp_path):
     out = tmp_path / "tables"
-    written = report.write_tables(df_qat, out, 0.8, 8)
-    stems = report.table_names("fashion_mnist")
+    written = render.write_tables(df_qat, out, 0.8, 8)
+    stems = vocab.table_names("fashion_mnist")
     assert [p.name for p in written] == [f"{s}.{e}" for s in stems for e in ("csv", "md", "tex")]
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # no temp files
     t3 = pd.read_csv(out / "table3_compressed.csv")
@@ -754,8 +756,8 @@ def test_write_tables_cifar10_names_tables_4_and_6(tmp_path):
             for t, c, f in [("st", "dense", "none"), ("rb", "dense", "none"),
                             ("st", "prune-0.5", "ad"), ("st", "ptq-int8", "ad")]]
     out = tmp_path / "tables"
-    written = report.write_tables(frame(tmp_path / "e", recs), out, 0.5, 8)
-    assert {p.stem for p in written} == set(report.table_names("cifar10"))
+    written = render.write_tables(frame(tmp_path / "e", recs), out, 0.5, 8)
+    assert {p.stem for p in written} == set(vocab.table_names("cifar10"))
     md4 = (out / "table4_compressed.md").read_text(encoding="utf-8")
     md6 = (out / "table6_adversarial_finetuning.md").read_text(encoding="utf-8")
     assert md4.startswith("Table 4:") and "CIFAR10 (ResNet-18)" in md4 and "0.5" in md4
@@ -768,7 +770,7 @@ def test_write_tables_cifar10_names_tables_4_and_6(tmp_path):
 def test_write_tables_several_groups_and_escaping(df, tmp_path):
     other = frame(tmp_path / "e", [make_record("st", "dense", "none", 0, experiment="exp_2&b")])
     out = tmp_path / "tables"
-    report.write_tables(pd.concat([df, other], ignore_index=True), out, 0.8, 8)
+    render.write_tables(pd.concat([df, other], ignore_index=True), out, 0.8, 8)
     tex = (out / "table2_baselines.tex").read_text(encoding="utf-8")
     rows = check_latex_table(tex)
     assert r"\emph{exp\_2\&b: Fashion-MNIST, 8-layer CNN}" in tex and len(rows) == 2 + 2 * 3
@@ -779,16 +781,16 @@ def test_write_tables_several_groups_and_escaping(df, tmp_path):
 def test_write_tables_needs_one_dataset(df, tmp_path):
     other = frame(tmp_path / "e", [make_record("st", "dense", "none", 0, dataset="cifar10")])
     with pytest.raises(ValueError, match="exactly one dataset"):
-        report.write_tables(pd.concat([df, other], ignore_index=True), tmp_path / "t", 0.8, 8)
+        render.write_tables(pd.concat([df, other], ignore_index=True), tmp_path / "t", 0.8, 8)
     with pytest.raises(ValueError, match="got rows of datasets"):
-        report.write_tables(df, tmp_path / "t", 0.8, 8, dataset="cifar10")
+        render.write_tables(df, tmp_path / "t", 0.8, 8, dataset="cifar10")
     with pytest.raises(ValueError, match="pass dataset="):
-        report.write_tables(report.collect_metrics([]), tmp_path / "t", 0.8, 8)
+        render.write_tables(collect.collect_metrics([]), tmp_path / "t", 0.8, 8)
 
 
 def test_write_tables_empty(tmp_path):
-    written = report.write_tables(report.collect_metrics([]), tmp_path, 0.8, 8, dataset="cifar10")
-    assert [p.stem for p in written[::3]] == report.table_names("cifar10")
+    written = render.write_tables(collect.collect_metrics([]), tmp_path, 0.8, 8, dataset="cifar10")
+    assert [p.stem for p in written[::3]] == vocab.table_names("cifar10")
     assert all(p.exists() for p in written)
     assert "(no data)" in (tmp_path / "table2_baselines.md").read_text(encoding="utf-8")
     tex = (tmp_path / "table4_compressed.tex").read_text(encoding="utf-8")
@@ -811,9 +813,9 @@ def _assert_pdf(p: Path):
 
 def test_figures_png_and_pdf(df_qat, tmp_path):
     fig = tmp_path / "fig"
-    f1 = report.plot_figure1(df_qat, fig / "f1.png", fig / "f1.pdf")
-    f3 = report.plot_figure3(df_qat, fig / "f3.png")  # PDF is optional
-    f4 = report.plot_figure4(df_qat, fig / "f4.png", fig / "f4.pdf")
+    f1 = figures.plot_figure1(df_qat, fig / "f1.png", fig / "f1.pdf")
+    f3 = figures.plot_figure3(df_qat, fig / "f3.png")  # PDF is optional
+    f4 = figures.plot_figure4(df_qat, fig / "f4.png", fig / "f4.pdf")
     assert [p.name for p in f1 + f3 + f4] == ["f1.png", "f1.pdf", "f3.png", "f4.png", "f4.pdf"]
     for p in f1 + f3 + f4:
         (_assert_png if p.suffix == ".png" else _assert_pdf)(p)
@@ -821,18 +823,18 @@ def test_figures_png_and_pdf(df_qat, tmp_path):
 
 
 def test_plot_figures_by_name(df_qat, tmp_path):
-    written = report.plot_figures(df_qat, tmp_path)
-    assert [p.name for p in written] == [f"{n}.{e}" for n in report.FIGURES for e in ("png", "pdf")]
-    assert list(report.FIGURES) == ["figure1_adversarial_finetuning", "figure3_no_finetuning",
+    written = figures.plot_figures(df_qat, tmp_path)
+    assert [p.name for p in written] == [f"{n}.{e}" for n in figures.FIGURES for e in ("png", "pdf")]
+    assert list(figures.FIGURES) == ["figure1_adversarial_finetuning", "figure3_no_finetuning",
                                     "figure4_qat"]
     with pytest.raises(ValueError, match="unknown figure"):
-        report.plot_figures(df_qat, tmp_path, ["figure9"])
+        figures.plot_figures(df_qat, tmp_path, ["figure9"])
 
 
 def test_bit_width_axis_int16_to_int1(df_qat):
-    fig = report.new_figure(5, 4)
+    fig = figures.new_figure(5, 4)
     ax = fig.subplots()
-    ns = report._panel(ax, df_qat, "qat", "none", ("rb",), "QAT")
+    ns = figures._panel(ax, df_qat, "qat", "none", ("rb",), "QAT")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["INT16", "INT8", "INT4", "INT2", "INT1"]
     assert ns == [2] * 5 * 2  # five bit widths, test and robustness, two seeds each
     curves = ax.containers  # one errorbar per curve: robust f_rb test and robustness
@@ -841,13 +843,13 @@ def test_bit_width_axis_int16_to_int1(df_qat):
 
 
 def test_figures_without_data_and_from_csv(df, tmp_path):
-    _assert_png(report.plot_figure1(report.collect_metrics([]), tmp_path / "empty.png")[0])
+    _assert_png(figures.plot_figure1(collect.collect_metrics([]), tmp_path / "empty.png")[0])
     only_prune = df[df.method != "ptq"]  # PTQ panel says "no data"
-    _assert_png(report.plot_figure3(only_prune, tmp_path / "noptq.png")[0])
-    _assert_pdf(report.plot_figure4(df, tmp_path / "noqat.png", tmp_path / "noqat.pdf")[1])
+    _assert_png(figures.plot_figure3(only_prune, tmp_path / "noptq.png")[0])
+    _assert_pdf(figures.plot_figure4(df, tmp_path / "noqat.png", tmp_path / "noqat.pdf")[1])
     # the workflow plots from all_metrics.csv, not from the eval files
-    csv = report.write_metrics_csv(df, tmp_path / "all_metrics.csv")
+    csv = collect.write_metrics_csv(df, tmp_path / "all_metrics.csv")
     again = pd.read_csv(csv)
-    _assert_png(report.plot_figure1(again, tmp_path / "from_csv.png")[0])
-    t = report.computational_gains(again, 0.8, 8)
+    _assert_png(figures.plot_figure1(again, tmp_path / "from_csv.png")[0])
+    t = tables.computational_gains(again, 0.8, 8)
     assert _gain(t, "T_ad(f_st)")["adv_wall_min"] == "14.00 ± 0.00"

@@ -10,11 +10,11 @@ from advfine import compress, train
 from advfine.attacks import PGDAttack
 from advfine.train import resume_path_for, train_model
 
-from conftest import small_cnn8_arch
+from conftest import small_cnn8_arch, train_settings
 
 CPU = torch.device("cpu")
-SETTINGS = {"epochs": 4, "batch_size": 16, "lr": 0.05, "momentum": 0.9, "lr_drop_epoch": 2,
-            "lr_after_drop": 0.01, "eps_warmup_epochs": 1, "augment": True}
+SETTINGS = train_settings(epochs=4, batch_size=16, lr=0.05, momentum=0.9, lr_drop_epoch=2, lr_after_drop=0.01,
+                          eps_warmup_epochs=1, augment=True)
 ATTACK = PGDAttack(eps=0.1, step_size=0.05, steps=2, random_start=True)
 
 
@@ -143,17 +143,16 @@ def test_the_resume_checkpoint_refuses_pickled_code(data, tmp_path):
 
 
 def test_stages_delete_their_resume_checkpoint_when_done(tmp_path):
-    from advfine import stages
-    from advfine.config import stage_config
+    from advfine.stages import prepare_data, train_base
 
-    from conftest import tiny_config
+    from conftest import stage_settings
 
-    cfg = tiny_config(**{"data.train_subset": 64, "data.test_subset": 32, "train.epochs": 1})
+    over = {"data.train_subset": 64, "data.test_subset": 32, "train.epochs": 1}
     data_path = tmp_path / "data.pt"
-    stages.run_prepare_data(stage_config(cfg, "prepare_data"), data_path)
+    prepare_data.run(stage_settings("prepare_data", **over), out_data=data_path)
     out = tmp_path / "node"
-    stages.run_train_base(stage_config(cfg, "train_base") | {"device": "cpu"}, data_path, "st", 0,
-                          out / "model.pt", out / "metrics.json")
+    train_base.run(stage_settings("train_base", **over), data=data_path, train="st", seed=0,
+                   out_model=out / "model.pt", out_metrics=out / "metrics.json")
     assert (out / "model.pt").exists() and not resume_path_for(out / "model.pt").exists()
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt"]
 

@@ -6,10 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from advfine import artifacts, stages
-from advfine.config import stage_config
+from advfine.checkpoints import load_model
+from advfine.cost import training_macs
+from advfine.stages import compress as compress_stage
+from advfine.stages import evaluate as evaluate_stage
+from advfine.stages import finetune as finetune_stage
+from advfine.stages import prepare_data, qat as qat_stage, train_base
+from advfine.vocab import compression_label, parse_compression
 
-from conftest import tiny_config
+from conftest import stage_settings
 
 
 def sha(path):
@@ -19,7 +24,7 @@ def sha(path):
 @pytest.fixture(scope="module")
 def data_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "digits.pt"
-    info = stages.run_prepare_data(stage_config(tiny_config(), "prepare_data"), path)
+    info = prepare_data.run(stage_settings("prepare_data"), out_data=path)
     assert info["n_train"] == 512 and info["n_test"] == 128 and info["shape"] == [1, 28, 28]
     return path
 
@@ -28,27 +33,28 @@ def data_path(tmp_path_factory):
 def base(tmp_path_factory, data_path):
     """A standard base model trained by the stage function (3 epochs on 512 digits)."""
     d = tmp_path_factory.mktemp("base")
-    cfg = stage_config(tiny_config(**{"train.epochs": 3}), "train_base") | {"device": "cpu"}
-    stages.run_train_base(cfg, data_path, "st", 0, d / "model.pt", d / "metrics.json")
+    train_base.run(stage_settings("train_base", **{"train.epochs": 3}), data=data_path, train="st", seed=0,
+                   out_model=d / "model.pt", out_metrics=d / "metrics.json")
     return d
 
 
 def compress(data_path, base, out, compression, **over):
-    cfg = stage_config(tiny_config(**over), "compress") | {"device": "cpu"}
-    return stages.run_compress(cfg, data_path, compression, 0, base / "model.pt", base / "metrics.json",
-                               out / f"{compression}.pt", out / f"{compression}.json")
+    return compress_stage.run(stage_settings("compress", **over), data=data_path, compression=compression, seed=0,
+                              model=base / "model.pt", metrics=base / "metrics.json",
+                              out_model=out / f"{compression}.pt", out_metrics=out / f"{compression}.json")
 
 
 def finetune(data_path, out, compression, mode, **over):
-    cfg = stage_config(tiny_config(**over), "finetune") | {"device": "cpu"}
-    return stages.run_finetune(cfg, data_path, compression, mode, 0, out / f"{compression}.pt",
-                               out / f"{compression}.json", out / "ft.pt", out / "ft.json")
+    return finetune_stage.run(stage_settings("finetune", **over), data=data_path, compression=compression,
+                              mode=mode, seed=0, model=out / f"{compression}.pt", metrics=out / f"{compression}.json",
+                              out_model=out / "ft.pt", out_metrics=out / "ft.json")
 
 
 def evaluate(data_path, model, metrics, compression="dense", finetune="none", **over):
-    cfg = stage_config(tiny_config(**over), "evaluate") | {"device": "cpu"}
     out = Path(model).parent / f"eval-{compression}-{finetune}.json"
-    return stages.run_evaluate(cfg, data_path, "tiny", "st", compression, finetune, 0, model, metrics, out)
+    return evaluate_stage.run(stage_settings("evaluate", **over), data=data_path, experiment="tiny", train="st",
+                              compression=compression, finetune=finetune, seed=0, model=model, metrics=metrics,
+                              out_eval=out)
 
 
 def test_train_base_writes_checkpoint_and_metrics(base):
@@ -58,7 +64,7 @@ def test_train_base_writes_checkpoint_and_metrics(base):
     prov = metrics["provenance"]
     assert prov["device"] == "cpu" and prov["seed"] == 0 and len(prov["config_hash"]) == 16
     assert prov["versions"]["torch"] and prov["versions"]["nni"] == "3.0"
-    model, ckpt = artifacts.load_model(base / "model.pt")
+    model, ckpt = load_model(base / "model.pt")
     assert ckpt["arch"]["conv_channels"] == [32, 32, 64, 64, 128, 128]
 
 
@@ -125,7 +131,7 @@ def test_adversarial_finetuning_of_a_quantized_model_saves_and_reloads(data_path
     compress(data_path, base, tmp_path, "ptq-int4")
     m = finetune(data_path, tmp_path, "ptq-int4", "ad")
     assert m["attack"]["eps"] == 0.1 and m["history"][-1]["eps"] == 0.1
-    model, ckpt = artifacts.load_model(tmp_path / "ft.pt")
+    model, ckpt = load_model(tmp_path / "ft.pt")
     assert ckpt["quant"]["bits"] == 4
     with torch.no_grad():
         assert torch.isfinite(model(torch.rand(2, 1, 28, 28))).all()
@@ -137,7 +143,7 @@ def test_int1_is_a_real_one_bit_model(data_path, base, tmp_path):
     binary = evaluate(data_path, tmp_path / "ptq-int1.pt", tmp_path / "ptq-int1.json", "ptq-int1",
                       **{"attack.eval.steps": 0})
     assert binary["weight_bytes"] < dense["weight_bytes"] / 20  # 1-bit conv/linear weights
-    model, ckpt = artifacts.load_model(tmp_path / "ptq-int1.pt")
+    model, ckpt = load_model(tmp_path / "ptq-int1.pt")
     assert ckpt["quant"]["bits"] == 1
     with torch.no_grad():
         assert torch.isfinite(model(torch.rand(2, 1, 28, 28))).all()
@@ -148,10 +154,11 @@ QAT = {"init": "parent", "epochs": 1, "batch_size": 32, "lr": 0.01, "momentum": 
 
 
 def qat(data_path, base, out, train, init):
-    cfg = stage_config(tiny_config(**{"sweep.qat_bits": [8], "compress.qat": QAT | {"init": init}}), "qat")
-    parent = (base / "model.pt", base / "metrics.json") if init == "parent" else (None, None)
-    return stages.run_quantization_aware_training(cfg | {"device": "cpu"}, data_path, "qat-int8", train, 0,
-                                                  *parent, out / "qat-int8.pt", out / "qat-int8.json")
+    cfg = stage_settings("qat", **{"sweep.qat_bits": [8], "qat": QAT | {"init": init},
+                                   "finetune.qat": {"lr": 0.01, "momentum": 0.9}})
+    parent = {"model": base / "model.pt", "metrics": base / "metrics.json"} if init == "parent" else {}
+    return qat_stage.run(cfg, data=data_path, bits=8, train=train, seed=0, out_model=out / "qat-int8.pt",
+                         out_metrics=out / "qat-int8.json", **parent)
 
 
 def test_quantization_aware_training_from_the_parent_and_from_scratch(data_path, base, tmp_path):
@@ -163,7 +170,7 @@ def test_quantization_aware_training_from_the_parent_and_from_scratch(data_path,
     result = evaluate(data_path, tmp_path / "qat-int8.pt", tmp_path / "qat-int8.json", "qat-int8",
                       **{"attack.eval.steps": 0})
     assert result["clean_acc"] > 0.6 and result["method"] == "qat"
-    _, ckpt = artifacts.load_model(tmp_path / "qat-int8.pt")
+    _, ckpt = load_model(tmp_path / "qat-int8.pt")
     assert ckpt["quant"]["bits"] == 8
 
     scratch = tmp_path / "scratch"
@@ -177,11 +184,12 @@ def test_stages_record_their_estimated_compute(data_path, base, tmp_path):
     stage = metrics["stages"][0]
     assert stage["estimated_macs"] == 3 * 3 * 512 * fwd  # 3 clean epochs of 512 images, 3 passes each
     assert not stage["adversarial"] and stage["device"] == "cpu"
-    assert stages.training_macs([{"eps": 0.0}, {"eps": 0.1}], 10, 100, attack_steps=5) == 10 * 100 * (3 + 13)
+    assert training_macs([{"eps": 0.0}, {"eps": 0.1}], 10, 100, attack_steps=5) == 10 * 100 * (3 + 13)
 
 
 def test_compression_labels_round_trip():
     for label in ("dense", "prune-0.5", "prune-0.85", "ptq-int8", "ptq-int16", "ptq-int1", "qat-int4"):
-        assert stages.compression_label(*stages.parse_compression(label)) == label
-    with pytest.raises(ValueError, match="unknown compression"):
-        stages.parse_compression("ptq-8")
+        assert compression_label(*parse_compression(label)) == label
+    for bad in ("ptq-8", "prune-", "qat-int", "dense-1", "prune-1.2.3"):
+        with pytest.raises(ValueError, match="unknown compression"):
+            parse_compression(bad)

@@ -19,9 +19,9 @@ def snakemake(workdir, *args, timeout=900):
 
 # The tiny DAG also runs QAT (INT8, from the trained robust model), so every table cell has data,
 # and Figure 2's t-SNE.
-WITH_QAT = {"report.figure2": {"enabled": True, "class_index": 8, "n_images": 20, "perplexity": 5},
+WITH_QAT = {"figure2": {"enabled": True, "class_index": 8, "n_images": 20, "perplexity": 5},
             "sweep.qat_bits": [8],
-            "compress.qat": {"init": "parent", "epochs": 1, "batch_size": 32, "lr": 0.01, "momentum": 0.9,
+            "qat": {"init": "parent", "epochs": 1, "batch_size": 32, "lr": 0.01, "momentum": 0.9,
                              "lr_drop_epoch": None, "lr_after_drop": 0.01},
             "finetune.qat": {"lr": 0.01, "momentum": 0.9}}
 
@@ -80,6 +80,42 @@ def test_a_rerun_schedules_nothing(finished_run):
 
 
 @pytest.mark.slow
+def test_deterministic_reaches_every_job_that_computes(finished_run):
+    """Turning ``deterministic`` off changes the params of every model rule (so they rerun, as the
+    results may change on a GPU), and every metrics file records the setting it ran with."""
+    for path in (finished_run / "results").rglob("*.json"):
+        assert json.loads(path.read_text())["provenance"]["deterministic"] is True, path
+    write_config(finished_run, workflow_config(deterministic=False))
+    try:
+        result = snakemake(finished_run, "all", "-n")
+    finally:
+        write_config(finished_run, workflow_config())
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M))
+    for rule in ("train_base", "compress", "qat", "finetune", "evaluate", "figure2"):
+        assert int(counts.get(rule, 0)) > 0, (rule, result.stdout[-3000:])
+    assert int(counts.get("prepare_data", 0)) == 0  # reads no such setting
+
+
+@pytest.mark.slow
+def test_the_snakemake_report_holds_the_tables_and_figures_with_captions(finished_run):
+    """`snakemake --report report.html`, the ecosystem's way to share a run: one self-contained HTML
+    file with every table and figure of the run and the caption of each."""
+    report = finished_run / "report.html"
+    result = snakemake(finished_run, "--report", str(report), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = report.read_text(errors="replace")
+    assert len(html) > 100_000  # the figures are embedded
+    for name in ("table2_baselines", "table3_compressed", "table5_adversarial_finetuning", "computational_gains",
+                 "compute", "all_metrics", "figure1_adversarial_finetuning", "figure2_tsne", "figure3_no_finetuning",
+                 "figure4_qat"):
+        assert name in html, name
+    for caption in ("The paper's Table 2", "The paper's Figure 2", "computational gains", "One row per evaluated"):
+        assert caption in html, caption
+    assert "tiny" in html  # the workflow description names the experiment (rendered from the config)
+
+
+@pytest.mark.slow
 def test_extending_the_sweep_plans_only_the_new_nodes(finished_run):
     cfg = workflow_config()
     cfg["sweep"]["seeds"] = [0, 1]
@@ -103,7 +139,7 @@ def test_extending_the_sweep_plans_only_the_new_nodes(finished_run):
                                         ({"sweep.ptq_bits": [3]}, "ptq_bits"),
                                         ({"report.ptq_bits": 4}, "report.ptq_bits")])
 def test_a_bad_config_fails_before_any_job_naming_the_key(tmp_path, change, key):
-    write_config(tmp_path, tiny_config(**change))
+    write_config(tmp_path, tiny_config(validate=False, **change))
     result = snakemake(tmp_path, "all", "-n", timeout=120)
     assert result.returncode != 0
     assert key in result.stdout + result.stderr
@@ -117,10 +153,8 @@ def test_lint_passes():
 
 
 @pytest.mark.parametrize("name,jobs", [
-    ("paper-fmnist", {"train_base": 6, "compress": 84, "quantization_aware_training": 15, "finetune": 201,
-                      "evaluate": 306, "figure2_features": 1}),
-    ("paper-cifar10", {"train_base": 6, "compress": 84, "quantization_aware_training": 15, "finetune": 201,
-                       "evaluate": 306}),
+    ("paper-fmnist", {"train_base": 6, "compress": 84, "qat": 15, "finetune": 201, "evaluate": 306, "figure2": 1}),
+    ("paper-cifar10", {"train_base": 6, "compress": 84, "qat": 15, "finetune": 201, "evaluate": 306}),
 ])
 def test_the_paper_configs_plan_the_whole_study(tmp_path, name, jobs):
     """3 seeds x 2 base models x (9 sparsities + 5 PTQ bit widths) x fine-tuning none/st/ad, QAT of f_rb
@@ -130,7 +164,7 @@ def test_the_paper_configs_plan_the_whole_study(tmp_path, name, jobs):
     assert result.returncode == 0, result.stderr[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M))
     assert {rule: int(counts.get(rule, 0)) for rule in jobs} == jobs
-    assert ("figure2_features" in counts) == ("figure2_features" in jobs)
+    assert ("figure2" in counts) == ("figure2" in jobs)
 
 
 def test_job_resources_come_from_the_config(tmp_path):

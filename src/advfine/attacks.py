@@ -91,7 +91,7 @@ class PGDAttack:
     @classmethod
     def from_config(cls, cfg: dict, eps_space: str = "pixel") -> "PGDAttack":
         return cls(eps=float(cfg["eps"]), step_size=float(cfg["step_size"]), steps=int(cfg["steps"]),
-                   random_start=bool(cfg.get("random_start", True)), eps_space=eps_space)
+                   random_start=bool(cfg["random_start"]), eps_space=eps_space)
 
     @property
     def pixel_scale(self) -> float:

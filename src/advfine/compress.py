@@ -45,12 +45,21 @@ from torch import nn
 
 from . import binary
 from .cost import NNI_WRAPPER as _WRAPPER
-from .cost import model_cost, weight_storage_bytes  # noqa: F401  (re-exported)
 from .models import arch_of, build_model
 from .nni_compat import apply_nni_torch_fixes
 
 SUPPORTED_BITS = (16, 8, 4, 2, 1)  # 1: the binary scheme of binary.py, the others NNI's intN
 QUANT_MODES = ("ptq", "qat")
+
+
+def calibration_batches(x: torch.Tensor, settings: dict, seed: int) -> list[torch.Tensor]:
+    """The calibration data of PTQ (and the starting ranges of QAT): ``settings['calibration_batches']``
+    fixed random batches of ``settings['calibration_batch_size']`` training images (no labels), drawn
+    with ``seed``. ``settings`` is the config's ``compress`` section."""
+    n_batches, batch_size = settings["calibration_batches"], settings["calibration_batch_size"]
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(x), generator=g)[: n_batches * batch_size]
+    return [x[i] for i in idx.split(batch_size)]
 
 
 # ----------------------------------------------------------------------------------------- pruning

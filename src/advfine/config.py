@@ -1,70 +1,135 @@
-"""Config checks beyond the JSON schema, and the slice of the config each stage reads.
+"""The experiment config: validation against ``workflow/schemas/config.schema.yaml`` (which holds every
+default: validation fills them in, so code reads keys without defaults of its own), the checks the
+schema cannot express, and the slice of the config each stage reads.
 
-Each stage gets only the sections it uses (``stage_config``); the workflow passes that slice as
-Snakemake params, so changing a setting reruns exactly the stages that read it, and adding a seed
-or a compression level to ``sweep`` reruns nothing that exists."""
+Each stage gets only the sections it uses (``stage_config``); the workflow passes that slice as the
+rule's Snakemake params, so changing a setting reruns exactly the stages that read it, and adding a
+seed or a compression level to ``sweep`` reruns nothing that exists. Every leaf key of the schema
+reaches some stage's slice or is one of ``WORKFLOW_KEYS`` (tests/test_config.py walks the schema).
+No torch import: the Snakefile uses this module at parse time."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+
+import jsonschema
+import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
+# The config each stage reads, as dotted paths (a section, or one key of it); keys are the stage names.
 STAGE_SECTIONS = {
     "prepare_data": ("data",),
-    "train_base": ("model", "precision", "attack.eps_space", "attack.train", "train"),
-    "compress": ("compress.calibration_batches", "compress.calibration_batch_size"),
-    "qat": ("model", "attack.eps_space", "attack.train", "compress"),
-    "finetune": ("precision", "attack.eps_space", "attack.train", "finetune"),
-    "evaluate": ("model", "precision", "attack.eps_space", "attack.eval", "evaluate",
-                 "compress.calibration_batches", "compress.calibration_batch_size"),  # INT8 export
-    "features": ("attack.eps_space", "attack.eval", "report.figure2"),
+    "train_base": ("model", "precision", "deterministic", "attack.eps_space", "attack.train", "train"),
+    "compress": ("deterministic", "compress"),
+    "qat": ("model", "deterministic", "attack.eps_space", "attack.train", "compress", "qat"),
+    "finetune": ("precision", "deterministic", "attack.eps_space", "attack.train", "finetune"),
+    "evaluate": ("precision", "deterministic", "attack.eps_space", "attack.eval", "evaluate",
+                 "compress"),  # compress: the PTQ calibration batches, reused by the INT8 export
+    "aggregate": ("report",),
+    "plot": (),
+    "figure2": ("deterministic", "attack.eps_space", "attack.eval", "figure2"),
 }
 
+# Top-level keys the workflow itself consumes instead of a stage's params, and how.
+WORKFLOW_KEYS = {
+    "experiment": "the results folder results/{experiment}/, a wildcard of every path",
+    "device": "read by every job when it starts (advfine.job); not a param, so where a result was "
+              "computed is recorded in it (provenance) but is not part of its identity",
+    "threads": "every model rule's threads",
+    "resources": "every rule's resources (GPUs, memory, runtime, SLURM partition)",
+    "sweep": "the nodes of the DAG (seeds, base models, compression levels, fine-tuning modes)",
+}
 
-# Top-level keys added after results existed, with their defaults: a stage's params carry them only
-# when they differ from the default, so results computed before the key existed (in fp32) stay valid.
-OPTIONAL_TOP_LEVEL = {"precision": "fp32"}
+# Keys that moved when every stage got one name: the old place -> the new one.
+MOVED_KEYS = {
+    ("compress", "qat"): "qat",
+    ("report", "figure2"): "figure2",
+    ("resources", "rules", "quantization_aware_training"): "resources.rules.qat",
+    ("resources", "rules", "figure2_features"): "resources.rules.figure2",
+}
 
 
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key."""
 
 
-def validate_config(config: dict) -> None:
-    """JSON-schema validation (as Snakemake does) plus the cross-field checks below."""
-    import jsonschema
-    import yaml
+def _with_defaults(validator_class):
+    """A validator that fills in each property's ``default`` before validating it (the recipe of
+    jsonschema's FAQ, as snakemake.utils.validate does; ours reports the failing key by name)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultsValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def validate_config(config: dict) -> dict:
+    """Check ``config`` against the schema, fill in the schema's defaults (in place) and run the
+    cross-field checks; returns ``config``. Raises ConfigError naming the first bad key."""
+    for old, new in MOVED_KEYS.items():
+        node = config
+        for part in old:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            raise ConfigError(f"config key {'.'.join(old)}: moved to {new} (each stage's settings are under "
+                              "its own name); move the section there")
+    errors = sorted(_DefaultsValidator(load_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
         key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         raise ConfigError(f"config key {key}: {err.message}")
     check_config(config)
+    return config
+
+
+def section_with_defaults(section: str, values: dict) -> dict:
+    """One top-level section of the config (e.g. ``train``, ``data``), checked against its part of the
+    schema and completed with its defaults: for code that calls the package without a whole config
+    (tests, benchmarks). Raises ConfigError naming the bad key."""
+    schema = load_schema()
+    if section not in schema["properties"]:
+        raise ConfigError(f"config key {section}: not a section of the config")
+    partial = {"$schema": schema["$schema"], "$defs": schema["$defs"], "type": "object",
+               "properties": {section: schema["properties"][section]}}
+    instance = {section: copy.deepcopy(values)}
+    errors = sorted(_DefaultsValidator(partial).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        key = ".".join(str(p) for p in errors[0].absolute_path)
+        raise ConfigError(f"config key {key}: {errors[0].message}")
+    return instance[section]
 
 
 def check_config(config: dict) -> None:
-    """Checks the schema cannot express."""
+    """Checks the schema cannot express (on a config whose defaults are filled in)."""
     sweep, report = config["sweep"], config["report"]
-    qat_bits = sweep.get("qat_bits", [])
-    if report["prune_sparsity"] not in sweep["prune_sparsities"] and sweep["prune_sparsities"]:
+    if sweep["prune_sparsities"] and report["prune_sparsity"] not in sweep["prune_sparsities"]:
         raise ConfigError(f"config key report.prune_sparsity: {report['prune_sparsity']} is not in "
                           f"sweep.prune_sparsities {sweep['prune_sparsities']}")
-    if report["ptq_bits"] not in sweep["ptq_bits"] and sweep["ptq_bits"]:
+    if sweep["ptq_bits"] and report["ptq_bits"] not in sweep["ptq_bits"]:
         raise ConfigError(f"config key report.ptq_bits: {report['ptq_bits']} is not in "
                           f"sweep.ptq_bits {sweep['ptq_bits']}")
     if sweep["dense_finetune"] and "st" not in sweep["base_models"]:
         raise ConfigError("config key sweep.dense_finetune: fine-tunes the standard model, "
                           "so sweep.base_models must contain 'st'")
-    if qat_bits and "qat" not in config["compress"]:
-        raise ConfigError("config key compress.qat: missing; sweep.qat_bits needs the QAT training settings")
-    if qat_bits and set(sweep["finetune"]) - {"none"} and "qat" not in config["finetune"]:
+    if sweep["qat_bits"] and "qat" not in config:
+        raise ConfigError("config key qat: missing; sweep.qat_bits needs the QAT training settings")
+    if sweep["qat_bits"] and set(sweep["finetune"]) - {"none"} and "qat" not in config["finetune"]:
         raise ConfigError("config key finetune.qat: missing; fine-tuning QAT models (sweep.qat_bits with "
                           "sweep.finetune st/ad) needs its lr and momentum")
-    figure2 = report.get("figure2", {"enabled": False})
-    if figure2["enabled"]:
+    if config["figure2"]["enabled"]:
         needs = {"model.arch": (config["model"]["arch"] == "cnn8", "cnn8 (layers 6-8 of the paper's CNN)"),
                  "sweep.base_models": ("st" in sweep["base_models"] and "rb" in sweep["base_models"], "st and rb"),
                  "sweep.finetune": ({"st", "ad"} <= set(sweep["finetune"]), "st and ad"),
@@ -72,8 +137,8 @@ def check_config(config: dict) -> None:
                  "sweep.ptq_bits": (bool(sweep["ptq_bits"]), "report.ptq_bits")}
         for key, (ok, what) in needs.items():
             if not ok:
-                raise ConfigError(f"config key report.figure2.enabled: Figure 2 needs {key} to contain {what}; "
-                                  "set report.figure2.enabled: false or extend the sweep")
+                raise ConfigError(f"config key figure2.enabled: Figure 2 needs {key} to contain {what}; "
+                                  "set figure2.enabled: false or extend the sweep")
     if len({f"{s:g}" for s in sweep["prune_sparsities"]}) != len(sweep["prune_sparsities"]):
         raise ConfigError("config key sweep.prune_sparsities: two values give the same folder name")
     for which in ("train", "eval"):
@@ -84,15 +149,15 @@ def check_config(config: dict) -> None:
 
 
 def stage_config(config: dict, stage: str) -> dict:
-    """The config sections ``stage`` reads, with the same nesting as the full config."""
+    """The config sections ``stage`` reads, with the same nesting as the full config. Optional
+    sections that are absent (``qat`` without QAT in the sweep) are left out."""
     out: dict = {}
     for dotted in STAGE_SECTIONS[stage]:
         head, _, tail = dotted.partition(".")
+        if head not in config:
+            continue
         if tail:
-            if tail in config[head]:  # optional keys (e.g. attack.eps_space) may be absent
-                out.setdefault(head, {})[tail] = config[head][tail]
-        elif head not in OPTIONAL_TOP_LEVEL:
-            out[head] = config[head]
-        elif config.get(head, OPTIONAL_TOP_LEVEL[head]) != OPTIONAL_TOP_LEVEL[head]:
+            out.setdefault(head, {})[tail] = config[head][tail]
+        else:
             out[head] = config[head]
     return out

@@ -1,12 +1,21 @@
-"""What a model costs: parameters, multiply-accumulates, bytes of weights. No NNI import here, so
-evaluating a plain model does not pay for it."""
+"""What a model costs: parameters, multiply-accumulates, bytes of weights, the compute a training run
+spent, and measured inference latency (of the model and, for PTQ INT8 nodes, of a real integer model
+exported from it). No NNI import here, so evaluating a plain model does not pay for it."""
 from __future__ import annotations
 
+import io
+import logging
 import math
 import time
 
 import torch
 from torch import nn
+
+from .evaluate import predict
+from .int8_export import export_int8
+from .runtime import place_model
+
+log = logging.getLogger("advfine")
 
 NNI_WRAPPER = "_nni_wrapper"  # the child module NNI's quantizer puts on each wrapped layer
 
@@ -73,3 +82,70 @@ def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 10, 
                 times.append(time.perf_counter() - start)
     times.sort()
     return times[len(times) // 2]
+
+
+def training_macs(history: list[dict], n_examples: int, forward_macs: int, attack_steps: int) -> int:
+    """Multiply-accumulates a training run spent, estimated from its epochs: a training step costs
+    about 3 forward passes (forward, backward to activations and to weights), a PGD step about 2
+    (forward, backward to the input only); an epoch with eps > 0 runs ``attack_steps`` of them."""
+    total = 0
+    for epoch in history:
+        steps = attack_steps if epoch["eps"] > 0 else 0
+        total += n_examples * (3 + 2 * steps) * forward_macs
+    return int(total)
+
+
+def _latency_batch(x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``batch_size`` test images (repeated when the test set is smaller)."""
+    repeats = -(-batch_size // len(x))
+    return torch.cat([x] * repeats)[:batch_size]
+
+
+def _serialized_bytes(model: nn.Module) -> int:
+    """Bytes of the model's state_dict as torch.save writes it (int8 weights are stored as int8)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
+
+
+def inference_costs(model: nn.Module, float_twin: nn.Module | None, test_x: torch.Tensor, test_y: torch.Tensor,
+                    settings: dict, threads: int, int8_calibration: list[torch.Tensor] | None = None) -> dict:
+    """Measured inference cost on the CPU (whatever device evaluated the model): the median latency of
+    ``settings['latency_repeats']`` passes of a batch of ``settings['latency_batch_size']`` test images.
+    With ``int8_calibration`` (PTQ INT8 nodes), the same for a real integer model (torch.ao, oneDNN)
+    exported from ``float_twin`` and calibrated on those batches, with its clean accuracy and its
+    agreement with ``model``. A fake-quant model (``float_twin`` given) runs at fp32 speed plus the
+    rounding: quantization only pays as integers. ``settings`` is the config's ``evaluate`` section."""
+    batch_size, repeats = settings["latency_batch_size"], settings["latency_repeats"]
+    result = {"latency_ms": None, "latency_batch": batch_size, "latency_threads": threads, "int8": None}
+    if repeats == 0:
+        return result
+    cpu = torch.device("cpu")
+    example = _latency_batch(test_x, batch_size)
+    if float_twin is None:  # float models run channels-last in this pipeline (runtime.place_model)
+        place_model(model, cpu)
+        example = example.contiguous(memory_format=torch.channels_last)
+    result["latency_ms"] = 1000 * measure_latency(model, example, repeats=repeats, warmup=1)
+    if int8_calibration is not None and not _all_finite(float_twin):
+        # an integer model needs finite ranges; a diverged model has none (its accuracy is chance anyway)
+        result["int8_skipped"] = "the model's float weights are not finite (training diverged)"
+        log.warning("no real INT8 model: %s", result["int8_skipped"])
+    elif int8_calibration is not None:
+        int8_model = export_int8(float_twin, int8_calibration)
+        int8_pred = predict(int8_model, test_x, settings["batch_size"], cpu)
+        fake_pred = predict(model, test_x, settings["batch_size"], cpu)
+        result["int8"] = {
+            "clean_acc": (int8_pred == test_y).float().mean().item(),
+            "fake_quant_clean_acc": (fake_pred == test_y).float().mean().item(),
+            "agreement": (int8_pred == fake_pred).float().mean().item(),
+            "latency_ms": 1000 * measure_latency(int8_model, _latency_batch(test_x, batch_size),
+                                                 repeats=repeats, warmup=1),
+            "model_bytes": _serialized_bytes(int8_model),
+        }
+        log.info("real INT8 model: %s", result["int8"])
+    log.info("inference latency, batch %d, %d thread(s): %.1f ms", batch_size, threads, result["latency_ms"])
+    return result

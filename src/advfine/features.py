@@ -5,7 +5,7 @@
     pairs = [("f_st", f_st, "f_rb", f_rb),
              ("T_st(f_st^q)", t_st_q, "T_ad(f_st^q)", t_ad_q),
              ("T_st(f_st^p)", t_st_p, "T_ad(f_st^p)", t_ad_p)]
-    df = figure2_embeddings(pairs, x, y, attack_cfg, seed=0)
+    df = figure2_embeddings(pairs, x, y, PGDAttack(eps=0.1, step_size=0.01, steps=20), seed=0)
     plot_figure2(df, "figure2_tsne.png", "figure2_tsne.pdf")
 
 One figure row per model pair (A, B), four columns:
@@ -39,7 +39,7 @@ from torch import nn
 
 from .attacks import PGDAttack
 from .models import layer_outputs
-from .report import new_figure, save_figure
+from .report.figures import new_figure, save_figure
 
 BAG_LABEL = 8  # Fashion-MNIST class "bag", the class the paper's Figure 2 shows
 FIGURE2_LAYERS = (6, 7, 8)  # the paper's "last three hidden layers"
@@ -87,12 +87,6 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def make_attack(attack_cfg: dict) -> PGDAttack:
-    """PGD from an ``attack.eval``-like dict: eps, step_size, steps, random_start (default true)
-    and eps_space ("pixel", the default, or "paper_faithful"; see ``attacks.PGDAttack``)."""
-    return PGDAttack.from_config(attack_cfg, attack_cfg.get("eps_space", "pixel"))
-
-
 def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: PGDAttack,
             seed: int) -> torch.Tensor:
     device = _device_of(model)
@@ -114,12 +108,12 @@ def tsne_2d(points: np.ndarray, seed: int, perplexity: float = 30.0,
 
 
 def figure2_embeddings(pairs: list[tuple[str, nn.Module, str, nn.Module]], x: torch.Tensor,
-                       y: torch.Tensor, attack_cfg: dict, seed: int,
+                       y: torch.Tensor, attack: PGDAttack, seed: int,
                        perplexity: float = 30.0) -> pd.DataFrame:
     """t-SNE coordinates of every point of Figure 2.
 
     ``pairs``: (label A, model A, label B, model B) per figure row; ``x``/``y``: images in [0, 1]
-    (one class) and their labels; ``attack_cfg``: see ``make_attack``. Each model is attacked
+    (one class) and their labels; ``attack``: the PGD attack (the evaluation's). Each model is attacked
     once (PGD with a generator seeded from ``seed``, row and position in the pair); the same
     adversarial images serve the input column and that model's layer columns.
 
@@ -128,7 +122,6 @@ def figure2_embeddings(pairs: list[tuple[str, nn.Module, str, nn.Module]], x: to
     the model the attack was crafted against, "" for clean images; layer columns: the model whose
     features these are), ``condition`` ("clean"/"adversarial"), ``sample`` (index into ``x``),
     ``tsne_x``, ``tsne_y``."""
-    attack = make_attack(attack_cfg)
     x, y = x.detach().cpu(), y.detach().cpu()
     n = len(x)
     samples = np.arange(n)

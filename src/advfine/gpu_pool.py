@@ -18,6 +18,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger("advfine")
 
 LOCK_DIR_ENV = "ADVFINE_GPU_LOCK_DIR"
@@ -31,8 +33,6 @@ def visible_gpu_ids(env: dict | None = None, device_count: int | None = None) ->
     if visible is not None:
         return [token.strip() for token in visible.split(",") if token.strip()]
     if device_count is None:
-        import torch
-
         device_count = torch.cuda.device_count()
     return [str(i) for i in range(device_count)]
 
@@ -97,8 +97,6 @@ def needs_pool(device_setting: str, env: dict | None = None) -> bool:
     env = os.environ if env is None else env
     if device_setting not in ("auto", "cuda") or "SLURM_JOB_ID" in env:
         return False
-    import torch
-
     return torch.cuda.is_available()
 
 

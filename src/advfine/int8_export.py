@@ -21,6 +21,9 @@ import warnings
 
 import torch
 from torch import nn
+from torch.ao.quantization import QConfig, get_default_qconfig_mapping
+from torch.ao.quantization.observer import HistogramObserver, default_per_channel_weight_observer
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 PREFERRED_BACKENDS = ("onednn", "x86", "fbgemm", "qnnpack")  # fastest first (measured here); builds differ
 
@@ -42,10 +45,6 @@ def export_int8(float_model: nn.Module, calibration_batches: list[torch.Tensor],
 
     Sets ``torch.backends.quantized.engine`` (oneDNN where the build has it): the model's packed weights are oneDNN's, and
     a copy (deepcopy, unpickling) repacks them for whatever engine is set then."""
-    from torch.ao.quantization import QConfig, get_default_qconfig_mapping
-    from torch.ao.quantization.observer import HistogramObserver, default_per_channel_weight_observer
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
     if not calibration_batches:
         raise ValueError("export_int8 needs at least one calibration batch")
     if any("_nni_wrapper" in name for name, _ in float_model.named_modules()):

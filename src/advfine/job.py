@@ -1,20 +1,28 @@
-"""Glue for Snakemake script jobs: log to the job's log file, hand the stage its config slice and
-the device it runs on (a GPU of its own from the pool when the rule asks for one)."""
+"""Glue for Snakemake script jobs: log to the job's log file, hand the stage its config slice with the
+device it runs on (a GPU of its own from the pool when the rule asks for one), its seed and threads."""
 from __future__ import annotations
 
 import logging
 import sys
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 from .gpu_pool import job_device
 from .runtime import peak_rss_mb
 
 
+@dataclass(frozen=True)
+class Job:
+    config: dict       # the rule's config slice (params.cfg) plus ``device``
+    seed: int | None   # the node's seed (wildcard ``seed``), None for rules without one
+    threads: int
+
+
 @contextmanager
 def snakemake_job(smk):
-    """Inside a ``script:`` job: send stdout, stderr (tqdm progress) and logging to ``smk.log[0]``,
-    and yield the stage's config (its params slice plus the execution settings). A rule declaring
-    ``resources: gpu`` gets ``device`` = its own GPU (``cuda:N``) when CUDA is there (see gpu_pool)."""
+    """Inside a ``script:`` job: send stdout, stderr (tqdm progress) and logging to ``smk.log[0]``, and
+    yield the ``Job``. The device is the config's ``device``; a rule declaring ``resources: gpu`` gets
+    its own GPU (``cuda:N``) from the pool when CUDA is there (see gpu_pool)."""
     log_path = smk.log[0] if smk.log else None
     stream = open(log_path, "a", buffering=1) if log_path else sys.stderr
     old_out, old_err = sys.stdout, sys.stderr
@@ -26,14 +34,13 @@ def snakemake_job(smk):
     root.setLevel(logging.INFO)
     try:
         with ExitStack() as stack:
-            cfg = dict(smk.params.cfg) if hasattr(smk.params, "cfg") else {}
-            device = smk.config.get("device", "auto")
+            device = smk.config["device"]
             if int(getattr(smk.resources, "gpu", 0) or 0) > 0:
                 device = stack.enter_context(job_device(device))
-            cfg["device"] = device
-            logging.getLogger("advfine").info("rule %s, wildcards %s, device %s", smk.rule,
-                                              dict(smk.wildcards), device)
-            yield cfg
+            wildcards = dict(smk.wildcards)
+            seed = int(wildcards["seed"]) if "seed" in wildcards else None
+            logging.getLogger("advfine").info("rule %s, wildcards %s, device %s", smk.rule, wildcards, device)
+            yield Job(config=dict(smk.params.cfg) | {"device": device}, seed=seed, threads=int(smk.threads))
     except BaseException:
         logging.getLogger("advfine").exception("job failed")
         raise

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .files import torch_load_weights_only
+
 # The paper's 8-layer CNN (FACTS.md): six 3x3 convs, strides 1,2,1,2,1,2, then 2 linear layers.
 CNN8_CONV_CHANNELS = (32, 32, 64, 64, 128, 128)
 CNN8_STRIDES = (1, 2, 1, 2, 1, 2)
@@ -230,8 +232,6 @@ def load_pretrained(model: nn.Module, path: str | Path) -> nn.Module:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"pretrained checkpoint {path} not found")
-    from .artifacts import torch_load_weights_only
-
     state = torch_load_weights_only(path, "pretrained checkpoint", ValueError)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

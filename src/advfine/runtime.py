@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import resource
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +115,5 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB (a job is one process: this is its peak)."""
-    import resource
-    import sys
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # macOS: bytes; Linux: kB

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import artifacts
+from .files import ArtifactError, config_hash, load_tensor_file, save_tensor_file
 from .attacks import PGDAttack
 from .data import augment_batch, iterate_batches
 from .runtime import autocast, check_precision, make_generator, place_model, to_device
@@ -28,7 +28,7 @@ RESUME_FORMAT = "advfine-resume-1"
 def learning_rate(epoch: int, cfg: dict) -> float:
     """Step schedule: ``lr`` for the first ``lr_drop_epoch`` epochs, then ``lr_after_drop``
     (the paper: 0.1 for four epochs, then 0.01). No drop when lr_drop_epoch is null."""
-    drop = cfg.get("lr_drop_epoch")
+    drop = cfg["lr_drop_epoch"]
     if drop is not None and epoch >= drop:
         return float(cfg["lr_after_drop"])
     return float(cfg["lr"])
@@ -38,7 +38,7 @@ def attack_for_epoch(attack: PGDAttack | None, epoch: int, cfg: dict) -> PGDAtta
     """Linear epsilon warm-up: epoch e < eps_warmup_epochs trains at eps * e / eps_warmup_epochs
     (epoch 0 clean), then at full eps. Measured on digits: PGD training of the BN-free CNN8 from
     scratch without it collapses to a constant classifier (loss ln 10) within one epoch."""
-    warmup = int(cfg.get("eps_warmup_epochs", 0))
+    warmup = cfg["eps_warmup_epochs"]
     if attack is None or epoch >= warmup:
         return attack
     scale = epoch / warmup
@@ -78,7 +78,7 @@ def _fingerprint(model: nn.Module, cfg: dict, attack: PGDAttack | None, seed: in
         digest.update(value.numpy().tobytes())
     settings = {"cfg": cfg, "attack": attack.describe() if attack else None, "seed": seed, "n": n_examples,
                 "precision": precision}
-    digest.update(artifacts.config_hash(settings).encode())
+    digest.update(config_hash(settings).encode())
     return digest.hexdigest()[:32]
 
 
@@ -119,7 +119,7 @@ def resume_path_for(output: str | Path) -> Path:
 
 def save_resume(path: Path, payload: dict) -> None:
     """One resume checkpoint per finished epoch, written atomically over the previous one."""
-    artifacts.save_tensor_file(path, {"format": RESUME_FORMAT, **payload})
+    save_tensor_file(path, {"format": RESUME_FORMAT, **payload})
 
 
 def load_resume(path: Path, fingerprint: str) -> dict | None:
@@ -128,8 +128,8 @@ def load_resume(path: Path, fingerprint: str) -> dict | None:
     if not path.exists():
         return None
     try:
-        payload = artifacts.load_tensor_file(path, RESUME_FORMAT, "resume checkpoint")
-    except artifacts.ArtifactError as err:
+        payload = load_tensor_file(path, RESUME_FORMAT, "resume checkpoint")
+    except ArtifactError as err:
         log.warning("ignoring %s and starting from epoch 0: %s", path, err)
         return None
     if payload.get("fingerprint") != fingerprint:
@@ -167,7 +167,9 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     current model (in eval mode) before the SGD step: PGD adversarial training (Madry et al.).
     With ``cfg['augment']`` true, each clean batch is first randomly cropped (4-pixel zero padding) and
     flipped (``augment_batch``). Batch order, augmentation and attack random starts are drawn from
-    generators seeded with ``seed``.
+    generators seeded with ``seed``. ``cfg`` holds epochs, batch_size, lr, momentum, weight_decay,
+    lr_drop_epoch, lr_after_drop, eps_warmup_epochs and augment (the config's train schedules, whose
+    schema fills the optional ones).
     With ``resume_path``, the model, optimizer, epoch, history and every RNG state are saved there after
     each epoch; a later call with the same starting weights and settings continues from the last
     finished epoch and ends with the same weights as an uninterrupted run (on CPU). The caller deletes
@@ -183,10 +185,9 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     y_all = to_device(train_y, device)
     generators = {"order": torch.Generator().manual_seed(seed),
                   "attack": make_generator(seed + 1, device),
-                  "augment": make_generator(seed + 2, device) if cfg.get("augment", False) else None}
+                  "augment": make_generator(seed + 2, device) if cfg["augment"] else None}
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate(0, cfg),
-                                momentum=float(cfg.get("momentum", 0.0)),
-                                weight_decay=float(cfg.get("weight_decay", 0.0)))
+                                momentum=float(cfg["momentum"]), weight_decay=float(cfg["weight_decay"]))
     history: list[dict] = []
     epochs = int(cfg["epochs"])
     first_epoch = 0

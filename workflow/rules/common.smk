@@ -1,18 +1,17 @@
-# Validation, wildcard constraints, path helpers and target lists.
+# Config validation, wildcard constraints, input functions and target lists. Every name (stages,
+# paths, compression labels, tables, figures) comes from advfine.vocab, the package's vocabulary.
 import os
+import re
 import sys
-
-from snakemake.utils import validate
 
 # The workflow imports its own advfine package from src/ (the job scripts do the same).
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
-from advfine.config import check_config, stage_config, ConfigError
-from advfine.outputs import FIGURE_FORMATS, TABLE_FORMATS, table_names
+from advfine import vocab
+from advfine.config import ConfigError, stage_config, validate_config
 
-validate(config, "../schemas/config.schema.yaml")
 try:
-    check_config(config)
+    validate_config(config)  # fills in the schema's defaults
 except ConfigError as err:
     raise ValueError(str(err)) from None
 
@@ -20,52 +19,43 @@ EXPERIMENT = config["experiment"]
 DATASET = config["data"]["name"]
 ARCH = config["model"]["arch"]
 SWEEP = config["sweep"]
-DATA = "results/{experiment}/data/{dataset}.pt"
-NODE = "results/{experiment}/{dataset}-{arch}/seed{seed}/base-{train}"
-LOGS = "logs/{experiment}/{dataset}-{arch}/seed{seed}/base-{train}"
+DATA = vocab.DATA
+NODE = vocab.NODE
+LOGS = vocab.LOGS
+RESULTS = f"results/{EXPERIMENT}"
 
 
 wildcard_constraints:
-    experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    dataset=r"[a-z_0-9]+",
-    arch=r"[a-z_0-9]+",
-    seed=r"\d+",
-    train=r"st|rb",
-    compression=r"dense|prune-[0-9.]+|(ptq|qat)-int\d+",
-    finetune=r"none|st|ad",
-
-
-# The rules that train, compress, fine-tune or attack models; the others (prepare_data, aggregate,
-# plot) are light and take no GPU.
-COMPUTE_RULES = {"train_base", "compress", "quantization_aware_training", "finetune", "evaluate",
-                 "figure2_features"}
-DEFAULT_RESOURCES = {"compute": {"gpu": 1}, "light": {"gpu": 0}}
+    **vocab.WILDCARDS,
 
 
 def rule_resources(rule_name):
     """Snakemake resources of ``rule_name`` from config key ``resources``: its group (compute or light),
     then the rule's own overrides under ``resources.rules``."""
-    res = config.get("resources", {})
-    group = "compute" if rule_name in COMPUTE_RULES else "light"
-    merged = dict(DEFAULT_RESOURCES[group])
-    merged.update(res.get(group, {}))
-    merged.update(res.get("rules", {}).get(rule_name, {}))
-    return merged
+    res = config["resources"]
+    group = "compute" if rule_name in vocab.COMPUTE_STAGES else "light"
+    return res[group] | res["rules"].get(rule_name, {})
 
 
 def compression_labels(train):
     """The compressed nodes under base model ``train``; QAT only under sweep.qat_base_models."""
-    labels = [f"prune-{s:g}" for s in SWEEP["prune_sparsities"]]
-    labels += [f"ptq-int{b}" for b in SWEEP["ptq_bits"]]
-    if train in SWEEP.get("qat_base_models", ["rb"]):
-        labels += [f"qat-int{b}" for b in SWEEP.get("qat_bits", [])]
+    labels = [
+        vocab.compression_label(vocab.PRUNE, s) for s in SWEEP["prune_sparsities"]
+    ]
+    labels += [vocab.compression_label(vocab.PTQ, b) for b in SWEEP["ptq_bits"]]
+    if train in SWEEP["qat_base_models"]:
+        labels += [vocab.compression_label(vocab.QAT, b) for b in SWEEP["qat_bits"]]
     return labels
 
 
-def base_model_input(wildcards):
+def model_files(folder):
+    return {"model": f"{folder}/model.pt", "metrics": f"{folder}/metrics.json"}
+
+
+def train_base_input(wildcards):
     """train_base reads the prepared data, and a user's pretrained checkpoint when one is set."""
     inputs = {"data": DATA.format(**wildcards)}
-    if config["model"].get("pretrained"):
+    if config["model"]["pretrained"]:
         inputs["pretrained"] = config["model"]["pretrained"]
     return inputs
 
@@ -73,30 +63,25 @@ def base_model_input(wildcards):
 def qat_input(wildcards):
     """QAT from the trained base model reads it; QAT from scratch needs only the data."""
     inputs = {"data": DATA.format(**wildcards)}
-    if config["compress"]["qat"]["init"] == "parent":
-        node = NODE.format(**wildcards)
-        inputs.update(model=f"{node}/model.pt", metrics=f"{node}/metrics.json")
+    if config["qat"]["init"] == "parent":
+        inputs |= model_files(NODE.format(**wildcards))
     return inputs
 
 
-def parent_model(wildcards):
+def finetune_input(wildcards):
     """The checkpoint a fine-tuning job starts from: the compressed model, or the base model."""
     node = NODE.format(**wildcards)
-    if wildcards.compression == "dense":
-        return {"model": f"{node}/model.pt", "metrics": f"{node}/metrics.json"}
-    return {
-        "model": f"{node}/{wildcards.compression}/model.pt",
-        "metrics": f"{node}/{wildcards.compression}/metrics.json",
-    }
+    if wildcards.compression == vocab.DENSE:
+        return model_files(node)
+    return model_files(f"{node}/{wildcards.compression}")
 
 
-def evaluated_model(wildcards):
+def evaluate_input(wildcards):
     """The checkpoint an evaluation measures (ft-none evaluates the parent itself)."""
     if wildcards.finetune == "none":
-        return parent_model(wildcards)
+        return finetune_input(wildcards)
     node = NODE.format(**wildcards)
-    path = f"{node}/{wildcards.compression}/ft-{wildcards.finetune}"
-    return {"model": f"{path}/model.pt", "metrics": f"{path}/metrics.json"}
+    return model_files(f"{node}/{wildcards.compression}/ft-{wildcards.finetune}")
 
 
 def eval_targets():
@@ -105,53 +90,83 @@ def eval_targets():
     for seed in SWEEP["seeds"]:
         for train in SWEEP["base_models"]:
             node = NODE.format(
-                experiment=EXPERIMENT, dataset=DATASET, arch=ARCH, seed=seed, train=train
+                experiment=EXPERIMENT,
+                dataset=DATASET,
+                arch=ARCH,
+                seed=seed,
+                train=train,
             )
-            paths.append(f"{node}/dense/ft-none/eval.json")
+            paths.append(f"{node}/{vocab.DENSE}/ft-none/eval.json")
             if train == "st":
-                paths += [f"{node}/dense/ft-{ft}/eval.json" for ft in SWEEP["dense_finetune"]]
+                paths += [
+                    f"{node}/{vocab.DENSE}/ft-{ft}/eval.json"
+                    for ft in SWEEP["dense_finetune"]
+                ]
             for comp in compression_labels(train):
-                paths += [f"{node}/{comp}/ft-{ft}/eval.json" for ft in SWEEP["finetune"]]
+                paths += [
+                    f"{node}/{comp}/ft-{ft}/eval.json" for ft in SWEEP["finetune"]
+                ]
     return paths
 
 
-TABLES = table_names(DATASET)
-FIGURE2 = config["report"].get("figure2", {"enabled": False})
-FIGURES = ["figure1_adversarial_finetuning", "figure3_no_finetuning"]
-if SWEEP.get("qat_bits"):
-    FIGURES.append("figure4_qat")
+TABLES = vocab.table_names(DATASET)
+FIGURES = vocab.plot_figure_names(with_qat=bool(SWEEP["qat_bits"]))
 
 
 def table_targets():
-    out = f"results/{EXPERIMENT}"
-    return [f"{out}/all_metrics.csv"] + [
-        f"{out}/tables/{t}.{ext}" for t in TABLES for ext in TABLE_FORMATS
+    return [f"{RESULTS}/{vocab.ALL_METRICS}"] + [
+        f"{RESULTS}/tables/{t}.{ext}" for t in TABLES for ext in vocab.TABLE_FORMATS
     ]
 
 
 def figure_targets():
-    out = f"results/{EXPERIMENT}/figures"
-    targets = [f"{out}/{f}.{ext}" for f in FIGURES for ext in FIGURE_FORMATS]
-    if FIGURE2["enabled"]:
-        targets += [f"{out}/figure2_tsne.{ext}" for ext in FIGURE_FORMATS]
-    return targets
+    names = FIGURES + ([vocab.FIGURE2] if config["figure2"]["enabled"] else [])
+    return [
+        f"{RESULTS}/figures/{f}.{ext}" for f in names for ext in vocab.FIGURE_FORMATS
+    ]
 
 
-def figure2_models(wildcards):
-    """The three model pairs of Figure 2, for the first seed: (f_st, f_rb),
-    (T_st(f_st^q), T_ad(f_st^q)) and (T_st(f_st^p), T_ad(f_st^p)) at the report levels."""
-    seed = SWEEP["seeds"][0]
-    node = {
-        t: NODE.format(experiment=wildcards.experiment, dataset=DATASET, arch=ARCH, seed=seed, train=t)
-        for t in ("st", "rb")
+def figure2_input(wildcards):
+    """The models of Figure 2's three pairs (vocab.FIGURE2_MODELS), first seed, at the report's
+    compression levels, and the prepared data."""
+    levels = {
+        vocab.DENSE: vocab.DENSE,
+        vocab.PRUNE: vocab.compression_label(
+            vocab.PRUNE, config["report"]["prune_sparsity"]
+        ),
+        vocab.PTQ: vocab.compression_label(vocab.PTQ, config["report"]["ptq_bits"]),
     }
-    prune = f"prune-{config['report']['prune_sparsity']:g}"
-    ptq = f"ptq-int{config['report']['ptq_bits']}"
-    return {
-        "f_st": f"{node['st']}/model.pt",
-        "f_rb": f"{node['rb']}/model.pt",
-        "T_st_f_st_q": f"{node['st']}/{ptq}/ft-st/model.pt",
-        "T_ad_f_st_q": f"{node['st']}/{ptq}/ft-ad/model.pt",
-        "T_st_f_st_p": f"{node['st']}/{prune}/ft-st/model.pt",
-        "T_ad_f_st_p": f"{node['st']}/{prune}/ft-ad/model.pt",
-    }
+    inputs = {"data": DATA.format(experiment=wildcards.experiment, dataset=DATASET)}
+    for name, (train, method, finetune) in vocab.FIGURE2_MODELS.items():
+        node = NODE.format(
+            experiment=wildcards.experiment,
+            dataset=DATASET,
+            arch=ARCH,
+            seed=SWEEP["seeds"][0],
+            train=train,
+        )
+        folder = (
+            node if method == vocab.DENSE else f"{node}/{levels[method]}/ft-{finetune}"
+        )
+        inputs[name] = f"{folder}/model.pt"
+    return inputs
+
+
+def caption(stem):
+    """The report caption of a table or figure: workflow/report/<stem>.rst, with the table's number
+    left out (CIFAR-10's Tables 4 and 6 are Fashion-MNIST's Tables 3 and 5)."""
+    name = re.sub(r"^table\d+_", "table_", stem)
+    return f"../report/{name}.rst"
+
+
+def in_report(path, stem, category):
+    """``path`` marked for ``snakemake --report``, with the caption of ``stem``."""
+    return report(path, caption=caption(stem), category=category)
+
+
+def table_outputs():
+    """Every table file of the aggregate rule; the CSV versions go into the report."""
+    folder = "results/{experiment}/tables"
+    shown = [in_report(f"{folder}/{t}.csv", t, "Tables") for t in TABLES]
+    formats = [ext for ext in vocab.TABLE_FORMATS if ext != "csv"]
+    return shown + [f"{folder}/{t}.{ext}" for t in TABLES for ext in formats]

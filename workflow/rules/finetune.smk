@@ -1,21 +1,20 @@
 rule finetune:
     """Standard (st) or adversarial (ad) fine-tuning, starting from the parent's weights."""
     input:
-        unpack(parent_model),
+        unpack(finetune_input),
         data=DATA,
     output:
-        model=f"{NODE}/{{compression}}/ft-{{finetune}}/model.pt",
-        metrics=f"{NODE}/{{compression}}/ft-{{finetune}}/metrics.json",
-    wildcard_constraints:
-        finetune=r"st|ad",
-    params:
-        cfg=stage_config(config, "finetune"),
+        **model_files(f"{NODE}/{{compression}}/ft-{{finetune}}"),
     log:
         f"{LOGS}/{{compression}}/ft-{{finetune}}/finetune.log",
+    wildcard_constraints:
+        finetune=vocab.FINETUNE_OUTPUTS,
+    conda:
+        "../../envs/advfine.yaml"
     threads: config["threads"]
     resources:
         **rule_resources("finetune"),
-    conda:
-        "../../envs/advfine.yaml"
+    params:
+        cfg=stage_config(config, "finetune"),
     script:
         "../scripts/finetune.py"

@@ -3,8 +3,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # this workflow's advfine package
 
 from advfine.job import snakemake_job
-from advfine.stages import run_aggregate
+from advfine.stages import aggregate
 
-with snakemake_job(snakemake):
-    run_aggregate(list(snakemake.input.evals), snakemake.output.csv, snakemake.params.tables_dir,
-                  snakemake.params.prune_sparsity, snakemake.params.ptq_bits)
+with snakemake_job(snakemake) as job:
+    aggregate.run(job.config, evals=list(snakemake.input.evals), out_csv=snakemake.output.csv,
+                  out_tables_dir=snakemake.params.tables_dir)

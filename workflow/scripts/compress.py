@@ -3,9 +3,9 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # this workflow's advfine package
 
 from advfine.job import snakemake_job
-from advfine.stages import run_compress
+from advfine.stages import compress
 
-with snakemake_job(snakemake) as cfg:
-    run_compress(cfg, snakemake.input.data, snakemake.wildcards.compression, int(snakemake.wildcards.seed),
-                 snakemake.input.model, snakemake.input.metrics,
-                 snakemake.output.model, snakemake.output.metrics, snakemake.threads)
+with snakemake_job(snakemake) as job:
+    compress.run(job.config, data=snakemake.input.data, compression=snakemake.wildcards.compression, seed=job.seed,
+                 model=snakemake.input.model, metrics=snakemake.input.metrics,
+                 out_model=snakemake.output.model, out_metrics=snakemake.output.metrics, threads=job.threads)

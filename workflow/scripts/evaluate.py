@@ -3,9 +3,10 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # this workflow's advfine package
 
 from advfine.job import snakemake_job
-from advfine.stages import run_evaluate
+from advfine.stages import evaluate
 
-w = snakemake.wildcards
-with snakemake_job(snakemake) as cfg:
-    run_evaluate(cfg, snakemake.input.data, w.experiment, w.train, w.compression, w.finetune, int(w.seed),
-                 snakemake.input.model, snakemake.input.metrics, snakemake.output.eval, snakemake.threads)
+with snakemake_job(snakemake) as job:
+    evaluate.run(job.config, data=snakemake.input.data, experiment=snakemake.wildcards.experiment,
+                 train=snakemake.wildcards.train, compression=snakemake.wildcards.compression,
+                 finetune=snakemake.wildcards.finetune, seed=job.seed, model=snakemake.input.model,
+                 metrics=snakemake.input.metrics, out_eval=snakemake.output.eval, threads=job.threads)

@@ -3,7 +3,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # this workflow's advfine package
 
 from advfine.job import snakemake_job
-from advfine.stages import run_plot
+from advfine.stages import plot
 
-with snakemake_job(snakemake):
-    run_plot(snakemake.input.csv, snakemake.params.figures_dir, list(snakemake.params.figures))
+with snakemake_job(snakemake) as job:
+    plot.run(job.config, metrics_csv=snakemake.input.csv, out_dir=snakemake.params.figures_dir,
+             figures=list(snakemake.params.figures))

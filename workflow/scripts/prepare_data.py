@@ -3,7 +3,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # this workflow's advfine package
 
 from advfine.job import snakemake_job
-from advfine.stages import run_prepare_data
+from advfine.stages import prepare_data
 
-with snakemake_job(snakemake) as cfg:
-    run_prepare_data(cfg, snakemake.output.data)
+with snakemake_job(snakemake) as job:
+    prepare_data.run(job.config, out_data=snakemake.output.data)

@@ -3,8 +3,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # this workflow's advfine package
 
 from advfine.job import snakemake_job
-from advfine.stages import run_train_base
+from advfine.stages import train_base
 
-with snakemake_job(snakemake) as cfg:
-    run_train_base(cfg, snakemake.input.data, snakemake.wildcards.train, int(snakemake.wildcards.seed),
-                   snakemake.output.model, snakemake.output.metrics, snakemake.threads)
+with snakemake_job(snakemake) as job:
+    train_base.run(job.config, data=snakemake.input.data, train=snakemake.wildcards.train, seed=job.seed,
+                   out_model=snakemake.output.model, out_metrics=snakemake.output.metrics, threads=job.threads)

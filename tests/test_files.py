@@ -5,15 +5,15 @@ import pickle
 import pytest
 import torch
 
-from advfine import artifacts
+from advfine import checkpoints, files
 from advfine.models import build_model, default_arch
 
 
 def test_checkpoint_round_trip(tmp_path):
     arch = default_arch("cnn8", 1, 10, 28, [0.5], [0.5])
     model = build_model(arch)
-    artifacts.save_checkpoint(tmp_path / "m.pt", model.state_dict(), arch)
-    loaded, ckpt = artifacts.load_model(tmp_path / "m.pt")
+    checkpoints.save_checkpoint(tmp_path / "m.pt", model.state_dict(), arch)
+    loaded, ckpt = checkpoints.load_model(tmp_path / "m.pt")
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(loaded(x), model.eval()(x)) and ckpt["quant"] is None
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary left behind
@@ -21,7 +21,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_failed_write_leaves_no_file(tmp_path):
     with pytest.raises(RuntimeError):
-        with artifacts.atomic_path(tmp_path / "x.json") as tmp:
+        with files.atomic_path(tmp_path / "x.json") as tmp:
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
@@ -29,13 +29,13 @@ def test_failed_write_leaves_no_file(tmp_path):
 
 def test_truncated_checkpoint_names_the_file(tmp_path):
     arch = default_arch("cnn8", 1, 10, 28, [0.5], [0.5])
-    artifacts.save_checkpoint(tmp_path / "m.pt", build_model(arch).state_dict(), arch)
+    checkpoints.save_checkpoint(tmp_path / "m.pt", build_model(arch).state_dict(), arch)
     data = (tmp_path / "m.pt").read_bytes()
     (tmp_path / "m.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(artifacts.ArtifactError, match="m.pt"):
-        artifacts.load_checkpoint(tmp_path / "m.pt")
-    with pytest.raises(artifacts.ArtifactError, match="not found"):
-        artifacts.load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(files.ArtifactError, match="m.pt"):
+        checkpoints.load_checkpoint(tmp_path / "m.pt")
+    with pytest.raises(files.ArtifactError, match="not found"):
+        checkpoints.load_checkpoint(tmp_path / "missing.pt")
 
 
 class Payload:
@@ -46,16 +46,16 @@ class Payload:
 def test_pickled_code_in_a_checkpoint_never_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open("evil.pt", "wb") as fh:
-        pickle.dump({"format": artifacts.CHECKPOINT_FORMAT, "payload": Payload()}, fh)
-    with pytest.raises(artifacts.ArtifactError, match="evil.pt"):
-        artifacts.load_checkpoint("evil.pt")
+        pickle.dump({"format": checkpoints.CHECKPOINT_FORMAT, "payload": Payload()}, fh)
+    with pytest.raises(files.ArtifactError, match="evil.pt"):
+        checkpoints.load_checkpoint("evil.pt")
     assert not (tmp_path / "PWNED").exists()
 
 
 def test_json_errors_name_the_file(tmp_path):
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(artifacts.ArtifactError, match="bad.json"):
-        artifacts.read_json(tmp_path / "bad.json")
+    with pytest.raises(files.ArtifactError, match="bad.json"):
+        files.read_json(tmp_path / "bad.json")
 
 
 def test_a_missing_or_damaged_prepared_dataset_names_the_file(tmp_path):

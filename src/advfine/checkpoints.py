@@ -1,0 +1,60 @@
+"""Checkpoints of whole models: the weights plus the ``arch`` dict that rebuilds the network (a pruned
+model's channel counts) and, for fake-quantized models, their quantization state. Above ``models``
+and ``compress`` in the package's layers; the files themselves are ``files`` tensor files, loaded
+with ``weights_only=True``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .binary import BinaryLayer
+from .cost import NNI_WRAPPER
+from .files import load_tensor_file, save_tensor_file
+from .models import build_model
+
+CHECKPOINT_FORMAT = "advfine-checkpoint-1"
+
+
+def save_checkpoint(path: str | Path, state_dict: dict, arch: dict, quant: dict | None = None,
+                    extra: dict | None = None) -> None:
+    """Weights + the arch dict that rebuilds the model (+ quantization state for fake-quant models)."""
+    save_tensor_file(path, {"format": CHECKPOINT_FORMAT, "arch": arch, "state_dict": state_dict,
+                            "quant": quant, "extra": extra or {}})
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint safely; a missing, truncated or foreign file raises ArtifactError naming it."""
+    return load_tensor_file(path, CHECKPOINT_FORMAT, "checkpoint")
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the model stored in a checkpoint (fake-quant models come back quantized).
+    Returns (model in eval mode, checkpoint dict)."""
+    ckpt = load_checkpoint(path)
+    if ckpt["quant"] is not None:
+        # deferred: importing NNI costs every job seconds; only quantized checkpoints need it
+        from .compress import restore_quantized
+
+        model = restore_quantized(ckpt["arch"], ckpt["state_dict"], ckpt["quant"])
+    else:
+        model = build_model(ckpt["arch"])
+        model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt
+
+
+def save_model(path: str | Path, model: nn.Module, arch: dict, extra: dict | None = None) -> None:
+    """Save ``model`` (plain or fake-quantized) so that ``load_model`` rebuilds it."""
+    quantized = is_quantized(model)
+    if quantized:
+        from .compress import float_state_dict, quant_state  # deferred: see load_model
+
+        state, quant = float_state_dict(model), quant_state(model)
+    else:
+        state, quant = model.state_dict(), None
+    save_checkpoint(path, state, arch, quant, extra)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether ``model`` is fake-quantized (NNI wrappers or binary layers), told without importing NNI."""
+    return any(hasattr(m, NNI_WRAPPER) or isinstance(m, BinaryLayer) for m in model.modules())

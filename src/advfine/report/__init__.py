@@ -1,0 +1,29 @@
+"""Turn per-model ``eval.json`` files into the paper's tables and figures.
+
+Pipeline: collect -> tables -> render, and figures (all pure functions except the ``write_*`` and
+``plot_*`` writers, which write atomically through ``advfine.files``):
+
+    from advfine.report.collect import collect_metrics, write_metrics_csv
+    from advfine.report.render import write_tables
+    from advfine.report.figures import plot_figures
+
+    df = collect_metrics(paths)                 # one row per eval.json, flat columns
+    write_metrics_csv(df, "all_metrics.csv")
+    write_tables(df, out_dir, 0.8, 8)           # table_names(dataset), as .csv, .md and .tex
+    plot_figures(df, fig_dir)                   # FIGURES: Figures 1, 3, 4 as .png and .pdf
+
+Modules (import from them; this package re-exports nothing):
+
+* ``collect``: load and validate eval.json files into the DataFrame (``collect_metrics``,
+  ``MetricsFileError``, ``METRIC_COLUMNS``) and write it as CSV (``write_metrics_csv``);
+* ``stats``: the rows of one model (``select``) and their mean and sample std over seeds
+  (``summarize``), per (experiment, dataset, arch) group;
+* ``labels``: display names and cell text (``format_cell``, ``level_label``, ``dataset_name``,
+  ``latex_model_label``...); the paper's model notation is ``advfine.vocab.model_label``;
+* ``tables``: the tables as DataFrames (``table2``, ``table3``, ``table5``,
+  ``computational_gains``, ``compute_table``);
+* ``render``: the tables as CSV, Markdown and LaTeX files (``write_tables``);
+* ``figures``: Figures 1, 3 and 4 (``plot_figure1``/``3``/``4``, ``plot_figures``) and the
+  helpers Figure 2 (``advfine.features``) shares (``new_figure``, ``save_figure``); it needs only
+  ``stats`` and ``labels``, so importing it loads no table code.
+"""

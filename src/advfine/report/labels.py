@@ -1,0 +1,133 @@
+"""Display labels and cell text of the tables and figures.
+
+* Model labels follow the paper in plain text: ``f_st``, ``f_rb^p``, ``T_ad(f_st^q) (PTQ)``...
+  (``^p`` = pruned, ``^q`` = quantized, ``T_st``/``T_ad`` = standard/adversarial fine-tuning),
+  built by ``advfine.vocab.base_label``/``model_label``; LaTeX renders them as math
+  (``latex_model_label``: ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``).
+* A cell is ``"mean ± std"`` with two decimals (``format_cell``); a requested combination with
+  no data is shown as ``n/a`` (``NA``), never dropped.
+* Datasets and architectures are named in captions and titles by ``dataset_name``/``arch_name``.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+from ..vocab import DENSE, QUANTIZATION_METHODS
+
+NA = "n/a"
+
+DATASET_NAMES = {"digits": "Digits", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR10"}
+ARCH_NAMES = {"cnn8": "8-layer CNN", "resnet18": "ResNet-18"}
+
+# ----------------------------------------------------------------------------- labels
+
+
+def level_label(method: str, level: float | None) -> str:
+    """``sparsity 0.8`` / ``INT8`` / ``dense``."""
+    if method == DENSE or level is None or (isinstance(level, float) and math.isnan(level)):
+        return "dense"
+    if method in QUANTIZATION_METHODS:
+        return f"INT{int(level)}"
+    return f"sparsity {level:g}"
+
+
+def dataset_name(dataset: str) -> str:
+    """Display name: ``fashion_mnist`` -> ``Fashion-MNIST`` (unknown names unchanged)."""
+    return DATASET_NAMES.get(dataset, dataset)
+
+
+def arch_name(arch: str) -> str:
+    """Display name: ``cnn8`` -> ``8-layer CNN`` (unknown names unchanged)."""
+    return ARCH_NAMES.get(arch, arch)
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+def format_cell(mean: float, std: float) -> str:
+    """``"82.00 ± 2.83"``, or ``"n/a"`` when there is no data."""
+    if mean is None or std is None or math.isnan(mean) or math.isnan(std):
+        return NA
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def format_minutes(mean: float, std: float) -> str:
+    """``"118.20 ± 1.50"``; short runs keep 4 decimals (``"0.0123 ± 0.0004"``); n/a when NaN."""
+    if math.isnan(mean) or math.isnan(std):
+        return NA
+    decimals = 2 if abs(mean) >= 0.1 or mean == 0 else 4
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+_MAC_UNITS = [("EMAC", 1e18), ("PMAC", 1e15), ("TMAC", 1e12), ("GMAC", 1e9), ("MMAC", 1e6),
+              ("kMAC", 1e3)]
+
+
+def format_macs(macs: float) -> str:
+    """``1.23e15`` -> ``"1.23 PMAC"``; ``0`` -> ``"0 MAC"``; n/a when NaN."""
+    if macs is None or math.isnan(macs):
+        return NA
+    for unit, scale in _MAC_UNITS:
+        if abs(macs) >= scale:
+            return f"{macs / scale:.3g} {unit}"
+    return f"{macs:.3g} MAC"
+
+
+def format_ratio(ratio: float) -> str:
+    """``"0.12"``; very small ratios in scientific notation (``"3.1e-03"``); n/a when NaN/inf."""
+    if ratio is None or not math.isfinite(ratio):
+        return NA
+    return f"{ratio:.2f}" if ratio == 0 or abs(ratio) >= 0.01 else f"{ratio:.1e}"
+
+
+def format_speedup(ratio: float) -> str:
+    """``"2.00x"``; n/a when NaN/inf."""
+    if ratio is None or not math.isfinite(ratio):
+        return NA
+    return f"{ratio:.2f}x"
+
+
+def format_bytes(n: float) -> str:
+    """``4000`` -> ``"4.0 kB"``, ``2.5e6`` -> ``"2.50 MB"`` (decimal: 1 kB = 1000 bytes); n/a when
+    NaN."""
+    if n is None or not math.isfinite(n):
+        return NA
+    return f"{n / 1e6:.2f} MB" if abs(n) >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def format_count(n: float) -> str:
+    """``11173962`` -> ``"11,173,962"`` (a mean over seeds is rounded); n/a when NaN."""
+    if n is None or not math.isfinite(n):
+        return NA
+    return f"{round(n):,}"
+
+
+# ----------------------------------------------------------------------------- LaTeX
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}"}
+_LABEL_RE = re.compile(r"^(?:T_(?P<ft>[a-z]+)\((?P<inner>[^()\s]+)\)|(?P<plain>[^()\s]+))"
+                       r"(?P<kind> \((?:PTQ|QAT)\))?$")
+_BASE_RE = re.compile(r"^f_(?P<train>[a-z]+)(?:\^(?P<sup>[a-z]+))?$")
+
+
+def latex_escape(text) -> str:
+    """Plain text safe inside LaTeX (``fashion_mnist`` -> ``fashion\\_mnist``)."""
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
+
+
+def latex_model_label(label: str) -> str:
+    """``T_ad(f_st^q) (PTQ)`` -> ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``; a label that is not
+    in the paper's notation is escaped as plain text."""
+    m = _LABEL_RE.match(label)
+    base = _BASE_RE.match((m.group("inner") or m.group("plain")) if m else "")
+    if not (m and base):
+        return latex_escape(label)
+    math_label = "f_{" + base.group("train") + "}"
+    if base.group("sup"):
+        math_label += "^{" + base.group("sup") + "}"
+    if m.group("ft"):
+        math_label = r"\mathcal{T}_{" + m.group("ft") + "}(" + math_label + ")"
+    return f"${math_label}$" + (m.group("kind") or "")

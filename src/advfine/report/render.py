@@ -1,0 +1,316 @@
+"""Write the tables of one experiment as CSV, Markdown and LaTeX (``write_tables``).
+
+One experiment (one config) holds one dataset. For it ``write_tables`` writes each table of
+``tables`` under its stem from ``advfine.vocab.table_names(dataset)`` (Tables 3/5 become 4/6 on
+cifar10), in every ``TABLE_FORMATS``:
+
+* ``.csv``: the table's DataFrame as is (all numbers, the (experiment, dataset, arch) columns
+  first);
+* ``.md`` and ``.tex`` (booktabs): the paper's layout, with the ``n`` column added, dataset and
+  architecture named in the caption; several (experiment, dataset, arch) groups are separated by
+  a titled block. LaTeX renders model labels as math and escapes every other cell.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from ..files import write_text
+from ..vocab import TABLE_FORMATS, table_names
+from .labels import (NA, arch_name, dataset_name, format_count, format_ratio, format_speedup,
+                     latex_escape, latex_model_label)
+from .stats import GROUP_COLS, joined
+from .tables import FT_KEYS, computational_gains, compute_table, level_for, table2, table3, table5
+
+
+def _latex_text(cell) -> str:
+    """A table cell: escaped, with ``±`` as ``$\\pm$``."""
+    return latex_escape(cell).replace("±", r"$\pm$")
+
+
+# ----------------------------------------------------------------------------- table layouts
+# Each layout turns the CSV rows of one (experiment, dataset, arch) group into the paper's
+# layout: a DataFrame of plain-text cells whose column names are the Markdown header.
+
+
+def _seed_counts(row: pd.Series, keys: list[str]) -> str:
+    """``"3"`` when all columns have the same number of seeds, else ``"3/0/3"``."""
+    ns = [str(int(row[k])) for k in keys]
+    return ns[0] if len(set(ns)) == 1 else "/".join(ns)
+
+
+def _layout_table2(rows: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({
+        "Dataset": [dataset_name(rows["dataset"].iloc[0])] + [""] * (len(rows) - 1),
+        "Model": rows["model"], "n": rows["n"].astype(int).astype(str),
+        "Test": rows["test"], "Robustness": rows["robustness"]})
+    return out.reset_index(drop=True)
+
+
+def _layout_table3(rows: pd.DataFrame) -> pd.DataFrame:
+    first = rows["performance"] == "test"  # the model is named once, on its "test" row
+    out = pd.DataFrame({"Model": rows["model"].where(first, ""), "Performance": rows["performance"]})
+    for ft, title in FT_KEYS:
+        out[title] = rows[ft]
+    out["n"] = [_seed_counts(r, [f"{ft}_n" for ft, _ in FT_KEYS]) for _, r in rows.iterrows()]
+    return out.reset_index(drop=True)
+
+
+def _layout_table5(rows: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"Model": rows["model"], "n": rows["n"].astype(int).astype(str),
+                         "Test": rows["test"], "Robustness": rows["robustness"]}
+                        ).reset_index(drop=True)
+
+
+_STAGE_ROLE = {"train_base": "training", "finetune": "fine-tuning"}
+
+
+def _layout_gains(rows: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Model": rows["model"],
+        "Adversarial stage": rows["adversarial_stage"].map(lambda s: _STAGE_ROLE.get(s, s)),
+        "n": rows["n"].astype(int).astype(str),
+        "Adv. time (min)": rows["adv_wall_min"],
+        "Adv. time / f_rb": rows["adv_time_ratio"].map(format_ratio),
+        "Adv. MACs (est.)": rows["adv_macs"],
+        "Adv. MACs / f_rb": rows["adv_macs_ratio"].map(format_ratio),
+        "Lineage time (min)": rows["lineage_wall_min"],
+        "Lineage time / f_rb": rows["lineage_time_ratio"].map(format_ratio),
+        "Device": rows["device"],
+    }).reset_index(drop=True)
+
+
+def _layout_compute(rows: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Model": rows["model"], "Compression": rows["compression_level"],
+        "n": rows["n"].astype(int).astype(str),
+        "Params": rows["params_mean"].map(format_count), "MACs": rows["macs"],
+        "Weights": rows["weight_size"], "Checkpoint": rows["checkpoint_size"],
+        "Latency (ms)": rows["latency_ms"], "Speed-up": rows["latency_speedup"].map(format_speedup),
+        "INT8 latency (ms)": rows["int8_latency_ms"],
+        "INT8 speed-up": rows["int8_speedup"].map(format_speedup),
+        "INT8 acc. (%)": rows["int8_clean_acc"],
+        "Fake-quant acc. (%)": rows["fake_quant_clean_acc"],
+        "Lineage time (min)": rows["lineage_wall_min"], "Lineage MACs (est.)": rows["lineage_macs"],
+        "Peak memory (MB)": rows["peak_rss_mb"],
+    }).reset_index(drop=True)
+
+
+# LaTeX header lines and column specification of each layout.
+_T_ST, _T_AD = r"$\mathcal{T}_{st}(\cdot)$", r"$\mathcal{T}_{ad}(\cdot)$"
+_TEX_HEADERS = {
+    "table2": ([r"Dataset & Model & $n$ & Test & Robustness \\"], "llrcc"),
+    "table3": ([r" & & \multicolumn{3}{c}{Fine-tuning} & \\", r"\cmidrule(lr){3-5}",
+                rf"Model & Performance & None & {_T_ST} & {_T_AD} & $n$ \\"], "llcccc"),
+    "table5": ([r"Model & $n$ & Test & Robustness \\"], "lrcc"),
+    "gains": ([r" & & & \multicolumn{4}{c}{Adversarial stage} & \multicolumn{2}{c}{Whole lineage} & \\",
+               r"\cmidrule(lr){4-7} \cmidrule(lr){8-9}",
+               r"Model & Stage & $n$ & Time (min) & Ratio & MACs (est.) & Ratio & Time (min) & Ratio"
+               r" & Device \\"], "llrccccccl"),
+    "compute": ([r" & & & \multicolumn{4}{c}{Model size} & \multicolumn{2}{c}{Latency (CPU)}"
+                 r" & \multicolumn{4}{c}{Real INT8} & \multicolumn{2}{c}{Whole lineage} & \\",
+                 r"\cmidrule(lr){4-7} \cmidrule(lr){8-9} \cmidrule(lr){10-13} \cmidrule(lr){14-15}",
+                 r"Model & Compression & $n$ & Params & MACs & Weights & Checkpoint & ms & Speed-up"
+                 r" & ms & Speed-up & Acc. (\%) & Fake-quant (\%) & Time (min) & MACs (est.)"
+                 r" & Peak mem. (MB) \\"], "llrrrrrccccccccc"),
+}
+
+
+def _group_title(keys: tuple) -> str:
+    experiment, dataset, arch = keys
+    return f"{experiment}: {dataset_name(dataset)}, {arch_name(arch)}"
+
+
+def _blocks(table: pd.DataFrame, layout) -> list[tuple[tuple, pd.DataFrame]]:
+    """[(group keys, paper-layout DataFrame)] per (experiment, dataset, arch) group."""
+    if table.empty:
+        return []
+    return [(keys, layout(rows)) for keys, rows in table.groupby(GROUP_COLS, sort=True)]
+
+
+def _markdown(caption: str, blocks: list, note: str) -> str:
+    def md(block: pd.DataFrame) -> str:
+        # disable_numparse: cells are final text ("1.00" must not become "1")
+        return block.to_markdown(index=False, disable_numparse=True)
+
+    if not blocks:
+        body = "(no data)"
+    elif len(blocks) == 1:
+        body = md(blocks[0][1])
+    else:
+        body = "\n\n".join(f"**{_group_title(keys)}**\n\n{md(b)}" for keys, b in blocks)
+    return f"{caption}\n\n{body}\n\n{note}\n"
+
+
+def _latex(caption: str, label: str, blocks: list, header: list[str], colspec: str,
+           note: str) -> str:
+    """A booktabs table float (needs ``\\usepackage{booktabs}``). Model labels become math,
+    other cells are escaped; several groups are separated by a titled ``\\midrule``."""
+    ncols = len(colspec)
+    lines = ["% Written by advfine.report; needs \\usepackage{booktabs}.",
+             r"\begin{table}[htbp]", r"\centering", rf"\caption{{{caption}}}",
+             rf"\label{{tab:{label}}}", rf"\begin{{tabular}}{{{colspec}}}", r"\toprule"]
+    lines += header
+    lines.append(r"\midrule")
+    if not blocks:
+        lines.append(rf"\multicolumn{{{ncols}}}{{c}}{{no data}} \\")
+    for i, (keys, block) in enumerate(blocks):
+        if len(blocks) > 1:
+            if i:
+                lines.append(r"\midrule")
+            title = latex_escape(_group_title(keys))
+            lines.append(rf"\multicolumn{{{ncols}}}{{l}}{{\emph{{{title}}}}} \\")
+        for _, row in block.iterrows():
+            cells = [latex_model_label(v) if col == "Model" and v else _latex_text(v)
+                     for col, v in row.items()]
+            lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", "",
+              rf"\par\smallskip{{\footnotesize {note}}}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- writers
+
+_NOTE = ("Accuracy in %, mean ± sample std (ddof=1) over seeds; n = number of seeds "
+         "(std 0.00 when n = 1); n/a = no data for that combination.")
+_TEX_NOTE = (r"Accuracy in \%, mean $\pm$ sample std (ddof=1) over seeds; $n$ = number of seeds "
+             r"(std 0.00 when $n = 1$); n/a = no data for that combination.")
+_GAINS_NOTE = ("Wall times in minutes, mean ± sample std over seeds; MACs: mean over seeds of the "
+               "estimated multiply-accumulates recorded for each stage; ratios: ratio of means to "
+               "f_rb's; n/a = no data (or an eval.json written before MACs were recorded).")
+_TEX_GAINS_NOTE = (r"Wall times in minutes, mean $\pm$ sample std over seeds; MACs: mean over "
+                   r"seeds of the estimated multiply-accumulates recorded for each stage; "
+                   r"ratio: ratio of means to $f_{rb}$'s; n/a = no data.")
+
+
+def _compute_notes(df: pd.DataFrame) -> tuple[str, str]:
+    """The compute table's Markdown and LaTeX notes, with the recorded batch size and threads."""
+    batch = joined(df["latency_batch"]) if "latency_batch" in df and len(df) else math.nan
+    threads = joined(df["latency_threads"]) if "latency_threads" in df and len(df) else math.nan
+    batch = "256" if isinstance(batch, float) else batch
+    threads = "" if isinstance(threads, float) else f" ({threads})"
+    md = (f"Latency: median of timed forward passes of a batch of {batch} test images on the CPU "
+          f"with the job's threads{threads}, in ms, mean ± sample std over seeds; speed-up: ratio "
+          "of means, the dense model of the same base training without fine-tuning (f_st or f_rb) "
+          "to this model (so f_st and f_rb are 1.00x). Fake-quantized models (^q, PTQ and QAT) run "
+          "as fp32 with rounding, so they are not faster; the real INT8 model is torch.ao's (oneDNN) "
+          "integer model of the PTQ INT8 node (n/a elsewhere), its clean accuracy (%) beside the "
+          "fake-quant model's. Params and MACs per input: mean over seeds; weights: bytes of the "
+          "stored weights, checkpoint: file size (kB = 1000 bytes, MB = 10^6 bytes). Whole "
+          "lineage: wall time in minutes (mean ± std) and estimated MACs (mean) of every stage "
+          "that produced the model (training + compression + fine-tuning). Peak memory: peak "
+          "resident set size of the job process, the maximum over the lineage's stages and the "
+          "evaluation, in MB (mean ± std); n/a = no data (or an eval.json written before it was "
+          "recorded).")
+    tex = (rf"Latency: median of timed forward passes of a batch of {batch} test images on the "
+           rf"CPU with the job's threads{latex_escape(threads)}, in ms, mean $\pm$ sample std over "
+           r"seeds; speed-up: ratio of means, the dense model of the same base training without "
+           r"fine-tuning ($f_{st}$ or $f_{rb}$) to this model. Fake-quantized models ($f^q$, PTQ "
+           r"and QAT) run as fp32 with rounding, so they are not faster; the real INT8 model is "
+           r"torch.ao's (oneDNN) integer model of the PTQ INT8 node (n/a elsewhere), its clean "
+           r"accuracy (\%) beside the fake-quant model's. Sizes: kB = 1000 bytes, MB = $10^6$ "
+           r"bytes. Whole lineage: wall time in minutes (mean $\pm$ std) and estimated MACs "
+           r"(mean) of every stage that produced the model. Peak memory: peak resident set size "
+           r"of the job process, the maximum over the lineage's stages and the evaluation, in MB "
+           r"(mean $\pm$ std); n/a = no data.")
+    return md, tex
+
+
+def _single_dataset(df: pd.DataFrame, dataset: str | None) -> str:
+    found = sorted(df["dataset"].dropna().unique()) if len(df) else []
+    if dataset is None:
+        if len(found) != 1:
+            raise ValueError("write_tables needs the rows of exactly one dataset (one experiment), "
+                             f"found {found or 'none'}; pass dataset= for an empty DataFrame")
+        return found[0]
+    if found and found != [dataset]:
+        raise ValueError(f"write_tables(dataset={dataset!r}) got rows of datasets {found}")
+    return dataset
+
+
+def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
+                 prune_level: float | Mapping[str, float],
+                 ptq_bits: int | Mapping[str, int], dataset: str | None = None) -> list[Path]:
+    """Write the tables of one experiment into ``out_dir`` (atomically): for each stem of
+    ``table_names(dataset)`` a ``.csv`` (all numbers, group columns), ``.md`` and ``.tex``
+    (booktabs) in the paper's layout. ``dataset`` defaults to the single dataset in ``df``
+    (ValueError if there are several, or none and no ``dataset``). ``prune_level``/``ptq_bits``
+    are one value or a {dataset: value} mapping. Returns the written paths."""
+    dataset = _single_dataset(df, dataset)
+    stems = table_names(dataset)
+    p_lev, q_bits = level_for(prune_level, dataset), level_for(ptq_bits, dataset)
+    p_txt = NA if p_lev is None else f"{p_lev:g}"
+    p_pct = NA if p_lev is None else f"{100 * p_lev:g}\\%"
+    q_txt = NA if q_bits is None else f"INT{int(q_bits)}"
+    archs = ", ".join(arch_name(a) for a in sorted(df["arch"].dropna().unique())) if len(df) else ""
+    on = f"{dataset_name(dataset)} ({archs})" if archs else dataset_name(dataset)
+    on_tex = latex_escape(on)
+    num3, num5 = (4, 6) if dataset == "cifar10" else (3, 5)
+    specs = [  # (stem, CSV table, layout, LaTeX header key, md caption, tex caption, notes)
+        (stems[0], table2(df), _layout_table2, "table2",
+         f"Table 2: Baseline performance of the dense standard (f_st) and robust (f_rb) models on "
+         f"{on}, test accuracy and robustness (accuracy under PGD); T_ad(f_st) = the standard model "
+         "with adversarial fine-tuning.",
+         rf"Baseline performance of the dense standard ($f_{{st}}$) and robust ($f_{{rb}}$) models on "
+         rf"{on_tex}, test accuracy and robustness (accuracy under PGD); $\mathcal{{T}}_{{ad}}(f_{{st}})$ "
+         "is the standard model with adversarial fine-tuning.", _NOTE, _TEX_NOTE),
+        (stems[1], table3(df, prune_level, ptq_bits), _layout_table3, "table3",
+         f"Table {num3}: Performance of compressed standard and robust models on {on}: l1-norm "
+         f"filter pruning with sparsity {p_txt} (^p) and {q_txt} post-training quantization (^q), "
+         "without fine-tuning (None), with standard (T_st) and adversarial (T_ad) fine-tuning.",
+         rf"Performance of compressed standard and robust models on {on_tex}: $\ell_1$-norm filter "
+         rf"pruning with {p_pct} sparsity ratio ($f^p$) and {q_txt} post-training quantization "
+         rf"($f^q$), without fine-tuning (None), with standard fine-tuning {_T_ST} and adversarial "
+         rf"fine-tuning {_T_AD}.", _NOTE, _TEX_NOTE),
+        (stems[2], table5(df, prune_level, ptq_bits), _layout_table5, "table5",
+         f"Table {num5}: Performance on {on} of the dense models f_st, f_rb and of compressed models "
+         f"after adversarial fine-tuning T_ad(·): pruning with sparsity {p_txt} (^p), {q_txt} "
+         "post-training quantization (PTQ) and quantization-aware training (QAT) (^q).",
+         rf"Performance on {on_tex} of the dense models $f_{{st}}$, $f_{{rb}}$ and of compressed "
+         rf"models after adversarial fine-tuning {_T_AD}: pruning with {p_pct} sparsity ratio "
+         rf"($f^p$), {q_txt} post-training quantization (PTQ) and quantization-aware training "
+         rf"(QAT) ($f^q$).", _NOTE, _TEX_NOTE),
+        (stems[3], computational_gains(df, prune_level, ptq_bits), _layout_gains, "gains",
+         f"Computational gains on {on}: the adversarial stage of full adversarial training (f_rb) "
+         f"vs adversarial fine-tuning of the dense (T_ad(f_st)), pruned (sparsity {p_txt}) and "
+         f"quantized ({q_txt} PTQ) standard models, with its wall time and estimated MACs, and the "
+         "wall time of each model's whole lineage (standard training + compression + "
+         "fine-tuning); ratios to f_rb.",
+         rf"Computational gains on {on_tex}: the adversarial stage of full adversarial training "
+         rf"($f_{{rb}}$) vs adversarial fine-tuning of the dense ($\mathcal{{T}}_{{ad}}(f_{{st}})$), "
+         rf"pruned ({p_pct} sparsity) and quantized ({q_txt} PTQ) standard models, with its wall "
+         r"time and estimated multiply-accumulates (MACs), and the wall time of each model's "
+         r"whole lineage (standard training + compression + fine-tuning).",
+         _GAINS_NOTE, _TEX_GAINS_NOTE),
+        (stems[4], compute_table(df), _layout_compute, "compute",
+         f"Compute and memory on {on}: every model of the experiment with its size (parameters, "
+         "MACs per input, weight and checkpoint size), its CPU inference latency and speed-up over "
+         "the dense model of the same base training, the real INT8 model of the PTQ INT8 node "
+         "(latency, speed-up, clean accuracy beside the fake-quant model's), the wall time and "
+         "estimated MACs of its whole training lineage, and the peak memory of its jobs.",
+         rf"Compute and memory on {on_tex}: every model of the experiment with its size "
+         r"(parameters, multiply-accumulates (MACs) per input, weight and checkpoint size), its "
+         r"CPU inference latency and speed-up over the dense model of the same base training, "
+         r"the real INT8 model of the PTQ INT8 node (latency, speed-up, clean accuracy beside the "
+         r"fake-quant model's), the wall time and estimated MACs of its whole training lineage, "
+         r"and the peak memory of its jobs.", *_compute_notes(df)),
+    ]
+    out = Path(out_dir)
+    written = []
+    for stem, table, layout, tex_key, md_caption, tex_caption, note, tex_note in specs:
+        blocks = _blocks(table, layout)
+        header, colspec = _TEX_HEADERS[tex_key]
+        files = {
+            "csv": table.to_csv(index=False, lineterminator="\n"),
+            "md": _markdown(md_caption, blocks, note),
+            "tex": _latex(tex_caption, stem, blocks, header, colspec, tex_note),
+        }
+        for ext in TABLE_FORMATS:
+            path = out / f"{stem}.{ext}"
+            write_text(path, files[ext])
+            written.append(path)
+    return written

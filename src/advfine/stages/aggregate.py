@@ -1,0 +1,14 @@
+"""Stage aggregate: all_metrics.csv and the paper's tables (CSV, Markdown, LaTeX) from the per-model
+eval.json files."""
+from __future__ import annotations
+
+from ..report.collect import collect_metrics, write_metrics_csv
+from ..report.render import write_tables
+
+
+def run(config: dict, *, evals: list[str], out_csv: str, out_tables_dir: str) -> None:
+    """Collect ``evals`` into ``out_csv`` and write every table into ``out_tables_dir``, with the
+    compression levels of ``report`` (Tables 3 and 5) from the config."""
+    df = collect_metrics(evals)
+    write_metrics_csv(df, out_csv)
+    write_tables(df, out_tables_dir, config["report"]["prune_sparsity"], config["report"]["ptq_bits"])

@@ -1,0 +1,63 @@
+"""What every model stage does the same way: set up the job (threads, seed, device, backend flags),
+choose the precision, build attacks from the config, and assemble a metrics record whose ``stages``
+list carries the wall time and cost of every stage that led to the model."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..attacks import PGDAttack
+from ..data import Dataset
+from ..models import default_arch
+from ..provenance import provenance
+from ..runtime import (check_precision, configure_backends, cpu_has_native_bf16, peak_rss_mb, resolve_device,
+                       seed_everything, set_threads)
+
+log = logging.getLogger("advfine")
+
+
+def setup(config: dict, seed: int, threads: int) -> torch.device:
+    """Threads, global seeds, the device (``config['device']``) and cuDNN's determinism flags."""
+    set_threads(threads)
+    seed_everything(seed)
+    device = resolve_device(config["device"])
+    configure_backends(device, config["deterministic"])
+    log.info("device %s, %d thread(s), seed %d, deterministic %s", device, threads, seed, config["deterministic"])
+    return device
+
+
+def precision_for(config: dict, device: torch.device, fake_quantized: bool) -> str:
+    """The precision a stage computes in: config key ``precision``, except for fake-quantized models,
+    which always run in fp32 (bf16 has 8 significant bits: it cannot hold an INT16 or INT8 grid)."""
+    precision = check_precision(config["precision"])
+    if fake_quantized and precision != "fp32":
+        log.info("precision %s asked for, but this model is fake-quantized: computing in fp32", precision)
+        return "fp32"
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning("precision bf16 on a CPU without AVX-512 BF16 or AMX: bf16 is emulated here and "
+                    "slower than fp32 (results are still valid)")
+    return precision
+
+
+def attack_from_config(config: dict, which: str) -> PGDAttack:
+    """The PGD attack of ``attack.<which>`` (train or eval) in the config's ``attack.eps_space``."""
+    return PGDAttack.from_config(config["attack"][which], config["attack"]["eps_space"])
+
+
+def dataset_arch(config: dict, data: Dataset) -> dict:
+    """The arch dict of an unpruned ``model.arch`` for the prepared dataset."""
+    return default_arch(config["model"]["arch"], data.in_channels, data.num_classes, data.input_size,
+                        data.mean, data.std)
+
+
+def metrics_record(config: dict, seed: int, device, stage: str, wall: float, parent: dict | None,
+                   estimated_macs: int = 0, adversarial: bool = False, **fields) -> dict:
+    """A stage's metrics: its own fields, provenance, and ``stages``: the lineage of every stage that
+    produced this model (wall time, estimated MACs, adversarial or not, device), oldest first."""
+    stages = list(parent["stages"]) if parent else []
+    peak = peak_rss_mb()
+    stages.append({"stage": stage, "wall_time_s": wall, "estimated_macs": int(estimated_macs),
+                   "adversarial": bool(adversarial), "device": str(device), "peak_rss_mb": peak})
+    return {"stage": stage, "wall_time_s": wall, "stages": stages, **fields, "peak_rss_mb": peak,
+            "provenance": provenance(config, seed, device)}

@@ -1,0 +1,45 @@
+"""Stage compress: L1-norm filter pruning (filters physically removed) or post-training quantization of
+a trained model. The parent checkpoint is only read; the result is a new node."""
+from __future__ import annotations
+
+import time
+
+from ..checkpoints import load_model, save_model
+from ..compress import calibration_batches, prune_filters_l1, quantize_ptq
+from ..cost import model_cost
+from ..data import load_prepared
+from ..files import read_json, write_json
+from ..models import count_parameters
+from ..vocab import PRUNE, PTQ, parse_compression, stage_seed
+from .common import metrics_record, setup
+
+
+def run(config: dict, *, data: str, compression: str, seed: int, model: str, metrics: str, out_model: str,
+        out_metrics: str, threads: int = 1) -> dict:
+    """Compress the model at ``model`` (its metrics at ``metrics``) to ``compression`` (prune-<s> or
+    ptq-int<b>); dense needs no job and QAT is stage ``qat``."""
+    method, level = parse_compression(compression)
+    if method not in (PRUNE, PTQ):
+        raise ValueError(f"stage compress makes prune-* and ptq-int* nodes, not {compression!r} "
+                         "(dense needs no job; QAT is stage qat)")
+    device = setup(config, seed, threads)
+    parent = read_json(metrics)
+    parent_model, ckpt = load_model(model)
+    dataset = load_prepared(data)
+    start = time.perf_counter()
+    if method == PRUNE:
+        compressed, arch = prune_filters_l1(parent_model, ckpt["arch"], level, dataset.train_x[:2])
+        macs_spent = 0  # ranking filters by their L1 norm costs next to nothing
+    else:
+        batches = calibration_batches(dataset.train_x, config["compress"], stage_seed("compress", seed))
+        compressed, arch = quantize_ptq(parent_model, int(level), batches), ckpt["arch"]
+    wall = time.perf_counter() - start
+    cost = model_cost(compressed, dataset.input_shape)
+    if method == PTQ:  # PTQ's only compute: the calibration forward passes
+        macs_spent = sum(len(b) for b in batches) * cost["macs"]
+    save_model(out_model, compressed, arch, extra={"compression": compression, "parent": str(model)})
+    record = metrics_record(config, seed, device, "compress", wall, parent, macs_spent, False,
+                            compression=compression, method=method, level=level, arch=arch,
+                            parent_params=count_parameters(parent_model), **cost)
+    write_json(out_metrics, record)
+    return record

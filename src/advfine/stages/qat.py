@@ -1,0 +1,58 @@
+"""Stage qat: quantization-aware training (Jacob et al. 2018) at one bit width, with the base model's kind
+of training: standard under ``st``, PGD-adversarial under ``rb`` (the paper's f_rb^q with QAT)."""
+from __future__ import annotations
+
+import time
+
+from ..checkpoints import load_model, save_model
+from ..compress import calibration_batches, prepare_qat
+from ..cost import model_cost, training_macs
+from ..data import load_prepared
+from ..files import read_json, write_json
+from ..models import build_model
+from ..train import restored_wall_time, resume_path_for, train_model
+from ..vocab import BASE_MODELS, compression_label, stage_seed
+from .common import attack_from_config, dataset_arch, metrics_record, setup
+
+
+def run(config: dict, *, data: str, bits: int, train: str, seed: int, out_model: str, out_metrics: str,
+        model: str | None = None, metrics: str | None = None, threads: int = 1) -> dict:
+    """QAT of base model ``train`` at ``bits``. ``compress.qat.init`` says where it starts: the trained
+    base model at ``model`` (``parent``: the paper's CIFAR-10 protocol) or a fresh random init
+    (``scratch``: its Fashion-MNIST protocol; then no parent is read)."""
+    if train not in BASE_MODELS:
+        raise ValueError(f"unknown base model {train!r}; known: {sorted(BASE_MODELS)}")
+    compression = compression_label("qat", bits)
+    qat_cfg = config["qat"]
+    device = setup(config, seed, threads)
+    dataset = load_prepared(data)
+    if qat_cfg["init"] == "parent":
+        if model is None or metrics is None:
+            raise ValueError("config key qat.init is 'parent' but no parent model was given")
+        parent = read_json(metrics)
+        start_model, ckpt = load_model(model)
+        arch = ckpt["arch"]
+    else:
+        parent, arch = None, dataset_arch(config, dataset)
+        start_model = build_model(arch)  # seeded by setup
+    start = time.perf_counter()
+    qmodel = prepare_qat(start_model, int(bits), calibration_batches(dataset.train_x, config["compress"], seed))
+    forward_macs = model_cost(qmodel, dataset.input_shape)["macs"]
+    attack = attack_from_config(config, "train") if train == "rb" else None
+    resume = resume_path_for(out_model)
+    history = train_model(qmodel, dataset.train_x, dataset.train_y, qat_cfg, attack, stage_seed("qat", seed),
+                          device, desc=f"QAT int{bits} {train}", resume_path=resume)
+    wall = time.perf_counter() - start + restored_wall_time(history)
+    qmodel.cpu()
+    parent_ref = None if model is None else str(model)
+    save_model(out_model, qmodel, arch,
+               extra={"compression": compression, "parent": parent_ref, "init": qat_cfg["init"]})
+    macs = training_macs(history, len(dataset.train_y), forward_macs, attack.steps if attack else 0)
+    # in a model's lineage QAT takes the place of compression (the report's "compress" columns)
+    record = metrics_record(config, seed, device, "compress", wall, parent, macs, attack is not None,
+                            compression=compression, method="qat", level=bits, init=qat_cfg["init"], arch=arch,
+                            history=history, attack=attack.describe() if attack else None, precision="fp32",
+                            **model_cost(qmodel, dataset.input_shape))
+    write_json(out_metrics, record)
+    resume.unlink(missing_ok=True)
+    return record

@@ -1,0 +1,51 @@
+"""Stage train_base: train the base model, standard (``st``, f_st) or PGD-adversarial (``rb``, f_rb)."""
+from __future__ import annotations
+
+import logging
+import time
+
+from ..checkpoints import save_model
+from ..cost import model_cost, training_macs
+from ..data import load_prepared
+from ..files import write_json
+from ..models import build_model, count_parameters, load_pretrained
+from ..train import restored_wall_time, resume_path_for, train_model
+from ..vocab import BASE_MODELS, stage_seed
+from .common import attack_from_config, dataset_arch, metrics_record, precision_for, setup
+
+log = logging.getLogger("advfine")
+
+
+def run(config: dict, *, data: str, train: str, seed: int, out_model: str, out_metrics: str,
+        threads: int = 1) -> dict:
+    """Train base model ``train`` of seed ``seed`` on the prepared dataset ``data``; write its checkpoint
+    and metrics. Starts from ``model.pretrained`` when the config names a checkpoint."""
+    if train not in BASE_MODELS:
+        raise ValueError(f"unknown base model {train!r}; known: {sorted(BASE_MODELS)}")
+    device = setup(config, seed, threads)
+    dataset = load_prepared(data)
+    arch = dataset_arch(config, dataset)
+    model = build_model(arch)
+    pretrained = config["model"]["pretrained"]
+    if pretrained:
+        load_pretrained(model, pretrained)
+        log.info("base model starts from the pretrained checkpoint %s", pretrained)
+    forward_macs = model_cost(model, dataset.input_shape)["macs"]
+    start = time.perf_counter()
+    attack = attack_from_config(config, "train") if train == "rb" else None
+    resume = resume_path_for(out_model)
+    precision = precision_for(config, device, fake_quantized=False)
+    history = train_model(model, dataset.train_x, dataset.train_y, config["train"], attack,
+                          stage_seed("train_base", seed), device,
+                          desc=f"train {train}", resume_path=resume, precision=precision)
+    wall = time.perf_counter() - start + restored_wall_time(history)
+    model.cpu()
+    save_model(out_model, model, arch, extra={"train": train, "seed": seed})
+    macs = training_macs(history, len(dataset.train_y), forward_macs, attack.steps if attack else 0)
+    metrics = metrics_record(config, seed, device, "train_base", wall, None, macs, attack is not None,
+                             train=train, history=history, params=count_parameters(model),
+                             n_train=len(dataset.train_y), precision=precision, pretrained=pretrained,
+                             attack=attack.describe() if attack else None)
+    write_json(out_metrics, metrics)
+    resume.unlink(missing_ok=True)
+    return metrics

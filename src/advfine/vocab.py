@@ -1,0 +1,160 @@
+"""The workflow's vocabulary, in one place: stage (rule) names, node paths and wildcard patterns, the
+compression-label grammar, the paper's model notation, table and figure names, Figure 2's model
+pairs and the seed offsets of the stages.
+
+Pure Python, no torch or pandas: the Snakefile imports it at parse time, and every job parses the
+workflow. The .smk files build their wildcard constraints, paths and target lists from it.
+"""
+from __future__ import annotations
+
+import re
+
+# ------------------------------------------------------------------------------ stages (rules)
+# Each stage has one name end to end: rule <name> in workflow/rules/<name>.smk, script
+# workflow/scripts/<name>.py, entry point advfine.stages.<name>.run, config slice
+# config.STAGE_SECTIONS[<name>] and log file <name>.log.
+STAGES = ("prepare_data", "train_base", "compress", "qat", "finetune", "evaluate", "aggregate", "plot",
+          "figure2")
+# Stages that train, compress or attack models (a GPU helps); the others are light (no GPU).
+COMPUTE_STAGES = ("train_base", "compress", "qat", "finetune", "evaluate", "figure2")
+LIGHT_STAGES = tuple(s for s in STAGES if s not in COMPUTE_STAGES)
+
+# Each stage draws its random numbers from the node's seed plus its own offset, so fine-tuning,
+# evaluation and QAT of one seed never reuse base training's stream.
+SEED_OFFSETS = {"prepare_data": 0, "train_base": 0, "compress": 0, "qat": 3000, "finetune": 1000,
+                "evaluate": 2000, "figure2": 0}
+
+
+def stage_seed(stage: str, seed: int) -> int:
+    """The seed ``stage`` draws from for a node of seed ``seed``."""
+    return int(seed) + SEED_OFFSETS[stage]
+
+
+# ------------------------------------------------------------------------------ models and nodes
+BASE_MODELS = {"st": "standard training", "rb": "PGD adversarial training"}
+FINETUNE_MODES = {"none": "no fine-tuning", "st": "standard fine-tuning", "ad": "adversarial fine-tuning"}
+
+DENSE, PRUNE, PTQ, QAT = "dense", "prune", "ptq", "qat"
+QUANTIZATION_METHODS = (PTQ, QAT)  # post-training quantization, quantization-aware training
+COMPRESSION_METHODS = (DENSE, PRUNE, PTQ, QAT)
+
+# Compression labels, the {compression} part of a node's path: dense, prune-0.8, ptq-int8, qat-int4.
+PRUNE_LABEL = r"prune-[0-9.]+"
+PTQ_LABEL = r"ptq-int\d+"
+QAT_LABEL = r"qat-int\d+"
+COMPRESSION_LABEL = "|".join((DENSE, PRUNE_LABEL, PTQ_LABEL, QAT_LABEL))
+_COMPRESSION_RE = re.compile(rf"^(?:{COMPRESSION_LABEL})$")
+
+# Wildcard constraints of every path below (Snakemake's wildcard_constraints).
+WILDCARDS = {
+    "experiment": r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    "dataset": r"[a-z_0-9]+",
+    "arch": r"[a-z_0-9]+",
+    "seed": r"\d+",
+    "train": "|".join(BASE_MODELS),
+    "compression": COMPRESSION_LABEL,
+    "finetune": "|".join(FINETUNE_MODES),
+    "bits": r"\d+",
+}
+# What each rule makes: compress the prune-* and ptq-int* nodes, qat the qat-int* ones, finetune st/ad.
+COMPRESS_OUTPUTS = f"{PRUNE_LABEL}|{PTQ_LABEL}"
+FINETUNE_OUTPUTS = "|".join(m for m in FINETUNE_MODES if m != "none")
+
+# Paths: every wildcard is visible, so a user can `ls` a result and know what it is.
+DATA = "results/{experiment}/data/{dataset}.pt"
+NODE = "results/{experiment}/{dataset}-{arch}/seed{seed}/base-{train}"
+LOGS = "logs/{experiment}/{dataset}-{arch}/seed{seed}/base-{train}"
+
+
+def parse_compression(label: str) -> tuple[str, float | int | None]:
+    """'dense' -> ('dense', None); 'prune-0.8' -> ('prune', 0.8); 'ptq-int8' -> ('ptq', 8);
+    'qat-int4' -> ('qat', 4)."""
+    if not _COMPRESSION_RE.match(label or ""):
+        raise ValueError(f"unknown compression {label!r}; expected dense, prune-<sparsity>, ptq-int<bits> "
+                         "or qat-int<bits>")
+    if label == DENSE:
+        return DENSE, None
+    method, _, level = label.partition("-")
+    if method == PRUNE:
+        try:
+            return PRUNE, float(level)
+        except ValueError:  # the pattern allows "prune-1.2.3"
+            raise ValueError(f"unknown compression {label!r}: {level!r} is not a number") from None
+    return method, int(level[3:])
+
+
+def compression_label(method: str, level: float | int | None = None) -> str:
+    """The inverse of ``parse_compression``."""
+    if method == DENSE:
+        return DENSE
+    if method == PRUNE:
+        return f"{PRUNE}-{float(level):g}"
+    if method in QUANTIZATION_METHODS:
+        return f"{method}-int{int(level)}"
+    raise ValueError(f"unknown compression method {method!r}; known: {COMPRESSION_METHODS}")
+
+
+# ------------------------------------------------------------------------------ the paper's notation
+def base_label(train: str, method: str = DENSE) -> str:
+    """Paper notation of a (possibly compressed) base model: f_st, f_rb^p, f_st^q, ..."""
+    sup = {DENSE: "", PRUNE: "^p", PTQ: "^q", QAT: "^q"}.get(method, f"^{method}")
+    return f"f_{train}{sup}"
+
+
+def model_label(train: str, method: str = DENSE, finetune: str = "none", quant_kind: bool = False) -> str:
+    """Full label: ``T_ad(f_st^p)``; with ``quant_kind`` quantized models get " (PTQ)"/" (QAT)"."""
+    label = base_label(train, method)
+    if finetune != "none":
+        label = f"T_{finetune}({label})"
+    if quant_kind and method in QUANTIZATION_METHODS:
+        label += f" ({method.upper()})"
+    return label
+
+
+# ------------------------------------------------------------------------------ tables and figures
+TABLE_FORMATS = ["csv", "md", "tex"]
+FIGURE_FORMATS = ["png", "pdf"]
+ALL_METRICS = "all_metrics.csv"
+
+TABLE2 = "table2_baselines"
+COMPUTATIONAL_GAINS = "computational_gains"
+COMPUTE = "compute"
+
+
+def table_names(dataset: str) -> list[str]:
+    """File stems the aggregate stage writes for an experiment on ``dataset`` (each as .csv, .md, .tex).
+    CIFAR-10 gets the paper's Tables 4 and 6, every other dataset Tables 3 and 5; ``compute`` is the
+    per-model compute and memory table (not in the paper)."""
+    compressed, finetuned = ((4, 6) if dataset == "cifar10" else (3, 5))
+    return [TABLE2, f"table{compressed}_compressed", f"table{finetuned}_adversarial_finetuning",
+            COMPUTATIONAL_GAINS, COMPUTE]
+
+
+FIGURE1 = "figure1_adversarial_finetuning"  # accuracy vs compression level after T_ad
+FIGURE2 = "figure2_tsne"                    # t-SNE of features (stage figure2)
+FIGURE3 = "figure3_no_finetuning"           # accuracy vs compression level without fine-tuning
+FIGURE4 = "figure4_qat"                     # QAT of f_rb vs bit width
+FIGURE2_EMBEDDINGS = "figure2_tsne_embeddings.csv"
+
+
+def plot_figure_names(with_qat: bool) -> list[str]:
+    """The figures the plot stage draws from all_metrics.csv (Figure 4 only when the sweep has QAT)."""
+    return [FIGURE1, FIGURE3] + ([FIGURE4] if with_qat else [])
+
+
+# Figure 2's three model pairs (rows), first seed, at the report's compression levels: each model is
+# (train, compression method, fine-tuning); its name is the workflow's input name.
+FIGURE2_MODELS = {
+    "f_st": ("st", DENSE, "none"),
+    "f_rb": ("rb", DENSE, "none"),
+    "T_st_f_st_q": ("st", PTQ, "st"),
+    "T_ad_f_st_q": ("st", PTQ, "ad"),
+    "T_st_f_st_p": ("st", PRUNE, "st"),
+    "T_ad_f_st_p": ("st", PRUNE, "ad"),
+}
+FIGURE2_PAIRS = (("f_st", "f_rb"), ("T_st_f_st_q", "T_ad_f_st_q"), ("T_st_f_st_p", "T_ad_f_st_p"))
+
+
+def figure2_label(name: str) -> str:
+    """The paper's label of a Figure 2 model: ``T_ad_f_st_q`` -> ``T_ad(f_st^q)``."""
+    return model_label(*FIGURE2_MODELS[name])

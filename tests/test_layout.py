@@ -1,0 +1,154 @@
+"""The house rules: one name per stage end to end, small modules, no import cycle, imports at the top
+of modules (a deferred import says why), and a vocabulary the Snakefile can import without torch."""
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from graphlib import CycleError, TopologicalSorter
+
+import pytest
+import yaml
+
+from advfine import vocab
+from advfine.config import STAGE_SECTIONS, load_schema
+
+from conftest import REPO
+
+PACKAGE = REPO / "src" / "advfine"
+MODULES = sorted(PACKAGE.rglob("*.py"))
+MAX_LINES = 400
+
+
+def module_name(path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_imports(path) -> list[tuple[str, ast.AST, bool]]:
+    """(imported advfine module, node, at module level) for every import of the package in ``path``."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    top_level = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base_parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(base_parts + ([node.module] if node.module else []))
+            if base.startswith("advfine"):
+                # "from . import x" and "from .pkg import mod" may name modules themselves
+                targets = [f"{base}.{alias.name}" for alias in node.names
+                           if (PACKAGE.parent / f"{base}.{alias.name}".replace(".", "/")).with_suffix(".py").exists()
+                           or (PACKAGE.parent / f"{base}.{alias.name}".replace(".", "/")).is_dir()] or [base]
+        elif isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names if alias.name.startswith("advfine")]
+        found += [(target, node, id(node) in top_level) for target in targets]
+    return found
+
+
+def test_no_module_is_over_400_lines():
+    sizes = {module_name(p): len(p.read_text().splitlines()) for p in MODULES}
+    assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_the_package_has_no_import_cycle():
+    """Deferred (function-level) imports count too: a cycle hidden in a function is still a cycle."""
+    graph = {module_name(p): {target for target, _, _ in package_imports(p) if target != module_name(p)}
+             for p in MODULES}
+    graph = {m: {t for t in targets if t in graph} for m, targets in graph.items()}
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as err:
+        pytest.fail(f"import cycle: {' -> '.join(err.args[1])}")
+    # the layers of the design: pure I/O at the bottom, checkpoints of whole models above models and
+    # compression, the stages on top
+    assert order.index("advfine.files") < order.index("advfine.models") < order.index("advfine.checkpoints")
+    assert order.index("advfine.compress") < order.index("advfine.stages.compress")
+
+
+def test_every_module_imports_in_one_fresh_interpreter_in_dependency_order():
+    names = [module_name(p) for p in MODULES]
+    code = "import importlib\nfor name in %r:\n    importlib.import_module(name)\n" % names
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_imports_are_at_the_top_unless_deferred_on_purpose():
+    """An import inside a function must say why, in a comment starting with "deferred:" on the line
+    before it (or the line before its block of imports)."""
+    unexplained = []
+    for path in MODULES:
+        lines = path.read_text().splitlines()
+        tree = ast.parse(path.read_text())
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top_level:
+                if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+                    continue
+                above = [line.strip() for line in lines[max(0, node.lineno - 4): node.lineno - 1]]
+                same = lines[node.lineno - 1]
+                if not any("deferred:" in line for line in above + [same]):
+                    unexplained.append(f"{module_name(path)}:{node.lineno}: {same.strip()}")
+    assert unexplained == []
+
+
+def test_the_vocabulary_and_config_import_without_torch():
+    """The Snakefile imports them at parse time, and every job parses the workflow."""
+    code = ("import sys, advfine.vocab, advfine.config\n"
+            "assert 'torch' not in sys.modules and 'pandas' not in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("stage", vocab.STAGES)
+def test_one_name_per_stage_from_rule_to_code(stage):
+    """Rule <stage> lives in workflow/rules/<stage>.smk, reads config slice <stage>, logs to <stage>.log,
+    runs workflow/scripts/<stage>.py, which calls advfine.stages.<stage>.run."""
+    rule_file = REPO / "workflow" / "rules" / f"{stage}.smk"
+    text = rule_file.read_text()
+    assert re.findall(r"^rule (\w+):", text, flags=re.M) == [stage]
+    assert f'stage_config(config, "{stage}")' in text
+    assert f'rule_resources("{stage}")' in text
+    log = re.search(r"^    log:\n\s+(.+)$", text, flags=re.M).group(1)
+    assert log.rstrip(",").strip("f\"'").endswith(f"/{stage}.log")
+    assert f'"../scripts/{stage}.py"' in text
+    script = (REPO / "workflow" / "scripts" / f"{stage}.py").read_text()
+    assert f"from advfine.stages import {stage}\n" in script and f"{stage}.run(" in script
+    module = __import__(f"advfine.stages.{stage}", fromlist=["run"])
+    assert callable(module.run)
+    assert stage in STAGE_SECTIONS
+    rules_enum = load_schema()["properties"]["resources"]["properties"]["rules"]["propertyNames"]["enum"]
+    assert stage in rules_enum
+
+
+def test_the_workflow_holds_exactly_the_stages():
+    rule_files = {p.stem for p in (REPO / "workflow" / "rules").glob("*.smk")}
+    assert rule_files == set(vocab.STAGES) | {"common"}
+    scripts = {p.stem for p in (REPO / "workflow" / "scripts").glob("*.py")}
+    assert scripts == set(vocab.STAGES)
+    modules = {p.stem for p in (PACKAGE / "stages").glob("*.py")} - {"__init__", "common"}
+    assert modules == set(vocab.STAGES)
+    snakefile = (REPO / "Snakefile").read_text()
+    included = re.findall(r'^include: "workflow/rules/(\w+)\.smk"', snakefile, flags=re.M)
+    assert included == ["common", *vocab.STAGES]
+
+
+def test_every_figure_and_table_has_a_report_caption():
+    captions = {p.stem for p in (REPO / "workflow" / "report").glob("*.rst")}
+    stems = {re.sub(r"^table\d+_", "table_", t) for d in ("digits", "cifar10") for t in vocab.table_names(d)}
+    figures = set(vocab.plot_figure_names(with_qat=True)) | {vocab.FIGURE2}
+    assert stems | figures | {"all_metrics", "workflow"} == captions
+
+
+def test_the_shipped_configs_use_the_stage_names():
+    for path in [REPO / "config.yaml", *sorted((REPO / "configs").glob("*.yaml"))]:
+        cfg = yaml.safe_load(path.read_text())
+        for section in ("qat", "figure2"):
+            assert section not in cfg.get("compress", {}) and section not in cfg.get("report", {}), path

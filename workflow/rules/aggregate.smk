@@ -1,0 +1,21 @@
+rule aggregate:
+    """all_metrics.csv and the paper's tables (mean +- std over seeds) as CSV, Markdown and LaTeX:
+    Tables 2, 3/4, 5/6, the computational-gains and the compute table."""
+    input:
+        evals=eval_targets(),
+    output:
+        csv=in_report(
+            f"results/{{experiment}}/{vocab.ALL_METRICS}", "all_metrics", "Metrics"
+        ),
+        tables=table_outputs(),
+    log:
+        "logs/{experiment}/aggregate.log",
+    conda:
+        "../../envs/advfine.yaml"
+    resources:
+        **rule_resources("aggregate"),
+    params:
+        cfg=stage_config(config, "aggregate"),
+        tables_dir=lambda wildcards: f"results/{wildcards.experiment}/tables",
+    script:
+        "../scripts/aggregate.py"

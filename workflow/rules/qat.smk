@@ -1,0 +1,18 @@
+rule qat:
+    """Quantization-aware training at one bit width: standard (base st) or adversarial (base rb), from the
+    base model's weights or from scratch (qat.init)."""
+    input:
+        unpack(qat_input),
+    output:
+        **model_files(f"{NODE}/qat-int{{bits}}"),
+    log:
+        f"{LOGS}/qat-int{{bits}}/qat.log",
+    conda:
+        "../../envs/advfine.yaml"
+    threads: config["threads"]
+    resources:
+        **rule_resources("qat"),
+    params:
+        cfg=stage_config(config, "qat"),
+    script:
+        "../scripts/qat.py"
