@@ -619,7 +619,7 @@ def test_compute_table_from_all_metrics_csv(tmp_path):
 def test_write_tables_compute_files(tmp_path):
     out = tmp_path / "tables"
     written = render.write_tables(frame(tmp_path / "e", compute_records()), out, 0.8, 8)
-    assert [p.name for p in written][-3:] == ["compute.csv", "compute.md", "compute.tex"]
+    assert [p.name for p in written][-4:] == ["compute.csv", "compute.md", "compute.tex", "compute.html"]
     csv = pd.read_csv(out / "compute.csv")
     assert len(csv) == 5 and list(csv.columns[:3]) == ["experiment", "dataset", "arch"]
     row = csv[csv["model"] == "f_st^q (PTQ)"].iloc[0]
@@ -712,8 +712,11 @@ def test_write_tables_fashion_mnist(df_qat, tmp_path):
     out = tmp_path / "tables"
     written = render.write_tables(df_qat, out, 0.8, 8)
     stems = vocab.table_names("fashion_mnist")
-    assert [p.name for p in written] == [f"{s}.{e}" for s in stems for e in ("csv", "md", "tex")]
+    assert [p.name for p in written] == [f"{s}.{e}" for s in stems for e in ("csv", "md", "tex", "html")]
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # no temp files
+    page = (out / "table3_compressed.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.count("<table") == 1 and "82.00 ± 2.83" in page
+    assert "Performance of compressed standard and robust models" in page
     t3 = pd.read_csv(out / "table3_compressed.csv")
     row = t3[(t3["model"] == "f_st^p") & (t3["performance"] == "test")].iloc[0]
     assert row["ad_mean"] == pytest.approx(82.0) and row["ad_std"] == pytest.approx(2.8284, 1e-4)
@@ -790,9 +793,10 @@ def test_write_tables_needs_one_dataset(df, tmp_path):
 
 def test_write_tables_empty(tmp_path):
     written = render.write_tables(collect.collect_metrics([]), tmp_path, 0.8, 8, dataset="cifar10")
-    assert [p.stem for p in written[::3]] == vocab.table_names("cifar10")
+    assert [p.stem for p in written[::4]] == vocab.table_names("cifar10")
     assert all(p.exists() for p in written)
     assert "(no data)" in (tmp_path / "table2_baselines.md").read_text(encoding="utf-8")
+    assert "(no data)" in (tmp_path / "table2_baselines.html").read_text(encoding="utf-8")
     tex = (tmp_path / "table4_compressed.tex").read_text(encoding="utf-8")
     check_latex_table(tex)
     assert r"\multicolumn{6}{c}{no data}" in tex

@@ -112,7 +112,7 @@ def model_label(train: str, method: str = DENSE, finetune: str = "none", quant_k
 
 
 # ------------------------------------------------------------------------------ tables and figures
-TABLE_FORMATS = ["csv", "md", "tex"]
+TABLE_FORMATS = ["csv", "md", "tex", "html"]  # html: the version `snakemake --report` shows
 FIGURE_FORMATS = ["png", "pdf"]
 ALL_METRICS = "all_metrics.csv"
 

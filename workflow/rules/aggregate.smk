@@ -1,5 +1,5 @@
 rule aggregate:
-    """all_metrics.csv and the paper's tables (mean +- std over seeds) as CSV, Markdown and LaTeX:
+    """all_metrics.csv and the paper's tables (mean +- std over seeds) as CSV, Markdown, LaTeX and HTML:
     Tables 2, 3/4, 5/6, the computational-gains and the compute table."""
     input:
         evals=eval_targets(),

@@ -165,8 +165,9 @@ def in_report(path, stem, category):
 
 
 def table_outputs():
-    """Every table file of the aggregate rule; the CSV versions go into the report."""
+    """Every table file of the aggregate rule; the HTML versions go into the report (it shows HTML
+    pages, and offers CSV files only as downloads)."""
     folder = "results/{experiment}/tables"
-    shown = [in_report(f"{folder}/{t}.csv", t, "Tables") for t in TABLES]
-    formats = [ext for ext in vocab.TABLE_FORMATS if ext != "csv"]
+    shown = [in_report(f"{folder}/{t}.html", t, "Tables") for t in TABLES]
+    formats = [ext for ext in vocab.TABLE_FORMATS if ext != "html"]
     return shown + [f"{folder}/{t}.{ext}" for t in TABLES for ext in formats]

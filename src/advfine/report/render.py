@@ -1,4 +1,4 @@
-"""Write the tables of one experiment as CSV, Markdown and LaTeX (``write_tables``).
+"""Write the tables of one experiment as CSV, Markdown, LaTeX and HTML (``write_tables``).
 
 One experiment (one config) holds one dataset. For it ``write_tables`` writes each table of
 ``tables`` under its stem from ``advfine.vocab.table_names(dataset)`` (Tables 3/5 become 4/6 on
@@ -8,10 +8,12 @@ cifar10), in every ``TABLE_FORMATS``:
   first);
 * ``.md`` and ``.tex`` (booktabs): the paper's layout, with the ``n`` column added, dataset and
   architecture named in the caption; several (experiment, dataset, arch) groups are separated by
-  a titled block. LaTeX renders model labels as math and escapes every other cell.
+  a titled block. LaTeX renders model labels as math and escapes every other cell;
+* ``.html``: the Markdown layout as a standalone page, the version ``snakemake --report`` shows.
 """
 from __future__ import annotations
 
+import html
 import math
 import os
 from collections.abc import Mapping
@@ -144,6 +146,26 @@ def _markdown(caption: str, blocks: list, note: str) -> str:
     else:
         body = "\n\n".join(f"**{_group_title(keys)}**\n\n{md(b)}" for keys, b in blocks)
     return f"{caption}\n\n{body}\n\n{note}\n"
+
+
+_HTML_STYLE = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin:.5em 0 1em}"
+               "th,td{border-bottom:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f3f3f3}"
+               "p.note{color:#555;font-size:90%}")
+
+
+def _html(caption: str, blocks: list, note: str) -> str:
+    """The Markdown table as a standalone HTML page (``snakemake --report`` shows HTML, not CSV)."""
+    def table(block: pd.DataFrame) -> str:
+        return block.to_html(index=False, border=0, escape=True)
+
+    if not blocks:
+        body = "<p>(no data)</p>"
+    elif len(blocks) == 1:
+        body = table(blocks[0][1])
+    else:
+        body = "\n".join(f"<h3>{html.escape(_group_title(keys))}</h3>\n{table(b)}" for keys, b in blocks)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><style>{_HTML_STYLE}</style></head><body>\n"
+            f"<p>{html.escape(caption)}</p>\n{body}\n<p class=\"note\">{html.escape(note)}</p>\n</body></html>\n")
 
 
 def _latex(caption: str, label: str, blocks: list, header: list[str], colspec: str,
@@ -307,6 +329,7 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
         files = {
             "csv": table.to_csv(index=False, lineterminator="\n"),
             "md": _markdown(md_caption, blocks, note),
+            "html": _html(md_caption, blocks, note),
             "tex": _latex(tex_caption, stem, blocks, header, colspec, tex_note),
         }
         for ext in TABLE_FORMATS:

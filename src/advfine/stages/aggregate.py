@@ -1,4 +1,4 @@
-"""Stage aggregate: all_metrics.csv and the paper's tables (CSV, Markdown, LaTeX) from the per-model
+"""Stage aggregate: all_metrics.csv and the paper's tables (CSV, Markdown, LaTeX, HTML) from the per-model
 eval.json files."""
 from __future__ import annotations
 
