@@ -30,7 +30,7 @@ def import_seconds(statement: str, repeats: int = 3) -> float:
 def pgd20_training_images_per_second(threads: int, batch: int = 128, steps: int = 4) -> float:
     import torch
 
-    from advfine.attacks import PGDAttack
+    from advfine.attacks.pgd import PGDAttack
     from advfine.models import build_model, default_arch
     from advfine.train import training_step
 

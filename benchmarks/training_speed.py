@@ -84,7 +84,7 @@ def torchattacks_loop(model, train_x, train_y, batch, eps, step_size, steps, see
 
 
 def advfine_loop(model, train_x, train_y, batch, eps, step_size, steps, seed, precision):
-    from advfine.attacks import PGDAttack
+    from advfine.attacks.pgd import PGDAttack
     from advfine.runtime import place_model
     from advfine.train import training_step
 
@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=None, help="evaluation images (default: all 450)")
     args = parser.parse_args()
 
-    from advfine.attacks import PGDAttack
+    from advfine.attacks.pgd import PGDAttack
     from advfine.config import section_with_defaults
     from advfine.datasets import load_dataset
     from advfine.evaluate import evaluate_model

@@ -55,7 +55,9 @@ def tiny_config(validate: bool = True, **over) -> dict:
         "compress": {"calibration_batches": 2, "calibration_batch_size": 32},
         "finetune": {"epochs": 1, "batch_size": 32, "prune": {"lr": 0.1, "momentum": 0.0},
                      "ptq": {"lr": 0.01, "momentum": 0.9}, "dense": {"lr": 0.01, "momentum": 0.0}},
-        "evaluate": {"batch_size": 128, "transfer_attack_for_quantized": True},
+        "evaluate": {"batch_size": 128, "attacks": ["pgd", "apgd_ce", "apgd_t", "transfer", "square"],
+                     "apgd": {"steps": 5, "target_classes": 2}, "square": {"queries": 20},
+                     "audit": {"more_steps_factor": 1, "more_restarts": 1}, "curve_eps_fractions": [0, 1]},
         "report": {"prune_sparsity": 0.5, "ptq_bits": 8},
     }
     for dotted, value in over.items():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from advfine.attacks import PGDAttack, pgd_linf
+from advfine.attacks.pgd import PGDAttack, pgd_linf
 from advfine.config import section_with_defaults
 from advfine.data import DataError
 from advfine.datasets import load_dataset, load_fashion_mnist_tensors

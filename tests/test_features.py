@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from advfine import features
-from advfine.attacks import PGDAttack
+from advfine.attacks.pgd import PGDAttack
 from advfine.models import build_model, default_arch, layer_outputs
 
 ATTACK = PGDAttack(eps=0.1, step_size=0.05, steps=2, random_start=True)

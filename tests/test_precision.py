@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from advfine import runtime
-from advfine.attacks import PGDAttack
+from advfine.attacks.pgd import PGDAttack
 from advfine.datasets import load_dataset
 from advfine.evaluate import evaluate_model
 from advfine.models import build_model, default_arch

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advfine import binary, checkpoints, compress
-from advfine.attacks import PGDAttack
+from advfine.attacks.pgd import PGDAttack
 from advfine.datasets import load_dataset, load_digits_tensors
 from advfine.evaluate import clean_accuracy, evaluate_model
 from advfine.models import build_model, default_arch

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from advfine import compress, train
-from advfine.attacks import PGDAttack
+from advfine.attacks.pgd import PGDAttack
 from advfine.train import resume_path_for, train_model
 
 from conftest import small_cnn8_arch, train_settings

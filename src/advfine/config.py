@@ -15,6 +15,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from .vocab import ATTACKS
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 # The config each stage reads, as dotted paths (a section, or one key of it); keys are the stage names.
@@ -41,12 +43,13 @@ WORKFLOW_KEYS = {
     "sweep": "the nodes of the DAG (seeds, base models, compression levels, fine-tuning modes)",
 }
 
-# Keys that moved when every stage got one name: the old place -> the new one.
+# Keys that moved (when every stage got one name) or were replaced: the old place -> what to do.
 MOVED_KEYS = {
-    ("compress", "qat"): "qat",
-    ("report", "figure2"): "figure2",
-    ("resources", "rules", "quantization_aware_training"): "resources.rules.qat",
-    ("resources", "rules", "figure2_features"): "resources.rules.figure2",
+    ("compress", "qat"): "moved to qat (each stage's settings are under its own name); move the section there",
+    ("report", "figure2"): "moved to figure2 (each stage's settings are under its own name); move the section there",
+    ("resources", "rules", "quantization_aware_training"): "moved to resources.rules.qat (the rule's name)",
+    ("resources", "rules", "figure2_features"): "moved to resources.rules.figure2 (the rule's name)",
+    ("evaluate", "transfer_attack_for_quantized"): "replaced by the attack 'transfer' in evaluate.attacks",
 }
 
 
@@ -84,8 +87,7 @@ def validate_config(config: dict) -> dict:
         for part in old:
             node = node.get(part) if isinstance(node, dict) else None
         if node is not None:
-            raise ConfigError(f"config key {'.'.join(old)}: moved to {new} (each stage's settings are under "
-                              "its own name); move the section there")
+            raise ConfigError(f"config key {'.'.join(old)}: {new}")
     errors = sorted(_DefaultsValidator(load_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
@@ -141,6 +143,11 @@ def check_config(config: dict) -> None:
                                   "set figure2.enabled: false or extend the sweep")
     if len({f"{s:g}" for s in sweep["prune_sparsities"]}) != len(sweep["prune_sparsities"]):
         raise ConfigError("config key sweep.prune_sparsities: two values give the same folder name")
+    attacks = config["evaluate"]["attacks"]
+    order = ATTACKS
+    if attacks[0] != "pgd" or attacks != sorted(attacks, key=order.index):
+        raise ConfigError(f"config key evaluate.attacks: {attacks}: the suite starts with pgd (the paper's attack) "
+                          f"and runs in the order {list(order)}")
     for which in ("train", "eval"):
         pgd = config["attack"][which]
         if pgd["steps"] > 0 and pgd["step_size"] * pgd["steps"] < pgd["eps"]:

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from .evaluate import predict
-from .int8_export import export_int8
 from .runtime import place_model
 
 log = logging.getLogger("advfine")
@@ -108,18 +107,14 @@ def _serialized_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def _all_finite(model: nn.Module) -> bool:
-    return all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
-
-
 def inference_costs(model: nn.Module, float_twin: nn.Module | None, test_x: torch.Tensor, test_y: torch.Tensor,
-                    settings: dict, threads: int, int8_calibration: list[torch.Tensor] | None = None) -> dict:
+                    settings: dict, threads: int, int8_model: nn.Module | None = None) -> dict:
     """Measured inference cost on the CPU (whatever device evaluated the model): the median latency of
     ``settings['latency_repeats']`` passes of a batch of ``settings['latency_batch_size']`` test images.
-    With ``int8_calibration`` (PTQ INT8 nodes), the same for a real integer model (torch.ao, oneDNN)
-    exported from ``float_twin`` and calibrated on those batches, with its clean accuracy and its
-    agreement with ``model``. A fake-quant model (``float_twin`` given) runs at fp32 speed plus the
-    rounding: quantization only pays as integers. ``settings`` is the config's ``evaluate`` section."""
+    With ``int8_model`` (PTQ INT8 nodes: the real integer model exported from ``float_twin``), the same
+    for it, with its clean accuracy and its agreement with ``model``. A fake-quant model (``float_twin``
+    given) runs at fp32 speed plus the rounding: quantization only pays as integers. ``settings`` is
+    the config's ``evaluate`` section."""
     batch_size, repeats = settings["latency_batch_size"], settings["latency_repeats"]
     result = {"latency_ms": None, "latency_batch": batch_size, "latency_threads": threads, "int8": None}
     if repeats == 0:
@@ -130,12 +125,7 @@ def inference_costs(model: nn.Module, float_twin: nn.Module | None, test_x: torc
         place_model(model, cpu)
         example = example.contiguous(memory_format=torch.channels_last)
     result["latency_ms"] = 1000 * measure_latency(model, example, repeats=repeats, warmup=1)
-    if int8_calibration is not None and not _all_finite(float_twin):
-        # an integer model needs finite ranges; a diverged model has none (its accuracy is chance anyway)
-        result["int8_skipped"] = "the model's float weights are not finite (training diverged)"
-        log.warning("no real INT8 model: %s", result["int8_skipped"])
-    elif int8_calibration is not None:
-        int8_model = export_int8(float_twin, int8_calibration)
+    if int8_model is not None:
         int8_pred = predict(int8_model, test_x, settings["batch_size"], cpu)
         fake_pred = predict(model, test_x, settings["batch_size"], cpu)
         result["int8"] = {

@@ -37,7 +37,7 @@ from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from .attacks import PGDAttack
+from .attacks.pgd import PGDAttack
 from .models import layer_outputs
 from .report.figures import new_figure, save_figure
 

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .files import ArtifactError, config_hash, load_tensor_file, save_tensor_file
-from .attacks import PGDAttack
+from .attacks.pgd import PGDAttack
 from .data import augment_batch, iterate_batches
 from .runtime import autocast, check_precision, make_generator, place_model, to_device
 

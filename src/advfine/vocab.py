@@ -111,6 +111,27 @@ def model_label(train: str, method: str = DENSE, finetune: str = "none", quant_k
     return label
 
 
+def table5_models(prune_sparsity: float, ptq_bits: int) -> list[tuple[str, str, str]]:
+    """(train, compression label, fine-tuning) of the models of Table 5 (6 on CIFAR-10) at the report's
+    levels: the dense f_st and f_rb, and their adversarially fine-tuned pruned, PTQ and QAT versions.
+    Their evaluations also measure a robustness curve (robust accuracy against eps)."""
+    models = []
+    for train in BASE_MODELS:
+        models.append((train, DENSE, "none"))
+        models += [(train, compression_label(method, level), "ad")
+                   for method, level in ((PRUNE, prune_sparsity), (PTQ, ptq_bits), (QAT, ptq_bits))]
+    return models
+
+
+# ------------------------------------------------------------------------------ attacks
+# The attack suite of an evaluation, in the order it runs: white-box attacks on the model, the transfer
+# attack from a fake-quantized model's float twin, the black-box Square attack (advfine.evaluate).
+ATTACKS = ("pgd", "apgd_ce", "apgd_t", "fab_t", "transfer", "square")
+WHITE_BOX_ATTACKS = ("pgd", "apgd_ce", "apgd_t", "fab_t")
+AUDIT_CHECKS = ("gradient_free_gain", "large_eps_standing", "more_effort_gain", "zero_gradient_share")
+SAMPLES = "samples.csv"  # beside each eval.json: the per-sample outcome
+
+
 # ------------------------------------------------------------------------------ tables and figures
 TABLE_FORMATS = ["csv", "md", "tex", "html"]  # html: the version `snakemake --report` shows
 FIGURE_FORMATS = ["png", "pdf"]
@@ -119,6 +140,7 @@ ALL_METRICS = "all_metrics.csv"
 TABLE2 = "table2_baselines"
 COMPUTATIONAL_GAINS = "computational_gains"
 COMPUTE = "compute"
+EVALUATION_AUDIT = "evaluation_audit"
 
 
 def table_names(dataset: str) -> list[str]:
@@ -127,19 +149,20 @@ def table_names(dataset: str) -> list[str]:
     per-model compute and memory table (not in the paper)."""
     compressed, finetuned = ((4, 6) if dataset == "cifar10" else (3, 5))
     return [TABLE2, f"table{compressed}_compressed", f"table{finetuned}_adversarial_finetuning",
-            COMPUTATIONAL_GAINS, COMPUTE]
+            COMPUTATIONAL_GAINS, COMPUTE, EVALUATION_AUDIT]
 
 
 FIGURE1 = "figure1_adversarial_finetuning"  # accuracy vs compression level after T_ad
 FIGURE2 = "figure2_tsne"                    # t-SNE of features (stage figure2)
 FIGURE3 = "figure3_no_finetuning"           # accuracy vs compression level without fine-tuning
 FIGURE4 = "figure4_qat"                     # QAT of f_rb vs bit width
+FIGURE5 = "figure5_robustness_curves"       # robust accuracy vs eps for the models of Table 5 (not in the paper)
 FIGURE2_EMBEDDINGS = "figure2_tsne_embeddings.csv"
 
 
 def plot_figure_names(with_qat: bool) -> list[str]:
     """The figures the plot stage draws from all_metrics.csv (Figure 4 only when the sweep has QAT)."""
-    return [FIGURE1, FIGURE3] + ([FIGURE4] if with_qat else [])
+    return [FIGURE1, FIGURE3] + ([FIGURE4] if with_qat else []) + [FIGURE5]
 
 
 # Figure 2's three model pairs (rows), first seed, at the report's compression levels: each model is

@@ -84,6 +84,14 @@ def evaluate_input(wildcards):
     return model_files(f"{node}/{wildcards.compression}/ft-{wildcards.finetune}")
 
 
+TABLE5_MODELS = vocab.table5_models(config["report"]["prune_sparsity"], config["report"]["ptq_bits"])
+
+
+def is_table5_model(wildcards):
+    """Whether the evaluated node is one of Table 5's models (its evaluation measures a robustness curve)."""
+    return (wildcards.train, wildcards.compression, wildcards.finetune) in TABLE5_MODELS
+
+
 def eval_targets():
     """Every eval.json of the sweep."""
     paths = []

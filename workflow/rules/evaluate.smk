@@ -5,6 +5,7 @@ rule evaluate:
         data=DATA,
     output:
         eval=f"{NODE}/{{compression}}/ft-{{finetune}}/eval.json",
+        samples=f"{NODE}/{{compression}}/ft-{{finetune}}/{vocab.SAMPLES}",
     log:
         f"{LOGS}/{{compression}}/ft-{{finetune}}/evaluate.log",
     conda:
@@ -14,5 +15,6 @@ rule evaluate:
         **rule_resources("evaluate"),
     params:
         cfg=stage_config(config, "evaluate"),
+        curve=is_table5_model,
     script:
         "../scripts/evaluate.py"

@@ -9,4 +9,5 @@ with snakemake_job(snakemake) as job:
     evaluate.run(job.config, data=snakemake.input.data, experiment=snakemake.wildcards.experiment,
                  train=snakemake.wildcards.train, compression=snakemake.wildcards.compression,
                  finetune=snakemake.wildcards.finetune, seed=job.seed, model=snakemake.input.model,
-                 metrics=snakemake.input.metrics, out_eval=snakemake.output.eval, threads=job.threads)
+                 metrics=snakemake.input.metrics, out_eval=snakemake.output.eval,
+                 out_samples=snakemake.output.samples, curve=bool(snakemake.params.curve), threads=job.threads)

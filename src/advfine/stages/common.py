@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from ..attacks import PGDAttack
+from ..attacks.pgd import PGDAttack
 from ..data import Dataset
 from ..models import default_arch
 from ..provenance import provenance

@@ -1,33 +1,43 @@
-"""Stage evaluate: clean and PGD-robust accuracy of one model on the test set, its size and measured
-inference cost, and the wall time and cost of every stage that made it."""
+"""Stage evaluate: clean accuracy and the worst case over an attack suite of one model on the test set,
+the attack-failure checks, a robustness curve for the models of Table 5, the per-sample outcome, the
+model's size and measured inference cost (and, for PTQ INT8 nodes, the robustness and cost of the real
+integer model), and the wall time and cost of every stage that made it."""
 from __future__ import annotations
 
+import csv
+import logging
 import time
 from pathlib import Path
 
+from ..audit import audit_evaluation
 from ..checkpoints import load_model
 from ..cost import inference_costs, model_cost, weight_storage_bytes
 from ..data import load_prepared
-from ..evaluate import evaluate_model
-from ..files import read_json, write_json
+from ..evaluate import ATTACKS, Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve
+from ..files import atomic_path, read_json, write_json
+from ..int8_export import export_int8
 from ..models import build_model
 from ..provenance import provenance
 from ..runtime import peak_rss_mb
 from ..vocab import PTQ, QUANTIZATION_METHODS, parse_compression, stage_seed
-from .common import attack_from_config, precision_for, setup
+from .common import precision_for, setup
+
+log = logging.getLogger("advfine")
 
 
 def run(config: dict, *, data: str, experiment: str, train: str, compression: str, finetune: str, seed: int,
-        model: str, metrics: str, out_eval: str, threads: int = 1) -> dict:
-    """Evaluate the model at ``model`` (its metrics, with the lineage, at ``metrics``) and write
-    ``out_eval``. Fake-quantized models are also attacked through their float twin (transfer attack);
-    PTQ INT8 nodes also get a real integer model, exported and measured (``cost.inference_costs``)."""
+        model: str, metrics: str, out_eval: str, out_samples: str, curve: bool = False, threads: int = 1) -> dict:
+    """Evaluate the model at ``model`` (its metrics, with the lineage, at ``metrics``); write ``out_eval``
+    and the per-sample outcome ``out_samples`` (CSV). ``curve``: also measure the robustness curve
+    (the workflow asks for it for the models of Table 5)."""
     device = setup(config, seed, threads)
     upstream = read_json(metrics)
     evaluated, ckpt = load_model(model)
     dataset = load_prepared(data)
     method, level = parse_compression(compression)
     ev = config["evaluate"]
+    suite = Suite.from_config(config["attack"], ev)
+    batch = ev["batch_size"]
     float_twin, int8_calibration = None, None
     if ckpt["quant"] is not None:
         # deferred: importing NNI costs every job seconds; only quantized models need it
@@ -36,24 +46,54 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
         float_twin = build_model(ckpt["arch"])  # the same float weights without fake quantization
         float_twin.load_state_dict(float_state_dict(evaluated))
         float_twin.eval()
-        if method == PTQ and level == 8 and ev["int8_export"]:
+        if method == PTQ and level == 8 and ev["int8_export"] and ev["latency_repeats"] > 0:
             # the batches PTQ calibrated on, so the integer model's ranges come from the same images
             int8_calibration = calibration_batches(dataset.train_x, config["compress"], stage_seed("compress", seed))
-    transfer_source = float_twin if ev["transfer_attack_for_quantized"] else None
+    precision = precision_for(config, device, ckpt["quant"] is not None)
+    eval_seed = stage_seed("evaluate", seed)
+    num_classes = dataset.num_classes
     start = time.perf_counter()
-    result = evaluate_model(evaluated, dataset.test_x, dataset.test_y, attack_from_config(config, "eval"),
-                            ev["batch_size"], device, stage_seed("evaluate", seed), transfer_source,
-                            precision_for(config, device, ckpt["quant"] is not None))
+    diverged = divergence(evaluated, dataset.test_x, batch, device)
+    if diverged:
+        log.warning("the model diverged (%s): reported as diverged, not scored", diverged)
+        result = {"clean_acc": None, "robust_acc": None, "robust_acc_pgd": None, "robust_acc_whitebox": None,
+                  "n_test": len(dataset.test_y), "precision": precision, "attack": suite.pgd.describe(),
+                  "suite": suite.describe(), "attacks": {}, "attack_order": [], "audit": None,
+                  "robustness_curve": None}
+        outcome = None
+    else:
+        result = evaluate_model(evaluated, dataset.test_x, dataset.test_y, suite, batch, device, eval_seed,
+                                float_twin, precision, num_classes)
+        outcome = result.pop("per_sample")
+        result["audit"] = audit_evaluation(evaluated, dataset.test_x, dataset.test_y, result | {"per_sample": outcome},
+                                           suite, ev["audit"], batch, device, eval_seed)
+        result["robustness_curve"] = (robustness_curve(evaluated, dataset.test_x, dataset.test_y, outcome["clean_ok"],
+                                                       suite, ev["curve_eps_fractions"], batch, device, eval_seed,
+                                                       precision, num_classes) if curve else None)
+        log.info("clean %.4f, PGD %.4f, worst case %.4f, audit flags %s", result["clean_acc"], result["robust_acc_pgd"],
+                 result["robust_acc"], result["audit"]["flags"] or "none")
     wall = time.perf_counter() - start
     evaluated.cpu()
     cost = model_cost(evaluated, dataset.input_shape)
-    inference = inference_costs(evaluated, float_twin, dataset.test_x, dataset.test_y, ev, threads,
-                                int8_calibration)
+    int8_model = None
+    if int8_calibration is not None and not diverged:
+        int8_model = export_int8(float_twin, int8_calibration)
+    elif int8_calibration is not None:
+        log.warning("no real INT8 model: the model diverged")
+    inference = inference_costs(evaluated, float_twin, dataset.test_x, dataset.test_y, ev, threads, int8_model)
+    if diverged and int8_calibration is not None:
+        inference["int8_skipped"] = f"the model diverged ({diverged})"
+    deployed = None
+    if int8_model is not None and inference["int8"] is not None:
+        deployed = evaluate_deployed(int8_model, float_twin, dataset.test_x, dataset.test_y, suite, batch,
+                                     eval_seed, num_classes)
+        inference["int8"] |= {"robust_acc": deployed["robust_acc"], "attacks": deployed["attacks"]}
+    _write_samples(out_samples, dataset.test_y, outcome, deployed)
     bits = int(level) if method in QUANTIZATION_METHODS else None
     record = {
         "experiment": experiment, "dataset": dataset.name, "arch": ckpt["arch"]["name"],
         "seed": seed, "train": train, "compression": compression, "method": method, "level": level,
-        "finetune": finetune, **result,
+        "finetune": finetune, **result, "diverged": diverged is not None, "diverged_reason": diverged,
         "params": cost["params"], "macs": cost["macs"],
         "checkpoint_bytes": Path(model).stat().st_size,
         "weight_bytes": weight_storage_bytes(evaluated, bits),
@@ -63,3 +103,26 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
     }
     write_json(out_eval, record)
     return record
+
+
+def _write_samples(path: str, labels, outcome: dict | None, deployed: dict | None) -> None:
+    """One row per test sample: its label, whether the model classifies it correctly clean and under
+    the whole suite, and the attack that broke it (empty: robust, or misclassified clean); for PTQ INT8
+    nodes the same for the real integer model. A diverged model has no outcome: the columns stay empty."""
+    columns = ["index", "label", "clean_correct", "robust", "broken_by"]
+    if deployed is not None:
+        columns += ["int8_clean_correct", "int8_robust", "int8_broken_by"]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for i, label in enumerate(labels.tolist()):
+            row = [i, label] + (_outcome_cells(outcome, i) if outcome is not None else ["", "", ""])
+            if deployed is not None:
+                row += _outcome_cells(deployed["per_sample"], i)
+            writer.writerow(row)
+
+
+def _outcome_cells(outcome: dict, i: int) -> list:
+    clean = bool(outcome["clean_ok"][i])
+    broken = int(outcome["broken_by"][i])
+    return [int(clean), int(clean and broken < 0), ATTACKS[broken] if broken >= 0 else ""]

@@ -1,0 +1,162 @@
+"""The attack suite and its audit on a CNN8 trained on real digits: the attacks respect the threat
+model, APGD is at least as strong as PGD and agrees with torchattacks', a gradient-masking model is
+flagged and broken by the black-box attack, a normal model falls to ~0 % at a large radius."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from advfine.attacks.apgd import apgd_linf, dlr_loss, dlr_loss_targeted, top_k_targets
+from advfine.attacks.fab import fab_t_linf
+from advfine.attacks.pgd import PGDAttack
+from advfine.attacks.square import margin, square_linf, window_fraction
+from advfine.audit import audit_evaluation, zero_gradient_share
+from advfine.datasets import load_dataset
+from advfine.evaluate import Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve, within_threat_model
+from advfine.models import build_model, default_arch
+from advfine.train import train_model
+
+from conftest import tiny_config, train_settings
+
+CPU = torch.device("cpu")
+AUDIT = {"tolerance": 0.01, "large_eps": 0.5, "large_eps_max_standing": 0.01, "more_steps_factor": 2,
+         "more_restarts": 1, "zero_gradient_max_share": 0.05}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(tiny_config(**{"data.test_subset": 200})["data"])
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """A CNN8 standard-trained for 3 epochs on 512 digits (about 95 % clean)."""
+    torch.manual_seed(0)
+    model = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
+    train_model(model, digits.train_x, digits.train_y, train_settings(epochs=3, batch_size=32, lr=0.1, momentum=0.0,
+                lr_drop_epoch=2, lr_after_drop=0.01), None, 0, CPU)
+    return model.eval()
+
+
+def suite(eps=0.05, attacks=("pgd", "apgd_ce", "apgd_t", "square"), **over) -> Suite:
+    settings = dict(apgd_steps=20, target_classes=3, fab_steps=20, square_queries=300) | over
+    return Suite(pgd=PGDAttack(eps=eps, step_size=eps / 4, steps=20), attacks=attacks, **settings)
+
+
+class RoundInput(nn.Module):
+    """Rounds the image to steps of 1/10 before the model: the rounding has a zero gradient almost
+    everywhere, the textbook gradient-masking layer, while eps = 0.1 can still move a pixel a step."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 10) / 10)
+
+
+def test_every_attack_stays_in_the_eps_ball_and_the_image_range(trained, digits):
+    x, y = digits.test_x[:32], digits.test_y[:32]
+    eps = 0.05
+    g = torch.Generator().manual_seed(0)
+    outputs = {"apgd_ce": apgd_linf(trained, x, y, eps, 10, "ce", generator=g)[0],
+               "apgd_t": apgd_linf(trained, x, y, eps, 10, "dlr-targeted", top_k_targets(trained(x), 2), generator=g)[0],
+               "square": square_linf(trained, x, y, eps, 50, generator=g)[0],
+               "fab_t": fab_t_linf(trained, x, y, eps, 10, 2, 10, seed=0)}
+    for name, x_adv in outputs.items():
+        assert within_threat_model(x_adv, x, eps, clamp=True).all(), name
+        assert (x_adv - x).abs().max() > 0, name  # they moved
+
+
+def test_losses_and_schedules_match_their_definitions():
+    logits = torch.tensor([[3.0, 1.0, 0.5, 0.0, -1.0]])
+    y, t = torch.tensor([0]), torch.tensor([2])
+    assert dlr_loss(logits, y).item() == pytest.approx(-(3.0 - 1.0) / (3.0 - 0.5))
+    assert dlr_loss_targeted(logits, y, t).item() == pytest.approx(-(3.0 - 0.5) / (3.0 - 0.25))
+    assert margin(logits, y).item() == 2.0 and margin(logits, torch.tensor([1])).item() == -2.0
+    assert window_fraction(0, 5000) == 0.8 and window_fraction(50, 5000) == 0.2
+    assert window_fraction(4999, 5000) == pytest.approx(0.8 / 512)
+
+
+def test_apgd_is_at_least_as_strong_as_pgd20_and_agrees_with_torchattacks(trained, digits):
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y, eps = digits.test_x, digits.test_y, 0.04
+    pgd = evaluate_model(trained, x, y, suite(eps, attacks=("pgd",)), 100, CPU, seed=0)["robust_acc"]
+    ours = evaluate_model(trained, x, y, suite(eps, attacks=("pgd", "apgd_ce")), 100, CPU, seed=0)["attacks"]
+    apgd_after = ours["apgd_ce"]["robust_acc_after"]
+    assert apgd_after <= pgd
+    # APGD-CE alone, ours vs torchattacks' at the same settings (20 steps, 1 restart), same model
+    alone = []
+    g = torch.Generator().manual_seed(1)
+    x_adv, _ = apgd_linf(trained, x, y, eps, 20, "ce", generator=g)
+    alone.append((trained(x_adv).argmax(1) == y).float().mean().item())
+    theirs = torchattacks.APGD(trained, norm="Linf", eps=eps, steps=20, n_restarts=1, loss="ce", seed=1)(x, y)
+    alone.append((trained(theirs).argmax(1) == y).float().mean().item())
+    assert 0.05 < alone[0] < 0.95  # a radius where the comparison means something
+    assert abs(alone[0] - alone[1]) <= 0.04, alone  # 200 images: 2 standard errors of the difference
+
+
+def test_a_normal_model_falls_to_zero_at_a_large_radius_and_passes_the_audit(trained, digits):
+    x, y = digits.test_x, digits.test_y
+    s = suite(0.05)
+    result = evaluate_model(trained, x, y, s, 100, CPU, seed=0)
+    report = audit_evaluation(trained, x, y, result, s, AUDIT, 100, CPU, seed=0)
+    assert report["checks"]["large_eps_standing"] == 0.0
+    assert report["checks"]["zero_gradient_share"] == 0.0
+    assert report["flags"] == []
+    assert 0 <= result["robust_acc"] <= result["robust_acc_whitebox"] <= result["robust_acc_pgd"] <= result["clean_acc"]
+
+
+def test_a_gradient_masking_model_is_flagged_and_square_breaks_what_pgd_could_not(trained, digits):
+    x, y = digits.test_x, digits.test_y
+    masked = RoundInput(trained).eval()
+    s = suite(0.1, attacks=("pgd", "apgd_ce", "square"), square_queries=500)
+    result = evaluate_model(masked, x, y, s, 100, CPU, seed=0)
+    gradient_free = result["attacks"]["square"]["broken"] / len(y)
+    assert result["robust_acc_whitebox"] - result["robust_acc"] == pytest.approx(gradient_free)
+    assert gradient_free > 0.2  # the black-box attack breaks many samples the gradient attacks left
+    report = audit_evaluation(masked, x, y, result, s, AUDIT, 100, CPU, seed=0)
+    assert report["checks"]["zero_gradient_share"] == 1.0
+    assert {"gradient_free_gain", "zero_gradient_share", "large_eps_standing"} <= set(report["flags"])
+    assert zero_gradient_share(trained, x, y, torch.ones(len(y), dtype=torch.bool), 100, CPU) == 0.0
+
+
+def test_the_transfer_attack_runs_only_with_a_float_twin_and_judges_the_model(trained, digits):
+    x, y = digits.test_x[:64], digits.test_y[:64]
+    s = suite(0.05, attacks=("pgd", "transfer"))
+    without = evaluate_model(trained, x, y, s, 64, CPU, seed=0)
+    assert without["attack_order"] == ["pgd"]
+    with_twin = evaluate_model(RoundInput(trained), x, y, s, 64, CPU, seed=0, float_twin=trained)
+    assert with_twin["attack_order"] == ["pgd", "transfer"] and with_twin["attacks"]["transfer"]["broken"] > 0
+    deployed = evaluate_deployed(RoundInput(trained), trained, x, y, suite(0.05, attacks=("pgd", "transfer")), 64, 0)
+    assert 0 <= deployed["robust_acc"] < 1 and set(deployed["attacks"]) == {"transfer"}
+
+
+def test_the_robustness_curve_falls_with_eps(trained, digits):
+    x, y = digits.test_x[:100], digits.test_y[:100]
+    clean_ok = trained(x).argmax(1) == y
+    curve = robustness_curve(trained, x, y, clean_ok, suite(0.05), [0, 0.5, 1, 4], 100, CPU, seed=0)
+    values = [point["robust_acc"] for point in curve]
+    assert values[0] == clean_ok.float().mean().item() and values == sorted(values, reverse=True)
+    assert values[-1] <= 0.02 and [p["eps_pixel"] for p in curve] == [0.0, 0.025, 0.05, 0.2]
+
+
+def test_a_diverged_model_is_told_apart(trained, digits):
+    assert divergence(trained, digits.test_x[:8], 8, CPU) is None
+    broken = build_model(default_arch("cnn8", 1, 10, 28, [0.5], [0.5]))
+    with torch.no_grad():
+        broken.fc2.weight[0, 0] = float("nan")
+    assert "fc2.weight" in divergence(broken, digits.test_x[:8], 8, CPU)
+    huge = build_model(default_arch("cnn8", 1, 10, 28, [0.5], [0.5]))
+    with torch.no_grad():
+        for p in huge.parameters():
+            p.mul_(1e12)
+    assert "logits" in divergence(huge, digits.test_x[:8], 8, CPU)
+
+
+def test_suites_refuse_unknown_or_reordered_attacks():
+    attack = PGDAttack(eps=0.1, step_size=0.01, steps=3)
+    for attacks in (("apgd_ce",), ("pgd", "square", "apgd_ce"), ("pgd", "cw")):
+        with pytest.raises(ValueError, match="pgd"):
+            Suite(pgd=attack, attacks=attacks)
