@@ -18,6 +18,8 @@ from advfine.datasets import load_dataset
 from advfine.models import arch_of, build_model, count_parameters, default_arch, load_pretrained
 from advfine.train import train_model
 
+from conftest import train_settings
+
 CIFAR_FILES = {f"data_batch_{i}": 3 for i in range(1, 6)} | {"test_batch": 4}  # file -> number of images
 
 

@@ -13,6 +13,7 @@ from nni.compression.utils.counter import count_flops_params  # noqa: E402
 
 from advfine import compress, nni_compat  # noqa: E402
 from advfine.models import build_model, count_parameters, default_arch  # noqa: E402
+from advfine.cost import model_cost, weight_storage_bytes
 
 from conftest import small_cnn8_arch  # noqa: E402
 
@@ -269,17 +270,17 @@ def test_restore_rejects_mismatched_state(parent, quantized):
 
 def test_model_cost_of_paper_cnn8():
     model = build_model(default_arch("cnn8", 1, 10, 28, [0.5], [0.5]))
-    cost = compress.model_cost(model, (1, 28, 28))
+    cost = model_cost(model, (1, 28, 28))
     assert cost == {"params": 549_994, "macs": 13_686_528}  # "13.7 M" in the paper
-    assert compress.model_cost(model, (1, 1, 28, 28)) == cost
+    assert model_cost(model, (1, 1, 28, 28)) == cost
     nni_macs, nni_params, _ = count_flops_params(model, (1, 1, 28, 28), verbose=False)
     assert (nni_macs, nni_params) == (cost["macs"], cost["params"])
 
 
 def test_model_cost_of_pruned_and_quantized(parent, pruned, quantized):
-    full = compress.model_cost(parent, (1, 28, 28))
-    assert compress.model_cost(quantized[8], (1, 28, 28)) == full
-    small = compress.model_cost(pruned["model"], (1, 28, 28))
+    full = model_cost(parent, (1, 28, 28))
+    assert model_cost(quantized[8], (1, 28, 28)) == full
+    small = model_cost(pruned["model"], (1, 28, 28))
     assert small["params"] == count_parameters(pruned["model"]) < full["params"]
     assert small["macs"] < full["macs"]
     assert not quantized[8].training  # model_cost restores the mode
@@ -289,11 +290,11 @@ def test_weight_storage_bytes(parent, quantized):
     model = build_model(default_arch("cnn8", 1, 10, 28, [0.5], [0.5]))
     biases = 32 + 32 + 64 + 64 + 128 + 128 + 128 + 10
     weights = 549_994 - biases
-    assert compress.weight_storage_bytes(model, None) == 549_994 * 4
-    assert compress.weight_storage_bytes(model, 32) == 549_994 * 4
-    assert compress.weight_storage_bytes(model, 8) == weights + biases * 4
-    assert compress.weight_storage_bytes(model, 2) == weights // 4 + biases * 4
+    assert weight_storage_bytes(model, None) == 549_994 * 4
+    assert weight_storage_bytes(model, 32) == 549_994 * 4
+    assert weight_storage_bytes(model, 8) == weights + biases * 4
+    assert weight_storage_bytes(model, 2) == weights // 4 + biases * 4
     for bits in (None, 8, 2):  # a quantized model counts its float weights once
-        assert compress.weight_storage_bytes(quantized[8], bits) == compress.weight_storage_bytes(parent, bits)
+        assert weight_storage_bytes(quantized[8], bits) == weight_storage_bytes(parent, bits)
     with pytest.raises(ValueError):
-        compress.weight_storage_bytes(model, 0)
+        weight_storage_bytes(model, 0)

@@ -14,6 +14,8 @@ from advfine.int8_export import export_int8
 from advfine.models import build_model, default_arch
 from advfine.train import train_model
 
+from conftest import train_settings
+
 CPU = torch.device("cpu")
 
 

@@ -13,6 +13,7 @@ from advfine.datasets import load_dataset, load_digits_tensors
 from advfine.evaluate import clean_accuracy, evaluate_model
 from advfine.models import build_model, default_arch
 from advfine.train import train_model
+from advfine.cost import model_cost, weight_storage_bytes
 
 from conftest import small_cnn8_arch, train_settings
 from conftest import tiny_config
@@ -130,12 +131,12 @@ def test_int1_input_gradients_and_deepcopy(int1, data):
 
 def test_int1_costs(parent, int1):
     for q in int1.values():
-        assert compress.model_cost(q, (1, 28, 28)) == compress.model_cost(parent, (1, 28, 28))
+        assert model_cost(q, (1, 28, 28)) == model_cost(parent, (1, 28, 28))
         for bits in (None, 8, 1):
-            assert compress.weight_storage_bytes(q, bits) == compress.weight_storage_bytes(parent, bits)
+            assert weight_storage_bytes(q, bits) == weight_storage_bytes(parent, bits)
     layers = [m for m in parent.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     packed_weights = sum(-(-m.weight.numel() // 8) for m in layers)  # 1 bit each, whole bytes per tensor
-    assert compress.weight_storage_bytes(int1["ptq"], 1) == packed_weights + 4 * sum(m.bias.numel() for m in layers)
+    assert weight_storage_bytes(int1["ptq"], 1) == packed_weights + 4 * sum(m.bias.numel() for m in layers)
 
 
 def test_binary_scheme_learns_on_a_shallow_net():
