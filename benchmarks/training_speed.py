@@ -148,11 +148,11 @@ def evaluation_cost(model, x, y, attack, seed: int) -> dict:
     against attacking every sample for every step, from the same per-sample random starts."""
     from dataclasses import replace
 
-    from advfine.evaluate import evaluate_model, start_noise_for
+    from advfine.evaluate import Suite, evaluate_model, start_noise_for
 
     cpu = torch.device("cpu")
     start = time.perf_counter()
-    ours = evaluate_model(model, x, y, attack, 256, cpu, seed=seed)
+    ours = evaluate_model(model, x, y, Suite(pgd=attack, attacks=("pgd",)), 256, cpu, seed=seed)
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
     noise = start_noise_for(x, torch.Generator().manual_seed(seed))
@@ -193,7 +193,7 @@ def main() -> None:
     from advfine.attacks.pgd import PGDAttack
     from advfine.config import section_with_defaults
     from advfine.datasets import load_dataset
-    from advfine.evaluate import evaluate_model
+    from advfine.evaluate import Suite, evaluate_model
     from advfine.models import build_model, default_arch
     from advfine.runtime import cpu_has_native_bf16
     from advfine.train import train_model
@@ -234,9 +234,10 @@ def main() -> None:
     rate = {name: args.batch / statistics.median(t[1:]) for name, t in times.items()}
 
     evaluation = PGDAttack(eps=EPS, step_size=0.025, steps=10)
-    accuracy = {name: evaluate_model(model.eval(), data.test_x, data.test_y, evaluation, 256, cpu, seed=7)
+    pgd_only = Suite(pgd=evaluation, attacks=("pgd",))
+    accuracy = {name: evaluate_model(model.eval(), data.test_x, data.test_y, pgd_only, 256, cpu, seed=7)
                 for name, model in models.items()}
-    accuracy_bf16_eval = evaluate_model(models["advfine bf16"], data.test_x, data.test_y, evaluation, 256, cpu,
+    accuracy_bf16_eval = evaluate_model(models["advfine bf16"], data.test_x, data.test_y, pgd_only, 256, cpu,
                                         seed=7, precision="bf16")
 
     eval_costs = {"standard model (before fine-tuning)": evaluation_cost(fresh_model().eval(), data.test_x,

@@ -318,7 +318,7 @@ def test_the_cifar10_resnet18_path_trains_prunes_quantizes_and_evaluates(tmp_pat
                      metrics=node / "metrics.json", out_model=ft / "model.pt", out_metrics=ft / "metrics.json")
         record = evaluate.run(slice_("evaluate"), data=data, experiment="tiny", train="rb", compression=label,
                               finetune="ad", seed=0, model=ft / "model.pt", metrics=ft / "metrics.json",
-                              out_eval=ft / "eval.json")
+                              out_eval=ft / "eval.json", out_samples=ft / "samples.csv")
         assert record["dataset"] == "cifar10" and record["arch"] == "resnet18"
         assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1 and record["n_test"] == 4
         assert [s["stage"] for s in record["stages"]] == ["train_base", "compress", "finetune"]

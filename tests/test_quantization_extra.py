@@ -10,7 +10,7 @@ from torch import nn
 from advfine import binary, checkpoints, compress
 from advfine.attacks.pgd import PGDAttack
 from advfine.datasets import load_dataset, load_digits_tensors
-from advfine.evaluate import clean_accuracy, evaluate_model
+from advfine.evaluate import Suite, clean_accuracy, evaluate_model
 from advfine.models import build_model, default_arch
 from advfine.train import train_model
 from advfine.cost import model_cost, weight_storage_bytes
@@ -274,13 +274,13 @@ def test_finetuning_a_restored_qat_model(parent, data, tmp_path, bits):
         assert max_diff(again(data["x"]), model(data["x"])) == 0
 
 
-def test_pgd_at_eps_zero_equals_clean_accuracy(parent, data, int1):
+def test_the_suite_attacks_qat_and_int1_models_and_keeps_their_clean_accuracy(parent, data, int1):
     models = [compress.prepare_qat(parent, 4, data["calib"]), int1["ptq"], int1["qat"]]
+    suite = Suite(pgd=PGDAttack(0.1, 0.05, 3), attacks=("pgd", "apgd_ce", "square"), apgd_steps=3, square_queries=10)
     for q in models:
-        zero = evaluate_model(q, data["x"], data["y"], PGDAttack(0.0, 0.01, 3), 16, CPU, seed=0)
-        assert zero["robust_acc"] == zero["clean_acc"] == clean_accuracy(q, data["x"], data["y"], 16, CPU)
-        some = evaluate_model(q, data["x"], data["y"], PGDAttack(0.1, 0.05, 3), 16, CPU, seed=0)
-        assert some["robust_acc"] <= some["clean_acc"] == zero["clean_acc"]
+        result = evaluate_model(q, data["x"], data["y"], suite, 16, CPU, seed=0)
+        assert result["clean_acc"] == clean_accuracy(q, data["x"], data["y"], 16, CPU)
+        assert result["attack_order"] == ["pgd", "apgd_ce", "square"]
 
 
 # -------------------------------------------------------------------------------- tiny QAT on digits

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from advfine import vocab
-from advfine.report import collect, figures, labels, render, tables
+from advfine.report import audit_table, collect, figures, labels, render, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PDF_MAGIC = b"%PDF-"
@@ -143,9 +143,12 @@ def test_collect_metrics_columns_rows_and_sorting(df, paths):
     expected = ["experiment", "dataset", "arch", "seed", "train", "compression", "method", "level",
                 "finetune", "clean_acc", "robust_acc", "n_test", "params", "macs",
                 "checkpoint_bytes", "weight_bytes", "device", "eval_wall_time_s",
+                "diverged", "robust_acc_pgd", "robust_acc_whitebox",
+                *[f"robust_acc_after_{a}" for a in vocab.ATTACKS], *[f"broken_by_{a}" for a in vocab.ATTACKS],
+                *[f"audit_{c}" for c in vocab.AUDIT_CHECKS], "int8_robust_acc",
                 "precision", "latency_ms", "latency_batch", "latency_threads", "peak_rss_mb",
                 "int8_clean_acc", "int8_fake_quant_clean_acc", "int8_agreement",
-                "int8_latency_ms", "int8_model_bytes",
+                "int8_latency_ms", "int8_model_bytes", "audit_flags",
                 "train_base_wall_time_s", "compress_wall_time_s", "finetune_wall_time_s",
                 "train_base_estimated_macs", "compress_estimated_macs",
                 "finetune_estimated_macs", "train_base_adversarial", "compress_adversarial",
@@ -290,7 +293,8 @@ def test_table2_rows_columns_values(df):
     t = tables.table2(df)
     assert list(t["model"]) == ["f_st", "f_rb", "T_ad(f_st)"]
     assert list(t.columns) == ["experiment", "dataset", "arch", "model", "n", "test",
-                               "robustness", "test_mean", "test_std", "robust_mean", "robust_std"]
+                               "robustness", "test_mean", "test_std", "robust_mean", "robust_std",
+                               "diverged", "flagged"]
     f_st = t.iloc[0]
     assert f_st["test"] == "90.50 ± 0.71" and f_st["robustness"] == "5.00 ± 1.41"
     assert f_st["n"] == 2
@@ -407,12 +411,12 @@ def test_computational_gains_with_older_eval_files(tmp_path):
 def test_table_names_per_dataset():
     assert vocab.table_names("fashion_mnist") == [
         "table2_baselines", "table3_compressed", "table5_adversarial_finetuning",
-        "computational_gains", "compute"]
+        "computational_gains", "compute", "evaluation_audit"]
     assert vocab.table_names("digits") == vocab.table_names("fashion_mnist")
     assert vocab.table_names("cifar10") == [
         "table2_baselines", "table4_compressed", "table6_adversarial_finetuning",
-        "computational_gains", "compute"]
-    assert all(vocab.table_names(d)[-1] == "compute" for d in ("digits", "cifar10", "other"))
+        "computational_gains", "compute", "evaluation_audit"]
+    assert all(vocab.table_names(d)[-1] == "evaluation_audit" for d in ("digits", "cifar10", "other"))
 
 
 # ----------------------------------------------------------------------------- compute table
@@ -619,7 +623,7 @@ def test_compute_table_from_all_metrics_csv(tmp_path):
 def test_write_tables_compute_files(tmp_path):
     out = tmp_path / "tables"
     written = render.write_tables(frame(tmp_path / "e", compute_records()), out, 0.8, 8)
-    assert [p.name for p in written][-4:] == ["compute.csv", "compute.md", "compute.tex", "compute.html"]
+    assert [p.name for p in written][-8:-4] == ["compute.csv", "compute.md", "compute.tex", "compute.html"]
     csv = pd.read_csv(out / "compute.csv")
     assert len(csv) == 5 and list(csv.columns[:3]) == ["experiment", "dataset", "arch"]
     row = csv[csv["model"] == "f_st^q (PTQ)"].iloc[0]
@@ -632,7 +636,8 @@ def test_write_tables_compute_files(tmp_path):
     header = [c.strip() for c in md.split("\n\n")[1].splitlines()[0].strip("|").split("|")]
     assert header == ["Model", "Compression", "n", "Params", "MACs", "Weights", "Checkpoint",
                       "Latency (ms)", "Speed-up", "INT8 latency (ms)", "INT8 speed-up",
-                      "INT8 acc. (%)", "Fake-quant acc. (%)", "Lineage time (min)",
+                      "INT8 acc. (%)", "Fake-quant acc. (%)", "INT8 robust (%)",
+                      "Fake-quant robust (%)", "Lineage time (min)",
                       "Lineage MACs (est.)", "Peak memory (MB)"]
     assert re.search(r"\| f_st\^q \(PTQ\) +\| INT8 +\| 2 +\|", md)
     assert "2.00x" in md and "4.00x" in md and "n/a" in md and "90.00 ± 1.41" in md
@@ -645,7 +650,7 @@ def test_write_tables_compute_files(tmp_path):
     assert rows[2][11] == r"90.00 $\pm$ 1.41" and rows[1][0] == r"$\mathcal{T}_{ad}(f_{st}^{p})$"
     assert rows[1][1] == "sparsity 0.8" and rows[2][9] == r"2.75 $\pm$ 0.00"
     assert rows[2][10] == "4.00x"
-    assert r"\multicolumn{4}{c}{Real INT8}" in tex and "Acc. (\\%)" in tex
+    assert r"\multicolumn{6}{c}{Real INT8}" in tex and "Acc. (\\%)" in tex
 
 
 def test_write_tables_compute_empty_and_several_groups(df, tmp_path):
@@ -653,7 +658,7 @@ def test_write_tables_compute_empty_and_several_groups(df, tmp_path):
     assert "(no data)" in (tmp_path / "empty" / "compute.md").read_text(encoding="utf-8")
     tex = (tmp_path / "empty" / "compute.tex").read_text(encoding="utf-8")
     check_latex_table(tex)
-    assert r"\multicolumn{16}{c}{no data}" in tex
+    assert r"\multicolumn{18}{c}{no data}" in tex
     other = frame(tmp_path / "e", [make_record("st", "dense", "none", 0, experiment="exp_2&b")])
     out = tmp_path / "tables"
     render.write_tables(pd.concat([df, other], ignore_index=True), out, 0.8, 8)
@@ -830,7 +835,7 @@ def test_plot_figures_by_name(df_qat, tmp_path):
     written = figures.plot_figures(df_qat, tmp_path)
     assert [p.name for p in written] == [f"{n}.{e}" for n in figures.FIGURES for e in ("png", "pdf")]
     assert list(figures.FIGURES) == ["figure1_adversarial_finetuning", "figure3_no_finetuning",
-                                    "figure4_qat"]
+                                    "figure4_qat", "figure5_robustness_curves"]
     with pytest.raises(ValueError, match="unknown figure"):
         figures.plot_figures(df_qat, tmp_path, ["figure9"])
 
@@ -857,3 +862,95 @@ def test_figures_without_data_and_from_csv(df, tmp_path):
     _assert_png(figures.plot_figure1(again, tmp_path / "from_csv.png")[0])
     t = tables.computational_gains(again, 0.8, 8)
     assert _gain(t, "T_ad(f_st)")["adv_wall_min"] == "14.00 ± 0.00"
+
+
+# ----------------------------------------------------------------------------- the attack suite
+
+
+def suite_record(train, compression, finetune, seed, pgd, worst, flags=(), square_broke=0, **over):
+    """An eval.json of the attack-suite era: PGD first, then APGD-CE, then Square."""
+    attacks = {"pgd": {"attacked": 90, "broken": 10, "robust_acc_after": pgd, "wall_time_s": 1.0},
+               "apgd_ce": {"attacked": 80, "broken": 3, "robust_acc_after": (pgd + worst) / 2, "wall_time_s": 1.0},
+               "square": {"attacked": 77, "broken": square_broke, "robust_acc_after": worst, "wall_time_s": 1.0}}
+    checks = {c: 0.0 for c in vocab.AUDIT_CHECKS} | {"gradient_free_gain": square_broke / 100}
+    curve = [{"eps_fraction": f, "eps_pixel": 0.05 * f, "robust_acc": max(0.0, worst - 0.2 * f)} for f in (0, 1, 2)]
+    return make_record(train, compression, finetune, seed, clean=0.9, robust=worst, robust_acc_pgd=pgd,
+                       robust_acc_whitebox=(pgd + worst) / 2, attacks=attacks, attack_order=list(attacks),
+                       audit={"checks": checks, "flags": list(flags)}, diverged=False,
+                       robustness_curve=curve, **over)
+
+
+@pytest.fixture
+def suite_df(tmp_path):
+    recs = []
+    for seed in (0, 1):
+        recs.append(suite_record("st", "dense", "none", seed, 0.2, 0.15))
+        recs.append(suite_record("rb", "dense", "none", seed, 0.7, 0.68))
+        recs.append(suite_record("st", "ptq-int4", "ad", seed, 0.44, 0.27, flags=["gradient_free_gain"],
+                                 square_broke=12))
+        recs.append(suite_record("st", "prune-0.5", "ad", seed, 0.6, 0.58))
+    recs.append(make_record("rb", "prune-0.5", "ad", 0, clean=None, robust=None, diverged=True,
+                            diverged_reason="non-finite weights"))
+    recs[-1]["clean_acc"] = recs[-1]["robust_acc"] = None
+    recs.append(suite_record("rb", "prune-0.5", "ad", 1, 0.6, 0.59))
+    return frame(tmp_path, recs)
+
+
+def test_collect_reads_every_attack_the_audit_and_the_curve(suite_df):
+    row = suite_df[(suite_df["compression"] == "ptq-int4") & (suite_df["seed"] == 0)].iloc[0]
+    assert row["robust_acc_pgd"] == 0.44 and row["robust_acc"] == 0.27
+    assert row["robust_acc_after_square"] == 0.27 and row["broken_by_square"] == 12
+    assert pd.isna(row["robust_acc_after_fab_t"]) and row["audit_flags"] == "gradient_free_gain"
+    assert row["audit_gradient_free_gain"] == 0.12 and row["robust_acc_eps_x2"] == pytest.approx(0.0)
+    dense = suite_df[(suite_df["compression"] == "dense") & (suite_df["train"] == "st")].iloc[0]
+    assert dense["audit_flags"] == "" and not dense["diverged"]
+    gone = suite_df[suite_df["diverged"].fillna(False).astype(bool)].iloc[0]
+    assert pd.isna(gone["clean_acc"]) and pd.isna(gone["robust_acc"])
+
+
+def test_a_null_accuracy_must_come_with_the_diverged_mark(tmp_path):
+    rec = make_record("st", "dense", "none", 0)
+    rec["robust_acc"] = None
+    with pytest.raises(collect.MetricsFileError, match="not marked diverged"):
+        frame(tmp_path, [rec])
+
+
+def test_tables_say_diverged_and_mark_flagged_robustness(suite_df, tmp_path):
+    t5 = tables.table5(suite_df, 0.5, 4)
+    cells = dict(zip(t5["model"], zip(t5["test"], t5["robustness"])))
+    assert cells["T_ad(f_rb^p)"] == ("diverged (1/2)", "diverged (1/2)")  # never a number
+    assert cells["T_ad(f_st^q) (PTQ)"][1].endswith(labels.FLAG_MARK)
+    assert not cells["T_ad(f_st^q) (PTQ)"][0].endswith(labels.FLAG_MARK)  # test accuracy is not in question
+    assert not cells["f_st"][1].endswith(labels.FLAG_MARK)
+    row = t5[t5["model"] == "T_ad(f_rb^p)"].iloc[0]
+    assert pd.isna(row["robust_mean"]) and row["diverged"] == 1
+    written = render.write_tables(suite_df, tmp_path, 0.5, 4)
+    md = (tmp_path / "table5_adversarial_finetuning.md").read_text(encoding="utf-8")
+    assert "diverged (1/2)" in md and labels.FLAG_MARK in md and "evaluation audit flagged" in md
+    tex = (tmp_path / "table5_adversarial_finetuning.tex").read_text(encoding="utf-8")
+    assert r"$^{\dagger}$" in tex and labels.FLAG_MARK not in tex
+    check_latex_table(tex)
+    assert {p.stem for p in written} == set(vocab.table_names("fashion_mnist"))
+
+
+def test_the_evaluation_audit_table_names_the_decisive_attack(suite_df, tmp_path):
+    audit = audit_table.evaluation_audit(suite_df)
+    int4 = audit[audit["compression"] == "ptq-int4"].iloc[0]
+    assert int4["pgd_mean"] == pytest.approx(44.0) and int4["worst_case_mean"] == pytest.approx(27.0)
+    assert int4["gap_mean"] == pytest.approx(17.0) and int4["decisive_attack"] == "square"
+    assert int4["gradient_free_gain_flagged"] == 2 and int4["flags"] == "gradient_free_gain"
+    pruned_rb = audit[(audit["train"] == "rb") & (audit["compression"] == "prune-0.5")].iloc[0]
+    assert pruned_rb["diverged"] == 1 and pruned_rb["worst_case_mean"] == pytest.approx(59.0)  # the scored seed
+    render.write_tables(suite_df, tmp_path, 0.5, 4)
+    md = (tmp_path / "evaluation_audit.md").read_text(encoding="utf-8")
+    assert "| square" in md and "12.00 (2)" in md
+    check_latex_table((tmp_path / "evaluation_audit.tex").read_text(encoding="utf-8"))
+
+
+def test_figure5_draws_the_robustness_curves(suite_df, tmp_path):
+    paths = figures.plot_figure5(suite_df, tmp_path / "f5.png", tmp_path / "f5.pdf")
+    _assert_png(paths[0])
+    _assert_pdf(paths[1])
+    empty = figures.plot_figure5(suite_df.drop(columns=[c for c in suite_df if c.startswith("robust_acc_eps_x")]),
+                                 tmp_path / "none.png")
+    _assert_png(empty[0])

@@ -1,12 +1,15 @@
 """The stage functions end to end on tiny digits: train -> compress -> fine-tune -> evaluate."""
+import csv
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
-from advfine.checkpoints import load_model
+from advfine import vocab
+from advfine.checkpoints import load_model, save_model
 from advfine.cost import training_macs
 from advfine.stages import compress as compress_stage
 from advfine.stages import evaluate as evaluate_stage
@@ -50,11 +53,11 @@ def finetune(data_path, out, compression, mode, **over):
                               out_model=out / "ft.pt", out_metrics=out / "ft.json")
 
 
-def evaluate(data_path, model, metrics, compression="dense", finetune="none", **over):
+def evaluate(data_path, model, metrics, compression="dense", finetune="none", curve=False, **over):
     out = Path(model).parent / f"eval-{compression}-{finetune}.json"
     return evaluate_stage.run(stage_settings("evaluate", **over), data=data_path, experiment="tiny", train="st",
                               compression=compression, finetune=finetune, seed=0, model=model, metrics=metrics,
-                              out_eval=out)
+                              out_eval=out, out_samples=out.with_suffix(".csv"), curve=curve)
 
 
 def test_train_base_writes_checkpoint_and_metrics(base):
@@ -193,3 +196,34 @@ def test_compression_labels_round_trip():
     for bad in ("ptq-8", "prune-", "qat-int", "dense-1", "prune-1.2.3"):
         with pytest.raises(ValueError, match="unknown compression"):
             parse_compression(bad)
+
+
+def test_evaluation_writes_the_per_sample_outcome_the_audit_and_a_curve(data_path, base, tmp_path):
+    compress(data_path, base, tmp_path, "ptq-int8")
+    record = evaluate(data_path, tmp_path / "ptq-int8.pt", tmp_path / "ptq-int8.json", "ptq-int8", curve=True)
+    assert record["attack_order"] == ["pgd", "apgd_ce", "apgd_t", "transfer", "square"]
+    assert record["robust_acc"] <= record["robust_acc_whitebox"] <= record["robust_acc_pgd"] <= record["clean_acc"]
+    assert set(record["audit"]["checks"]) == set(vocab.AUDIT_CHECKS) and isinstance(record["audit"]["flags"], list)
+    assert [p["eps_fraction"] for p in record["robustness_curve"]] == [0, 1]
+    assert record["robustness_curve"][0]["robust_acc"] == record["clean_acc"] and not record["diverged"]
+    # the deployed integer model faces the transfer and black-box attacks too
+    assert set(record["int8"]["attacks"]) == {"transfer", "square"} and 0 <= record["int8"]["robust_acc"] <= 1
+    rows = list(csv.DictReader(open(tmp_path / "eval-ptq-int8-none.csv")))
+    assert len(rows) == record["n_test"] == 128
+    assert sum(int(r["clean_correct"]) for r in rows) / 128 == pytest.approx(record["clean_acc"])
+    assert sum(int(r["robust"]) for r in rows) / 128 == pytest.approx(record["robust_acc"])
+    broken = Counter(r["broken_by"] for r in rows if r["broken_by"])
+    assert broken == {name: a["broken"] for name, a in record["attacks"].items() if a["broken"]}
+    assert {"int8_clean_correct", "int8_robust", "int8_broken_by"} <= set(rows[0])
+
+
+def test_a_diverged_model_is_reported_as_diverged_not_scored(data_path, base, tmp_path):
+    model, ckpt = load_model(base / "model.pt")
+    with torch.no_grad():
+        model.fc2.bias.fill_(float("nan"))
+    save_model(tmp_path / "nan.pt", model, ckpt["arch"])
+    record = evaluate(data_path, tmp_path / "nan.pt", base / "metrics.json")
+    assert record["diverged"] and "fc2.bias" in record["diverged_reason"]
+    assert record["clean_acc"] is None and record["robust_acc"] is None and record["audit"] is None
+    rows = list(csv.DictReader(open(tmp_path / "eval-dense-none.csv")))
+    assert len(rows) == 128 and rows[0]["clean_correct"] == ""

@@ -8,6 +8,11 @@ and write it as ``all_metrics.csv`` (``write_metrics_csv``).
   raises ``MetricsFileError`` (``FileNotFoundError`` when missing) naming the file and the key.
 * Unknown ``method``/``train``/``finetune`` values are carried in the DataFrame; the tables and
   figures that do not use them leave them out.
+* A diverged model (``diverged: true``) has null accuracies: its row carries NaN there and
+  ``diverged`` True, and the tables print "diverged" instead of a number.
+* The attack suite's per-attack records become ``robust_acc_after_<attack>`` and
+  ``broken_by_<attack>`` columns, the audit ``audit_<check>`` columns and ``audit_flags`` (the flags
+  joined with ";", empty when none); a robustness curve ``robust_acc_eps_x<fraction>`` columns.
 * eval.json files written before a key existed still load: missing per-stage
   ``estimated_macs``/``adversarial``/``device``/``peak_rss_mb``, ``attack.eps_space``/``eps_pixel``
   and the top-level ``latency_*``/``peak_rss_mb``/``precision``/``int8`` become NaN/NA, and the
@@ -24,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..files import write_text
+from ..vocab import ATTACKS, AUDIT_CHECKS
 
 # The stages of a model's lineage, in order (an eval.json may list others too).
 STANDARD_STAGES = ["train_base", "compress", "finetune"]
@@ -42,8 +48,8 @@ REQUIRED_KEYS: dict[str, tuple[type, ...]] = {
     "method": (str,),
     "level": (int, float, type(None)),
     "finetune": (str,),
-    "clean_acc": _NUM,
-    "robust_acc": _NUM,
+    "clean_acc": _NUM + (type(None),),  # null only for a diverged model
+    "robust_acc": _NUM + (type(None),),
     "n_test": (int,),
     "params": (int,),
     "macs": (int,),
@@ -64,8 +70,15 @@ _FLAT_COLS = [
 ]
 # Optional top-level keys (eval.json files written before them lack them; null = not measured):
 # column -> (key path in eval.json, kind). Kinds: "number" (>= 0), "fraction" (in [0, 1]),
-# "count" (int >= 1), "bytes" (int >= 0), "str". ``int8`` is null or an object of the int8_* keys.
+# "count" (int >= 1), "bytes" (int >= 0), "str", "bool". Objects on the path may be null or absent.
 OPTIONAL_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "diverged": (("diverged",), "bool"),
+    "robust_acc_pgd": (("robust_acc_pgd",), "fraction"),
+    "robust_acc_whitebox": (("robust_acc_whitebox",), "fraction"),
+    **{f"robust_acc_after_{a}": (("attacks", a, "robust_acc_after"), "fraction") for a in ATTACKS},
+    **{f"broken_by_{a}": (("attacks", a, "broken"), "bytes") for a in ATTACKS},
+    **{f"audit_{c}": (("audit", "checks", c), "number") for c in AUDIT_CHECKS},
+    "int8_robust_acc": (("int8", "robust_acc"), "fraction"),
     "precision": (("precision",), "str"),
     "latency_ms": (("latency_ms",), "number"),
     "latency_batch": (("latency_batch",), "count"),
@@ -83,6 +96,7 @@ _OPTIONAL_FLOAT_COLS = [c for c, (_, kind) in OPTIONAL_KEYS.items()
 METRIC_COLUMNS = (
     _FLAT_COLS
     + list(OPTIONAL_KEYS)
+    + ["audit_flags"]
     + [f"{s}_{field}" for field in STAGE_FIELDS for s in STANDARD_STAGES]
     + ["git_commit", "config_hash", "attack_eps", "attack_step_size", "attack_steps",
        "attack_eps_space", "attack_eps_pixel", "path"]
@@ -130,12 +144,14 @@ def _stage_row(path: Path, i: int, st) -> dict:
 
 
 _KIND_TEXT = {"number": "a number >= 0", "fraction": "a fraction in [0, 1]",
-              "count": "an integer >= 1", "bytes": "an integer >= 0", "str": "a string"}
+              "count": "an integer >= 1", "bytes": "an integer >= 0", "str": "a string", "bool": "true or false"}
 
 
 def _kind_ok(value, kind: str) -> bool:
     if kind == "str":
         return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
     if kind in ("count", "bytes"):
         return (isinstance(value, int) and not isinstance(value, bool)
                 and value >= (1 if kind == "count" else 0))
@@ -147,17 +163,44 @@ def _kind_ok(value, kind: str) -> bool:
 def _optional_row(path: Path, rec: dict) -> dict:
     """The ``OPTIONAL_KEYS`` columns of one eval.json: None where a key is absent or null; a value
     of the wrong type (or out of range) raises MetricsFileError naming the file and the key."""
-    int8 = rec.get("int8")
-    if int8 is not None and not isinstance(int8, dict):
-        raise MetricsFileError(f"{path}: key 'int8' has type {type(int8).__name__}, expected "
-                               "object or null")
     row = {}
     for col, (keys, kind) in OPTIONAL_KEYS.items():
-        value = (int8 or {}).get(keys[1]) if keys[0] == "int8" else rec.get(keys[0])
+        value = rec
+        for depth, key in enumerate(keys):
+            if value is not None and not isinstance(value, dict):
+                raise MetricsFileError(f"{path}: key '{'.'.join(keys[:depth])}' has type "
+                                       f"{type(value).__name__}, expected object or null")
+            value = None if value is None else value.get(key)
         if value is not None and not _kind_ok(value, kind):
             raise MetricsFileError(f"{path}: key '{'.'.join(keys)}' must be {_KIND_TEXT[kind]} or "
                                    f"null, got {value!r} ({type(value).__name__})")
         row[col] = value
+    return row
+
+
+def _audit_flags(path: Path, rec: dict) -> str | None:
+    """The audit's flags joined with ";" ("" when it raised none), None when the file has no audit."""
+    audit = rec.get("audit")
+    if audit is None:
+        return None
+    flags = audit.get("flags") if isinstance(audit, dict) else None
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise MetricsFileError(f"{path}: key 'audit.flags' must be a list of strings")
+    return ";".join(flags)
+
+
+def _curve_row(path: Path, rec: dict) -> dict:
+    """``robust_acc_eps_x<fraction>`` columns from the robustness curve (none when it has none)."""
+    curve = rec.get("robustness_curve")
+    if curve is None:
+        return {}
+    row = {}
+    for point in curve if isinstance(curve, list) else [None]:
+        if not (isinstance(point, dict) and _kind_ok(point.get("eps_fraction"), "number")
+                and _kind_ok(point.get("robust_acc"), "fraction")):
+            raise MetricsFileError(f"{path}: key 'robustness_curve' must be a list of "
+                                   "{'eps_fraction': number, 'robust_acc': fraction, ...}")
+        row[f"robust_acc_eps_x{point['eps_fraction']:g}"] = float(point["robust_acc"])
     return row
 
 
@@ -180,12 +223,16 @@ def _load_one(path: Path) -> dict:
                 f"{path}: key '{key}' has type {type(val).__name__}, expected "
                 + " or ".join("null" if t is type(None) else t.__name__ for t in types))
     for key in ("clean_acc", "robust_acc"):
-        if not 0.0 <= float(rec[key]) <= 1.0:
+        if rec[key] is None and rec.get("diverged") is not True:
+            raise MetricsFileError(f"{path}: key '{key}' is null but the model is not marked diverged")
+        if rec[key] is not None and not 0.0 <= float(rec[key]) <= 1.0:
             raise MetricsFileError(f"{path}: key '{key}' = {rec[key]} is not a fraction in [0, 1]")
 
     row = {k: rec[k] for k in _FLAT_COLS}
     row["level"] = math.nan if rec["level"] is None else float(rec["level"])
     row.update(_optional_row(path, rec))
+    row["audit_flags"] = _audit_flags(path, rec)
+    row.update(_curve_row(path, rec))
     seen: set[str] = set()
     for i, st in enumerate(rec["stages"]):
         stage_cols = _stage_row(path, i, st)
@@ -232,10 +279,11 @@ def collect_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     for col in ("seed", "n_test", "params", "macs", "checkpoint_bytes", "weight_bytes"):
         df[col] = df[col].astype("int64")
     for col in df.columns:
-        if col.endswith("_adversarial"):
+        if col.endswith("_adversarial") or col == "diverged":
             df[col] = df[col].astype("boolean")
         elif (col.endswith(("_wall_time_s", "_estimated_macs", "_peak_rss_mb"))
-              or col in ("attack_eps_pixel", *_OPTIONAL_FLOAT_COLS)):
+              or col.startswith("robust_acc_eps_x")
+              or col in ("attack_eps_pixel", "clean_acc", "robust_acc", *_OPTIONAL_FLOAT_COLS)):
             df[col] = df[col].astype(float)
         elif col in _OPTIONAL_INT_COLS:
             df[col] = df[col].astype("Int64")

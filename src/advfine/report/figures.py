@@ -1,4 +1,4 @@
-"""The paper's Figures 1, 3 and 4 from the per-model DataFrame (``collect_metrics`` or
+"""The paper's Figures 1, 3 and 4 (and our Figure 5, robustness curves) from the per-model DataFrame (``collect_metrics`` or
 all_metrics.csv), and the figure helpers the other figures share (``new_figure``, ``save_figure``;
 Figure 2, the t-SNE of features, is drawn by ``advfine.features``).
 
@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..files import atomic_path
-from ..vocab import DENSE, FIGURE1, FIGURE3, FIGURE4, FIGURE_FORMATS, PRUNE, PTQ, QAT
+from ..vocab import DENSE, FIGURE1, FIGURE3, FIGURE4, FIGURE5, FIGURE_FORMATS, PRUNE, PTQ, QAT, model_label
 from .labels import arch_name, dataset_name
 from .stats import GROUP_COLS, groups, select, summarize
 
@@ -69,7 +69,7 @@ def _curve(g: pd.DataFrame, train: str, method: str, finetune: str) -> pd.DataFr
     sub = select(g, train, method, finetune)
     recs = [{"level": lev, **summarize(rows)} for lev, rows in sub.groupby("level", sort=True)]
     return pd.DataFrame(recs, columns=["level", "n", "test_mean", "test_std",
-                                       "robust_mean", "robust_std"])
+                                       "robust_mean", "robust_std", "diverged"])
 
 
 def _no_data(ax, title: str) -> None:
@@ -106,6 +106,9 @@ def _panel(ax, g: pd.DataFrame, method: str, finetune: str, trains: tuple[str, .
             ax.errorbar(xof(c["level"]), c[f"{key}_mean"], yerr=c[f"{key}_std"], label=label,
                         color=color, marker=marker, capsize=3, linewidth=1.5)
             ns += list(c["n"])
+            for x, diverged in zip(xof(c["level"]), c["diverged"]):
+                if diverged:  # no number for a diverged model: say so where its point would be
+                    ax.annotate("diverged", (x, 5), color=color, rotation=90, fontsize=8, ha="center")
         dense = select(g, train, DENSE, "none")
         if len(dense):
             ax.axhline(summarize(dense)[f"{key}_mean"], color=color, linestyle=":",
@@ -170,8 +173,46 @@ def plot_figure4(df: pd.DataFrame, path_png: str | os.PathLike,
                         "no fine-tuning")
 
 
+def plot_figure5(df: pd.DataFrame, path_png: str | os.PathLike,
+                 path_pdf: str | os.PathLike | None = None) -> list[Path]:
+    """Figure 5 (not in the paper): robust accuracy against the attack radius (multiples of the
+    evaluation's eps, PGD then APGD-CE) for the models whose evaluation measured a curve (the models
+    of Table 5); mean ± sample std over seeds, one panel per (experiment, dataset, arch)."""
+    columns = sorted((c for c in df.columns if c.startswith("robust_acc_eps_x")),
+                     key=lambda c: float(c[len("robust_acc_eps_x"):]))
+    rows = groups(df) or [(("", "", ""), pd.DataFrame(columns=_USED_COLUMNS))]
+    fig = new_figure(7.5, 4.6 * len(rows) + 1.0)
+    axes = fig.subplots(len(rows), 1, squeeze=False)
+    for (keys, g), (ax,) in zip(rows, axes):
+        exp, dataset, arch = keys
+        title = f"{exp}: {dataset_name(dataset)}, {arch_name(arch)}" if exp else ""
+        with_curve = g[g[columns].notna().any(axis=1)] if columns else g.iloc[0:0]
+        if with_curve.empty:
+            _no_data(ax, title)
+            continue
+        eps = with_curve["attack_eps_pixel"].astype(float).dropna()
+        unit = float(eps.iloc[0]) if len(eps) else 1.0
+        fractions = [float(c[len("robust_acc_eps_x"):]) for c in columns]
+        for (train, method, level, finetune), sel in with_curve.groupby(
+                ["train", "method", "level", "finetune"], dropna=False, sort=False):
+            values = sel[columns].astype(float) * 100.0
+            label = model_label(train, method, finetune, quant_kind=True)
+            ax.errorbar([f * unit for f in fractions], values.mean(), yerr=values.std(ddof=1).fillna(0.0),
+                        marker="o", capsize=3, linewidth=1.3, label=f"{label} (n={len(sel)})")
+        ax.axvline(unit, color="gray", linestyle=":", linewidth=1)
+        ax.set_xlabel("attack radius eps (pixel units); dotted: the evaluation's eps")
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle("Figure 5: robust accuracy against eps (PGD, then APGD-CE), models of Table 5\n"
+                 "mean ± sample std over seeds", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path_png, path_pdf)
+
+
 # Figure stems (as the workflow names the files) -> plot function.
-FIGURES = {FIGURE1: plot_figure1, FIGURE3: plot_figure3, FIGURE4: plot_figure4}
+FIGURES = {FIGURE1: plot_figure1, FIGURE3: plot_figure3, FIGURE4: plot_figure4, FIGURE5: plot_figure5}
 
 
 def plot_figures(df: pd.DataFrame, out_dir: str | os.PathLike,

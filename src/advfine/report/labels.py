@@ -52,6 +52,19 @@ def format_cell(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {std:.2f}"
 
 
+DIVERGED = "diverged"
+FLAG_MARK = "†"  # a robustness cell of a model whose evaluation the audit flagged (legend in every table)
+
+
+def stat_cell(s: dict, key: str) -> str:
+    """The text of one table cell from ``stats.summarize`` output: ``"82.00 ± 2.83"``, with
+    ``FLAG_MARK`` on a robustness cell of a flagged model, ``"diverged (1/2)"`` when a seed diverged."""
+    if s["diverged"]:
+        return f"{DIVERGED} ({s['diverged']}/{s['n']})"
+    text = format_cell(s[f"{key}_mean"], s[f"{key}_std"])
+    return f"{text} {FLAG_MARK}" if key == "robust" and s["flagged"] and text != NA else text
+
+
 def format_minutes(mean: float, std: float) -> str:
     """``"118.20 ± 1.50"``; short runs keep 4 decimals (``"0.0123 ± 0.0004"``); n/a when NaN."""
     if math.isnan(mean) or math.isnan(std):
@@ -107,7 +120,7 @@ def format_count(n: float) -> str:
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                  "^": r"\textasciicircum{}"}
+                  "^": r"\textasciicircum{}", FLAG_MARK: r"$^{\dagger}$"}
 _LABEL_RE = re.compile(r"^(?:T_(?P<ft>[a-z]+)\((?P<inner>[^()\s]+)\)|(?P<plain>[^()\s]+))"
                        r"(?P<kind> \((?:PTQ|QAT)\))?$")
 _BASE_RE = re.compile(r"^f_(?P<train>[a-z]+)(?:\^(?P<sup>[a-z]+))?$")

@@ -23,7 +23,8 @@ import pandas as pd
 
 from ..files import write_text
 from ..vocab import TABLE_FORMATS, table_names
-from .labels import (NA, arch_name, dataset_name, format_count, format_ratio, format_speedup,
+from .audit_table import evaluation_audit, format_points
+from .labels import (FLAG_MARK, NA, arch_name, dataset_name, format_count, format_ratio, format_speedup,
                      latex_escape, latex_model_label)
 from .stats import GROUP_COLS, joined
 from .tables import FT_KEYS, computational_gains, compute_table, level_for, table2, table3, table5
@@ -97,6 +98,7 @@ def _layout_compute(rows: pd.DataFrame) -> pd.DataFrame:
         "INT8 speed-up": rows["int8_speedup"].map(format_speedup),
         "INT8 acc. (%)": rows["int8_clean_acc"],
         "Fake-quant acc. (%)": rows["fake_quant_clean_acc"],
+        "INT8 robust (%)": rows["int8_robust_acc"], "Fake-quant robust (%)": rows["fake_quant_robust_acc"],
         "Lineage time (min)": rows["lineage_wall_min"], "Lineage MACs (est.)": rows["lineage_macs"],
         "Peak memory (MB)": rows["peak_rss_mb"],
     }).reset_index(drop=True)
@@ -113,12 +115,16 @@ _TEX_HEADERS = {
                r"\cmidrule(lr){4-7} \cmidrule(lr){8-9}",
                r"Model & Stage & $n$ & Time (min) & Ratio & MACs (est.) & Ratio & Time (min) & Ratio"
                r" & Device \\"], "llrccccccl"),
+    "audit": ([r" & & & \multicolumn{3}{c}{Robust accuracy (\%)} & & & \multicolumn{4}{c}{Checks (\%, flagged seeds)} & \\",
+               r"\cmidrule(lr){4-6} \cmidrule(lr){9-12}",
+               r"Model & Compression & $n$ & Clean & PGD & Worst case & Gap & Decisive attack & Gradient-free"
+               r" & Large $\epsilon$ & More effort & Zero grad. & INT8 robust \\"], "llrcccclccccc"),
     "compute": ([r" & & & \multicolumn{4}{c}{Model size} & \multicolumn{2}{c}{Latency (CPU)}"
-                 r" & \multicolumn{4}{c}{Real INT8} & \multicolumn{2}{c}{Whole lineage} & \\",
-                 r"\cmidrule(lr){4-7} \cmidrule(lr){8-9} \cmidrule(lr){10-13} \cmidrule(lr){14-15}",
+                 r" & \multicolumn{6}{c}{Real INT8} & \multicolumn{2}{c}{Whole lineage} & \\",
+                 r"\cmidrule(lr){4-7} \cmidrule(lr){8-9} \cmidrule(lr){10-15} \cmidrule(lr){16-17}",
                  r"Model & Compression & $n$ & Params & MACs & Weights & Checkpoint & ms & Speed-up"
-                 r" & ms & Speed-up & Acc. (\%) & Fake-quant (\%) & Time (min) & MACs (est.)"
-                 r" & Peak mem. (MB) \\"], "llrrrrrccccccccc"),
+                 r" & ms & Speed-up & Acc. (\%) & Fake-quant (\%) & Robust (\%) & Fake-quant robust (\%)"
+                 r" & Time (min) & MACs (est.) & Peak mem. (MB) \\"], "llrrrrrccccccccccc"),
 }
 
 
@@ -198,15 +204,44 @@ def _latex(caption: str, label: str, blocks: list, header: list[str], colspec: s
 # ----------------------------------------------------------------------------- writers
 
 _NOTE = ("Accuracy in %, mean ± sample std (ddof=1) over seeds; n = number of seeds "
-         "(std 0.00 when n = 1); n/a = no data for that combination.")
+         "(std 0.00 when n = 1); n/a = no data for that combination. Robustness: per-sample worst "
+         f"case over the evaluation's attack suite. {FLAG_MARK} = the evaluation audit flagged a sign "
+         "of a failed attack on at least one seed (see evaluation_audit); diverged (k/n) = k of n "
+         "seeds diverged (non-finite weights or logits) and are not scored.")
 _TEX_NOTE = (r"Accuracy in \%, mean $\pm$ sample std (ddof=1) over seeds; $n$ = number of seeds "
-             r"(std 0.00 when $n = 1$); n/a = no data for that combination.")
+             r"(std 0.00 when $n = 1$); n/a = no data for that combination. Robustness: per-sample "
+             r"worst case over the evaluation's attack suite. $^{\dagger}$ = the evaluation audit "
+             r"flagged a sign of a failed attack on at least one seed (see evaluation\_audit); "
+             r"diverged (k/n) = k of n seeds diverged and are not scored.")
+_AUDIT_NOTE = ("Clean, PGD (the paper's attack) and worst case (per-sample, over the whole suite) in %, "
+               "mean ± sample std over the seeds that did not diverge; gap = PGD minus worst case "
+               "(points); decisive attack = the attack after PGD that broke the most samples. Checks, "
+               "mean over seeds in % of the test set (flagged seeds in brackets): gradient-free gain = "
+               "samples only the transfer or black-box attack broke; large-eps standing = samples "
+               "APGD-CE leaves at a large radius; more-effort gain = samples broken by APGD-CE with "
+               "more steps and restarts after the suite; zero gradients = clean-correct samples with "
+               "an all-zero input gradient. INT8 robust = the deployed integer model under the "
+               "transfer and Square attacks.")
 _GAINS_NOTE = ("Wall times in minutes, mean ± sample std over seeds; MACs: mean over seeds of the "
                "estimated multiply-accumulates recorded for each stage; ratios: ratio of means to "
                "f_rb's; n/a = no data (or an eval.json written before MACs were recorded).")
 _TEX_GAINS_NOTE = (r"Wall times in minutes, mean $\pm$ sample std over seeds; MACs: mean over "
                    r"seeds of the estimated multiply-accumulates recorded for each stage; "
                    r"ratio: ratio of means to $f_{rb}$'s; n/a = no data.")
+
+
+def _layout_audit(rows: pd.DataFrame) -> pd.DataFrame:
+    def check(name):
+        return [f"{format_points(v)} ({int(k)})" for v, k in zip(rows[f"{name}_mean"], rows[f"{name}_flagged"])]
+
+    return pd.DataFrame({
+        "Model": rows["model"], "Compression": rows["compression_level"], "n": rows["n"].astype(int).astype(str),
+        "Clean": rows["clean"], "PGD": rows["pgd"], "Worst case": rows["worst_case"],
+        "Gap": rows["gap_mean"].map(format_points), "Decisive attack": rows["decisive_attack"],
+        "Gradient-free gain": check("gradient_free_gain"), "Large-eps standing": check("large_eps_standing"),
+        "More-effort gain": check("more_effort_gain"), "Zero gradients": check("zero_gradient_share"),
+        "INT8 robust": rows["int8_robust"],
+    }).reset_index(drop=True)
 
 
 def _compute_notes(df: pd.DataFrame) -> tuple[str, str]:
@@ -320,6 +355,14 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
          r"the real INT8 model of the PTQ INT8 node (latency, speed-up, clean accuracy beside the "
          r"fake-quant model's), the wall time and estimated MACs of its whole training lineage, "
          r"and the peak memory of its jobs.", *_compute_notes(df)),
+        (stems[5], evaluation_audit(df), _layout_audit, "audit",
+         f"Evaluation audit on {on}: per model, the robust accuracy under the paper's PGD and the "
+         "per-sample worst case over the attack suite, the attack that made the difference, and the "
+         "attack-failure checks (gradient masking) with the seeds each flagged.",
+         rf"Evaluation audit on {on_tex}: per model, the robust accuracy under the paper's PGD and the "
+         r"per-sample worst case over the attack suite, the attack that made the difference, and the "
+         r"attack-failure checks (gradient masking) with the seeds each flagged.",
+         _AUDIT_NOTE, latex_escape(_AUDIT_NOTE).replace("±", r"$\pm$")),
     ]
     out = Path(out_dir)
     written = []

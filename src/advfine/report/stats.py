@@ -3,6 +3,8 @@
 * A cell is the mean and the sample standard deviation (ddof=1) over seeds; with a single seed the
   std is 0.0 (shown as 0.00), with no rows both are NaN (shown as ``n/a``).
 * Accuracies are stored as fractions in eval.json and reported in percent.
+* A model that diverged on any seed has no statistics (NaN): the tables say "diverged", never a
+  number; a model whose evaluation raised an attack-failure flag on any seed is counted as flagged.
 * Tables and figures are computed separately for each (experiment, dataset, arch) group
   (``GROUP_COLS``, ``groups``).
 """
@@ -32,15 +34,27 @@ def select(g: pd.DataFrame, train: str, method: str, finetune: str,
     return g[m]
 
 
-def summarize(rows: pd.DataFrame) -> dict:
-    """Seed statistics of a set of rows of one model: n, test/robust mean and std in percent.
+def diverged_count(rows: pd.DataFrame) -> int:
+    """Seeds of these rows whose model diverged (0 for files that predate the key)."""
+    return int(rows["diverged"].fillna(False).astype(bool).sum()) if "diverged" in rows else 0
 
-    Sample std (ddof=1); a single seed gives std 0.0; no rows gives n=0 and NaNs."""
+
+def flagged_count(rows: pd.DataFrame) -> int:
+    """Seeds of these rows whose evaluation raised an attack-failure flag."""
+    return int((rows["audit_flags"].fillna("") != "").sum()) if "audit_flags" in rows else 0
+
+
+def summarize(rows: pd.DataFrame) -> dict:
+    """Seed statistics of a set of rows of one model: n, test/robust mean and std in percent, and how
+    many seeds diverged or were flagged by the evaluation audit.
+
+    Sample std (ddof=1); a single seed gives std 0.0; no rows, or a diverged seed, gives NaNs."""
     n = int(rows["seed"].nunique()) if len(rows) else 0
-    out: dict = {"n": n}
+    diverged = diverged_count(rows) if len(rows) else 0
+    out: dict = {"n": n, "diverged": diverged, "flagged": flagged_count(rows) if len(rows) else 0}
     for key, col in (("test", "clean_acc"), ("robust", "robust_acc")):
         vals = rows[col].astype(float).to_numpy() * 100.0
-        if n == 0:
+        if n == 0 or diverged:
             mean = std = math.nan
         else:
             mean = float(vals.mean())

@@ -28,7 +28,7 @@ import pandas as pd
 from ..vocab import (BASE_MODELS, COMPRESSION_METHODS, DENSE, FINETUNE_MODES, PRUNE, PTQ, QAT,
                      QUANTIZATION_METHODS, base_label, model_label)
 from .collect import METRIC_COLUMNS, STANDARD_STAGES
-from .labels import NA, format_bytes, format_cell, format_macs, format_minutes, level_label
+from .labels import NA, format_bytes, format_cell, format_macs, format_minutes, level_label, stat_cell
 from .stats import GROUP_COLS, groups, joined, mean_std, select, summarize
 
 # ----------------------------------------------------------------------------- levels and rows
@@ -53,20 +53,20 @@ def _pick(g: pd.DataFrame, train: str, method: str, finetune: str,
 # ----------------------------------------------------------------------------- tables
 
 _T2_COLS = GROUP_COLS + ["model", "n", "test", "robustness",
-                         "test_mean", "test_std", "robust_mean", "robust_std"]
+                         "test_mean", "test_std", "robust_mean", "robust_std", "diverged", "flagged"]
 # Table 3's fine-tuning columns: (finetune, heading).
 FT_KEYS = [("none", "None"), ("st", "T_st(·)"), ("ad", "T_ad(·)")]
 _T3_COLS = GROUP_COLS + ["model", "performance"] + [
-    c for ft, _ in FT_KEYS for c in (ft, f"{ft}_mean", f"{ft}_std", f"{ft}_n")]
+    c for ft, _ in FT_KEYS for c in (ft, f"{ft}_mean", f"{ft}_std", f"{ft}_n", f"{ft}_diverged", f"{ft}_flagged")]
 
 
 def _row(keys: tuple, label: str, s: dict) -> dict:
     return {
         **dict(zip(GROUP_COLS, keys)), "model": label, "n": s["n"],
-        "test": format_cell(s["test_mean"], s["test_std"]),
-        "robustness": format_cell(s["robust_mean"], s["robust_std"]),
+        "test": stat_cell(s, "test"), "robustness": stat_cell(s, "robust"),
         "test_mean": s["test_mean"], "test_std": s["test_std"],
         "robust_mean": s["robust_mean"], "robust_std": s["robust_std"],
+        "diverged": s["diverged"], "flagged": s["flagged"],
     }
 
 
@@ -99,10 +99,11 @@ def table3(df: pd.DataFrame, prune_level: float | Mapping[str, float],
                            "performance": perf}
                     for ft, _ in FT_KEYS:
                         s = stats[ft]
-                        row[ft] = format_cell(s[f"{key}_mean"], s[f"{key}_std"])
+                        row[ft] = stat_cell(s, key)
                         row[f"{ft}_mean"] = s[f"{key}_mean"]
                         row[f"{ft}_std"] = s[f"{key}_std"]
                         row[f"{ft}_n"] = s["n"]
+                        row[f"{ft}_diverged"], row[f"{ft}_flagged"] = s["diverged"], s["flagged"]
                     rows.append(row)
     return pd.DataFrame(rows, columns=_T3_COLS)
 
@@ -239,6 +240,8 @@ _COMPUTE_COLS = GROUP_COLS + [
     "int8_n", "int8_latency_ms", "int8_latency_ms_mean", "int8_latency_ms_std", "int8_speedup",
     "int8_clean_acc", "int8_clean_acc_mean", "int8_clean_acc_std",
     "fake_quant_clean_acc", "fake_quant_clean_acc_mean", "fake_quant_clean_acc_std",
+    "int8_robust_acc", "int8_robust_acc_mean", "int8_robust_acc_std",
+    "fake_quant_robust_acc", "fake_quant_robust_acc_mean", "fake_quant_robust_acc_std",
     "int8_agreement_mean", "int8_model_bytes_mean",
     "lineage_wall_min", "lineage_wall_min_mean", "lineage_wall_min_std",
     "lineage_macs", "lineage_macs_mean",
@@ -251,7 +254,7 @@ _METHOD_ORDER = {method: i for i, method in enumerate(COMPRESSION_METHODS)}
 _FINETUNE_ORDER = {finetune: i for i, finetune in enumerate(FINETUNE_MODES)}
 
 
-def _model_sort_key(train: str, method: str, level: float, finetune: str) -> tuple:
+def model_sort_key(train: str, method: str, level: float, finetune: str) -> tuple:
     """Models by train, method, level, finetune; levels from the least to the most compressed
     (sparsity ascending, bit widths descending: INT16 ... INT1)."""
     lev = -math.inf if pd.isna(level) else (-level if method in QUANTIZATION_METHODS else level)
@@ -260,7 +263,7 @@ def _model_sort_key(train: str, method: str, level: float, finetune: str) -> tup
             _FINETUNE_ORDER.get(finetune, len(_FINETUNE_ORDER)), str(finetune))
 
 
-def _compression_level(method: str, level: float) -> str:
+def compression_level_text(method: str, level: float) -> str:
     """``level_label``, with an unknown method named instead of called a sparsity."""
     if method in _METHOD_ORDER or pd.isna(level):
         return level_label(method, None if pd.isna(level) else float(level))
@@ -286,7 +289,7 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
     """Compute and memory cost of every model of the experiment (not in the paper): one row per
     evaluated node (train x compression x finetune: f_st, f_rb, f_st^p at every sparsity with
     None/T_st/T_ad, the PTQ and QAT nodes at every bit width, T_ad(f_st), ...), ordered by train,
-    method, level, finetune (``_model_sort_key``).
+    method, level, finetune (``model_sort_key``).
 
     Columns (each a mean over seeds, ``*_std`` the sample std; formatted text beside the numbers):
     parameters, MACs per input, weight and checkpoint bytes; the CPU inference latency (ms) and its
@@ -302,7 +305,7 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for keys, g in groups(df):
         models = sorted(g.groupby(model_cols, dropna=False, sort=False),
-                        key=lambda kv: _model_sort_key(kv[0][0], kv[0][2], kv[0][3], kv[0][4]))
+                        key=lambda kv: model_sort_key(kv[0][0], kv[0][2], kv[0][3], kv[0][4]))
         for (train, compression, method, level, finetune), sel in models:
             dense = select(g, train, DENSE, "none")
             ref_latency = mean_std(dense["latency_ms"])[0]
@@ -310,6 +313,10 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
             i8_mean, i8_std = mean_std(sel["int8_latency_ms"])
             acc_mean, acc_std = mean_std(sel["int8_clean_acc"] * 100.0)
             fq_mean, fq_std = mean_std(sel["int8_fake_quant_clean_acc"] * 100.0)
+            # the deployed model's worst case (transfer, Square) beside the fake-quant model's suite
+            i8r_mean, i8r_std = mean_std(sel["int8_robust_acc"] * 100.0)
+            with_int8 = sel[sel["int8_robust_acc"].notna()]
+            fqr_mean, fqr_std = mean_std(with_int8["robust_acc"] * 100.0)
             total_wall, total_macs = _lineage_totals(sel, stages)
             lin_mean, lin_std = mean_std(total_wall / 60.0)
             lin_macs = mean_std(total_macs)[0]
@@ -321,7 +328,7 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
                 **dict(zip(GROUP_COLS, keys)),
                 "model": model_label(train, method, finetune, quant_kind=True),
                 "train": train, "compression": compression, "method": method, "level": level,
-                "finetune": finetune, "compression_level": _compression_level(method, level),
+                "finetune": finetune, "compression_level": compression_level_text(method, level),
                 "n": int(sel["seed"].nunique()),
                 "params_mean": mean_std(sel["params"])[0],
                 "macs_mean": macs_mean, "macs": format_macs(macs_mean),
@@ -342,6 +349,10 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
                 "int8_clean_acc_mean": acc_mean, "int8_clean_acc_std": acc_std,
                 "fake_quant_clean_acc": format_cell(fq_mean, fq_std),
                 "fake_quant_clean_acc_mean": fq_mean, "fake_quant_clean_acc_std": fq_std,
+                "int8_robust_acc": format_cell(i8r_mean, i8r_std),
+                "int8_robust_acc_mean": i8r_mean, "int8_robust_acc_std": i8r_std,
+                "fake_quant_robust_acc": format_cell(fqr_mean, fqr_std),
+                "fake_quant_robust_acc_mean": fqr_mean, "fake_quant_robust_acc_std": fqr_std,
                 "int8_agreement_mean": mean_std(sel["int8_agreement"] * 100.0)[0],
                 "int8_model_bytes_mean": mean_std(sel["int8_model_bytes"])[0],
                 "lineage_wall_min": format_minutes(lin_mean, lin_std),

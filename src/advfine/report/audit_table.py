@@ -1,0 +1,76 @@
+"""The ``evaluation_audit`` table (not in the paper): per model, what the attack suite found beyond the
+paper's PGD, which attack made the difference, and the attack-failure checks of ``advfine.audit``
+with how many seeds each flagged. A model the audit flags carries the mark ``labels.FLAG_MARK`` in
+the robustness cells of every other table."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ..vocab import ATTACKS, AUDIT_CHECKS, model_label
+from .collect import METRIC_COLUMNS
+from .labels import NA, format_cell
+from .stats import GROUP_COLS, diverged_count, groups, mean_std
+from .tables import compression_level_text, model_sort_key
+
+AUDIT_COLS = GROUP_COLS + [
+    "model", "train", "compression", "finetune", "compression_level", "n", "diverged",
+    "clean", "clean_mean", "pgd", "pgd_mean", "worst_case", "worst_case_mean", "gap_mean", "decisive_attack",
+    *[c for a in ATTACKS if a != "pgd" for c in (f"broken_by_{a}_mean",)],
+    *[c for check in AUDIT_CHECKS for c in (f"{check}_mean", f"{check}_flagged")],
+    "flags", "int8_robust", "int8_robust_mean",
+]
+
+
+def _percent(rows: pd.DataFrame, column: str) -> tuple[float, float]:
+    return mean_std(rows[column].astype(float) * 100.0)
+
+
+def _decisive_attack(rows: pd.DataFrame) -> str:
+    """The attack after PGD that broke the most samples (summed over seeds), "none" when none did."""
+    broken = {a: rows[f"broken_by_{a}"].astype(float).sum() for a in ATTACKS if a != "pgd"}
+    best = max(broken, key=broken.get)
+    return best if broken[best] > 0 else "none"
+
+
+def evaluation_audit(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per model (sorted as the compute table): clean, PGD (the paper's metric) and worst-case
+    robust accuracy in % (mean ± std over seeds), the gap PGD minus worst case (points), the attack that
+    made the difference, the mean samples each later attack broke, every check's mean value (as a
+    share of the test set, in %) and the seeds it flagged, and the deployed INT8 model's worst case."""
+    df = df.reindex(columns=list(dict.fromkeys([*df.columns, *METRIC_COLUMNS])))  # older CSVs
+    model_cols = ["train", "compression", "method", "level", "finetune"]
+    rows = []
+    for keys, g in groups(df):
+        models = sorted(g.groupby(model_cols, dropna=False, sort=False),
+                        key=lambda kv: model_sort_key(kv[0][0], kv[0][2], kv[0][3], kv[0][4]))
+        for (train, compression, method, level, finetune), sel in models:
+            n, diverged = int(sel["seed"].nunique()), diverged_count(sel)
+            scored = sel[~sel["diverged"].fillna(False).astype(bool)]
+            clean, pgd, worst = (_percent(scored, c) for c in ("clean_acc", "robust_acc_pgd", "robust_acc"))
+            gap = mean_std((scored["robust_acc_pgd"].astype(float) - scored["robust_acc"].astype(float)) * 100.0)[0]
+            int8 = _percent(scored, "int8_robust_acc")
+            flags = scored["audit_flags"].fillna("")
+            row = {**dict(zip(GROUP_COLS, keys)), "model": model_label(train, method, finetune, quant_kind=True),
+                   "train": train, "compression": compression, "finetune": finetune,
+                   "compression_level": compression_level_text(method, level), "n": n, "diverged": diverged,
+                   "clean": format_cell(*clean), "clean_mean": clean[0],
+                   "pgd": format_cell(*pgd), "pgd_mean": pgd[0],
+                   "worst_case": format_cell(*worst), "worst_case_mean": worst[0], "gap_mean": gap,
+                   "decisive_attack": _decisive_attack(scored) if len(scored) else NA,
+                   "flags": ", ".join(sorted({f for joined in flags for f in joined.split(";") if f})) or "none",
+                   "int8_robust": format_cell(*int8), "int8_robust_mean": int8[0]}
+            for attack in ATTACKS:
+                if attack != "pgd":
+                    row[f"broken_by_{attack}_mean"] = mean_std(scored[f"broken_by_{attack}"])[0]
+            for check in AUDIT_CHECKS:
+                row[f"{check}_mean"] = mean_std(scored[f"audit_{check}"].astype(float) * 100.0)[0]
+                row[f"{check}_flagged"] = int(flags.map(lambda joined: check in joined.split(";")).sum())
+            rows.append(row)
+    return pd.DataFrame(rows, columns=AUDIT_COLS)
+
+
+def format_points(value: float) -> str:
+    """A share in % or a gap in points with two decimals; n/a when unknown."""
+    return NA if value is None or math.isnan(value) else f"{value:.2f}"
