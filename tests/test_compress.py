@@ -298,3 +298,26 @@ def test_weight_storage_bytes(parent, quantized):
         assert weight_storage_bytes(quantized[8], bits) == weight_storage_bytes(parent, bits)
     with pytest.raises(ValueError):
         weight_storage_bytes(model, 0)
+
+
+def test_the_first_layers_input_can_stay_in_float(small_parent, tmp_path):
+    """quantize_first_input=False: the first conv sees the float image (no bit-depth reduction of the
+    input), every other input is still quantized, and a checkpoint restores it that way."""
+    from advfine.checkpoints import load_model, save_model
+
+    calibration = [torch.rand(16, 1, 28, 28) for _ in range(2)]
+    for make in (compress.quantize_ptq, compress.prepare_qat):
+        plain = make(small_parent, 4, calibration, quantize_first_input=False)
+        spaces = {name: set(w.quantization_target_spaces) for name, w in compress._wrappers(plain).items()}
+        assert compress.first_layer(plain) == "features.0"
+        assert spaces["features.0"] == {"weight", "_output_0"}  # NNI numbers a layer's inputs and outputs
+        assert all(targets == {"weight", "_input_0", "_output_0"} for name, targets in spaces.items()
+                   if name != "features.0")
+        default = make(small_parent, 4, calibration)
+        assert "_input_0" in compress._wrappers(default)["features.0"].quantization_target_spaces
+        save_model(tmp_path / "q.pt", plain, small_cnn8_arch())
+        restored, _ = load_model(tmp_path / "q.pt")
+        x = torch.rand(4, 1, 28, 28)
+        with torch.no_grad():
+            assert torch.equal(restored(x), plain.eval()(x))
+        assert "_input_0" not in compress._wrappers(restored)["features.0"].quantization_target_spaces

@@ -638,7 +638,7 @@ def test_write_tables_compute_files(tmp_path):
                       "Latency (ms)", "Speed-up", "INT8 latency (ms)", "INT8 speed-up",
                       "INT8 acc. (%)", "Fake-quant acc. (%)", "INT8 robust (%)",
                       "Fake-quant robust (%)", "Lineage time (min)",
-                      "Lineage MACs (est.)", "Peak memory (MB)"]
+                      "Lineage MACs (est.)", "Peak memory (MB)", "Evaluation (s)"]
     assert re.search(r"\| f_st\^q \(PTQ\) +\| INT8 +\| 2 +\|", md)
     assert "2.00x" in md and "4.00x" in md and "n/a" in md and "90.00 ± 1.41" in md
     assert "batch of 256 test images on the CPU" in md and "torch.ao's (oneDNN)" in md
@@ -658,7 +658,7 @@ def test_write_tables_compute_empty_and_several_groups(df, tmp_path):
     assert "(no data)" in (tmp_path / "empty" / "compute.md").read_text(encoding="utf-8")
     tex = (tmp_path / "empty" / "compute.tex").read_text(encoding="utf-8")
     check_latex_table(tex)
-    assert r"\multicolumn{18}{c}{no data}" in tex
+    assert r"\multicolumn{19}{c}{no data}" in tex
     other = frame(tmp_path / "e", [make_record("st", "dense", "none", 0, experiment="exp_2&b")])
     out = tmp_path / "tables"
     render.write_tables(pd.concat([df, other], ignore_index=True), out, 0.8, 8)

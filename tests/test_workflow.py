@@ -59,6 +59,8 @@ def test_the_whole_dag_produces_tables_and_figures(finished_run):
         assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1
         assert record["provenance"]["git_commit"] and record["stages"][0]["stage"] == "train_base"
         assert record["attack"]["eps_space"] == "pixel"
+        assert record["robust_acc"] <= record["robust_acc_pgd"] and isinstance(record["audit"]["flags"], list)
+        assert (path.parent / "samples.csv").read_text().startswith("index,label,clean_correct,robust,broken_by")
     df = pd.read_csv(out / "all_metrics.csv")
     assert len(df) == len(evals)
     for table in ("table2_baselines", "table3_compressed", "table5_adversarial_finetuning"):
@@ -66,7 +68,8 @@ def test_the_whole_dag_produces_tables_and_figures(finished_run):
         assert "| n/a" not in text, f"{table} has an empty cell"
         assert "\\begin{tabular}" in (out / "tables" / f"{table}.tex").read_text()
     assert (out / "tables" / "computational_gains.csv").exists()
-    for fig in ("figure1_adversarial_finetuning", "figure2_tsne", "figure3_no_finetuning", "figure4_qat"):
+    for fig in ("figure1_adversarial_finetuning", "figure2_tsne", "figure3_no_finetuning", "figure4_qat",
+                "figure5_robustness_curves"):
         assert (out / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
         assert (out / "figures" / f"{fig}.pdf").read_bytes()[:4] == b"%PDF"
     logs = list((finished_run / "logs").rglob("*.log"))
@@ -107,8 +110,8 @@ def test_the_snakemake_report_holds_the_tables_and_figures_with_captions(finishe
     html = report.read_text(errors="replace")
     assert len(html) > 100_000  # the figures are embedded
     for name in ("table2_baselines", "table3_compressed", "table5_adversarial_finetuning", "computational_gains",
-                 "compute", "all_metrics", "figure1_adversarial_finetuning", "figure2_tsne", "figure3_no_finetuning",
-                 "figure4_qat"):
+                 "compute", "evaluation_audit", "all_metrics", "figure1_adversarial_finetuning", "figure2_tsne",
+                 "figure3_no_finetuning", "figure4_qat", "figure5_robustness_curves"):
         assert name in html, name
     for caption in ("The paper's Table 2", "The paper's Figure 2", "computational gains", "One row per evaluated"):
         assert caption in html, caption

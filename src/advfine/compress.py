@@ -106,15 +106,28 @@ def _check_bits(bits) -> None:
         raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits!r}")
 
 
-def _quant_config(bits: int) -> list[dict]:
-    """Weights symmetric, inputs/outputs of every Conv2d and Linear affine, all intN, per tensor."""
+def first_layer(model: nn.Module) -> str:
+    """The name of the first Conv2d/Linear (registration order: the layer that sees the image)."""
+    return next(name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def _quant_config(bits: int, model: nn.Module, quantize_first_input: bool = True) -> list[dict]:
+    """Weights symmetric, inputs/outputs of every Conv2d and Linear affine, all intN, per tensor.
+    Without ``quantize_first_input`` the first layer's input (the normalized image) stays in float:
+    quantizing it at 4 bits or fewer rounds the image itself (bit-depth reduction), which can hide the
+    model's gradient from attacks and changes what eps means (see the evaluation audit)."""
     schemes = {"weight": "symmetric", "_input_": "affine", "_output_": "affine"}
-    return [{
-        "op_types": ["Conv2d", "Linear"],
-        "target_names": list(schemes),
-        "quant_dtype": f"int{bits}",  # NNI requires the top-level key as well as the per-target one
-        "target_settings": {t: {"quant_dtype": f"int{bits}", "quant_scheme": s} for t, s in schemes.items()},
-    }]
+
+    def entry(targets, **select):
+        return {**select, "target_names": list(targets),
+                "quant_dtype": f"int{bits}",  # NNI requires the top-level key as well as the per-target one
+                "target_settings": {t: {"quant_dtype": f"int{bits}", "quant_scheme": schemes[t]} for t in targets}}
+
+    if quantize_first_input:
+        return [entry(schemes, op_types=["Conv2d", "Linear"])]
+    first = first_layer(model)
+    return [entry(schemes, op_types=["Conv2d", "Linear"], exclude_op_names=[first]),
+            entry(("weight", "_output_"), op_names=[first])]
 
 
 def _check_calibration(calibration_batches) -> None:
@@ -174,20 +187,23 @@ def _is_qat(wrapper: ModuleWrapper) -> bool:
     return any(space.apply_method == QAT_APPLY_METHOD for space in wrapper.quantization_target_spaces.values())
 
 
-def _qat_quantizer(model: nn.Module, bits: int) -> QATQuantizer:
+def _qat_quantizer(model: nn.Module, bits: int, quantize_first_input: bool = True) -> QATQuantizer:
     """Wrap ``model`` in place with NNI's QATQuantizer, fake-quantizing from the first forward (no
     evaluator: our training loop drives it, see module docstring), with our out-of-place fake-quant."""
-    quantizer = QATQuantizer(model, _quant_config(bits), evaluator=None, quant_start_step=0)
+    quantizer = QATQuantizer(model, _quant_config(bits, model, quantize_first_input), evaluator=None,
+                             quant_start_step=0)
     for wrapper in _wrappers(model).values():
         for space in wrapper.quantization_target_spaces.values():
             space.apply_method = QAT_APPLY_METHOD
     return quantizer
 
 
-def quantize_ptq(model: nn.Module, bits: int, calibration_batches: list[torch.Tensor]) -> nn.Module:
+def quantize_ptq(model: nn.Module, bits: int, calibration_batches: list[torch.Tensor],
+                 quantize_first_input: bool = True) -> nn.Module:
     """Post-training fake quantization at ``bits`` in {16, 8, 4, 2} with NNI's PtqQuantizer, calibrated by
     a forward-only pass over ``calibration_batches``; ``bits=1`` is the binary scheme of ``binary.py``
-    (sign x scale weights, two-level activations). Returns a quantized deep copy in eval mode."""
+    (sign x scale weights, two-level activations; its first input is never quantized). Returns a
+    quantized deep copy in eval mode. ``quantize_first_input``: see ``_quant_config``."""
     _check_bits(bits)
     _check_calibration(calibration_batches)
     _require_plain(model, "quantize_ptq")
@@ -205,11 +221,13 @@ def quantize_ptq(model: nn.Module, bits: int, calibration_batches: list[torch.Te
     evaluator = TorchEvaluator(
         calibrate, nni.trace(torch.optim.SGD)(work.parameters(), lr=0.0),  # NNI wants a traced optimizer
         training_step=lambda batch, model: None, evaluating_func=lambda model: None)
-    PtqQuantizer(work, _quant_config(bits), evaluator).compress(max_steps=len(calibration_batches), max_epochs=None)
+    PtqQuantizer(work, _quant_config(bits, work, quantize_first_input), evaluator).compress(
+        max_steps=len(calibration_batches), max_epochs=None)
     return _finish_quantized(work)
 
 
-def prepare_qat(model: nn.Module, bits: int, calibration_batches: list[torch.Tensor]) -> nn.Module:
+def prepare_qat(model: nn.Module, bits: int, calibration_batches: list[torch.Tensor],
+                quantize_first_input: bool = True) -> nn.Module:
     """A fake-quantized deep copy of ``model`` for quantization-aware training (Jacob et al. 2018) at
     ``bits`` in SUPPORTED_BITS, returned in eval mode; ``model`` is left untouched.
 
@@ -227,7 +245,7 @@ def prepare_qat(model: nn.Module, bits: int, calibration_batches: list[torch.Ten
         return binary.binarize(model, calibration_batches, track_input_scale=True)
     work = copy.deepcopy(model).eval()
     device = next(work.parameters()).device
-    _qat_quantizer(work, bits)
+    _qat_quantizer(work, bits, quantize_first_input)
     # NNI tracks ranges only when a wrapper is in train mode: flag just the wrappers (not recursively),
     # so the rest of the model (e.g. BatchNorm statistics) stays as in eval mode during calibration
     for wrapper in _wrappers(work).values():
@@ -308,10 +326,12 @@ def restore_quantized(arch: dict, state_dict: dict, quant: dict) -> nn.Module:
                              "{layer: {'input_scale': ...}} entries")
         scales = {layer: entry["input_scale"] for layer, entry in calibration.items()}
         return binary.convert_to_binary(model, scales, track_input_scale=mode == "qat").eval()
+    # the calibration says whether the first layer's input was quantized (older checkpoints: it was)
+    first_input = any(t.startswith("_input_") for t in calibration.get(first_layer(model), {"_input_0": None}))
     if mode == "qat":
-        quantizer = _qat_quantizer(model, bits)
+        quantizer = _qat_quantizer(model, bits, first_input)
     else:
-        quantizer = PtqQuantizer(model, _quant_config(bits), evaluator=None)
+        quantizer = PtqQuantizer(model, _quant_config(bits, model, first_input), evaluator=None)
         quantizer.is_compressed = True  # a fresh PtqQuantizer would "bypass" (return floats) until calibrated
         quantizer.register_ptq_apply_method()
     quantizer.update_calibration_config(calibration)  # sets scale/zero_point, asserts dtype/scheme/bits

@@ -100,7 +100,7 @@ def _layout_compute(rows: pd.DataFrame) -> pd.DataFrame:
         "Fake-quant acc. (%)": rows["fake_quant_clean_acc"],
         "INT8 robust (%)": rows["int8_robust_acc"], "Fake-quant robust (%)": rows["fake_quant_robust_acc"],
         "Lineage time (min)": rows["lineage_wall_min"], "Lineage MACs (est.)": rows["lineage_macs"],
-        "Peak memory (MB)": rows["peak_rss_mb"],
+        "Peak memory (MB)": rows["peak_rss_mb"], "Evaluation (s)": rows["eval_s"],
     }).reset_index(drop=True)
 
 
@@ -120,11 +120,11 @@ _TEX_HEADERS = {
                r"Model & Compression & $n$ & Clean & PGD & Worst case & Gap & Decisive attack & Gradient-free"
                r" & Large $\epsilon$ & More effort & Zero grad. & INT8 robust \\"], "llrcccclccccc"),
     "compute": ([r" & & & \multicolumn{4}{c}{Model size} & \multicolumn{2}{c}{Latency (CPU)}"
-                 r" & \multicolumn{6}{c}{Real INT8} & \multicolumn{2}{c}{Whole lineage} & \\",
+                 r" & \multicolumn{6}{c}{Real INT8} & \multicolumn{2}{c}{Whole lineage} & & \\",
                  r"\cmidrule(lr){4-7} \cmidrule(lr){8-9} \cmidrule(lr){10-15} \cmidrule(lr){16-17}",
                  r"Model & Compression & $n$ & Params & MACs & Weights & Checkpoint & ms & Speed-up"
                  r" & ms & Speed-up & Acc. (\%) & Fake-quant (\%) & Robust (\%) & Fake-quant robust (\%)"
-                 r" & Time (min) & MACs (est.) & Peak mem. (MB) \\"], "llrrrrrccccccccccc"),
+                 r" & Time (min) & MACs (est.) & Peak mem. (MB) & Eval. (s) \\"], "llrrrrrcccccccccccc"),
 }
 
 
@@ -261,7 +261,8 @@ def _compute_notes(df: pd.DataFrame) -> tuple[str, str]:
           "lineage: wall time in minutes (mean ± std) and estimated MACs (mean) of every stage "
           "that produced the model (training + compression + fine-tuning). Peak memory: peak "
           "resident set size of the job process, the maximum over the lineage's stages and the "
-          "evaluation, in MB (mean ± std); n/a = no data (or an eval.json written before it was "
+          "evaluation, in MB (mean ± std). Evaluation: seconds of the attack suite, the audit and the "
+          "robustness curve (mean ± std); n/a = no data (or an eval.json written before it was "
           "recorded).")
     tex = (rf"Latency: median of timed forward passes of a batch of {batch} test images on the "
            rf"CPU with the job's threads{latex_escape(threads)}, in ms, mean $\pm$ sample std over "
@@ -273,7 +274,8 @@ def _compute_notes(df: pd.DataFrame) -> tuple[str, str]:
            r"bytes. Whole lineage: wall time in minutes (mean $\pm$ std) and estimated MACs "
            r"(mean) of every stage that produced the model. Peak memory: peak resident set size "
            r"of the job process, the maximum over the lineage's stages and the evaluation, in MB "
-           r"(mean $\pm$ std); n/a = no data.")
+           r"(mean $\pm$ std). Evaluation: seconds of the attack suite, the audit and the robustness "
+           r"curve; n/a = no data.")
     return md, tex
 
 

@@ -246,6 +246,7 @@ _COMPUTE_COLS = GROUP_COLS + [
     "lineage_wall_min", "lineage_wall_min_mean", "lineage_wall_min_std",
     "lineage_macs", "lineage_macs_mean",
     "peak_rss_mb", "peak_rss_mb_mean", "peak_rss_mb_std",
+    "eval_s", "eval_s_mean", "eval_s_std",
 ]
 # Row order of the compute table: the other tables' order (st before rb; dense, pruning, PTQ,
 # QAT; no fine-tuning, T_st, T_ad), unknown values after the known ones, alphabetically.
@@ -321,6 +322,7 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
             lin_mean, lin_std = mean_std(total_wall / 60.0)
             lin_macs = mean_std(total_macs)[0]
             peak_mean, peak_std = mean_std(_lineage_peak_rss(sel, stages))
+            eval_mean, eval_std = mean_std(sel["eval_wall_time_s"])
             macs_mean = mean_std(sel["macs"])[0]
             weight_mean = mean_std(sel["weight_bytes"])[0]
             ckpt_mean = mean_std(sel["checkpoint_bytes"])[0]
@@ -360,5 +362,6 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
                 "lineage_macs": format_macs(lin_macs), "lineage_macs_mean": lin_macs,
                 "peak_rss_mb": format_minutes(peak_mean, peak_std),
                 "peak_rss_mb_mean": peak_mean, "peak_rss_mb_std": peak_std,
+                "eval_s": format_minutes(eval_mean, eval_std), "eval_s_mean": eval_mean, "eval_s_std": eval_std,
             })
     return pd.DataFrame(rows, columns=_COMPUTE_COLS)

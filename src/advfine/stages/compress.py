@@ -32,7 +32,8 @@ def run(config: dict, *, data: str, compression: str, seed: int, model: str, met
         macs_spent = 0  # ranking filters by their L1 norm costs next to nothing
     else:
         batches = calibration_batches(dataset.train_x, config["compress"], stage_seed("compress", seed))
-        compressed, arch = quantize_ptq(parent_model, int(level), batches), ckpt["arch"]
+        compressed = quantize_ptq(parent_model, int(level), batches, config["compress"]["quantize_first_input"])
+        arch = ckpt["arch"]
     wall = time.perf_counter() - start
     cost = model_cost(compressed, dataset.input_shape)
     if method == PTQ:  # PTQ's only compute: the calibration forward passes

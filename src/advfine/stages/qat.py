@@ -36,7 +36,8 @@ def run(config: dict, *, data: str, bits: int, train: str, seed: int, out_model:
         parent, arch = None, dataset_arch(config, dataset)
         start_model = build_model(arch)  # seeded by setup
     start = time.perf_counter()
-    qmodel = prepare_qat(start_model, int(bits), calibration_batches(dataset.train_x, config["compress"], seed))
+    qmodel = prepare_qat(start_model, int(bits), calibration_batches(dataset.train_x, config["compress"], seed),
+                         config["compress"]["quantize_first_input"])
     forward_macs = model_cost(qmodel, dataset.input_shape)["macs"]
     attack = attack_from_config(config, "train") if train == "rb" else None
     resume = resume_path_for(out_model)
