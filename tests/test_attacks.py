@@ -20,7 +20,7 @@ from advfine.train import train_model
 from conftest import tiny_config, train_settings
 
 CPU = torch.device("cpu")
-AUDIT = {"tolerance": 0.01, "large_eps": 0.5, "large_eps_max_standing": 0.01, "more_steps_factor": 2,
+AUDIT = {"tolerance": 0.01, "large_eps": 0.5, "large_eps_max_standing": 0.01, "more_steps_factor": 2, "more_effort_samples": 1000,
          "more_restarts": 1, "zero_gradient_max_share": 0.05}
 
 

@@ -320,7 +320,11 @@ def test_the_cifar10_resnet18_path_trains_prunes_quantizes_and_evaluates(tmp_pat
                               finetune="ad", seed=0, model=ft / "model.pt", metrics=ft / "metrics.json",
                               out_eval=ft / "eval.json", out_samples=ft / "samples.csv")
         assert record["dataset"] == "cifar10" and record["arch"] == "resnet18"
-        assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1 and record["n_test"] == 4
+        if record["diverged"]:  # known (issue 13): PTQ fine-tuning of this ResNet diverges; said, not scored
+            assert label == "ptq-int8" and record["clean_acc"] is None and record["robust_acc"] is None
+        else:
+            assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1
+        assert record["n_test"] == 4
         assert [s["stage"] for s in record["stages"]] == ["train_base", "compress", "finetune"]
         assert record["latency_ms"] > 0 and record["latency_batch"] == 8
         if label == "ptq-int8":  # the residual network exports to a real integer model too
@@ -328,7 +332,7 @@ def test_the_cifar10_resnet18_path_trains_prunes_quantizes_and_evaluates(tmp_pat
             if all(torch.isfinite(p).all() for p in model.parameters()):
                 assert record["int8"]["latency_ms"] > 0 and 0 <= record["int8"]["clean_acc"] <= 1
             else:  # known: fake-quant fine-tuning of this 15-image ResNet can diverge; said, not hidden
-                assert record["int8"] is None and "not finite" in record["int8_skipped"]
+                assert record["int8"] is None and "diverged" in record["int8_skipped"]
         else:
             assert record["int8"] is None
         if label == "prune-0.5":

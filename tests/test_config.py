@@ -119,9 +119,10 @@ def test_every_stage_has_a_config_slice():
 @pytest.mark.parametrize("old,new", [({"compress.qat": {"init": "parent"}}, "qat"),
                                      ({"report.figure2": {"enabled": False}}, "figure2"),
                                      ({"resources": {"rules": {"quantization_aware_training": {}}}},
-                                      "resources.rules.qat")])
+                                      "resources.rules.qat"),
+                                     ({"evaluate.transfer_attack_for_quantized": True}, "evaluate.attacks")])
 def test_moved_keys_say_where_they_went(old, new):
-    with pytest.raises(ConfigError, match=f"moved to {new}"):
+    with pytest.raises(ConfigError, match=rf"(moved to|replaced by .*in) {new}"):
         validate_config(tiny_config(validate=False, **old))
 
 
@@ -170,6 +171,13 @@ BAD = [
     ({"evaluate.latency_repeats": -1}, "evaluate.latency_repeats"),
     ({"evaluate.latency_batch_size": 0}, "evaluate.latency_batch_size"),
     ({"evaluate.int8_export": 1}, "evaluate.int8_export"),
+    ({"evaluate.attacks": ["apgd_ce", "pgd"]}, "evaluate.attacks"),
+    ({"evaluate.attacks": ["pgd", "square", "apgd_t"]}, "evaluate.attacks"),
+    ({"evaluate.attacks": ["pgd", "cw"]}, "evaluate.attacks.1"),
+    ({"evaluate.apgd": {"steps": 0}}, "evaluate.apgd.steps"),
+    ({"evaluate.square": {"p_init": 2}}, "evaluate.square.p_init"),
+    ({"evaluate.audit": {"large_eps": 0}}, "evaluate.audit.large_eps"),
+    ({"compress.quantize_first_input": "no"}, "compress.quantize_first_input"),
 ]
 
 
@@ -193,7 +201,8 @@ def test_stage_config_holds_only_what_the_stage_reads():
     assert set(train["attack"]) == {"eps_space", "train"}
     paper = validate_config(yaml.safe_load((REPO / "configs" / "paper-fmnist.yaml").read_text()))
     assert stage_config(paper, "compress") == {"deterministic": True,
-                                               "compress": {"calibration_batches": 16, "calibration_batch_size": 64}}
+                                               "compress": {"calibration_batches": 16, "calibration_batch_size": 64,
+                                                            "quantize_first_input": True}}
     assert stage_config(paper, "qat")["qat"]["init"] == "scratch"
     assert "qat" not in stage_config(cfg, "qat")  # no QAT in the sweep: the section is optional
     more_seeds = copy.deepcopy(cfg)

@@ -176,7 +176,7 @@ def plot_figure4(df: pd.DataFrame, path_png: str | os.PathLike,
 def plot_figure5(df: pd.DataFrame, path_png: str | os.PathLike,
                  path_pdf: str | os.PathLike | None = None) -> list[Path]:
     """Figure 5 (not in the paper): robust accuracy against the attack radius (multiples of the
-    evaluation's eps, PGD then APGD-CE) for the models whose evaluation measured a curve (the models
+    evaluation's eps, APGD-CE) for the models whose evaluation measured a curve (the models
     of Table 5); mean ± sample std over seeds, one panel per (experiment, dataset, arch)."""
     columns = sorted((c for c in df.columns if c.startswith("robust_acc_eps_x")),
                      key=lambda c: float(c[len("robust_acc_eps_x"):]))
@@ -205,7 +205,7 @@ def plot_figure5(df: pd.DataFrame, path_png: str | os.PathLike,
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="upper right")
-    fig.suptitle("Figure 5: robust accuracy against eps (PGD, then APGD-CE), models of Table 5\n"
+    fig.suptitle("Figure 5: robust accuracy against eps (APGD-CE), models of Table 5\n"
                  "mean ± sample std over seeds", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path_png, path_pdf)
