@@ -11,8 +11,8 @@ import pandas as pd
 from ..vocab import ATTACKS, AUDIT_CHECKS, model_label
 from .collect import METRIC_COLUMNS
 from .labels import NA, format_cell
-from .stats import GROUP_COLS, diverged_count, groups, mean_std
-from .tables import compression_level_text, model_sort_key
+from .stats import GROUP_COLS, diverged_count, mean_std
+from .tables import compression_level_text, models_in_order
 
 AUDIT_COLS = GROUP_COLS + [
     "model", "train", "compression", "finetune", "compression_level", "n", "diverged",
@@ -40,34 +40,30 @@ def evaluation_audit(df: pd.DataFrame) -> pd.DataFrame:
     made the difference, the mean samples each later attack broke, every check's mean value (as a
     share of the test set, in %) and the seeds it flagged, and the deployed INT8 model's worst case."""
     df = df.reindex(columns=list(dict.fromkeys([*df.columns, *METRIC_COLUMNS])))  # older CSVs
-    model_cols = ["train", "compression", "method", "level", "finetune"]
     rows = []
-    for keys, g in groups(df):
-        models = sorted(g.groupby(model_cols, dropna=False, sort=False),
-                        key=lambda kv: model_sort_key(kv[0][0], kv[0][2], kv[0][3], kv[0][4]))
-        for (train, compression, method, level, finetune), sel in models:
-            n, diverged = int(sel["seed"].nunique()), diverged_count(sel)
-            scored = sel[~sel["diverged"].fillna(False).astype(bool)]
-            clean, pgd, worst = (_percent(scored, c) for c in ("clean_acc", "robust_acc_pgd", "robust_acc"))
-            gap = mean_std((scored["robust_acc_pgd"].astype(float) - scored["robust_acc"].astype(float)) * 100.0)[0]
-            int8 = _percent(scored, "int8_robust_acc")
-            flags = scored["audit_flags"].fillna("")
-            row = {**dict(zip(GROUP_COLS, keys)), "model": model_label(train, method, finetune, quant_kind=True),
-                   "train": train, "compression": compression, "finetune": finetune,
-                   "compression_level": compression_level_text(method, level), "n": n, "diverged": diverged,
-                   "clean": format_cell(*clean), "clean_mean": clean[0],
-                   "pgd": format_cell(*pgd), "pgd_mean": pgd[0],
-                   "worst_case": format_cell(*worst), "worst_case_mean": worst[0], "gap_mean": gap,
-                   "decisive_attack": _decisive_attack(scored) if len(scored) else NA,
-                   "flags": ", ".join(sorted({f for joined in flags for f in joined.split(";") if f})) or "none",
-                   "int8_robust": format_cell(*int8), "int8_robust_mean": int8[0]}
-            for attack in ATTACKS:
-                if attack != "pgd":
-                    row[f"broken_by_{attack}_mean"] = mean_std(scored[f"broken_by_{attack}"])[0]
-            for check in AUDIT_CHECKS:
-                row[f"{check}_mean"] = mean_std(scored[f"audit_{check}"].astype(float) * 100.0)[0]
-                row[f"{check}_flagged"] = int(flags.map(lambda joined: check in joined.split(";")).sum())
-            rows.append(row)
+    for keys, _, (train, compression, method, level, finetune), sel in models_in_order(df):
+        n, diverged = int(sel["seed"].nunique()), diverged_count(sel)
+        scored = sel[~sel["diverged"].fillna(False).astype(bool)]
+        clean, pgd, worst = (_percent(scored, c) for c in ("clean_acc", "robust_acc_pgd", "robust_acc"))
+        gap = mean_std((scored["robust_acc_pgd"].astype(float) - scored["robust_acc"].astype(float)) * 100.0)[0]
+        int8 = _percent(scored, "int8_robust_acc")
+        flags = scored["audit_flags"].fillna("")
+        row = {**dict(zip(GROUP_COLS, keys)), "model": model_label(train, method, finetune, quant_kind=True),
+               "train": train, "compression": compression, "finetune": finetune,
+               "compression_level": compression_level_text(method, level), "n": n, "diverged": diverged,
+               "clean": format_cell(*clean), "clean_mean": clean[0],
+               "pgd": format_cell(*pgd), "pgd_mean": pgd[0],
+               "worst_case": format_cell(*worst), "worst_case_mean": worst[0], "gap_mean": gap,
+               "decisive_attack": _decisive_attack(scored) if len(scored) else NA,
+               "flags": ", ".join(sorted({f for joined in flags for f in joined.split(";") if f})) or "none",
+               "int8_robust": format_cell(*int8), "int8_robust_mean": int8[0]}
+        for attack in ATTACKS:
+            if attack != "pgd":
+                row[f"broken_by_{attack}_mean"] = mean_std(scored[f"broken_by_{attack}"])[0]
+        for check in AUDIT_CHECKS:
+            row[f"{check}_mean"] = mean_std(scored[f"audit_{check}"].astype(float) * 100.0)[0]
+            row[f"{check}_flagged"] = int(flags.map(lambda joined: check in joined.split(";")).sum())
+        rows.append(row)
     return pd.DataFrame(rows, columns=AUDIT_COLS)
 
 

@@ -255,6 +255,17 @@ _METHOD_ORDER = {method: i for i, method in enumerate(COMPRESSION_METHODS)}
 _FINETUNE_ORDER = {finetune: i for i, finetune in enumerate(FINETUNE_MODES)}
 
 
+def models_in_order(df: pd.DataFrame):
+    """(group keys, group rows, (train, compression, method, level, finetune), the model's rows) for
+    every model of every (experiment, dataset, arch) group, in ``model_sort_key`` order."""
+    model_cols = ["train", "compression", "method", "level", "finetune"]
+    for keys, g in groups(df):
+        models = sorted(g.groupby(model_cols, dropna=False, sort=False),
+                        key=lambda kv: model_sort_key(kv[0][0], kv[0][2], kv[0][3], kv[0][4]))
+        for model, sel in models:
+            yield keys, g, model, sel
+
+
 def model_sort_key(train: str, method: str, level: float, finetune: str) -> tuple:
     """Models by train, method, level, finetune; levels from the least to the most compressed
     (sparsity ascending, bit widths descending: INT16 ... INT1)."""
@@ -302,66 +313,62 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
     lineage's stages and the evaluation (``_lineage_peak_rss``). n/a / NaN where not recorded."""
     df = df.reindex(columns=list(dict.fromkeys([*df.columns, *METRIC_COLUMNS])))  # older CSVs
     stages = _lineage_stages(df)
-    model_cols = ["train", "compression", "method", "level", "finetune"]
     rows = []
-    for keys, g in groups(df):
-        models = sorted(g.groupby(model_cols, dropna=False, sort=False),
-                        key=lambda kv: model_sort_key(kv[0][0], kv[0][2], kv[0][3], kv[0][4]))
-        for (train, compression, method, level, finetune), sel in models:
-            dense = select(g, train, DENSE, "none")
-            ref_latency = mean_std(dense["latency_ms"])[0]
-            lat_mean, lat_std = mean_std(sel["latency_ms"])
-            i8_mean, i8_std = mean_std(sel["int8_latency_ms"])
-            acc_mean, acc_std = mean_std(sel["int8_clean_acc"] * 100.0)
-            fq_mean, fq_std = mean_std(sel["int8_fake_quant_clean_acc"] * 100.0)
-            # the deployed model's worst case (transfer, Square) beside the fake-quant model's suite
-            i8r_mean, i8r_std = mean_std(sel["int8_robust_acc"] * 100.0)
-            with_int8 = sel[sel["int8_robust_acc"].notna()]
-            fqr_mean, fqr_std = mean_std(with_int8["robust_acc"] * 100.0)
-            total_wall, total_macs = _lineage_totals(sel, stages)
-            lin_mean, lin_std = mean_std(total_wall / 60.0)
-            lin_macs = mean_std(total_macs)[0]
-            peak_mean, peak_std = mean_std(_lineage_peak_rss(sel, stages))
-            eval_mean, eval_std = mean_std(sel["eval_wall_time_s"])
-            macs_mean = mean_std(sel["macs"])[0]
-            weight_mean = mean_std(sel["weight_bytes"])[0]
-            ckpt_mean = mean_std(sel["checkpoint_bytes"])[0]
-            rows.append({
-                **dict(zip(GROUP_COLS, keys)),
-                "model": model_label(train, method, finetune, quant_kind=True),
-                "train": train, "compression": compression, "method": method, "level": level,
-                "finetune": finetune, "compression_level": compression_level_text(method, level),
-                "n": int(sel["seed"].nunique()),
-                "params_mean": mean_std(sel["params"])[0],
-                "macs_mean": macs_mean, "macs": format_macs(macs_mean),
-                "weight_bytes_mean": weight_mean, "weight_size": format_bytes(weight_mean),
-                "checkpoint_bytes_mean": ckpt_mean, "checkpoint_size": format_bytes(ckpt_mean),
-                "latency_ms": format_minutes(lat_mean, lat_std),
-                "latency_ms_mean": lat_mean, "latency_ms_std": lat_std,
-                "latency_speedup": _ratio(ref_latency, lat_mean),
-                "latency_batch": joined(sel["latency_batch"]),
-                "latency_threads": joined(sel["latency_threads"]),
-                "precision": joined(sel["precision"]),
-                "int8_n": int(sel.loc[sel["int8_latency_ms"].notna()
-                                      | sel["int8_clean_acc"].notna(), "seed"].nunique()),
-                "int8_latency_ms": format_minutes(i8_mean, i8_std),
-                "int8_latency_ms_mean": i8_mean, "int8_latency_ms_std": i8_std,
-                "int8_speedup": _ratio(ref_latency, i8_mean),
-                "int8_clean_acc": format_cell(acc_mean, acc_std),
-                "int8_clean_acc_mean": acc_mean, "int8_clean_acc_std": acc_std,
-                "fake_quant_clean_acc": format_cell(fq_mean, fq_std),
-                "fake_quant_clean_acc_mean": fq_mean, "fake_quant_clean_acc_std": fq_std,
-                "int8_robust_acc": format_cell(i8r_mean, i8r_std),
-                "int8_robust_acc_mean": i8r_mean, "int8_robust_acc_std": i8r_std,
-                "fake_quant_robust_acc": format_cell(fqr_mean, fqr_std),
-                "fake_quant_robust_acc_mean": fqr_mean, "fake_quant_robust_acc_std": fqr_std,
-                "int8_agreement_mean": mean_std(sel["int8_agreement"] * 100.0)[0],
-                "int8_model_bytes_mean": mean_std(sel["int8_model_bytes"])[0],
-                "lineage_wall_min": format_minutes(lin_mean, lin_std),
-                "lineage_wall_min_mean": lin_mean, "lineage_wall_min_std": lin_std,
-                "lineage_macs": format_macs(lin_macs), "lineage_macs_mean": lin_macs,
-                "peak_rss_mb": format_minutes(peak_mean, peak_std),
-                "peak_rss_mb_mean": peak_mean, "peak_rss_mb_std": peak_std,
-                "eval_s": format_minutes(eval_mean, eval_std), "eval_s_mean": eval_mean, "eval_s_std": eval_std,
-            })
+    for keys, g, (train, compression, method, level, finetune), sel in models_in_order(df):
+        dense = select(g, train, DENSE, "none")
+        ref_latency = mean_std(dense["latency_ms"])[0]
+        lat_mean, lat_std = mean_std(sel["latency_ms"])
+        i8_mean, i8_std = mean_std(sel["int8_latency_ms"])
+        acc_mean, acc_std = mean_std(sel["int8_clean_acc"] * 100.0)
+        fq_mean, fq_std = mean_std(sel["int8_fake_quant_clean_acc"] * 100.0)
+        # the deployed model's worst case (transfer, Square) beside the fake-quant model's suite
+        i8r_mean, i8r_std = mean_std(sel["int8_robust_acc"] * 100.0)
+        with_int8 = sel[sel["int8_robust_acc"].notna()]
+        fqr_mean, fqr_std = mean_std(with_int8["robust_acc"] * 100.0)
+        total_wall, total_macs = _lineage_totals(sel, stages)
+        lin_mean, lin_std = mean_std(total_wall / 60.0)
+        lin_macs = mean_std(total_macs)[0]
+        peak_mean, peak_std = mean_std(_lineage_peak_rss(sel, stages))
+        eval_mean, eval_std = mean_std(sel["eval_wall_time_s"])
+        macs_mean = mean_std(sel["macs"])[0]
+        weight_mean = mean_std(sel["weight_bytes"])[0]
+        ckpt_mean = mean_std(sel["checkpoint_bytes"])[0]
+        rows.append({
+            **dict(zip(GROUP_COLS, keys)),
+            "model": model_label(train, method, finetune, quant_kind=True),
+            "train": train, "compression": compression, "method": method, "level": level,
+            "finetune": finetune, "compression_level": compression_level_text(method, level),
+            "n": int(sel["seed"].nunique()),
+            "params_mean": mean_std(sel["params"])[0],
+            "macs_mean": macs_mean, "macs": format_macs(macs_mean),
+            "weight_bytes_mean": weight_mean, "weight_size": format_bytes(weight_mean),
+            "checkpoint_bytes_mean": ckpt_mean, "checkpoint_size": format_bytes(ckpt_mean),
+            "latency_ms": format_minutes(lat_mean, lat_std),
+            "latency_ms_mean": lat_mean, "latency_ms_std": lat_std,
+            "latency_speedup": _ratio(ref_latency, lat_mean),
+            "latency_batch": joined(sel["latency_batch"]),
+            "latency_threads": joined(sel["latency_threads"]),
+            "precision": joined(sel["precision"]),
+            "int8_n": int(sel.loc[sel["int8_latency_ms"].notna()
+                                  | sel["int8_clean_acc"].notna(), "seed"].nunique()),
+            "int8_latency_ms": format_minutes(i8_mean, i8_std),
+            "int8_latency_ms_mean": i8_mean, "int8_latency_ms_std": i8_std,
+            "int8_speedup": _ratio(ref_latency, i8_mean),
+            "int8_clean_acc": format_cell(acc_mean, acc_std),
+            "int8_clean_acc_mean": acc_mean, "int8_clean_acc_std": acc_std,
+            "fake_quant_clean_acc": format_cell(fq_mean, fq_std),
+            "fake_quant_clean_acc_mean": fq_mean, "fake_quant_clean_acc_std": fq_std,
+            "int8_robust_acc": format_cell(i8r_mean, i8r_std),
+            "int8_robust_acc_mean": i8r_mean, "int8_robust_acc_std": i8r_std,
+            "fake_quant_robust_acc": format_cell(fqr_mean, fqr_std),
+            "fake_quant_robust_acc_mean": fqr_mean, "fake_quant_robust_acc_std": fqr_std,
+            "int8_agreement_mean": mean_std(sel["int8_agreement"] * 100.0)[0],
+            "int8_model_bytes_mean": mean_std(sel["int8_model_bytes"])[0],
+            "lineage_wall_min": format_minutes(lin_mean, lin_std),
+            "lineage_wall_min_mean": lin_mean, "lineage_wall_min_std": lin_std,
+            "lineage_macs": format_macs(lin_macs), "lineage_macs_mean": lin_macs,
+            "peak_rss_mb": format_minutes(peak_mean, peak_std),
+            "peak_rss_mb_mean": peak_mean, "peak_rss_mb_std": peak_std,
+            "eval_s": format_minutes(eval_mean, eval_std), "eval_s_mean": eval_mean, "eval_s_std": eval_std,
+        })
     return pd.DataFrame(rows, columns=_COMPUTE_COLS)
