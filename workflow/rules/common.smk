@@ -84,7 +84,9 @@ def evaluate_input(wildcards):
     return model_files(f"{node}/{wildcards.compression}/ft-{wildcards.finetune}")
 
 
-TABLE5_MODELS = vocab.table5_models(config["report"]["prune_sparsity"], config["report"]["ptq_bits"])
+TABLE5_MODELS = vocab.table5_models(
+    config["report"]["prune_sparsity"], config["report"]["ptq_bits"]
+)
 
 
 def is_table5_model(wildcards):
