@@ -1,11 +1,11 @@
 """Are compressed CNN8s really faster? Inference latency (batch 256, CPU) of the dense fp32 model,
-the 80 %-pruned model (filters physically removed), NNI's fake-quant INT8 and the real INT8 export
+the 80 %-pruned model (filters physically removed), the fake-quant INT8 model and the real INT8 export
 (torch.ao, oneDNN), measured side by side in one run, rounds interleaved; ratios against dense fp32.
 
     .venv/bin/python benchmarks/compressed_speed.py [--threads 2] [--rounds 7]
 
 Every model runs as the pipeline runs it (cost.inference_costs): float models channels-last
-(runtime.place_model), the fake-quant model as NNI leaves it, the INT8 model as export_int8 returns
+(runtime.place_model), the fake-quant model as quantize_ptq returns it, the INT8 model as export_int8 returns
 it; all on the same example batch. The baseline is dense fp32 channels-last; dense fp32 in the
 default contiguous layout is shown for reference. Issue 5's targets: pruned 80 % >= 3x faster than
 dense, real INT8 >= 4x. Weights are random (He init): latency does not depend on their values;
@@ -38,7 +38,8 @@ def main() -> None:
 
     import torch
 
-    from advfine.compress import prune_filters_l1, quantize_ptq
+    from advfine.prune import prune_filters_l1
+    from advfine.quantize import quantize_ptq
     from advfine.cost import measure_latency
     from advfine.int8_export import export_int8
     from advfine.models import build_model, default_arch
@@ -54,15 +55,15 @@ def main() -> None:
         pruned, _ = prune_filters_l1(dense, arch, 0.8, calibration[0][:2])
         fake_quant = quantize_ptq(dense, 8, calibration)
     logging.disable(logging.NOTSET)
-    int8 = {engine: export_int8(dense, calibration, backend=engine) for engine in ("x86", "qnnpack")
+    int8 = {engine: export_int8(fake_quant, backend=engine) for engine in ("x86", "qnnpack")
             if engine in torch.backends.quantized.supported_engines}
-    int8["oneDNN"] = export_int8(dense, calibration)  # the pipeline's choice, exported last (sets the engine)
+    int8["oneDNN"] = export_int8(fake_quant)  # the pipeline's choice, exported last (sets the engine)
     cpu = torch.device("cpu")
     baseline = "dense fp32, channels-last (baseline)"
     models = {baseline: place_model(copy.deepcopy(dense), cpu).eval(),
               "dense fp32, contiguous (not how the pipeline runs it)": dense,
               "pruned 80 % fp32": place_model(pruned, cpu).eval(),
-              "fake-quant INT8 (NNI)": fake_quant,
+              "fake-quant INT8 (torch fused kernels)": fake_quant,
               "real INT8 (torch.ao, oneDNN)": int8["oneDNN"],
               **{f"real INT8 (torch.ao, {engine} engine, for comparison)": model
                  for engine, model in int8.items() if engine != "oneDNN"}}

@@ -28,11 +28,10 @@ sys.path.insert(0, str(REPO / "src"))
 
 from advfine.audit import audit_evaluation  # noqa: E402
 from advfine.checkpoints import load_model  # noqa: E402
-from advfine.compress import float_state_dict  # noqa: E402
 from advfine.config import validate_config  # noqa: E402
 from advfine.data import load_prepared  # noqa: E402
 from advfine.evaluate import Suite, evaluate_model, robustness_curve  # noqa: E402
-from advfine.models import build_model  # noqa: E402
+from advfine.quantize import float_twin  # noqa: E402
 
 NODES = {"dense f_st": "base-st/model.pt", "dense f_rb": "base-rb/model.pt",
          "T_ad(f_st^p) 80 %": "base-st/prune-0.8/ft-ad/model.pt",
@@ -65,11 +64,7 @@ def main() -> None:
     rows, totals = [], {"pgd": 0.0, "light": 0.0}
     for name, rel in NODES.items():
         model, ckpt = load_model(node_dir / rel)
-        twin = None
-        if ckpt["quant"] is not None:
-            twin = build_model(ckpt["arch"])
-            twin.load_state_dict(float_state_dict(model))
-            twin.eval()
+        twin = float_twin(model) if ckpt["quant"] is not None else None
         with contextlib.redirect_stderr(io.StringIO()):  # the attacks' progress bars are not results
             before, t_pgd = timed(lambda: evaluate_model(model, x, y, pgd_only, 256, cpu, 2000, twin))
             after, t_suite = timed(lambda: evaluate_model(model, x, y, light, 256, cpu, 2000, twin))

@@ -1,38 +1,27 @@
-"""A real 1-bit (INT1) fake-quantization scheme. NNI's int1 is degenerate (its intN range
-[-(2^(N-1))+1, 2^(N-1)-1] is [0, 0] for N = 1), so INT1 is done here instead of with NNI.
+"""A real 1-bit (INT1) fake-quantization scheme, as binary networks do it (XNOR-Net, Rastegari et al.
+2016; Bi-Real Net): torch's integer kernels stop at 8 bits and a 1-bit affine grid is degenerate.
 
-* Weights (every Conv2d/Linear, first and last layers included): ``sign(w) * alpha`` with one
-  ``alpha = mean |w|`` per output channel (XNOR-Net, Rastegari et al. 2016), recomputed from the float
-  weights at every forward, so it follows the weights in training and needs no stored state.
-  sign(0) counts as +1, so each output channel has exactly the two values +-alpha.
-* Activations: the input of every Conv2d/Linear except the first one run takes two levels {0, s}
-  (these inputs are ReLU outputs, so non-negative; a negative input would map to 0). One ``s`` per
-  layer (per tensor) is the two-level Lloyd-Max level (``two_level_scale``), calibrated on the
-  calibration batches layer by layer in forward order, on the inputs the binary model itself produces
-  (float activations are far larger than those of the binary model: calibrated on them, the last
-  layers' levels were so high that nearly every input became 0, measured on CNN8). In QAT it keeps
-  tracking the activations in train mode (exponential moving average, decay 0.99 as NNI's
-  QATQuantizer uses for min/max) and is frozen in eval mode; after PTQ it stays fixed.
-* The first layer's input, the normalized image, is NOT quantized: 1-bit images would destroy the
-  input (and with it the meaning of a pixel-space epsilon), and the images are 8-bit data already;
-  keeping the first layer's input in full precision is common practice for binary networks (XNOR-Net,
-  DoReFa-Net). Its weights are binary like all others. Layer outputs are not quantized separately:
-  the next layer's input quantization acts on them (after the ReLU).
+* The **first and last layers** the forward runs stay in full precision (weights and inputs), as in
+  XNOR-Net: the first sees the image (1-bit images would destroy it and the meaning of a pixel-space
+  epsilon), the last makes the logits. They hold a small share of the weights and MACs.
+* Weights of every other Conv2d/Linear: ``sign(w) * alpha`` with one ``alpha = mean |w|`` per output
+  channel, recomputed from the float weights at every forward (no stored state). sign(0) counts as +1.
+* Their inputs take two levels {0, s} (they are ReLU outputs, so non-negative; a negative input maps
+  to 0). One ``s`` per layer is the two-level Lloyd-Max level (``two_level_scale``), calibrated layer by
+  layer in forward order on the inputs the binary model itself produces (float activations are far
+  larger: calibrated on them, the last levels were so high that nearly every input became 0, measured
+  on CNN8). In QAT it keeps tracking the activations in train mode (moving average, decay 0.99) and is
+  frozen in eval mode; after PTQ it stays fixed. Layer outputs are not quantized separately.
 * Gradients are straight-through: for weights d(sign(w))/dw = 1 for |w| <= 1 (XNOR-Net's clipped STE)
-  plus the gradient through alpha; for activations the gradient of clamp(x, 0, s) (1 inside [0, s],
-  0 outside: clipped STE). Forward values are exact: the straight-through terms are ``(t - t.detach())``,
-  which adds exactly 0. As in XNOR-Net, a weight's gradient is alpha times that of its binary value,
-  so binary layers learn far slower than float ones at the same lr.
+  plus the gradient through alpha; for activations the gradient of clamp(x, 0, s) (clipped STE).
+  Forward values are exact: the straight-through terms are ``(t - t.detach())``, which adds exactly 0.
 
-Measured limitation: without BatchNorm each binary layer shrinks the signal (output std ~0.65x its
-float twin's per layer: alpha = mean |w| keeps sqrt(2/pi) of the weights' std, and the MSE-optimal
-two-level quantizer loses energy too), so on the BN-free CNN8 the logits of a fresh INT1 model are
-~20x smaller than at INT8 and relative weight gradients ~500x smaller, and INT1 QAT on digits stays near chance, while a
-2-layer binary MLP learns (tests/test_quantization_extra.py).
+Without BatchNorm each binary layer shrinks the signal (alpha = mean |w| keeps sqrt(2/pi) of the
+weights' std), so binary layers of the BN-free CNN8 learn slowly; README reports what CNN8 reaches.
 
 The binary layers are subclasses of nn.Conv2d/nn.Linear keeping ``weight``/``bias`` as their float
-parameters, so state_dict keys are those of the float model, and cost hooks and weight counts see them
-as Conv2d/Linear. The scale ``s`` is a non-persistent buffer (saved by ``compress.quant_state``).
+parameters, so state_dict keys are those of the float model and cost hooks see them as Conv2d/Linear.
+The level ``s`` is a non-persistent buffer (saved by ``quantize.quant_state``).
 """
 from __future__ import annotations
 
@@ -42,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EMA_DECAY = 0.99  # of the tracked activation level in QAT, as NNI's QATQuantizer uses for min/max
+EMA_DECAY = 0.99  # of the tracked activation level in QAT, as quantize.py tracks min/max
 CALIBRATION_ITERATIONS = 20  # Lloyd iterations per calibration batch (from the mean of the positive values)
 TRACKING_ITERATIONS = 2  # per training batch, warm-started from the current level
-MIN_SCALE = torch.finfo(torch.float32).eps  # as NNI's floor of scales: never divide by or clamp to 0
+MIN_SCALE = torch.finfo(torch.float32).eps  # floor of the level: never divide by or clamp to 0
 
 
 def two_level_scale(x: torch.Tensor, start: torch.Tensor | None = None,
@@ -68,8 +57,7 @@ def two_level_scale(x: torch.Tensor, start: torch.Tensor | None = None,
 class BinaryLayer:
     """Shared part of BinaryConv2d and BinaryLinear (a mixin before the torch layer class).
 
-    ``input_scale`` (buffer) is the activation level s, or None for the first layer (input not
-    quantized); ``track_input_scale`` is True for QAT (s follows the activations in train mode)."""
+    ``input_scale`` (buffer) is the activation level s (None: input not quantized); ``track_input_scale`` is True for QAT (s follows the activations in train mode)."""
 
     input_scale: torch.Tensor | None
     track_input_scale: bool
@@ -153,15 +141,14 @@ def _run_forward(model: nn.Module, batches: list[torch.Tensor], hooks: dict) -> 
         model.train(training)
 
 
-def first_layer(model: nn.Module, example_input: torch.Tensor) -> str:
-    """Name of the Conv2d/Linear that a forward of ``model`` runs first (its input is the image)."""
-    run_order: list[str] = []
+def run_order(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Names of the Conv2d/Linear layers in the order a forward of ``model`` runs them."""
+    order: list[str] = []
     layers = {m: name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    _run_forward(model, [example_input], {m: lambda module, args: run_order.append(layers[module])
-                                          for m in layers})
-    if not run_order:
-        raise ValueError("the model's forward runs no Conv2d/Linear layer")
-    return run_order[0]
+    _run_forward(model, [example_input], {m: lambda module, args: order.append(layers[module]) for m in layers})
+    if len(order) < 3:
+        raise ValueError("INT1 keeps the first and last layers in float: the model needs at least 3 Conv2d/Linear")
+    return order
 
 
 def calibrate_input_scales(model: nn.Module, calibration_batches: list[torch.Tensor]) -> None:
@@ -182,27 +169,43 @@ def calibrate_input_scales(model: nn.Module, calibration_batches: list[torch.Ten
 
 
 def convert_to_binary(model: nn.Module, input_scales: dict, track_input_scale: bool) -> nn.Module:
-    """Replace, in place, every Conv2d/Linear named in ``input_scales`` by its binary twin with that
-    activation level (None: input not quantized). Returns ``model``."""
+    """Replace, in place, each Conv2d/Linear named in ``input_scales`` by its binary twin with that
+    activation level. Returns ``model``."""
     layers = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    if set(layers) != set(input_scales) or any(isinstance(m, BinaryLayer) for m in layers.values()):
+    unknown = set(input_scales) - set(layers)
+    if unknown or any(isinstance(m, BinaryLayer) for m in layers.values()):
         raise ValueError("quant state does not match the Conv2d/Linear layers of this (float) model: "
-                         f"model has {sorted(layers)}, state has {sorted(input_scales)}")
-    for name, layer in layers.items():
+                         f"model has {sorted(layers)}, state names {sorted(unknown)}")
+    for name in input_scales:
+        layer = layers[name]
         binary_class = BinaryConv2d if isinstance(layer, nn.Conv2d) else BinaryLinear
-        parent_name, _, leaf = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, leaf, binary_class.from_float(layer, input_scales[name], track_input_scale))
+        _replace(model, name, binary_class.from_float(layer, input_scales[name], track_input_scale))
     return model
+
+
+def unbinarize(model: nn.Module) -> nn.Module:
+    """``model`` with each binary layer replaced, in place, by a plain float layer with its float weights."""
+    for name, layer in binary_layers(model).items():
+        plain_class = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
+        plain = copy.deepcopy(layer)
+        plain.__class__ = plain_class  # same parameters, the plain forward
+        del plain.input_scale, plain.track_input_scale
+        _replace(model, name, plain)
+    return model
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, module)
 
 
 def binarize(model: nn.Module, calibration_batches: list[torch.Tensor], track_input_scale: bool) -> nn.Module:
     """A binary (INT1) deep copy of the float ``model`` calibrated on ``calibration_batches``, in eval
-    mode; ``track_input_scale`` makes it a QAT model (levels keep tracking in train mode)."""
+    mode; ``track_input_scale`` makes it a QAT model (levels keep tracking in train mode). The first and
+    last layers the forward runs stay in full precision (XNOR-Net)."""
     work = copy.deepcopy(model).eval()
-    first = first_layer(work, calibration_batches[0][:1])
-    layers = [name for name, m in work.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    inner = run_order(work, calibration_batches[0][:1])[1:-1]
     placeholder = torch.ones((), device=next(work.parameters()).device)  # replaced by calibration
-    convert_to_binary(work, {name: None if name == first else placeholder for name in layers}, track_input_scale)
+    convert_to_binary(work, {name: placeholder for name in inner}, track_input_scale)
     calibrate_input_scales(work, calibration_batches)
     return work.eval()

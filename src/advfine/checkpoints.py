@@ -8,10 +8,9 @@ from pathlib import Path
 
 from torch import nn
 
-from .binary import BinaryLayer
-from .cost import NNI_WRAPPER
 from .files import load_tensor_file, save_tensor_file
 from .models import build_model
+from .quantize import is_quantized, model_state_dict, quant_state, restore_quantized
 
 CHECKPOINT_FORMAT = "advfine-checkpoint-1"
 
@@ -33,9 +32,6 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     Returns (model in eval mode, checkpoint dict)."""
     ckpt = load_checkpoint(path)
     if ckpt["quant"] is not None:
-        # deferred: importing NNI costs every job seconds; only quantized checkpoints need it
-        from .compress import restore_quantized
-
         model = restore_quantized(ckpt["arch"], ckpt["state_dict"], ckpt["quant"])
     else:
         model = build_model(ckpt["arch"])
@@ -45,16 +41,8 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
 
 def save_model(path: str | Path, model: nn.Module, arch: dict, extra: dict | None = None) -> None:
     """Save ``model`` (plain or fake-quantized) so that ``load_model`` rebuilds it."""
-    quantized = is_quantized(model)
-    if quantized:
-        from .compress import float_state_dict, quant_state  # deferred: see load_model
-
-        state, quant = float_state_dict(model), quant_state(model)
+    if is_quantized(model):
+        state, quant = model_state_dict(model), quant_state(model)
     else:
         state, quant = model.state_dict(), None
     save_checkpoint(path, state, arch, quant, extra)
-
-
-def is_quantized(model: nn.Module) -> bool:
-    """Whether ``model`` is fake-quantized (NNI wrappers or binary layers), told without importing NNI."""
-    return any(hasattr(m, NNI_WRAPPER) or isinstance(m, BinaryLayer) for m in model.modules())

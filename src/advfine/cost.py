@@ -1,6 +1,6 @@
 """What a model costs: parameters, multiply-accumulates, bytes of weights, the compute a training run
 spent, and measured inference latency (of the model and, for PTQ INT8 nodes, of a real integer model
-exported from it). No NNI import here, so evaluating a plain model does not pay for it."""
+exported from it)."""
 from __future__ import annotations
 
 import io
@@ -11,18 +11,15 @@ import time
 import torch
 from torch import nn
 
+from .binary import BinaryLayer, binary_layers
 from .evaluate import predict
 from .runtime import place_model
 
 log = logging.getLogger("advfine")
 
-NNI_WRAPPER = "_nni_wrapper"  # the child module NNI's quantizer puts on each wrapped layer
-
-
 def model_cost(model: nn.Module, input_shape: tuple) -> dict:
     """Parameters and multiply-accumulates of one input, counted with forward hooks on Conv2d/Linear
-    (NNI's ``count_flops_params`` fails on NNI-quantized models: it looks for pruning masks in every
-    wrapper). ``input_shape`` is one input's shape (C, H, W); a leading batch dimension is allowed."""
+    (they also see fake-quant and binary layers, subclasses of both). ``input_shape`` is one input's shape (C, H, W); a leading batch dimension is allowed."""
     shape = tuple(input_shape)
     if len(shape) == 3:
         shape = (1, *shape)
@@ -55,15 +52,16 @@ def weight_storage_bytes(model: nn.Module, bits: int | None) -> int:
     """Bytes to store the parameters: Conv2d/Linear weights at ``bits``, everything else (biases ...) at
     32 bits; ``bits=None`` means fp32 throughout. Each tensor is packed to whole bytes; the few
     quantization scales/zero points are not counted. Buffers (e.g. normalization constants) are not
-    parameters and are not counted."""
+    parameters and are not counted. INT1 models keep their first and last layers in float (binary.py):
+    only their binary layers' weights take 1 bit."""
     if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or bits < 1):
         raise ValueError(f"bits must be a positive int or None, got {bits!r}")
     total = 0
+    binary_model = bool(binary_layers(model))
     for name, param in model.named_parameters():
-        name = name.replace(f"{NNI_WRAPPER}.", "")  # quantized model: count its float weight once
         layer_name, _, leaf = name.rpartition(".")
         layer = model.get_submodule(layer_name)
-        is_weight = leaf == "weight" and isinstance(layer, (nn.Conv2d, nn.Linear))
+        is_weight = leaf == "weight" and isinstance(layer, BinaryLayer if binary_model else (nn.Conv2d, nn.Linear))
         width = bits if (is_weight and bits is not None) else 32
         total += math.ceil(param.numel() * width / 8)
     return total

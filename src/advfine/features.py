@@ -20,10 +20,9 @@ Each panel is one joint t-SNE embedding (scikit-learn, perplexity 30 clipped bel
 points, learning rate "auto", PCA init, ``random_state=seed``) of all its points, so both models
 of a pair share the panel's coordinates; their layer outputs must have the same size.
 
-Layer outputs are read with forward hooks. On NNI fake-quantized models (``compress.quantize_ptq``)
-the wrapper replaces the wrapped layer's ``forward``, so a hook on that layer sees the quantized
-output, and hooks on the ReLUs see the ReLU of quantized convolutions: the features are those of
-the quantized model.
+Layer outputs are read with forward hooks. On fake-quantized models (``quantize.quantize_ptq``)
+each ReLU is fused into its conv/linear, whose inputs and weights are already rounded: a hook on
+it sees the quantized model's features (before that layer's own output rounding).
 """
 from __future__ import annotations
 

@@ -263,6 +263,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def layer_outputs(model: nn.Module) -> list[str]:
-    """Names of the modules whose outputs are the paper's 'layers' 1..8 (for feature analysis)."""
-    convs = [f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, nn.ReLU)]
-    return convs + ["relu", "fc2"]
+    """Names of the CNN8 modules whose outputs are the paper's 'layers' 1..8 (for feature analysis): the
+    ReLU after each conv and after fc1, then fc2. A fake-quant model (quantize.py) has each ReLU fused
+    into its layer: then that layer (its output is the ReLU's, before the output rounding)."""
+    modules = dict(model.named_modules())
+    convs = [name for name, m in modules.items() if name.startswith("features.") and isinstance(m, nn.Conv2d)]
+    relus = [f"features.{int(name.split('.')[1]) + 1}" for name in convs] + ["relu"]
+    layers = convs + ["fc1"]
+    return [relu if isinstance(modules.get(relu), nn.ReLU) else layer for relu, layer in zip(relus, layers)] + ["fc2"]

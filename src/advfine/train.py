@@ -48,7 +48,7 @@ def attack_for_epoch(attack: PGDAttack | None, epoch: int, cfg: dict) -> PGDAtta
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer of ``model``, persistent or not (NNI's fake-quant ranges are buffers,
+    """Every parameter and buffer of ``model``, persistent or not (fake-quant scales and ranges are buffers,
     the binary scheme's activation level is a non-persistent one), copied to the CPU."""
     tensors = {f"param:{k}": v.detach().cpu().clone() for k, v in model.named_parameters()}
     tensors |= {f"buffer:{k}": v.detach().cpu().clone() for k, v in model.named_buffers()}

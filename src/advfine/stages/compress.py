@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from ..checkpoints import load_model, save_model
-from ..compress import calibration_batches, prune_filters_l1, quantize_ptq
+from ..prune import prune_filters_l1
+from ..quantize import calibration_batches, quantize_ptq
 from ..cost import model_cost
 from ..data import load_prepared
 from ..files import read_json, write_json

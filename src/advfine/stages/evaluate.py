@@ -16,8 +16,8 @@ from ..data import load_prepared
 from ..evaluate import ATTACKS, Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve
 from ..files import atomic_path, read_json, write_json
 from ..int8_export import export_int8
-from ..models import build_model
 from ..provenance import provenance
+from ..quantize import float_twin
 from ..runtime import peak_rss_mb
 from ..vocab import PTQ, QUANTIZATION_METHODS, parse_compression, stage_seed
 from .common import precision_for, setup
@@ -38,17 +38,11 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
     ev = config["evaluate"]
     suite = Suite.from_config(config["attack"], ev)
     batch = ev["batch_size"]
-    float_twin, int8_calibration = None, None
+    twin, export = None, False
     if ckpt["quant"] is not None:
-        # deferred: importing NNI costs every job seconds; only quantized models need it
-        from ..compress import calibration_batches, float_state_dict
-
-        float_twin = build_model(ckpt["arch"])  # the same float weights without fake quantization
-        float_twin.load_state_dict(float_state_dict(evaluated))
-        float_twin.eval()
-        if method == PTQ and level == 8 and ev["int8_export"] and ev["latency_repeats"] > 0:
-            # the batches PTQ calibrated on, so the integer model's ranges come from the same images
-            int8_calibration = calibration_batches(dataset.train_x, config["compress"], stage_seed("compress", seed))
+        twin = float_twin(evaluated)  # the same float weights without rounding: source of transfer attacks
+        # the deployed integer model is convert_fx of this fake-quant model (same scales): PTQ INT8 nodes
+        export = method == PTQ and level == 8 and ev["int8_export"] and ev["latency_repeats"] > 0
     precision = precision_for(config, device, ckpt["quant"] is not None)
     eval_seed = stage_seed("evaluate", seed)
     num_classes = dataset.num_classes
@@ -63,7 +57,7 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
         outcome = None
     else:
         result = evaluate_model(evaluated, dataset.test_x, dataset.test_y, suite, batch, device, eval_seed,
-                                float_twin, precision, num_classes)
+                                twin, precision, num_classes)
         outcome = result.pop("per_sample")
         result["audit"] = audit_evaluation(evaluated, dataset.test_x, dataset.test_y, result | {"per_sample": outcome},
                                            suite, ev["audit"], batch, device, eval_seed)
@@ -76,16 +70,16 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
     evaluated.cpu()
     cost = model_cost(evaluated, dataset.input_shape)
     int8_model = None
-    if int8_calibration is not None and not diverged:
-        int8_model = export_int8(float_twin, int8_calibration)
-    elif int8_calibration is not None:
+    if export and not diverged:
+        int8_model = export_int8(evaluated)
+    elif export:
         log.warning("no real INT8 model: the model diverged")
-    inference = inference_costs(evaluated, float_twin, dataset.test_x, dataset.test_y, ev, threads, int8_model)
-    if diverged and int8_calibration is not None:
+    inference = inference_costs(evaluated, twin, dataset.test_x, dataset.test_y, ev, threads, int8_model)
+    if diverged and export:
         inference["int8_skipped"] = f"the model diverged ({diverged})"
     deployed = None
     if int8_model is not None and inference["int8"] is not None:
-        deployed = evaluate_deployed(int8_model, float_twin, dataset.test_x, dataset.test_y, suite, batch,
+        deployed = evaluate_deployed(int8_model, twin, dataset.test_x, dataset.test_y, suite, batch,
                                      eval_seed, num_classes)
         inference["int8"] |= {"robust_acc": deployed["robust_acc"], "attacks": deployed["attacks"]}
     _write_samples(out_samples, dataset.test_y, outcome, deployed)

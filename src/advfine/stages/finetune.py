@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from ..checkpoints import is_quantized, load_model, save_model
+from ..checkpoints import load_model, save_model
+from ..quantize import is_quantized
 from ..cost import model_cost, training_macs
 from ..data import load_prepared
 from ..files import read_json, write_json

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from ..checkpoints import load_model, save_model
-from ..compress import calibration_batches, prepare_qat
+from ..quantize import calibration_batches, prepare_qat
 from ..cost import model_cost, training_macs
 from ..data import load_prepared
 from ..files import read_json, write_json
