@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"python startup:            {import_seconds('pass'):.2f} s")
     print(f"import torch:              {import_seconds('import torch'):.2f} s")
-    print(f"import torch + NNI quant.: {import_seconds('import nni.compression.quantization'):.2f} s")
+    print(f"import torch + NNI pruning: {import_seconds('import nni.compression.pruning'):.2f} s")
     rate = pgd20_training_images_per_second(args.threads)
     print(f"CNN8 PGD-20 adversarial training, fp32, batch 128, {args.threads} threads: {rate:.1f} images/s")
 

@@ -8,6 +8,10 @@
    `make run` has finished it; skipped with a message otherwise.
 3. The peak memory of every rule of the default experiment: each job logs its process's peak
    resident set size (``advfine.job``: "rule R: peak_rss_mb=M"); the largest per rule is reported.
+4. The default run's overhead ratio: its elapsed time (first job start to last job end, from the job
+   logs) against the sum of the jobs' in-process times (after their imports) divided by the cores:
+   1.0 would mean no start-up or scheduling cost. Before issue 13 about 29 % of the 12 min 03 s run
+   was start-up and scheduling (a ratio of about 1.4).
 Issue 5's targets: dry run <= 20 s, no-op re-run <= 10 s, every stage <= 2 GB. Best of ``--repeats`` runs.
 """
 from __future__ import annotations
@@ -43,6 +47,7 @@ def best_of(repeats: int, cmd: list[str], cwd: Path) -> tuple[float, subprocess.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cores", type=int, default=2, help="the --cores of the measured default run")
     args = parser.parse_args()
 
     rows = []
@@ -65,6 +70,7 @@ def main() -> None:
         rows.append(("no-op re-run of the default experiment (not measured: run `make run` first)", None, 10.0))
 
     memory = peak_memory_by_rule(REPO / "logs" / default_experiment())
+    overhead = run_overhead(REPO / "logs" / default_experiment(), args.cores)
     print(f"Workflow overhead, best of {args.repeats}\n")
     print("| measurement | seconds | target | met |")
     print("|---|---|---|---|")
@@ -73,6 +79,11 @@ def main() -> None:
             print(f"| {name} | n/a | <= {target:g} s | n/a |")
         else:
             print(f"| {name} | {seconds:.1f} | <= {target:g} s | {'yes' if seconds <= target else 'no'} |")
+    if overhead:
+        jobs, elapsed, in_process = overhead
+        print(f"\nDefault run: {jobs} jobs, elapsed {elapsed / 60:.1f} min, in-process {in_process / 60:.1f} min "
+              f"summed over jobs; overhead ratio elapsed / (in-process / {args.cores} cores) = "
+              f"{elapsed / (in_process / args.cores):.2f} (before issue 13: about 1.4)")
     print(f"\nPeak memory (resident set size) of the default experiment's jobs, largest per rule, "
           f"from {sum(len(v) for v in memory.values())} job logs under logs/{default_experiment()}/\n")
     if not memory:
@@ -91,6 +102,27 @@ def default_experiment() -> str:
     import yaml
 
     return yaml.safe_load((REPO / "config.yaml").read_text())["experiment"]
+
+
+def run_overhead(log_dir: Path, cores: int) -> tuple[int, float, float] | None:
+    """(jobs, elapsed s, summed in-process s) of the last run of every job under ``log_dir``."""
+    from datetime import datetime
+
+    start_re = re.compile(r"^(\S+ \S+) INFO advfine: rule \w+, wildcards", re.M)
+    end_re = re.compile(r"^(\S+ \S+) INFO advfine: rule \w+: peak_rss_mb=[0-9.]+ in_process_s=([0-9.]+)", re.M)
+    starts, ends, in_process = [], [], 0.0
+    for log in log_dir.rglob("*.log"):
+        text = log.read_text(errors="replace")
+        begun, done = start_re.findall(text), end_re.findall(text)
+        if not begun or not done:
+            continue
+        stamp = lambda s: datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f").timestamp()  # noqa: E731
+        starts.append(stamp(begun[-1]))
+        ends.append(stamp(done[-1][0]))
+        in_process += float(done[-1][1])
+    if not starts:
+        return None
+    return len(starts), max(ends) - min(starts), in_process
 
 
 def peak_memory_by_rule(log_dir: Path) -> dict[str, list[float]]:

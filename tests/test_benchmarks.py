@@ -27,9 +27,32 @@ def test_training_speed_compares_four_loops_and_reports_flops_and_peak():
 
 def test_compressed_speed_measures_every_model():
     out = run("compressed_speed.py", "--threads", "1", "--rounds", "1", "--batch", "8")
-    for row in ("dense fp32, channels-last (baseline)", "pruned 80 % fp32", "fake-quant INT8 (NNI)",
+    for row in ("dense fp32, channels-last (baseline)", "pruned 80 % fp32", "fake-quant INT8 (torch fused kernels)",
                 "real INT8 (torch.ao, oneDNN)"):
         assert row in out, out
+
+
+def test_fake_quant_speed_measures_every_model_and_counts_empty_cache():
+    out = run("fake_quant_speed.py", "--rounds", "1", "--batch", "8", "--pgd-steps", "1")
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in out.splitlines() if line.startswith("| ")}
+    for name in ("dense fp32 (baseline)", "fake-quant PTQ INT8 (ours)", "fake-quant QAT INT8 (ours)",
+                 "fake-quant PTQ INT8 (NNI 3.0, before)"):
+        assert name in rows, out
+    assert rows["fake-quant PTQ INT8 (ours)"][3] == "0"  # no empty_cache on our hot path
+    assert float(rows["fake-quant PTQ INT8 (NNI 3.0, before)"][3]) > 0  # NNI's, once per wrapped layer
+
+
+def test_the_run_overhead_is_read_back_from_job_logs(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from workflow_overhead import run_overhead
+
+    (tmp_path / "a.log").write_text("2026-12-06 07:00:00,000 INFO advfine: rule train_base, wildcards {}\n"
+                                    "2026-12-06 07:01:00,000 INFO advfine: rule train_base: peak_rss_mb=1.0 "
+                                    "in_process_s=58.00\n")
+    (tmp_path / "b.log").write_text("2026-12-06 07:00:30,000 INFO advfine: rule evaluate, wildcards {}\n"
+                                    "2026-12-06 07:02:00,000 INFO advfine: rule evaluate: peak_rss_mb=1.0 "
+                                    "in_process_s=88.00\n")
+    assert run_overhead(tmp_path, 2) == (2, 120.0, 146.0)
 
 
 def test_peak_memory_is_read_back_from_job_logs(tmp_path):

@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from advfine import checkpoints
-from advfine.compress import prune_filters_l1
+from advfine.prune import prune_filters_l1
 from advfine.data import DataError, augment_batch
 from advfine.datasets import load_dataset
 from advfine.models import arch_of, build_model, count_parameters, default_arch, load_pretrained

@@ -11,6 +11,7 @@ import torch
 from advfine import features
 from advfine.attacks.pgd import PGDAttack
 from advfine.models import build_model, default_arch, layer_outputs
+from advfine.quantize import is_quantized
 
 ATTACK = PGDAttack(eps=0.1, step_size=0.05, steps=2, random_start=True)
 N = 20
@@ -33,8 +34,8 @@ def images():
 
 @pytest.fixture(scope="module")
 def quantized(images):
-    """Two PTQ INT8 models as compress.quantize_ptq makes them (NNI fake-quant wrappers)."""
-    from advfine.compress import quantize_ptq
+    """Two PTQ INT8 models as quantize.quantize_ptq makes them (ReLUs fused into their layers)."""
+    from advfine.quantize import quantize_ptq
 
     return [quantize_ptq(cnn8(seed), 8, [images[0][:10]]) for seed in (2, 3)]
 
@@ -78,16 +79,18 @@ def test_layer_features_shapes_output_and_cleanup(images):
 def test_layer_features_on_fake_quantized_model(images, quantized):
     x, _ = images
     qmodel = quantized[0]
-    assert any("_nni_wrapper" in name for name, _ in qmodel.named_modules())
-    assert layer_outputs(qmodel)[-3:] == ["features.11", "relu", "fc2"]
-    hooks_before = _forward_hook_count(qmodel)  # quantize_ptq's own detach hooks
+    assert is_quantized(qmodel)
+    assert layer_outputs(qmodel)[-3:] == ["features.10", "fc1", "fc2"]  # ReLUs fused into their layers
+    hooks_before = _forward_hook_count(qmodel)
     feats = features.layer_features(qmodel, x)
     assert {k: v.shape for k, v in feats.items()} == {6: (N, 2048), 7: (N, 128), 8: (N, 10)}
     with torch.no_grad():
         quantized_logits = qmodel(x).numpy()
         float_logits = cnn8(2)(x).numpy()  # the same weights without fake quantization
-    # the hook sees the fake-quantized output, not the float layer's
-    np.testing.assert_array_equal(feats[8], quantized_logits)
+    # the hook sees the layer of the quantized model (its output before the logits' own rounding: at
+    # most half a step of their scale away), not the float layer's
+    step = qmodel.get_submodule("activation_post_process_9").scale.item()
+    assert np.abs(feats[8] - quantized_logits).max() <= step / 2 + 1e-6
     assert not np.allclose(feats[8], float_logits, atol=1e-6)
     assert _forward_hook_count(qmodel) == hooks_before
 

@@ -68,7 +68,8 @@ def test_the_package_has_no_import_cycle():
     # the layers of the design: pure I/O at the bottom, checkpoints of whole models above models and
     # compression, the stages on top
     assert order.index("advfine.files") < order.index("advfine.models") < order.index("advfine.checkpoints")
-    assert order.index("advfine.compress") < order.index("advfine.stages.compress")
+    assert order.index("advfine.models") < order.index("advfine.quantize") < order.index("advfine.checkpoints")
+    assert order.index("advfine.prune") < order.index("advfine.stages.compress")
 
 
 def test_every_module_imports_in_one_fresh_interpreter_in_dependency_order():

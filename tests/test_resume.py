@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from advfine import compress, train
+from advfine import quantize, train
 from advfine.attacks.pgd import PGDAttack
 from advfine.train import resume_path_for, train_model
 
@@ -35,9 +35,9 @@ def fresh_model(kind: str, data):
     model = build_model(small_cnn8_arch()).eval()
     calib = [data[0][:16]]
     if kind == "qat-int4":
-        return compress.prepare_qat(model, 4, calib)
+        return quantize.prepare_qat(model, 4, calib)
     if kind == "qat-int1":
-        return compress.prepare_qat(model, 1, calib)
+        return quantize.prepare_qat(model, 1, calib)
     return model
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ def snakemake_job(smk):
     """Inside a ``script:`` job: send stdout, stderr (tqdm progress) and logging to ``smk.log[0]``, and
     yield the ``Job``. The device is the config's ``device``; a rule declaring ``resources: gpu`` gets
     its own GPU (``cuda:N``) from the pool when CUDA is there (see gpu_pool)."""
+    start = time.perf_counter()
     log_path = smk.log[0] if smk.log else None
     stream = open(log_path, "a", buffering=1) if log_path else sys.stderr
     old_out, old_err = sys.stdout, sys.stderr
@@ -45,8 +47,10 @@ def snakemake_job(smk):
         logging.getLogger("advfine").exception("job failed")
         raise
     finally:
-        # one line per job that benchmarks/workflow_overhead.py reads back for the memory table
-        logging.getLogger("advfine").info("rule %s: peak_rss_mb=%.1f", smk.rule, peak_rss_mb())
+        # one line per job that benchmarks/workflow_overhead.py reads back (memory table, run overhead):
+        # in_process_s is the job's time inside Python after its imports
+        logging.getLogger("advfine").info("rule %s: peak_rss_mb=%.1f in_process_s=%.2f", smk.rule, peak_rss_mb(),
+                                          time.perf_counter() - start)
         root.removeHandler(handler)
         sys.stdout, sys.stderr = old_out, old_err
         if log_path:
