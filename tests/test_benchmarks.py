@@ -65,3 +65,15 @@ def test_peak_memory_is_read_back_from_job_logs(tmp_path):
     (tmp_path / "evaluate.log").write_text("INFO advfine: rule evaluate: peak_rss_mb=1300.0\n")
     (tmp_path / "other.log").write_text("no peak here\n")
     assert peak_memory_by_rule(tmp_path) == {"train_base": [812.0], "evaluate": [1300.0]}  # last run counts
+
+
+def test_gpu_smoke_says_when_there_is_no_gpu_and_its_checks_pass_on_the_cpu():
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "no CUDA device here" in run("gpu_smoke.py")
+    out = run("gpu_smoke.py", "--cpu")
+    assert "FAIL" not in out and "checks passed" in out, out
+    for check in ("trains to a finite loss", "fake-quant step <= 1.5x", "no torch.cuda.empty_cache()",
+                  "robust <= clean"):
+        assert check in out, out
