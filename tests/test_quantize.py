@@ -293,3 +293,21 @@ def test_adversarial_finetuning_of_a_ptq_resnet18_trains_to_finite_improving_los
     assert all(torch.isfinite(p).all() for p in q.parameters())
     assert all(torch.isfinite(torch.tensor(losses))), losses
     assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("bits", [16, 8, 4, 2])
+def test_the_cpu_fake_quantizer_equals_torchs_fused_kernel(bits):
+    """FakeQuantizePerTensorCPU replaces torch's slow CPU kernel: same values and the same clipped-STE
+    gradient (up to rare ties, one step apart)."""
+    g = torch.Generator().manual_seed(bits)
+    x = (torch.randn(64, 8, 7, 7, generator=g) * 2).requires_grad_(True)
+    qmin, qmax = 0, 2**bits - 1
+    scale, zero_point = 5.0 / (qmax - qmin), (qmax - qmin) // 3
+    fused = torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+    ours = quantize.FakeQuantizePerTensorCPU.apply(x, scale, zero_point, qmin, qmax)
+    differ = (fused - ours).abs() > 1e-6 * scale
+    assert differ.float().mean() <= 0.005 and ((fused - ours).abs() <= scale * 1.001).all()
+    (g_fused,) = torch.autograd.grad(fused.sum(), x)
+    (g_ours,) = torch.autograd.grad(ours.sum(), x)
+    assert ((g_fused != g_ours) & ~differ).sum() == 0
+    assert 0 < g_ours.mean() < 1  # some values clamped, some not

@@ -87,7 +87,31 @@ class FakeQuant(FakeQuantize):
         if self.is_per_channel:
             return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, self.ch_axis,
                                                           self.clamp_min, self.clamp_max)
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.clamp_min, self.clamp_max)
+        if x.is_cuda:
+            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.clamp_min, self.clamp_max)
+        # Python numbers: on the CPU .item() costs nothing, and tensor operands made div and clamp 6x slower
+        return FakeQuantizePerTensorCPU.apply(x, self.scale.item(), int(self.zero_point.item()),
+                                              self.clamp_min, self.clamp_max)
+
+
+class FakeQuantizePerTensorCPU(torch.autograd.Function):
+    """torch.fake_quantize_per_tensor_affine (same values, same clipped STE) for the CPU. torch's CPU
+    kernel is not vectorized: on a 256x32x28x28 activation it took 73-89 ms where these four in-place
+    passes take 23-26 ms and a ReLU 2.5 ms (1 thread, measured), so on the CPU it cost as much as all of
+    CNN8's convolutions. On CUDA the fused kernel is fast and is used."""
+
+    @staticmethod
+    def forward(ctx, x, scale: float, zero_point: int, qmin: int, qmax: int):
+        steps = torch.div(x, scale).round_()  # round half to even, as the fused kernel's nearbyint
+        lo, hi = qmin - zero_point, qmax - zero_point
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward((steps >= lo) & (steps <= hi))
+        return steps.clamp_(lo, hi).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
 
 
 class WeightFakeQuant(FakeQuant):
