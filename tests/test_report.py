@@ -573,6 +573,7 @@ def test_compute_table_latency_speedup_int8_and_peak_memory(tmp_path):
     assert pq["int8_latency_ms"] == "2.75 ± 0.00" and pq["int8_speedup"] == pytest.approx(4.0)
     assert pq["int8_clean_acc"] == "90.00 ± 1.41" and pq["fake_quant_clean_acc"] == "91.00 ± 1.41"
     assert pq["int8_n"] == 2 and pq["int8_agreement_mean"] == pytest.approx(98.0)
+    assert pq["int8_agreement"] == f"{pq['int8_agreement_min']:.1f}" and pq["int8_agreement_min"] <= 98.0
     assert pq["int8_model_bytes_mean"] == 1500
     assert pq["peak_rss_mb_mean"] == pytest.approx(710.0)  # the evaluation is the peak here
     pruned = _model(t, "T_ad(f_st^p)")  # twice f_st's latency; fine-tuning is the peak
@@ -589,6 +590,7 @@ def test_compute_table_latency_speedup_int8_and_peak_memory(tmp_path):
     assert list(layout["Speed-up"]) == ["1.00x", "0.50x", "2.00x", "1.00x", "2.00x"]
     assert list(layout["INT8 speed-up"]) == ["n/a", "n/a", "4.00x", "n/a", "n/a"]
     assert list(layout["INT8 acc. (%)"])[:3] == ["n/a", "n/a", "90.00 ± 1.41"]
+    assert list(layout["INT8 agreement (%)"])[:2] == ["n/a", "n/a"] and layout["INT8 agreement (%)"].iloc[2] != "n/a"
     assert layout["Params"].iloc[0] == "1,000" and layout["Peak memory (MB)"].iloc[-1] == "n/a"
     # without a dense reference the speed-up is n/a, the latency still shown
     alone = tables.compute_table(frame(tmp_path / "alone", compute_records()[2:5]))
@@ -636,7 +638,7 @@ def test_write_tables_compute_files(tmp_path):
     header = [c.strip() for c in md.split("\n\n")[1].splitlines()[0].strip("|").split("|")]
     assert header == ["Model", "Compression", "n", "Params", "MACs", "Weights", "Checkpoint",
                       "Latency (ms)", "Speed-up", "INT8 latency (ms)", "INT8 speed-up",
-                      "INT8 acc. (%)", "Fake-quant acc. (%)", "INT8 robust (%)",
+                      "INT8 acc. (%)", "Fake-quant acc. (%)", "INT8 agreement (%)", "INT8 robust (%)",
                       "Fake-quant robust (%)", "Lineage time (min)",
                       "Lineage MACs (est.)", "Peak memory (MB)", "Evaluation (s)"]
     assert re.search(r"\| f_st\^q \(PTQ\) +\| INT8 +\| 2 +\|", md)
@@ -650,7 +652,7 @@ def test_write_tables_compute_files(tmp_path):
     assert rows[2][11] == r"90.00 $\pm$ 1.41" and rows[1][0] == r"$\mathcal{T}_{ad}(f_{st}^{p})$"
     assert rows[1][1] == "sparsity 0.8" and rows[2][9] == r"2.75 $\pm$ 0.00"
     assert rows[2][10] == "4.00x"
-    assert r"\multicolumn{6}{c}{Real INT8}" in tex and "Acc. (\\%)" in tex
+    assert r"\multicolumn{7}{c}{Real INT8}" in tex and "Acc. (\\%)" in tex
 
 
 def test_write_tables_compute_empty_and_several_groups(df, tmp_path):
@@ -658,7 +660,7 @@ def test_write_tables_compute_empty_and_several_groups(df, tmp_path):
     assert "(no data)" in (tmp_path / "empty" / "compute.md").read_text(encoding="utf-8")
     tex = (tmp_path / "empty" / "compute.tex").read_text(encoding="utf-8")
     check_latex_table(tex)
-    assert r"\multicolumn{19}{c}{no data}" in tex
+    assert r"\multicolumn{20}{c}{no data}" in tex
     other = frame(tmp_path / "e", [make_record("st", "dense", "none", 0, experiment="exp_2&b")])
     out = tmp_path / "tables"
     render.write_tables(pd.concat([df, other], ignore_index=True), out, 0.8, 8)

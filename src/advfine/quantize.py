@@ -5,7 +5,7 @@ integer model exported from either, all one scheme (torch.ao's FX graph mode, th
   a quantized model has no BatchNorm. Fine-tuning then never runs BatchNorm in train mode on quantized
   activations (with NNI's unfolded BN and unclipped estimator this diverged: issue 13).
 * **Weights**: symmetric, one scale per output channel, integers in [-(2^(b-1)-1), 2^(b-1)-1]
-  (INT8: [-127, 127]); the scale follows the weights (recomputed at every training forward).
+  (INT8: [-127, 127]); the scale is always the current weights' (recomputed at every forward).
 * **Activations**: affine, one scale per tensor, from min/max observed on calibration batches (PTQ:
   then fixed, also during fine-tuning) or tracked as a moving average while training (QAT, decay 0.99,
   torch.ao's default); never moved in eval mode, so attacks cannot move them. Observed where the
@@ -13,16 +13,18 @@ integer model exported from either, all one scheme (torch.ao's FX graph mode, th
   after its fused ReLU, residual sums, the logits. INT8 activations use 7-bit steps (as torch.ao's x86
   default ``reduce_range``: without VNNI, uint8 x int8 products of 8 bits saturate int16) and are
   clamped to [0, 255] like the deployed uint8 tensors.
-* **Gradients**: torch's fused fake-quantize kernels pass the gradient straight through inside the
-  range and zero it where a value was clamped (a clipped straight-through estimator), in PTQ
-  fine-tuning and QAT alike.
-* **The deployed model** (``int8_export.export_int8``) is ``convert_fx`` of the fake-quant model: the same graph,
-  the same scales and zero points, integer kernels. The tests and the compute table check that both
-  agree on at least 99 % of test predictions.
+* **Gradients**: torch's fake-quantize kernels pass the gradient straight through inside the range
+  and zero it where a value was clamped (a clipped straight-through estimator), in PTQ fine-tuning
+  and QAT alike. On the CPU, per-tensor activations use ``FakeQuantizePerTensorCPU`` (same values and
+  gradient; torch's CPU kernel is not vectorized); on CUDA torch's fused kernel.
+* **The deployed model** (``int8_export.export_int8``) is ``convert_fx`` of the fake-quant model: the
+  same graph, the same scales and zero points, integer kernels. The tests and the compute table check
+  that both agree on at least 99 % of test predictions.
 
-We subclass torch.ao's FakeQuantize only to decide *when* it observes with Python flags (its own
-forward reads a tensor flag, a device sync per layer per step on a GPU) and to clamp INT8 activations
-to the deployed range. INT1 is ``binary.py`` (XNOR-Net): torch's integer kernels stop at INT8 and a
+We subclass torch.ao's FakeQuantize to decide *when* it observes with Python flags (its own forward
+reads a tensor flag, a device sync per layer per step on a GPU), to clamp INT8 activations to the
+deployed range and to use the faster CPU kernel; no ``torch.cuda.empty_cache()`` anywhere (NNI 3.0
+called it after every wrapped layer's forward). INT1 is ``binary.py`` (XNOR-Net): torch's integer kernels stop at INT8 and a
 1-bit affine grid is degenerate.
 """
 from __future__ import annotations

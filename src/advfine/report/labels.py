@@ -94,6 +94,13 @@ def format_ratio(ratio: float) -> str:
     return f"{ratio:.2f}" if ratio == 0 or abs(ratio) >= 0.01 else f"{ratio:.1e}"
 
 
+def format_percent(value: float) -> str:
+    """``"99.8"``; n/a when NaN/None."""
+    if value is None or not math.isfinite(value):
+        return NA
+    return f"{value:.1f}"
+
+
 def format_speedup(ratio: float) -> str:
     """``"2.00x"``; n/a when NaN/inf."""
     if ratio is None or not math.isfinite(ratio):

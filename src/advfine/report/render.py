@@ -98,6 +98,7 @@ def _layout_compute(rows: pd.DataFrame) -> pd.DataFrame:
         "INT8 speed-up": rows["int8_speedup"].map(format_speedup),
         "INT8 acc. (%)": rows["int8_clean_acc"],
         "Fake-quant acc. (%)": rows["fake_quant_clean_acc"],
+        "INT8 agreement (%)": rows["int8_agreement"],
         "INT8 robust (%)": rows["int8_robust_acc"], "Fake-quant robust (%)": rows["fake_quant_robust_acc"],
         "Lineage time (min)": rows["lineage_wall_min"], "Lineage MACs (est.)": rows["lineage_macs"],
         "Peak memory (MB)": rows["peak_rss_mb"], "Evaluation (s)": rows["eval_s"],
@@ -120,11 +121,12 @@ _TEX_HEADERS = {
                r"Model & Compression & $n$ & Clean & PGD & Worst case & Gap & Decisive attack & Gradient-free"
                r" & Large $\epsilon$ & More effort & Zero grad. & INT8 robust \\"], "llrcccclccccc"),
     "compute": ([r" & & & \multicolumn{4}{c}{Model size} & \multicolumn{2}{c}{Latency (CPU)}"
-                 r" & \multicolumn{6}{c}{Real INT8} & \multicolumn{2}{c}{Whole lineage} & & \\",
-                 r"\cmidrule(lr){4-7} \cmidrule(lr){8-9} \cmidrule(lr){10-15} \cmidrule(lr){16-17}",
+                 r" & \multicolumn{7}{c}{Real INT8} & \multicolumn{2}{c}{Whole lineage} & & \\",
+                 r"\cmidrule(lr){4-7} \cmidrule(lr){8-9} \cmidrule(lr){10-16} \cmidrule(lr){17-18}",
                  r"Model & Compression & $n$ & Params & MACs & Weights & Checkpoint & ms & Speed-up"
-                 r" & ms & Speed-up & Acc. (\%) & Fake-quant (\%) & Robust (\%) & Fake-quant robust (\%)"
-                 r" & Time (min) & MACs (est.) & Peak mem. (MB) & Eval. (s) \\"], "llrrrrrcccccccccccc"),
+                 r" & ms & Speed-up & Acc. (\%) & Fake-quant (\%) & Agreement (\%) & Robust (\%)"
+                 r" & Fake-quant robust (\%)"
+                 r" & Time (min) & MACs (est.) & Peak mem. (MB) & Eval. (s) \\"], "llrrrrrccccccccccccc"),
 }
 
 
@@ -255,8 +257,9 @@ def _compute_notes(df: pd.DataFrame) -> tuple[str, str]:
           "of means, the dense model of the same base training without fine-tuning (f_st or f_rb) "
           "to this model (so f_st and f_rb are 1.00x). Fake-quantized models (^q, PTQ and QAT) run "
           "as fp32 with rounding, so they are not faster; the real INT8 model is torch.ao's (oneDNN) "
-          "integer model of the PTQ INT8 node (n/a elsewhere), its clean accuracy (%) beside the "
-          "fake-quant model's. Params and MACs per input: mean over seeds; weights: bytes of the "
+          "integer model of the PTQ INT8 node (n/a elsewhere), converted from the fake-quant model "
+          "(same scales), its clean accuracy (%) beside the fake-quant model's and the share of test "
+          "predictions on which both agree (the lowest over seeds). Params and MACs per input: mean over seeds; weights: bytes of the "
           "stored weights, checkpoint: file size (kB = 1000 bytes, MB = 10^6 bytes). Whole "
           "lineage: wall time in minutes (mean ± std) and estimated MACs (mean) of every stage "
           "that produced the model (training + compression + fine-tuning). Peak memory: peak "
@@ -269,8 +272,10 @@ def _compute_notes(df: pd.DataFrame) -> tuple[str, str]:
            r"seeds; speed-up: ratio of means, the dense model of the same base training without "
            r"fine-tuning ($f_{st}$ or $f_{rb}$) to this model. Fake-quantized models ($f^q$, PTQ "
            r"and QAT) run as fp32 with rounding, so they are not faster; the real INT8 model is "
-           r"torch.ao's (oneDNN) integer model of the PTQ INT8 node (n/a elsewhere), its clean "
-           r"accuracy (\%) beside the fake-quant model's. Sizes: kB = 1000 bytes, MB = $10^6$ "
+           r"torch.ao's (oneDNN) integer model of the PTQ INT8 node (n/a elsewhere), converted from "
+           r"the fake-quant model (same scales), its clean accuracy (\%) beside the fake-quant "
+           r"model's and the share of test predictions on which both agree (the lowest over seeds). "
+           r"Sizes: kB = 1000 bytes, MB = $10^6$ "
            r"bytes. Whole lineage: wall time in minutes (mean $\pm$ std) and estimated MACs "
            r"(mean) of every stage that produced the model. Peak memory: peak resident set size "
            r"of the job process, the maximum over the lineage's stages and the evaluation, in MB "

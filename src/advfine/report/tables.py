@@ -28,7 +28,7 @@ import pandas as pd
 from ..vocab import (BASE_MODELS, COMPRESSION_METHODS, DENSE, FINETUNE_MODES, PRUNE, PTQ, QAT,
                      QUANTIZATION_METHODS, base_label, model_label)
 from .collect import METRIC_COLUMNS, STANDARD_STAGES
-from .labels import NA, format_bytes, format_cell, format_macs, format_minutes, level_label, stat_cell
+from .labels import NA, format_bytes, format_cell, format_macs, format_minutes, format_percent, level_label, stat_cell
 from .stats import GROUP_COLS, groups, joined, mean_std, select, summarize
 
 # ----------------------------------------------------------------------------- levels and rows
@@ -242,7 +242,7 @@ _COMPUTE_COLS = GROUP_COLS + [
     "fake_quant_clean_acc", "fake_quant_clean_acc_mean", "fake_quant_clean_acc_std",
     "int8_robust_acc", "int8_robust_acc_mean", "int8_robust_acc_std",
     "fake_quant_robust_acc", "fake_quant_robust_acc_mean", "fake_quant_robust_acc_std",
-    "int8_agreement_mean", "int8_model_bytes_mean",
+    "int8_agreement", "int8_agreement_mean", "int8_agreement_min", "int8_model_bytes_mean",
     "lineage_wall_min", "lineage_wall_min_mean", "lineage_wall_min_std",
     "lineage_macs", "lineage_macs_mean",
     "peak_rss_mb", "peak_rss_mb_mean", "peak_rss_mb_std",
@@ -362,7 +362,9 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
             "int8_robust_acc_mean": i8r_mean, "int8_robust_acc_std": i8r_std,
             "fake_quant_robust_acc": format_cell(fqr_mean, fqr_std),
             "fake_quant_robust_acc_mean": fqr_mean, "fake_quant_robust_acc_std": fqr_std,
+            "int8_agreement": format_percent(sel["int8_agreement"].min() * 100.0),
             "int8_agreement_mean": mean_std(sel["int8_agreement"] * 100.0)[0],
+            "int8_agreement_min": sel["int8_agreement"].min() * 100.0,
             "int8_model_bytes_mean": mean_std(sel["int8_model_bytes"])[0],
             "lineage_wall_min": format_minutes(lin_mean, lin_std),
             "lineage_wall_min_mean": lin_mean, "lineage_wall_min_std": lin_std,
