@@ -8,6 +8,8 @@ layer's forward: a device sync per layer on a GPU).
 
     .venv/bin/python benchmarks/fake_quant_speed.py [--threads 1] [--rounds 5] [--batch 128] [--pgd-steps 2]
 
+Also times, on one activation of CNN8's first layer at batch 256 (256x32x28x28), torch's fused
+per-tensor fake-quantize kernel against ours for the CPU (quantize.FakeQuantizePerTensorCPU) and a ReLU.
 Issue 13's target: a fake-quant adversarial training step <= 1.5x the dense step (NNI: about 4x).
 """
 from __future__ import annotations
@@ -126,6 +128,7 @@ def main() -> None:
         torch.cuda.empty_cache = real_empty_cache
     median = {name: statistics.median(t) for name, t in times.items()}
     base = median["dense fp32 (baseline)"]
+    kernels = kernel_times(args.rounds)
     print(f"CNN8, one PGD-{args.pgd_steps} adversarial training step, batch {args.batch}, {args.threads} thread(s), "
           f"median of {args.rounds} interleaved rounds\n")
     print("| model | step (s) | ratio to dense | empty_cache calls per step | target <= 1.5x met |")
@@ -134,6 +137,31 @@ def main() -> None:
         ratio = seconds / base
         met = "" if name.startswith("dense") else ("yes" if ratio <= TARGET else "no")
         print(f"| {name} | {seconds:.3f} | {ratio:.2f}x | {empty_cache_calls[name] / args.rounds:g} | {met} |")
+    print("\nOne 256x32x28x28 activation, INT8, median of interleaved rounds (CPU)\n")
+    print("| kernel | ms |")
+    print("|---|---|")
+    for name, seconds in kernels.items():
+        print(f"| {name} | {1000 * seconds:.1f} |")
+
+
+def kernel_times(rounds: int) -> dict[str, float]:
+    import torch
+
+    from advfine.quantize import FakeQuantizePerTensorCPU
+
+    x = torch.randn(256, 32, 28, 28).contiguous(memory_format=torch.channels_last)
+    kernels = {"torch.fake_quantize_per_tensor_affine (fused)":
+               lambda: torch.fake_quantize_per_tensor_affine(x, 0.02, 10, 0, 255),
+               "FakeQuantizePerTensorCPU (ours)": lambda: FakeQuantizePerTensorCPU.apply(x, 0.02, 10, 0, 255),
+               "ReLU (reference)": lambda: torch.relu(x)}
+    times = {name: [] for name in kernels}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, kernel in kernels.items():
+                start = time.perf_counter()
+                kernel()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 if __name__ == "__main__":

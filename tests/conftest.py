@@ -35,6 +35,15 @@ def small_parent():
     return build_model(small_cnn8_arch()).eval()
 
 
+def random_images(n_test: int = 16, seed: int = 1) -> dict:
+    """Two calibration batches of 16 random 28x28 images, ``n_test`` test images and random labels:
+    the data of the compression tests."""
+    g = torch.Generator().manual_seed(seed)
+    return {"calib": [torch.rand(16, 1, 28, 28, generator=g) for _ in range(2)],
+            "x": torch.rand(n_test, 1, 28, 28, generator=g),
+            "y": torch.randint(0, 10, (n_test,), generator=g)}
+
+
 def tiny_config(validate: bool = True, **over) -> dict:
     """A complete config for a few-second run: small digits subset, 1 epoch, short attacks. ``over``
     sets dotted keys (``"train.epochs": 3``); the result is validated with the schema's defaults filled

@@ -1,4 +1,5 @@
 """The benchmark scripts run and print their tables (tiny settings: this checks they work, not speed)."""
+import json
 import subprocess
 import sys
 
@@ -77,3 +78,17 @@ def test_gpu_smoke_says_when_there_is_no_gpu_and_its_checks_pass_on_the_cpu():
     for check in ("trains to a finite loss", "fake-quant step <= 1.5x", "no torch.cuda.empty_cache()",
                   "robust <= clean"):
         assert check in out, out
+
+
+def test_evaluation_summary_groups_nodes_by_type(tmp_path):
+    def record(method, level, pgd, worst):
+        return {"method": method, "level": level, "diverged": False, "robust_acc_pgd": pgd, "robust_acc": worst,
+                "attack_order": ["pgd", "apgd_ce"], "eval_wall_time_s": 10.0, "audit": {"flags": ["more_effort_gain"]},
+                "attacks": {"pgd": {"robust_acc_after": pgd, "wall_time_s": 4.0},
+                            "apgd_ce": {"robust_acc_after": worst, "wall_time_s": 6.0}}}
+    for i, rec in enumerate([record("dense", None, 0.5, 0.4), record("ptq", 4, 0.6, 0.3)]):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "eval.json").write_text(json.dumps(rec))
+    out = run("evaluation_summary.py", str(tmp_path))
+    assert "| dense | 1 | 0 | 50.0 | 40.0 |" in out and "| ptq INT4 | 1 | 0 | 60.0 | 30.0 |" in out
+    assert "apgd_ce 30.00" in out and "Evaluation seconds in all: 20" in out

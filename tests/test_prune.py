@@ -16,7 +16,7 @@ from advfine.prune import prune_filters_l1
 from advfine.models import build_model, count_parameters, default_arch  # noqa: E402
 from advfine.cost import model_cost
 
-from conftest import small_cnn8_arch  # noqa: E402
+from conftest import random_images, small_cnn8_arch  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,10 +39,7 @@ def parent(small_parent):
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(1)
-    return {"calib": [torch.rand(16, 1, 28, 28, generator=g) for _ in range(2)],
-            "x": torch.rand(16, 1, 28, 28, generator=g),
-            "y": torch.randint(0, 10, (16,), generator=g)}
+    return random_images()
 
 
 def max_diff(a, b):

@@ -15,7 +15,7 @@ from advfine.models import build_model, default_arch
 from advfine.train import train_model
 from advfine.cost import model_cost, weight_storage_bytes
 
-from conftest import small_cnn8_arch, train_settings
+from conftest import small_cnn8_arch, train_settings, random_images
 from conftest import tiny_config
 
 CPU = torch.device("cpu")
@@ -31,10 +31,7 @@ def parent(small_parent):
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(1)
-    return {"calib": [torch.rand(16, 1, 28, 28, generator=g) for _ in range(2)],
-            "x": torch.rand(32, 1, 28, 28, generator=g),
-            "y": torch.randint(0, 10, (32,), generator=g)}
+    return random_images(32)
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +226,7 @@ def test_qat_deepcopy_tracks_independently(parent, data):
 def test_checkpoint_roundtrip(parent, data, tmp_path, make, bits):
     q = make(parent, bits, data["calib"])
     train_model(q, data["x"], data["y"], settings(), None, 0, CPU)  # moves weights (and QAT ranges)
-    state, quant = quantize.model_state_dict(q), quantize.quant_state(q)
+    state, quant = q.state_dict(), quantize.quant_state(q)
     mode = "qat" if make is quantize.prepare_qat else "ptq"
     assert quant["mode"] == mode and quant["bits"] == bits
     path = tmp_path / "q.pt"
@@ -258,7 +255,7 @@ def test_finetuning_a_restored_qat_model(parent, data, tmp_path, bits):
     assert any(not torch.equal(weights[k], after[k]) for k in weights)
     assert changed_ranges(before, ranges(model))  # still QAT: ranges keep tracking
     model.eval()  # train mode would track the ranges once more
-    again = quantize.restore_quantized(small_arch(), quantize.model_state_dict(model), quantize.quant_state(model))
+    again = quantize.restore_quantized(small_arch(), model.state_dict(), quantize.quant_state(model))
     again.to(memory_format=torch.channels_last)  # as train_model placed the model: the same float sums
     with torch.no_grad():
         assert max_diff(again(data["x"]), model(data["x"])) == 0

@@ -15,17 +15,14 @@ from advfine.cost import model_cost, weight_storage_bytes
 from advfine.models import build_model, default_arch
 from advfine.train import train_model
 
-from conftest import small_cnn8_arch, train_settings
+from conftest import small_cnn8_arch, train_settings, random_images
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(1)
-    return {"calib": [torch.rand(16, 1, 28, 28, generator=g) for _ in range(2)],
-            "x": torch.rand(16, 1, 28, 28, generator=g),
-            "y": torch.randint(0, 10, (16,), generator=g)}
+    return random_images()
 
 
 @pytest.fixture(scope="module")
@@ -311,3 +308,12 @@ def test_the_cpu_fake_quantizer_equals_torchs_fused_kernel(bits):
     (g_ours,) = torch.autograd.grad(ours.sum(), x)
     assert ((g_fused != g_ours) & ~differ).sum() == 0
     assert 0 < g_ours.mean() < 1  # some values clamped, some not
+
+
+def test_a_checkpoint_of_the_old_scheme_names_its_file(small_parent, tmp_path):
+    from advfine.checkpoints import save_checkpoint
+
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, small_parent.state_dict(), small_cnn8_arch(), {"mode": "ptq", "bits": 8, "calibration": {}})
+    with pytest.raises(ValueError, match="old.pt.*re-run its compress/qat job"):
+        load_model(path)

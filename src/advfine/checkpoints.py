@@ -10,7 +10,7 @@ from torch import nn
 
 from .files import load_tensor_file, save_tensor_file
 from .models import build_model
-from .quantize import is_quantized, model_state_dict, quant_state, restore_quantized
+from .quantize import is_quantized, quant_state, restore_quantized
 
 CHECKPOINT_FORMAT = "advfine-checkpoint-1"
 
@@ -32,7 +32,10 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     Returns (model in eval mode, checkpoint dict)."""
     ckpt = load_checkpoint(path)
     if ckpt["quant"] is not None:
-        model = restore_quantized(ckpt["arch"], ckpt["state_dict"], ckpt["quant"])
+        try:
+            model = restore_quantized(ckpt["arch"], ckpt["state_dict"], ckpt["quant"])
+        except ValueError as err:  # name the file: the user deletes it to have its job re-run
+            raise ValueError(f"{path}: {err}") from None
     else:
         model = build_model(ckpt["arch"])
         model.load_state_dict(ckpt["state_dict"])
@@ -41,8 +44,5 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
 
 def save_model(path: str | Path, model: nn.Module, arch: dict, extra: dict | None = None) -> None:
     """Save ``model`` (plain or fake-quantized) so that ``load_model`` rebuilds it."""
-    if is_quantized(model):
-        state, quant = model_state_dict(model), quant_state(model)
-    else:
-        state, quant = model.state_dict(), None
-    save_checkpoint(path, state, arch, quant, extra)
+    quant = quant_state(model) if is_quantized(model) else None
+    save_checkpoint(path, model.state_dict(), arch, quant, extra)

@@ -98,9 +98,9 @@ class FakeQuant(FakeQuantize):
 
 class FakeQuantizePerTensorCPU(torch.autograd.Function):
     """torch.fake_quantize_per_tensor_affine (same values, same clipped STE) for the CPU. torch's CPU
-    kernel is not vectorized: on a 256x32x28x28 activation it took 73-89 ms where these four in-place
-    passes take 23-26 ms and a ReLU 2.5 ms (1 thread, measured), so on the CPU it cost as much as all of
-    CNN8's convolutions. On CUDA the fused kernel is fast and is used."""
+    kernel is slow: on a 256x32x28x28 activation it took 73.5 ms where these in-place passes take
+    9.7 ms, about a ReLU's time (benchmarks/fake_quant_speed.py), so on the CPU it cost as much as all
+    of CNN8's convolutions. On CUDA the fused kernel is fast and is used."""
 
     @staticmethod
     def forward(ctx, x, scale: float, zero_point: int, qmin: int, qmax: int):
@@ -320,14 +320,8 @@ def quant_state(qmodel: nn.Module) -> dict:
     return dict(info)
 
 
-def model_state_dict(qmodel: nn.Module) -> dict:
-    """The state_dict a checkpoint stores (for fake-quant models: weights with BatchNorm folded, plus
-    scales and zero points and observer ranges)."""
-    return {k: v.detach().cpu().clone() for k, v in qmodel.state_dict().items()}
-
-
 def restore_quantized(arch: dict, state_dict: dict, quant: dict) -> nn.Module:
-    """Rebuild a quantized model from ``model_state_dict`` and ``quant_state``; outputs equal those of
+    """Rebuild a quantized model from its ``state_dict()`` and ``quant_state``; outputs equal those of
     the saved model, and a QAT model keeps tracking its ranges in train mode."""
     bits, mode = quant.get("bits"), quant.get("mode")
     _check(bits, mode)

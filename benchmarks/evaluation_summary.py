@@ -1,0 +1,61 @@
+"""What an experiment's evaluations found and cost, per node type (dense, pruned, PTQ/QAT INTb): the
+mean PGD robust accuracy (the paper's metric) beside the mean worst case over the suite, the largest
+drop, the points each later attack of the cascade added, the audit flags, the lowest fake-quant vs
+real-INT8 agreement, and the evaluation seconds (per attack and in all). Reads ``eval.json`` files.
+
+    .venv/bin/python benchmarks/evaluation_summary.py [results/digits-default]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def node_type(record: dict) -> str:
+    return {"dense": "dense", "prune": "pruned"}.get(record["method"], f"{record['method']} INT{record['level']}")
+
+
+def main() -> None:
+    root = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "results" / "digits-default"
+    records = [json.loads(p.read_text()) | {"path": str(p.relative_to(root))} for p in sorted(root.rglob("eval.json"))]
+    if not records:
+        sys.exit(f"no eval.json under {root}: run the experiment first")
+    by_type, attack_seconds = defaultdict(list), Counter()
+    for r in records:
+        by_type[node_type(r)].append(r)
+        attack_seconds.update({name: a["wall_time_s"] for name, a in r["attacks"].items()})
+    print(f"{len(records)} evaluations under {root}\n")
+    print("| node type | n | diverged | PGD (%) | worst case (%) | largest drop (points, node) | points added after PGD "
+          "| audit flags | lowest INT8 agreement (%) | evaluation (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for kind, rs in sorted(by_type.items()):
+        ok = [r for r in rs if not r["diverged"]]
+        if not ok:
+            print(f"| {kind} | {len(rs)} | {len(rs)} | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
+            continue
+        added, flags = Counter(), Counter()
+        for r in ok:
+            order = r["attack_order"]
+            for before, after in zip(order, order[1:]):
+                added[after] += r["attacks"][before]["robust_acc_after"] - r["attacks"][after]["robust_acc_after"]
+            flags.update(r["audit"]["flags"])
+            assert r["robust_acc"] <= r["robust_acc_pgd"] + 1e-9, r["path"]  # the worst case never exceeds PGD
+        worst = max(ok, key=lambda r: r["robust_acc_pgd"] - r["robust_acc"])
+        agreement = [r["int8"]["agreement"] for r in ok if r.get("int8")]
+        mean = lambda key: 100 * sum(r[key] for r in ok) / len(ok)  # noqa: E731
+        print(f"| {kind} | {len(rs)} | {len(rs) - len(ok)} | {mean('robust_acc_pgd'):.1f} | {mean('robust_acc'):.1f} "
+              f"| {100 * (worst['robust_acc_pgd'] - worst['robust_acc']):.1f} ({worst['path']}) "
+              f"| {', '.join(f'{a} {100 * v / len(ok):.2f}' for a, v in added.items())} "
+              f"| {', '.join(f'{f} {c}' for f, c in flags.items()) or 'none'} "
+              f"| {f'{100 * min(agreement):.1f}' if agreement else 'n/a'} "
+              f"| {sum(r['eval_wall_time_s'] for r in ok):.0f} |")
+    print(f"\nEvaluation seconds in all: {sum(r['eval_wall_time_s'] for r in records):.0f}; of the suite's attacks: "
+          + ", ".join(f"{a} {s:.0f}" for a, s in attack_seconds.most_common()))
+
+
+if __name__ == "__main__":
+    main()
