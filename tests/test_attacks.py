@@ -13,7 +13,8 @@ from advfine.attacks.pgd import PGDAttack
 from advfine.attacks.square import margin, square_linf, window_fraction
 from advfine.audit import audit_evaluation, zero_gradient_share
 from advfine.datasets import load_dataset
-from advfine.evaluate import Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve, within_threat_model
+from advfine.evaluate import (Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve, run_suite,
+                              within_threat_model)
 from advfine.models import build_model, default_arch
 from advfine.train import train_model
 
@@ -133,13 +134,18 @@ def test_the_transfer_attack_runs_only_with_a_float_twin_and_judges_the_model(tr
     assert 0 <= deployed["robust_acc"] < 1 and set(deployed["attacks"]) == {"transfer"}
 
 
-def test_the_robustness_curve_falls_with_eps(trained, digits):
+def test_the_robustness_curve_falls_with_eps_and_is_no_weaker_than_each_radius_alone(trained, digits):
     x, y = digits.test_x[:100], digits.test_y[:100]
     clean_ok = trained(x).argmax(1) == y
-    curve = robustness_curve(trained, x, y, clean_ok, suite(0.05), [0, 0.5, 1, 4], 100, CPU, seed=0)
-    values = [point["robust_acc"] for point in curve]
-    assert values[0] == clean_ok.float().mean().item() and values == sorted(values, reverse=True)
-    assert values[-1] <= 0.02 and [p["eps_pixel"] for p in curve] == [0.0, 0.025, 0.05, 0.2]
+    fractions = [0, 1, 0.5, 4]  # given out of order: the curve keeps the order, attacks from the smallest up
+    curve = robustness_curve(trained, x, y, clean_ok, suite(0.05), fractions, 100, CPU, seed=0)
+    assert [p["eps_pixel"] for p in curve] == [0.0, 0.05, 0.025, 0.2]
+    values = dict(zip(fractions, (point["robust_acc"] for point in curve)))
+    assert values[0] == clean_ok.float().mean().item() and values[0] >= values[0.5] >= values[1] >= values[4]
+    assert values[4] <= 0.02
+    for fraction in (0.5, 1):  # the cascade over nested balls is at least as strong as APGD-CE at one radius
+        broken_by, _ = run_suite(trained, x, y, clean_ok, suite(0.05 * fraction), 100, CPU, seed=0, names=("apgd_ce",))
+        assert values[fraction] <= (clean_ok & (broken_by < 0)).float().mean().item()
 
 
 def test_a_diverged_model_is_told_apart(trained, digits):

@@ -7,7 +7,8 @@ check measures one number and raises a flag when it crosses its threshold (confi
   they do not, the model's gradient misleads them (gradient masking, e.g. rounding).
 * ``large_eps_standing``: APGD-CE at a large radius (default 0.5, half the pixel range) leaves
   samples standing. Any working attack brings a classifier near 0 % there; samples standing mean
-  the attack, not the model, failed.
+  the attack, not the model, failed. Only the samples the suite left standing at eps are attacked:
+  the balls are nested, so the suite's point breaks the others at the large radius too.
 * ``more_effort_gain``: APGD-CE with more steps and restarts breaks samples the suite left standing
   (on a fixed random subset of at most ``more_effort_samples`` of them, scaled to the test set). A
   converged evaluation does not move when attacked harder.
@@ -73,7 +74,7 @@ def audit_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result:
     generator = make_generator(seed, torch.device("cpu"))
     gradient_free = sum(record["broken"] for name, record in attacks.items() if name not in WHITE_BOX)
     large_eps = float(settings["large_eps"])
-    standing_large = _apgd_survivors(model, x, y, clean_ok, large_eps, suite.apgd_steps, 1, suite.clamp,
+    standing_large = _apgd_survivors(model, x, y, robust_ok, large_eps, suite.apgd_steps, 1, suite.clamp,
                                      batch_size, device, generator)
     survivors = robust_ok.nonzero().flatten()
     picked = survivors[torch.randperm(len(survivors), generator=generator)[: settings["more_effort_samples"]]]
