@@ -68,6 +68,7 @@ def tiny_config(validate: bool = True, **over) -> dict:
                      "apgd": {"steps": 5, "target_classes": 2}, "square": {"queries": 20},
                      "audit": {"more_steps_factor": 1, "more_restarts": 1}, "curve_eps_fractions": [0, 1]},
         "report": {"prune_sparsity": 0.5, "ptq_bits": 8},
+        "adversarial": {},
     }
     for dotted, value in over.items():
         *heads, last = dotted.split(".")

@@ -195,3 +195,18 @@ def test_job_resources_come_from_the_config(tmp_path):
         else:
             expected = {"gpu": "1", "mem_mb": "3000", "runtime": "30", "slurm_partition": "gpu"}
         assert {k: fields.get(k) for k in expected} == expected, (rule, res)
+
+
+def test_controls_are_nodes_beside_t_ad_and_scratch_ones_are_made_once_per_seed(tmp_path):
+    """sweep.controls adds ft-<control> under every compressed node; the from-scratch controls only under
+    the first base model (they train its compressed architecture from random weights)."""
+    write_config(tmp_path, workflow_config(**{"sweep.controls": ["fgsm", "nfgsm", "trades", "scratch",
+                                                                 "scratch-full"]}))
+    result = snakemake(tmp_path, "all", "-n", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = [p for o in planned_outputs(result) for p in o.split(", ") if p.endswith("eval.json")]
+    for control in ("fgsm", "nfgsm", "trades"):
+        assert sum(f"/ft-{control}/" in o for o in evals) == 5  # prune-0.5, ptq-int8 of st and rb, qat-int8 of rb
+    for control in ("scratch", "scratch-full"):
+        made = [o for o in evals if f"/ft-{control}/" in o]
+        assert len(made) == 2 and all("/base-st/" in o for o in made), made

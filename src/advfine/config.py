@@ -22,10 +22,13 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 # The config each stage reads, as dotted paths (a section, or one key of it); keys are the stage names.
 STAGE_SECTIONS = {
     "prepare_data": ("data",),
-    "train_base": ("model", "precision", "deterministic", "attack.eps_space", "attack.train", "train"),
+    "train_base": ("model", "precision", "deterministic", "attack.eps_space", "attack.train", "train",
+                   "adversarial"),
     "compress": ("deterministic", "compress"),
     "qat": ("model", "deterministic", "attack.eps_space", "attack.train", "compress", "qat"),
-    "finetune": ("precision", "deterministic", "attack.eps_space", "attack.train", "finetune"),
+    # train and compress: the from-scratch controls' full budget and the quantized ones' calibration
+    "finetune": ("model", "precision", "deterministic", "attack.eps_space", "attack.train", "finetune", "adversarial",
+                 "train", "compress"),
     "evaluate": ("precision", "deterministic", "attack.eps_space", "attack.eval", "evaluate",
                  "compress"),  # compress: the PTQ calibration batches, reused by the INT8 export
     "aggregate": ("report",),

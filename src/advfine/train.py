@@ -5,7 +5,6 @@ import hashlib
 import logging
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +16,15 @@ from tqdm import tqdm
 
 from .files import ArtifactError, config_hash, load_tensor_file, save_tensor_file
 from .attacks.pgd import PGDAttack
+from .objectives import NFGSMAttack, TradesObjective
 from .data import augment_batch, iterate_batches
 from .runtime import autocast, check_precision, make_generator, place_model, to_device
 
 log = logging.getLogger("advfine")
 
 RESUME_FORMAT = "advfine-resume-1"
+# What makes a training batch adversarial: PGD (FGSM-RS is one-step PGD), N-FGSM, or TRADES (advfine.objectives)
+TrainingAttack = PGDAttack | NFGSMAttack | TradesObjective
 
 
 def learning_rate(epoch: int, cfg: dict) -> float:
@@ -34,7 +36,7 @@ def learning_rate(epoch: int, cfg: dict) -> float:
     return float(cfg["lr"])
 
 
-def attack_for_epoch(attack: PGDAttack | None, epoch: int, cfg: dict) -> PGDAttack | None:
+def attack_for_epoch(attack: TrainingAttack | None, epoch: int, cfg: dict) -> TrainingAttack | None:
     """Linear epsilon warm-up: epoch e < eps_warmup_epochs trains at eps * e / eps_warmup_epochs
     (epoch 0 clean), then at full eps. Measured on digits: PGD training of the BN-free CNN8 from
     scratch without it collapses to a constant classifier (loss ln 10) within one epoch."""
@@ -44,7 +46,7 @@ def attack_for_epoch(attack: PGDAttack | None, epoch: int, cfg: dict) -> PGDAtta
     scale = epoch / warmup
     if scale == 0:
         return None
-    return replace(attack, eps=attack.eps * scale, step_size=attack.step_size * scale)
+    return attack.scaled(scale)
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -68,7 +70,7 @@ def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> No
             live[key].copy_(value)
 
 
-def _fingerprint(model: nn.Module, cfg: dict, attack: PGDAttack | None, seed: int, n_examples: int,
+def _fingerprint(model: nn.Module, cfg: dict, attack: TrainingAttack | None, seed: int, n_examples: int,
                  precision: str) -> str:
     """What a resume checkpoint must match: the starting weights, the settings, the attack, the seed
     and the data size. A checkpoint from another config or parent is ignored, never resumed."""
@@ -139,19 +141,23 @@ def load_resume(path: Path, fingerprint: str) -> dict | None:
 
 
 def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                  attack: PGDAttack | None, generator: torch.Generator | None,
+                  attack: TrainingAttack | None, generator: torch.Generator | None,
                   precision: str = "fp32") -> tuple[float, int]:
     """One SGD step on a batch, adversarial when ``attack`` is given: the batch is first replaced by
-    its PGD version against the current model (in eval mode, gradients to the input only), then the
-    model trains on it. Forward passes of both run under ``precision`` (see ``runtime.autocast``).
-    Returns the batch's mean loss and its number of correct predictions."""
+    its adversarial version against the current model (in eval mode, gradients to the input only), then
+    the model trains on it; TRADES instead adds its KL term to the clean loss. Forward passes run under
+    ``precision`` (see ``runtime.autocast``). Returns the batch's mean loss and its number of correct
+    predictions (on the points trained on: the clean batch for TRADES)."""
     device = x.device
     with autocast(device, precision):
-        if attack is not None:
-            x = attack(model, x, y, generator=generator)
-        model.train()
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        if isinstance(attack, TradesObjective):
+            loss, logits = attack.loss(model, x, y, generator)
+        else:
+            if attack is not None:
+                x = attack(model, x, y, generator=generator)
+            model.train()
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -159,7 +165,7 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.T
 
 
 def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, cfg: dict,
-                attack: PGDAttack | None, seed: int, device: torch.device, desc: str = "train",
+                attack: TrainingAttack | None, seed: int, device: torch.device, desc: str = "train",
                 resume_path: str | Path | None = None, precision: str = "fp32") -> list[dict]:
     """Train ``model`` in place with SGD for ``cfg['epochs']`` epochs.
 

@@ -33,6 +33,14 @@ def stage_seed(stage: str, seed: int) -> int:
 # ------------------------------------------------------------------------------ models and nodes
 BASE_MODELS = {"st": "standard training", "rb": "PGD adversarial training"}
 FINETUNE_MODES = {"none": "no fine-tuning", "st": "standard fine-tuning", "ad": "adversarial fine-tuning"}
+# Control arms beside T_ad (sweep.controls), each a node ft-<name> under a compressed model: other
+# adversarial fine-tuning objectives at the same budget, and adversarial training of the compressed
+# architecture from random initialization (advfine.objectives, stage finetune).
+CONTROLS = {"fgsm": "FGSM-RS fine-tuning", "nfgsm": "N-FGSM fine-tuning", "trades": "TRADES fine-tuning",
+            "scratch": "PGD training from random init, fine-tuning budget",
+            "scratch-full": "PGD training from random init, base-training budget"}
+SCRATCH_CONTROLS = ("scratch", "scratch-full")
+ADVERSARIAL_FINETUNING = ("ad", "fgsm", "nfgsm", "trades")  # fine-tuning modes that train on attacked points
 
 DENSE, PRUNE, PTQ, QAT = "dense", "prune", "ptq", "qat"
 QUANTIZATION_METHODS = (PTQ, QAT)  # post-training quantization, quantization-aware training
@@ -53,12 +61,12 @@ WILDCARDS = {
     "seed": r"\d+",
     "train": "|".join(BASE_MODELS),
     "compression": COMPRESSION_LABEL,
-    "finetune": "|".join(FINETUNE_MODES),
+    "finetune": "|".join([*FINETUNE_MODES, *CONTROLS]),
     "bits": r"\d+",
 }
 # What each rule makes: compress the prune-* and ptq-int* nodes, qat the qat-int* ones, finetune st/ad.
 COMPRESS_OUTPUTS = f"{PRUNE_LABEL}|{PTQ_LABEL}"
-FINETUNE_OUTPUTS = "|".join(m for m in FINETUNE_MODES if m != "none")
+FINETUNE_OUTPUTS = "|".join([*(m for m in FINETUNE_MODES if m != "none"), *CONTROLS])
 
 # Paths: every wildcard is visible, so a user can `ls` a result and know what it is.
 DATA = "results/{experiment}/data/{dataset}.pt"
@@ -104,7 +112,10 @@ def base_label(train: str, method: str = DENSE) -> str:
 def model_label(train: str, method: str = DENSE, finetune: str = "none", quant_kind: bool = False) -> str:
     """Full label: ``T_ad(f_st^p)``; with ``quant_kind`` quantized models get " (PTQ)"/" (QAT)"."""
     label = base_label(train, method)
-    if finetune != "none":
+    if finetune in SCRATCH_CONTROLS:  # trained from random init: only the compressed architecture is f's
+        budget = "full" if finetune == "scratch-full" else "ft"
+        label = f"S_ad^{budget}(arch {base_label('', method).replace('f_', 'f')})"
+    elif finetune != "none":
         label = f"T_{finetune}({label})"
     if quant_kind and method in QUANTIZATION_METHODS:
         label += f" ({method.upper()})"

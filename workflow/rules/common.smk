@@ -114,9 +114,17 @@ def eval_targets():
                 ]
             for comp in compression_labels(train):
                 paths += [
-                    f"{node}/{comp}/ft-{ft}/eval.json" for ft in SWEEP["finetune"]
+                    f"{node}/{comp}/ft-{ft}/eval.json"
+                    for ft in SWEEP["finetune"] + controls_under(train)
                 ]
     return paths
+
+
+def controls_under(train):
+    """The control arms (sweep.controls) under base model ``train``: the from-scratch ones only under
+    the first base model (they use its compressed architecture, never its weights)."""
+    first = train == SWEEP["base_models"][0]
+    return [c for c in SWEEP["controls"] if first or c not in vocab.SCRATCH_CONTROLS]
 
 
 TABLES = vocab.table_names(DATASET)

@@ -1,7 +1,7 @@
 """White-box attacks. Inputs live in [0, 1]; epsilon and step size are in pixel units."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +92,10 @@ class PGDAttack:
     def from_config(cls, cfg: dict, eps_space: str = "pixel") -> "PGDAttack":
         return cls(eps=float(cfg["eps"]), step_size=float(cfg["step_size"]), steps=int(cfg["steps"]),
                    random_start=bool(cfg["random_start"]), eps_space=eps_space)
+
+    def scaled(self, factor: float) -> "PGDAttack":
+        """The same attack with eps and step size times ``factor`` (training's eps warm-up)."""
+        return replace(self, eps=self.eps * factor, step_size=self.step_size * factor)
 
     @property
     def pixel_scale(self) -> float:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ..vocab import (BASE_MODELS, COMPRESSION_METHODS, DENSE, FINETUNE_MODES, PRUNE, PTQ, QAT,
+from ..vocab import (BASE_MODELS, COMPRESSION_METHODS, CONTROLS, DENSE, FINETUNE_MODES, PRUNE, PTQ, QAT,
                      QUANTIZATION_METHODS, base_label, model_label)
 from .collect import METRIC_COLUMNS, STANDARD_STAGES
 from .labels import NA, format_bytes, format_cell, format_macs, format_minutes, format_percent, level_label, stat_cell
@@ -252,7 +252,7 @@ _COMPUTE_COLS = GROUP_COLS + [
 # QAT; no fine-tuning, T_st, T_ad), unknown values after the known ones, alphabetically.
 _TRAIN_ORDER = {train: i for i, train in enumerate(BASE_MODELS)}
 _METHOD_ORDER = {method: i for i, method in enumerate(COMPRESSION_METHODS)}
-_FINETUNE_ORDER = {finetune: i for i, finetune in enumerate(FINETUNE_MODES)}
+_FINETUNE_ORDER = {finetune: i for i, finetune in enumerate([*FINETUNE_MODES, *CONTROLS])}
 
 
 def models_in_order(df: pd.DataFrame):

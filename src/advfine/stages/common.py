@@ -10,6 +10,8 @@ import torch
 from ..attacks.pgd import PGDAttack
 from ..data import Dataset
 from ..models import default_arch
+from ..objectives import objective_for
+from ..train import TrainingAttack
 from ..provenance import provenance
 from ..runtime import (check_precision, configure_backends, cpu_has_native_bf16, peak_rss_mb, resolve_device,
                        seed_everything, set_threads)
@@ -43,6 +45,12 @@ def precision_for(config: dict, device: torch.device, fake_quantized: bool) -> s
 def attack_from_config(config: dict, which: str) -> PGDAttack:
     """The PGD attack of ``attack.<which>`` (train or eval) in the config's ``attack.eps_space``."""
     return PGDAttack.from_config(config["attack"][which], config["attack"]["eps_space"])
+
+
+def training_objective(config: dict, mode: str) -> TrainingAttack:
+    """What adversarial training mode ``mode`` (ad, fgsm, nfgsm, trades) trains on, at ``attack.train``'s eps
+    (settings: the config's ``adversarial`` section)."""
+    return objective_for(mode, attack_from_config(config, "train"), config["adversarial"])
 
 
 def dataset_arch(config: dict, data: Dataset) -> dict:

@@ -1,17 +1,30 @@
-"""Stage finetune: standard (``st``) or adversarial (``ad``) fine-tuning of a (compressed) model, starting
-from its weights, with the settings of its compression method (the paper's Appendix A.1)."""
+"""Stage finetune: fine-tuning of a (compressed) model from its weights, with the settings of its compression
+method (the paper's Appendix A.1): standard (``st``) or adversarial (``ad``: PGD), and the control arms
+(``sweep.controls``): FGSM-RS (``fgsm``), N-FGSM (``nfgsm``) and TRADES (``trades``) fine-tuning at the same
+budget, and PGD training of the compressed architecture from random initialization (``scratch``: the
+fine-tuning budget; ``scratch-full``: the base-training budget, ``train`` settings)."""
 from __future__ import annotations
 
+import logging
 import time
 
+import torch
+from torch import nn
+
 from ..checkpoints import load_model, save_model
-from ..quantize import is_quantized
 from ..cost import model_cost, training_macs
 from ..data import load_prepared
 from ..files import read_json, write_json
+from ..models import build_model
+from ..quantize import calibration_batches, is_quantized, prepare_qat
 from ..train import restored_wall_time, resume_path_for, train_model
-from ..vocab import parse_compression, stage_seed
-from .common import attack_from_config, metrics_record, precision_for, setup
+from ..vocab import (ADVERSARIAL_FINETUNING, CONTROLS, FINETUNE_MODES, QUANTIZATION_METHODS, SCRATCH_CONTROLS,
+                     parse_compression, stage_seed)
+from .common import metrics_record, precision_for, setup, training_objective
+
+log = logging.getLogger("advfine")
+
+MODES = tuple(m for m in [*FINETUNE_MODES, *CONTROLS] if m != "none")
 
 
 def finetune_settings(config: dict, method: str) -> dict:
@@ -24,18 +37,37 @@ def finetune_settings(config: dict, method: str) -> dict:
             "eps_warmup_epochs": ft["eps_warmup_epochs"], "augment": ft["augment"], **ft[method]}
 
 
+def reinitialized(compression: str, arch: dict, config: dict, train_x: torch.Tensor, seed: int) -> nn.Module:
+    """The architecture of node ``compression`` (its checkpoint's ``arch``) with fresh random weights, drawn
+    after ``setup`` seeded the node: a plain or pruned model rebuilt from ``arch``; for a quantized node, a
+    random float model prepared for QAT at its bit width and calibrated on training images (its activation
+    ranges then move as it trains, as in QAT)."""
+    fresh = build_model(arch)
+    method, bits = parse_compression(compression)
+    if method not in QUANTIZATION_METHODS:
+        return fresh
+    batches = calibration_batches(train_x, config["compress"], stage_seed("compress", seed))
+    return prepare_qat(fresh, int(bits), batches, config["compress"]["quantize_first_input"])
+
+
 def run(config: dict, *, data: str, compression: str, mode: str, seed: int, model: str, metrics: str,
         out_model: str, out_metrics: str, threads: int = 1) -> dict:
-    """Fine-tune the model at ``model`` (node ``compression``): ``st`` standard, ``ad`` adversarial."""
-    if mode not in ("st", "ad"):
-        raise ValueError(f"unknown fine-tuning mode {mode!r}; expected st or ad ('none' needs no job)")
+    """Fine-tune the model at ``model`` (node ``compression``) in ``mode`` (see the module docstring); the
+    from-scratch modes read it for its architecture only."""
+    if mode not in MODES:
+        raise ValueError(f"unknown fine-tuning mode {mode!r}; expected one of {list(MODES)} ('none' needs no job)")
     method, _ = parse_compression(compression)
     device = setup(config, seed, threads)
     parent = read_json(metrics)
     start_model, ckpt = load_model(model)
     dataset = load_prepared(data)
-    settings = finetune_settings(config, method)
-    attack = attack_from_config(config, "train") if mode == "ad" else None
+    settings = config["train"] if mode == "scratch-full" else finetune_settings(config, method)
+    scratch = mode in SCRATCH_CONTROLS
+    if scratch:
+        start_model = reinitialized(compression, ckpt["arch"], config, dataset.train_x, seed)
+        log.info("%s: PGD training of the %s architecture from random initialization", mode, compression)
+    adversarial = scratch or mode in ADVERSARIAL_FINETUNING
+    attack = training_objective(config, "ad" if scratch else mode) if adversarial else None
     forward_macs = model_cost(start_model, dataset.input_shape)["macs"]
     start = time.perf_counter()
     resume = resume_path_for(out_model)
@@ -45,11 +77,14 @@ def run(config: dict, *, data: str, compression: str, mode: str, seed: int, mode
                           resume_path=resume, precision=precision)
     wall = time.perf_counter() - start + restored_wall_time(history)
     start_model.cpu()
-    save_model(out_model, start_model, ckpt["arch"], extra={"finetune": mode, "parent": str(model)})
+    save_model(out_model, start_model, ckpt["arch"], extra={"finetune": mode, "parent": str(model),
+                                                            "init": "random" if scratch else "parent"})
     macs = training_macs(history, len(dataset.train_y), forward_macs, attack.steps if attack else 0)
-    record = metrics_record(config, seed, device, "finetune", wall, parent, macs, attack is not None,
-                            finetune=mode, settings=settings, history=history,
-                            attack=attack.describe() if attack else None, precision=precision)
+    # a model trained from scratch owes nothing to its base model's training: its lineage is this stage alone
+    record = metrics_record(config, seed, device, "finetune", wall, None if scratch else parent, macs, adversarial,
+                            finetune=mode, init="random" if scratch else "parent",
+                            settings=settings, history=history, attack=attack.describe() if attack else None,
+                            precision=precision)
     write_json(out_metrics, record)
     resume.unlink(missing_ok=True)
     return record

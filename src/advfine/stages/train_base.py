@@ -1,4 +1,5 @@
-"""Stage train_base: train the base model, standard (``st``, f_st) or PGD-adversarial (``rb``, f_rb)."""
+"""Stage train_base: train the base model, standard (``st``, f_st) or adversarially (``rb``, f_rb: PGD, or TRADES
+under ``adversarial.base_objective: trades``)."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,7 @@ from ..files import write_json
 from ..models import build_model, count_parameters, load_pretrained
 from ..train import restored_wall_time, resume_path_for, train_model
 from ..vocab import BASE_MODELS, stage_seed
-from .common import attack_from_config, dataset_arch, metrics_record, precision_for, setup
+from .common import dataset_arch, metrics_record, precision_for, setup, training_objective
 
 log = logging.getLogger("advfine")
 
@@ -32,7 +33,7 @@ def run(config: dict, *, data: str, train: str, seed: int, out_model: str, out_m
         log.info("base model starts from the pretrained checkpoint %s", pretrained)
     forward_macs = model_cost(model, dataset.input_shape)["macs"]
     start = time.perf_counter()
-    attack = attack_from_config(config, "train") if train == "rb" else None
+    attack = training_objective(config, config["adversarial"]["base_objective"]) if train == "rb" else None
     resume = resume_path_for(out_model)
     precision = precision_for(config, device, fake_quantized=False)
     history = train_model(model, dataset.train_x, dataset.train_y, config["train"], attack,
