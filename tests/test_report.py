@@ -411,12 +411,12 @@ def test_computational_gains_with_older_eval_files(tmp_path):
 def test_table_names_per_dataset():
     assert vocab.table_names("fashion_mnist") == [
         "table2_baselines", "table3_compressed", "table5_adversarial_finetuning",
-        "computational_gains", "compute", "evaluation_audit"]
+        "computational_gains", "compute", "evaluation_audit", "controls", "claims"]
     assert vocab.table_names("digits") == vocab.table_names("fashion_mnist")
     assert vocab.table_names("cifar10") == [
         "table2_baselines", "table4_compressed", "table6_adversarial_finetuning",
-        "computational_gains", "compute", "evaluation_audit"]
-    assert all(vocab.table_names(d)[-1] == "evaluation_audit" for d in ("digits", "cifar10", "other"))
+        "computational_gains", "compute", "evaluation_audit", "controls", "claims"]
+    assert all(vocab.table_names(d)[-1] == "claims" for d in ("digits", "cifar10", "other"))
 
 
 # ----------------------------------------------------------------------------- compute table
@@ -625,7 +625,9 @@ def test_compute_table_from_all_metrics_csv(tmp_path):
 def test_write_tables_compute_files(tmp_path):
     out = tmp_path / "tables"
     written = render.write_tables(frame(tmp_path / "e", compute_records()), out, 0.8, 8)
-    assert [p.name for p in written][-8:-4] == ["compute.csv", "compute.md", "compute.tex", "compute.html"]
+    names = [p.name for p in written]
+    at = names.index("compute.csv")
+    assert names[at:at + 4] == ["compute.csv", "compute.md", "compute.tex", "compute.html"]
     csv = pd.read_csv(out / "compute.csv")
     assert len(csv) == 5 and list(csv.columns[:3]) == ["experiment", "dataset", "arch"]
     row = csv[csv["model"] == "f_st^q (PTQ)"].iloc[0]

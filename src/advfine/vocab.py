@@ -152,15 +152,17 @@ TABLE2 = "table2_baselines"
 COMPUTATIONAL_GAINS = "computational_gains"
 COMPUTE = "compute"
 EVALUATION_AUDIT = "evaluation_audit"
+CONTROLS_TABLE = "controls"   # T_ad beside the control arms (sweep.controls)
+CLAIMS_TABLE = "claims"       # the paper's claims decided by paired statistics
 
 
 def table_names(dataset: str) -> list[str]:
     """File stems the aggregate stage writes for an experiment on ``dataset`` (each as .csv, .md, .tex).
     CIFAR-10 gets the paper's Tables 4 and 6, every other dataset Tables 3 and 5; ``compute`` is the
     per-model compute and memory table (not in the paper)."""
-    compressed, finetuned = ((4, 6) if dataset == "cifar10" else (3, 5))
+    compressed, finetuned = ((4, 6) if dataset == "cifar10" else (3, 5))  # controls, claims: not in the paper
     return [TABLE2, f"table{compressed}_compressed", f"table{finetuned}_adversarial_finetuning",
-            COMPUTATIONAL_GAINS, COMPUTE, EVALUATION_AUDIT]
+            COMPUTATIONAL_GAINS, COMPUTE, EVALUATION_AUDIT, CONTROLS_TABLE, CLAIMS_TABLE]
 
 
 FIGURE1 = "figure1_adversarial_finetuning"  # accuracy vs compression level after T_ad

@@ -1,8 +1,10 @@
 rule aggregate:
     """all_metrics.csv and the paper's tables (mean +- std over seeds) as CSV, Markdown, LaTeX and HTML:
-    Tables 2, 3/4, 5/6, the computational-gains and the compute table."""
+    Tables 2, 3/4, 5/6, the computational-gains, compute, audit, controls and claims tables (the claims
+    table reads the per-sample outcomes)."""
     input:
         evals=eval_targets(),
+        samples=[p.replace("eval.json", vocab.SAMPLES) for p in eval_targets()],
     output:
         csv=in_report(
             f"results/{{experiment}}/{vocab.ALL_METRICS}", "all_metrics", "Metrics"

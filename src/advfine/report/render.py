@@ -14,7 +14,6 @@ cifar10), in every ``TABLE_FORMATS``:
 from __future__ import annotations
 
 import html
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,9 +23,12 @@ import pandas as pd
 from ..files import write_text
 from ..vocab import TABLE_FORMATS, table_names
 from .audit_table import evaluation_audit, format_points
-from .labels import (FLAG_MARK, NA, arch_name, dataset_name, format_count, format_ratio, format_speedup,
+from .claims import claims_note, claims_table, layout_claims
+from .controls import CONTROLS_NOTE, controls_table, layout_controls
+from .notes import AUDIT_NOTE, GAINS_NOTE, NOTE, TEX_GAINS_NOTE, TEX_NOTE, compute_notes
+from .labels import (NA, arch_name, dataset_name, format_count, format_ratio, format_speedup,
                      latex_escape, latex_model_label)
-from .stats import GROUP_COLS, joined
+from .stats import GROUP_COLS
 from .tables import FT_KEYS, computational_gains, compute_table, level_for, table2, table3, table5
 
 
@@ -127,6 +129,10 @@ _TEX_HEADERS = {
                  r" & ms & Speed-up & Acc. (\%) & Fake-quant (\%) & Agreement (\%) & Robust (\%)"
                  r" & Fake-quant robust (\%)"
                  r" & Time (min) & MACs (est.) & Peak mem. (MB) & Eval. (s) \\"], "llrrrrrccccccccccccc"),
+    "controls": ([r"Compression & Model & Start & Objective & Budget & $n$ & Test & Robustness & Time (min)"
+                  r" & MACs (est.) \\"], "llllllccrr"),
+    "claims": ([r"Claim & Statement & A & B & Metric & Claimed & $n$ & A (\%) & B (\%) & A $-$ B & 95\,\% CI"
+                r" & McNemar $p$ & Verdict \\"], "lp{4cm}llllrrrrrrl"),
 }
 
 
@@ -205,33 +211,6 @@ def _latex(caption: str, label: str, blocks: list, header: list[str], colspec: s
 
 # ----------------------------------------------------------------------------- writers
 
-_NOTE = ("Accuracy in %, mean ± sample std (ddof=1) over seeds; n = number of seeds "
-         "(std 0.00 when n = 1); n/a = no data for that combination. Robustness: per-sample worst "
-         f"case over the evaluation's attack suite. {FLAG_MARK} = the evaluation audit flagged a sign "
-         "of a failed attack on at least one seed (see evaluation_audit); diverged (k/n) = k of n "
-         "seeds diverged (non-finite weights or logits) and are not scored.")
-_TEX_NOTE = (r"Accuracy in \%, mean $\pm$ sample std (ddof=1) over seeds; $n$ = number of seeds "
-             r"(std 0.00 when $n = 1$); n/a = no data for that combination. Robustness: per-sample "
-             r"worst case over the evaluation's attack suite. $^{\dagger}$ = the evaluation audit "
-             r"flagged a sign of a failed attack on at least one seed (see evaluation\_audit); "
-             r"diverged (k/n) = k of n seeds diverged and are not scored.")
-_AUDIT_NOTE = ("Clean, PGD (the paper's attack) and worst case (per-sample, over the whole suite) in %, "
-               "mean ± sample std over the seeds that did not diverge; gap = PGD minus worst case "
-               "(points); decisive attack = the attack after PGD that broke the most samples. Checks, "
-               "mean over seeds in % of the test set (flagged seeds in brackets): gradient-free gain = "
-               "samples only the transfer or black-box attack broke; large-eps standing = samples "
-               "APGD-CE leaves at a large radius; more-effort gain = samples broken by APGD-CE with "
-               "more steps and restarts after the suite; zero gradients = clean-correct samples with "
-               "an all-zero input gradient. INT8 robust = the deployed integer model under the "
-               "transfer and Square attacks.")
-_GAINS_NOTE = ("Wall times in minutes, mean ± sample std over seeds; MACs: mean over seeds of the "
-               "estimated multiply-accumulates recorded for each stage; ratios: ratio of means to "
-               "f_rb's; n/a = no data (or an eval.json written before MACs were recorded).")
-_TEX_GAINS_NOTE = (r"Wall times in minutes, mean $\pm$ sample std over seeds; MACs: mean over "
-                   r"seeds of the estimated multiply-accumulates recorded for each stage; "
-                   r"ratio: ratio of means to $f_{rb}$'s; n/a = no data.")
-
-
 def _layout_audit(rows: pd.DataFrame) -> pd.DataFrame:
     def check(name):
         return [f"{format_points(v)} ({int(k)})" for v, k in zip(rows[f"{name}_mean"], rows[f"{name}_flagged"])]
@@ -244,44 +223,6 @@ def _layout_audit(rows: pd.DataFrame) -> pd.DataFrame:
         "More-effort gain": check("more_effort_gain"), "Zero gradients": check("zero_gradient_share"),
         "INT8 robust": rows["int8_robust"],
     }).reset_index(drop=True)
-
-
-def _compute_notes(df: pd.DataFrame) -> tuple[str, str]:
-    """The compute table's Markdown and LaTeX notes, with the recorded batch size and threads."""
-    batch = joined(df["latency_batch"]) if "latency_batch" in df and len(df) else math.nan
-    threads = joined(df["latency_threads"]) if "latency_threads" in df and len(df) else math.nan
-    batch = "256" if isinstance(batch, float) else batch
-    threads = "" if isinstance(threads, float) else f" ({threads})"
-    md = (f"Latency: median of timed forward passes of a batch of {batch} test images on the CPU "
-          f"with the job's threads{threads}, in ms, mean ± sample std over seeds; speed-up: ratio "
-          "of means, the dense model of the same base training without fine-tuning (f_st or f_rb) "
-          "to this model (so f_st and f_rb are 1.00x). Fake-quantized models (^q, PTQ and QAT) run "
-          "as fp32 with rounding, so they are not faster; the real INT8 model is torch.ao's (oneDNN) "
-          "integer model of the PTQ INT8 node (n/a elsewhere), converted from the fake-quant model "
-          "(same scales), its clean accuracy (%) beside the fake-quant model's and the share of test "
-          "predictions on which both agree (the lowest over seeds). Params and MACs per input: mean over seeds; weights: bytes of the "
-          "stored weights, checkpoint: file size (kB = 1000 bytes, MB = 10^6 bytes). Whole "
-          "lineage: wall time in minutes (mean ± std) and estimated MACs (mean) of every stage "
-          "that produced the model (training + compression + fine-tuning). Peak memory: peak "
-          "resident set size of the job process, the maximum over the lineage's stages and the "
-          "evaluation, in MB (mean ± std). Evaluation: seconds of the attack suite, the audit and the "
-          "robustness curve (mean ± std); n/a = no data (or an eval.json written before it was "
-          "recorded).")
-    tex = (rf"Latency: median of timed forward passes of a batch of {batch} test images on the "
-           rf"CPU with the job's threads{latex_escape(threads)}, in ms, mean $\pm$ sample std over "
-           r"seeds; speed-up: ratio of means, the dense model of the same base training without "
-           r"fine-tuning ($f_{st}$ or $f_{rb}$) to this model. Fake-quantized models ($f^q$, PTQ "
-           r"and QAT) run as fp32 with rounding, so they are not faster; the real INT8 model is "
-           r"torch.ao's (oneDNN) integer model of the PTQ INT8 node (n/a elsewhere), converted from "
-           r"the fake-quant model (same scales), its clean accuracy (\%) beside the fake-quant "
-           r"model's and the share of test predictions on which both agree (the lowest over seeds). "
-           r"Sizes: kB = 1000 bytes, MB = $10^6$ "
-           r"bytes. Whole lineage: wall time in minutes (mean $\pm$ std) and estimated MACs "
-           r"(mean) of every stage that produced the model. Peak memory: peak resident set size "
-           r"of the job process, the maximum over the lineage's stages and the evaluation, in MB "
-           r"(mean $\pm$ std). Evaluation: seconds of the attack suite, the audit and the robustness "
-           r"curve; n/a = no data.")
-    return md, tex
 
 
 def _single_dataset(df: pd.DataFrame, dataset: str | None) -> str:
@@ -298,12 +239,13 @@ def _single_dataset(df: pd.DataFrame, dataset: str | None) -> str:
 
 def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
                  prune_level: float | Mapping[str, float],
-                 ptq_bits: int | Mapping[str, int], dataset: str | None = None) -> list[Path]:
+                 ptq_bits: int | Mapping[str, int], dataset: str | None = None, margin: float = 3.0) -> list[Path]:
     """Write the tables of one experiment into ``out_dir`` (atomically): for each stem of
     ``table_names(dataset)`` a ``.csv`` (all numbers, group columns), ``.md`` and ``.tex``
     (booktabs) in the paper's layout. ``dataset`` defaults to the single dataset in ``df``
     (ValueError if there are several, or none and no ``dataset``). ``prune_level``/``ptq_bits``
-    are one value or a {dataset: value} mapping. Returns the written paths."""
+    are one value or a {dataset: value} mapping; ``margin``: the claims table's equivalence margin in
+    points. Returns the written paths."""
     dataset = _single_dataset(df, dataset)
     stems = table_names(dataset)
     p_lev, q_bits = level_for(prune_level, dataset), level_for(ptq_bits, dataset)
@@ -321,7 +263,7 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
          "with adversarial fine-tuning.",
          rf"Baseline performance of the dense standard ($f_{{st}}$) and robust ($f_{{rb}}$) models on "
          rf"{on_tex}, test accuracy and robustness (accuracy under PGD); $\mathcal{{T}}_{{ad}}(f_{{st}})$ "
-         "is the standard model with adversarial fine-tuning.", _NOTE, _TEX_NOTE),
+         "is the standard model with adversarial fine-tuning.", NOTE, TEX_NOTE),
         (stems[1], table3(df, prune_level, ptq_bits), _layout_table3, "table3",
          f"Table {num3}: Performance of compressed standard and robust models on {on}: l1-norm "
          f"filter pruning with sparsity {p_txt} (^p) and {q_txt} post-training quantization (^q), "
@@ -329,7 +271,7 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
          rf"Performance of compressed standard and robust models on {on_tex}: $\ell_1$-norm filter "
          rf"pruning with {p_pct} sparsity ratio ($f^p$) and {q_txt} post-training quantization "
          rf"($f^q$), without fine-tuning (None), with standard fine-tuning {_T_ST} and adversarial "
-         rf"fine-tuning {_T_AD}.", _NOTE, _TEX_NOTE),
+         rf"fine-tuning {_T_AD}.", NOTE, TEX_NOTE),
         (stems[2], table5(df, prune_level, ptq_bits), _layout_table5, "table5",
          f"Table {num5}: Performance on {on} of the dense models f_st, f_rb and of compressed models "
          f"after adversarial fine-tuning T_ad(·): pruning with sparsity {p_txt} (^p), {q_txt} "
@@ -337,7 +279,7 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
          rf"Performance on {on_tex} of the dense models $f_{{st}}$, $f_{{rb}}$ and of compressed "
          rf"models after adversarial fine-tuning {_T_AD}: pruning with {p_pct} sparsity ratio "
          rf"($f^p$), {q_txt} post-training quantization (PTQ) and quantization-aware training "
-         rf"(QAT) ($f^q$).", _NOTE, _TEX_NOTE),
+         rf"(QAT) ($f^q$).", NOTE, TEX_NOTE),
         (stems[3], computational_gains(df, prune_level, ptq_bits), _layout_gains, "gains",
          f"Computational gains on {on}: the adversarial stage of full adversarial training (f_rb) "
          f"vs adversarial fine-tuning of the dense (T_ad(f_st)), pruned (sparsity {p_txt}) and "
@@ -349,7 +291,7 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
          rf"pruned ({p_pct} sparsity) and quantized ({q_txt} PTQ) standard models, with its wall "
          r"time and estimated multiply-accumulates (MACs), and the wall time of each model's "
          r"whole lineage (standard training + compression + fine-tuning).",
-         _GAINS_NOTE, _TEX_GAINS_NOTE),
+         GAINS_NOTE, TEX_GAINS_NOTE),
         (stems[4], compute_table(df), _layout_compute, "compute",
          f"Compute and memory on {on}: every model of the experiment with its size (parameters, "
          "MACs per input, weight and checkpoint size), its CPU inference latency and speed-up over "
@@ -361,7 +303,7 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
          r"CPU inference latency and speed-up over the dense model of the same base training, "
          r"the real INT8 model of the PTQ INT8 node (latency, speed-up, clean accuracy beside the "
          r"fake-quant model's), the wall time and estimated MACs of its whole training lineage, "
-         r"and the peak memory of its jobs.", *_compute_notes(df)),
+         r"and the peak memory of its jobs.", *compute_notes(df)),
         (stems[5], evaluation_audit(df), _layout_audit, "audit",
          f"Evaluation audit on {on}: per model, the robust accuracy under the paper's PGD and the "
          "per-sample worst case over the attack suite, the attack that made the difference, and the "
@@ -369,21 +311,43 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
          rf"Evaluation audit on {on_tex}: per model, the robust accuracy under the paper's PGD and the "
          r"per-sample worst case over the attack suite, the attack that made the difference, and the "
          r"attack-failure checks (gradient masking) with the seeds each flagged.",
-         _AUDIT_NOTE, latex_escape(_AUDIT_NOTE).replace("±", r"$\pm$")),
+         AUDIT_NOTE, latex_escape(AUDIT_NOTE).replace("±", r"$\pm$")),
+    ]
+    specs += [
+        (stems[6], controls_table(df), layout_controls, "controls",
+         f"Controls on {on}: adversarial fine-tuning T_ad of each compressed model beside FGSM-RS, N-FGSM and "
+         "TRADES fine-tuning at the same budget and PGD training of the same architecture from random "
+         "initialization (fine-tuning and base-training budgets).",
+         rf"Controls on {on_tex}: adversarial fine-tuning of each compressed model beside FGSM-RS, N-FGSM and "
+         r"TRADES fine-tuning at the same budget and PGD training of the same architecture from random "
+         r"initialization (fine-tuning and base-training budgets).",
+         CONTROLS_NOTE, _latex_text(CONTROLS_NOTE)),
+        (stems[7], claims_table(df, prune_level, ptq_bits, margin), layout_claims, "claims",
+         f"The paper's claims on {on}, each decided by a paired statistic over seeds and test samples.",
+         rf"The paper's claims on {on_tex}, each decided by a paired statistic over seeds and test samples.",
+         claims_note(margin), _latex_text(claims_note(margin))),
     ]
     out = Path(out_dir)
     written = []
     for stem, table, layout, tex_key, md_caption, tex_caption, note, tex_note in specs:
-        blocks = _blocks(table, layout)
-        header, colspec = _TEX_HEADERS[tex_key]
-        files = {
-            "csv": table.to_csv(index=False, lineterminator="\n"),
-            "md": _markdown(md_caption, blocks, note),
-            "html": _html(md_caption, blocks, note),
-            "tex": _latex(tex_caption, stem, blocks, header, colspec, tex_note),
-        }
-        for ext in TABLE_FORMATS:
-            path = out / f"{stem}.{ext}"
-            write_text(path, files[ext])
-            written.append(path)
+        written += write_table(out, stem, table, layout, tex_key, md_caption, tex_caption, note, tex_note)
+    return written
+
+
+def write_table(out: Path, stem: str, table: pd.DataFrame, layout, tex_key: str, md_caption: str,
+                tex_caption: str, note: str, tex_note: str) -> list[Path]:
+    """One table in every ``TABLE_FORMATS`` (atomically): the CSV as is, the others in ``layout``."""
+    blocks = _blocks(table, layout)
+    header, colspec = _TEX_HEADERS[tex_key]
+    files = {
+        "csv": table.to_csv(index=False, lineterminator="\n"),
+        "md": _markdown(md_caption, blocks, note),
+        "html": _html(md_caption, blocks, note),
+        "tex": _latex(tex_caption, stem, blocks, header, colspec, tex_note),
+    }
+    written = []
+    for ext in TABLE_FORMATS:
+        path = out / f"{stem}.{ext}"
+        write_text(path, files[ext])
+        written.append(path)
     return written

@@ -8,7 +8,9 @@ from ..report.render import write_tables
 
 def run(config: dict, *, evals: list[str], out_csv: str, out_tables_dir: str) -> None:
     """Collect ``evals`` into ``out_csv`` and write every table into ``out_tables_dir``, with the
-    compression levels of ``report`` (Tables 3 and 5) from the config."""
+    compression levels of ``report`` (Tables 3 and 5) and the claims' equivalence margin from the config.
+    The claims table reads the ``samples.csv`` beside each eval.json."""
     df = collect_metrics(evals)
     write_metrics_csv(df, out_csv)
-    write_tables(df, out_tables_dir, config["report"]["prune_sparsity"], config["report"]["ptq_bits"])
+    report = config["report"]
+    write_tables(df, out_tables_dir, report["prune_sparsity"], report["ptq_bits"], margin=report["equivalence_margin"])
