@@ -18,9 +18,9 @@ def snakemake(workdir, *args, timeout=900):
 
 
 # The tiny DAG also runs QAT (INT8, from the trained robust model), so every table cell has data,
-# and Figure 2's t-SNE.
+# Figure 2's t-SNE, and two control arms (FGSM-RS fine-tuning; PGD training from scratch).
 WITH_QAT = {"figure2": {"enabled": True, "class_index": 8, "n_images": 20, "perplexity": 5},
-            "sweep.qat_bits": [8],
+            "sweep.qat_bits": [8], "sweep.controls": ["fgsm", "scratch"],
             "qat": {"init": "parent", "epochs": 1, "batch_size": 32, "lr": 0.01, "momentum": 0.9,
                              "lr_drop_epoch": None, "lr_after_drop": 0.01},
             "finetune.qat": {"lr": 0.01, "momentum": 0.9}}
@@ -52,12 +52,14 @@ def finished_run(tmp_path_factory):
 def test_the_whole_dag_produces_tables_and_figures(finished_run):
     out = finished_run / "results" / "tiny"
     evals = sorted(out.rglob("eval.json"))
-    # 2 bases dense, T_ad(f_st), 2 bases x 2 compressions x 3 ft, QAT of f_rb x 3 ft
-    assert len(evals) == 2 + 1 + 2 * 2 * 3 + 3
+    # 2 bases dense, T_ad(f_st), 2 bases x 2 compressions x 3 ft, QAT of f_rb x 3 ft; controls: FGSM-RS under
+    # the 5 compressed nodes, from scratch under the 2 of base st
+    assert len(evals) == 2 + 1 + 2 * 2 * 3 + 3 + 5 + 2
     for path in evals:
         record = json.loads(path.read_text())
         assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1
-        assert record["provenance"]["git_commit"] and record["stages"][0]["stage"] == "train_base"
+        first_stage = "finetune" if "/ft-scratch/" in str(path) else "train_base"
+        assert record["provenance"]["git_commit"] and record["stages"][0]["stage"] == first_stage
         assert record["attack"]["eps_space"] == "pixel"
         assert record["robust_acc"] <= record["robust_acc_pgd"] and isinstance(record["audit"]["flags"], list)
         assert (path.parent / "samples.csv").read_text().startswith("index,label,clean_correct,robust,broken_by")
@@ -68,6 +70,11 @@ def test_the_whole_dag_produces_tables_and_figures(finished_run):
         assert "| n/a" not in text, f"{table} has an empty cell"
         assert "\\begin{tabular}" in (out / "tables" / f"{table}.tex").read_text()
     assert (out / "tables" / "computational_gains.csv").exists()
+    controls = pd.read_csv(out / "tables" / "controls.csv")
+    assert set(controls["finetune"]) == {"ad", "fgsm", "scratch"} and (controls["n"] == 1).all()
+    claims = pd.read_csv(out / "tables" / "claims.csv").set_index("claim")
+    assert claims.loc["X1", "n_seeds"] == 1 and claims.loc["X1", "verdict"] in ("confirmed", "refuted", "inconclusive")
+    assert claims.loc["C1", "n_samples"] == 128 and "confirmed" in (out / "tables" / "claims.md").read_text()
     for fig in ("figure1_adversarial_finetuning", "figure2_tsne", "figure3_no_finetuning", "figure4_qat",
                 "figure5_robustness_curves"):
         assert (out / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
