@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from advfine.attacks.apgd import apgd_linf, dlr_loss, dlr_loss_targeted, top_k_targets
-from advfine.attacks.fab import fab_t_linf
+from advfine.attacks.fab import fab_t
 from advfine.attacks.pgd import PGDAttack
 from advfine.attacks.square import margin, square_linf, window_fraction
 from advfine.audit import audit_evaluation, zero_gradient_share
@@ -64,7 +64,7 @@ def test_every_attack_stays_in_the_eps_ball_and_the_image_range(trained, digits)
     outputs = {"apgd_ce": apgd_linf(trained, x, y, eps, 10, "ce", generator=g)[0],
                "apgd_t": apgd_linf(trained, x, y, eps, 10, "dlr-targeted", top_k_targets(trained(x), 2), generator=g)[0],
                "square": square_linf(trained, x, y, eps, 50, generator=g)[0],
-               "fab_t": fab_t_linf(trained, x, y, eps, 10, 2, 10, seed=0)}
+               "fab_t": fab_t(trained, x, y, eps, 10, 2, 10, seed=0)}
     for name, x_adv in outputs.items():
         assert within_threat_model(x_adv, x, eps, clamp=True).all(), name
         assert (x_adv - x).abs().max() > 0, name  # they moved

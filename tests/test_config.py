@@ -198,7 +198,7 @@ def test_stage_config_holds_only_what_the_stage_reads():
     cfg = tiny_config()
     train = stage_config(cfg, "train_base")
     assert set(train) == {"model", "precision", "deterministic", "attack", "train", "adversarial"}
-    assert set(train["attack"]) == {"eps_space", "train"} and train["adversarial"]["base_objective"] == "ad"
+    assert set(train["attack"]) == {"eps_space", "norm", "train"} and train["adversarial"]["base_objective"] == "ad"
     paper = validate_config(yaml.safe_load((REPO / "configs" / "paper-fmnist.yaml").read_text()))
     assert stage_config(paper, "compress") == {"deterministic": True,
                                                "compress": {"calibration_batches": 16, "calibration_batch_size": 64,

@@ -155,7 +155,7 @@ def test_collect_metrics_columns_rows_and_sorting(df, paths):
                 "finetune_adversarial", "train_base_device", "compress_device", "finetune_device",
                 "train_base_peak_rss_mb", "compress_peak_rss_mb", "finetune_peak_rss_mb",
                 "git_commit", "config_hash", "attack_eps", "attack_step_size", "attack_steps",
-                "attack_eps_space", "attack_eps_pixel", "path"]
+                "attack_eps_space", "attack_eps_pixel", "attack_norm", "path"]
     assert list(df.columns) == expected
     key = ["train", "method", "level", "finetune", "seed"]
     assert df[key].equals(df.sort_values(key, na_position="first", kind="mergesort")[key]

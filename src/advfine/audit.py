@@ -5,7 +5,8 @@ check measures one number and raises a flag when it crosses its threshold (confi
 * ``gradient_free_gain``: the transfer or black-box attack broke samples every white-box attack
   missed (share of the test set). Gradient attacks should find what a gradient-free one finds; when
   they do not, the model's gradient misleads them (gradient masking, e.g. rounding).
-* ``large_eps_standing``: APGD-CE at a large radius (default 0.5, half the pixel range) leaves
+* ``large_eps_standing``: APGD-CE at a large radius (L-inf: default 0.5, half the pixel range; L2:
+  ``large_eps_l2``, default 10) leaves
   samples standing. Any working attack brings a classifier near 0 % there; samples standing mean
   the attack, not the model, failed. Only the samples the suite left standing at eps are attacked:
   the balls are nested, so the suite's point breaks the others at the large radius too.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attacks.apgd import apgd_linf
+from .attacks.apgd import apgd
 from .attacks.square import margin
 from .evaluate import WHITE_BOX, Suite, start_noise_for, within_threat_model
 from .runtime import make_generator, to_device
@@ -32,17 +33,17 @@ CHECKS = AUDIT_CHECKS
 
 def _apgd_survivors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidates: torch.Tensor, eps: float,
                     steps: int, restarts: int, clamp: bool, batch_size: int, device: torch.device,
-                    generator: torch.Generator) -> torch.Tensor:
+                    generator: torch.Generator, norm: str = "linf") -> torch.Tensor:
     """Candidates still classified correctly after APGD-CE (``restarts`` runs) at radius ``eps``."""
     standing = candidates.clone()
     for _ in range(restarts):
         noise = start_noise_for(x, generator)
         for part in standing.nonzero().flatten().split(batch_size):
             xb, yb = to_device(x[part], device), to_device(y[part], device)
-            x_adv, _ = apgd_linf(model, xb, yb, eps, steps, "ce", start_noise=to_device(noise[part], device),
-                                 clamp=clamp)
+            x_adv, _ = apgd(model, xb, yb, eps, steps, "ce", start_noise=to_device(noise[part], device),
+                            clamp=clamp, norm=norm)
             with torch.no_grad():
-                fooled = (model(x_adv).argmax(1) != yb) & within_threat_model(x_adv, xb, eps, clamp)
+                fooled = (model(x_adv).argmax(1) != yb) & within_threat_model(x_adv, xb, eps, clamp, norm)
             standing[part[fooled.cpu()]] = False
     return standing
 
@@ -73,15 +74,15 @@ def audit_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result:
     attacks = result["attacks"]
     generator = make_generator(seed, torch.device("cpu"))
     gradient_free = sum(record["broken"] for name, record in attacks.items() if name not in WHITE_BOX)
-    large_eps = float(settings["large_eps"])
+    large_eps = float(settings["large_eps"] if suite.norm == "linf" else settings["large_eps_l2"])
     standing_large = _apgd_survivors(model, x, y, robust_ok, large_eps, suite.apgd_steps, 1, suite.clamp,
-                                     batch_size, device, generator)
+                                     batch_size, device, generator, suite.norm)
     survivors = robust_ok.nonzero().flatten()
     picked = survivors[torch.randperm(len(survivors), generator=generator)[: settings["more_effort_samples"]]]
     subset = torch.zeros_like(robust_ok)
     subset[picked] = True
     harder = _apgd_survivors(model, x, y, subset, suite.eps, suite.apgd_steps * settings["more_steps_factor"],
-                             settings["more_restarts"], suite.clamp, batch_size, device, generator)
+                             settings["more_restarts"], suite.clamp, batch_size, device, generator, suite.norm)
     broken_share = (subset & ~harder).float().sum().item() / max(len(picked), 1)
     checks = {"gradient_free_gain": gradient_free / n,
               "large_eps_standing": standing_large.float().mean().item(),

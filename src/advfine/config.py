@@ -22,18 +22,18 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 # The config each stage reads, as dotted paths (a section, or one key of it); keys are the stage names.
 STAGE_SECTIONS = {
     "prepare_data": ("data",),
-    "train_base": ("model", "precision", "deterministic", "attack.eps_space", "attack.train", "train",
-                   "adversarial"),
+    "train_base": ("model", "precision", "deterministic", "attack.eps_space", "attack.norm", "attack.train",
+                   "train", "adversarial"),
     "compress": ("deterministic", "compress"),
-    "qat": ("model", "deterministic", "attack.eps_space", "attack.train", "compress", "qat"),
+    "qat": ("model", "deterministic", "attack.eps_space", "attack.norm", "attack.train", "compress", "qat"),
     # train and compress: the from-scratch controls' full budget and the quantized ones' calibration
-    "finetune": ("model", "precision", "deterministic", "attack.eps_space", "attack.train", "finetune", "adversarial",
-                 "train", "compress"),
-    "evaluate": ("precision", "deterministic", "attack.eps_space", "attack.eval", "evaluate",
+    "finetune": ("model", "precision", "deterministic", "attack.eps_space", "attack.norm", "attack.train",
+                 "finetune", "adversarial", "train", "compress"),
+    "evaluate": ("precision", "deterministic", "attack.eps_space", "attack.norm", "attack.eval", "evaluate",
                  "compress"),  # compress: the PTQ calibration batches, reused by the INT8 export
     "aggregate": ("report",),
     "plot": (),
-    "figure2": ("deterministic", "attack.eps_space", "attack.eval", "figure2"),
+    "figure2": ("deterministic", "attack.eps_space", "attack.norm", "attack.eval", "figure2"),
 }
 
 # Top-level keys the workflow itself consumes instead of a stage's params, and how.
@@ -151,6 +151,10 @@ def check_config(config: dict) -> None:
     if attacks[0] != "pgd" or attacks != sorted(attacks, key=order.index):
         raise ConfigError(f"config key evaluate.attacks: {attacks}: the suite starts with pgd (the paper's attack) "
                           f"and runs in the order {list(order)}")
+    fast = [c for c in sweep["controls"] if c in ("fgsm", "nfgsm")]
+    if config["attack"]["norm"] != "linf" and fast:
+        raise ConfigError(f"config key sweep.controls: {fast} are L-inf methods (single signed-gradient steps); "
+                          f"attack.norm is {config['attack']['norm']}: drop them or use norm linf")
     for which in ("train", "eval"):
         pgd = config["attack"][which]
         if pgd["steps"] > 0 and pgd["step_size"] * pgd["steps"] < pgd["eps"]:

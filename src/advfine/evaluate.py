@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .attacks.apgd import apgd_linf, n_target_classes, top_k_targets
-from .attacks.fab import fab_t_linf
+from .attacks.apgd import apgd, n_target_classes, top_k_targets
+from .attacks.fab import fab_t
 from .attacks.pgd import PGDAttack
-from .attacks.square import square_linf
+from .attacks.square import square_l2, square_linf
 from .data import iterate_batches
 from .runtime import autocast, make_generator, place_model, to_device
 from .vocab import ATTACKS, WHITE_BOX_ATTACKS
@@ -78,11 +78,16 @@ class Suite:
     def clamp(self) -> bool:
         return self.pgd.eps_space == "pixel"
 
+    @property
+    def norm(self) -> str:
+        """The threat model's norm (``attack.norm``): every attack of the suite runs in it."""
+        return self.pgd.norm
+
     def describe(self) -> dict:
         return {"attacks": list(self.attacks), "pgd": self.pgd.describe(), "eps_pixel": self.eps,
                 "apgd": {"steps": self.apgd_steps, "restarts": self.apgd_restarts, "rho": 0.75},
                 "target_classes": self.target_classes, "fab": {"steps": self.fab_steps},
-                "square": {"queries": self.square_queries, "p_init": self.square_p_init}}
+                "square": {"queries": self.square_queries, "p_init": self.square_p_init}, "norm": self.norm}
 
 
 @torch.no_grad()
@@ -111,9 +116,12 @@ def start_noise_for(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return torch.rand(x.shape, generator=generator, dtype=x.dtype)
 
 
-def within_threat_model(x_adv: torch.Tensor, x: torch.Tensor, eps: float, clamp: bool) -> torch.Tensor:
-    """Per sample: does ``x_adv`` lie in the eps-ball around ``x`` (and in [0, 1] when clamped)?"""
-    inside = (x_adv - x).flatten(1).abs().amax(1) <= eps + BOUND_TOLERANCE
+def within_threat_model(x_adv: torch.Tensor, x: torch.Tensor, eps: float, clamp: bool,
+                        norm: str = "linf") -> torch.Tensor:
+    """Per sample: does ``x_adv`` lie in the eps-ball of ``norm`` around ``x`` (and in [0, 1] when clamped)?"""
+    delta = (x_adv - x).flatten(1)
+    distance = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    inside = distance <= eps + BOUND_TOLERANCE
     if clamp:
         inside &= (x_adv.flatten(1).amin(1) >= -BOUND_TOLERANCE) & (x_adv.flatten(1).amax(1) <= 1 + BOUND_TOLERANCE)
     return inside
@@ -128,11 +136,13 @@ def _craft(name: str, suite: Suite, model: nn.Module, source: nn.Module | None, 
     if name == "transfer":  # crafted on the float twin, run to the last step: fooling it says nothing
         return replace(suite.pgd, stop_on_success=False)(source, xb, yb, start_noise=noise[0])
     if name == "square":
+        if suite.norm == "l2":
+            return square_l2(model, xb, yb, eps, suite.square_queries, suite.square_p_init, seed)
         generator = make_generator(seed, xb.device)
         return square_linf(model, xb, yb, eps, suite.square_queries, suite.square_p_init, generator, clamp)[0]
     if name == "fab_t":
         targets = n_target_classes(suite.target_classes, num_classes)
-        return fab_t_linf(model, xb, yb, eps, suite.fab_steps, targets, num_classes, seed)
+        return fab_t(model, xb, yb, eps, suite.fab_steps, targets, num_classes, seed, norm=suite.norm)
     x_adv, standing = xb.clone(), torch.ones(len(yb), dtype=torch.bool, device=xb.device)
     if name == "apgd_ce":
         runs = [("ce", None)] * suite.apgd_restarts
@@ -146,8 +156,8 @@ def _craft(name: str, suite: Suite, model: nn.Module, source: nn.Module | None, 
         if len(idx) == 0:
             break
         start = noise[run % len(noise)][idx]
-        found, fooled = apgd_linf(model, xb[idx], yb[idx], eps, suite.apgd_steps, loss,
-                                  None if target is None else target[idx], start_noise=start, clamp=clamp)
+        found, fooled = apgd(model, xb[idx], yb[idx], eps, suite.apgd_steps, loss,
+                             None if target is None else target[idx], start_noise=start, clamp=clamp, norm=suite.norm)
         x_adv[idx[fooled]] = found[fooled]
         standing[idx[fooled]] = False
     return x_adv
@@ -184,7 +194,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidates: to
             with autocast(device, precision):
                 x_adv = _craft(name, suite, model, float_twin, xb, yb, noise, seed + 1000 * position + b, num_classes)
             with torch.no_grad():
-                inside = within_threat_model(x_adv, xb, suite.eps, suite.clamp)
+                inside = within_threat_model(x_adv, xb, suite.eps, suite.clamp, suite.norm)
                 fooled = (model(x_adv).argmax(1) != yb) & inside
             if (~inside).any():
                 log.warning("%s returned %d point(s) outside the threat model; they do not count", name,

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks.pgd import EPS_SPACES, PAPER_FAITHFUL_STD, PGDAttack
+from .attacks.pgd import EPS_SPACES, PAPER_FAITHFUL_STD, PGDAttack, ascent_step, project
 
 FGSM_RS_STEP = 1.25      # Wong et al.: alpha = 1.25 eps
 N_FGSM_NOISE = 2.0       # de Jorge et al.: noise in [-2 eps, 2 eps], step eps, no projection
@@ -87,7 +87,7 @@ class NFGSMAttack:
 @dataclass(frozen=True)
 class TradesObjective:
     """TRADES: CE(f(x), y) + beta * KL(f(x) || f(x')), x' = argmax of the KL in the eps-ball (``inner``'s eps,
-    step size and steps; PGD on the KL from x + 0.001 N(0, 1), projected and clamped like ``inner``)."""
+    step size, steps and norm; PGD on the KL from x + 0.001 N(0, 1), projected and clamped like ``inner``)."""
 
     inner: PGDAttack
     beta: float = 6.0
@@ -116,15 +116,13 @@ class TradesObjective:
             with torch.no_grad():
                 clean = F.softmax(model(x), dim=1)
             start = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x_adv = x + TRADES_START_STD * start
-            lower, upper = x - eps, x + eps
-            if clamp:
-                x_adv, lower, upper = x_adv.clamp(0.0, 1.0), lower.clamp(min=0.0), upper.clamp(max=1.0)
+            norm = self.inner.norm
+            x_adv = project(x + TRADES_START_STD * start, x, eps, norm, clamp)
             for _ in range(self.inner.steps):
                 x_adv.requires_grad_(True)
                 kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), clean, reduction="sum")
                 (grad,) = torch.autograd.grad(kl, x_adv)
-                x_adv = torch.max(torch.min(x_adv.detach() + step * grad.sign(), upper), lower)
+                x_adv = project(x_adv.detach() + ascent_step(grad, step, norm), x, eps, norm, clamp)
             return x_adv.detach()
         finally:
             model.train(was_training)
@@ -149,6 +147,8 @@ def objective_for(mode: str, pgd: PGDAttack, settings: dict) -> PGDAttack | NFGS
     space. ``settings``: the config's ``adversarial`` section (step factors, TRADES beta)."""
     if mode == "ad":
         return pgd
+    if mode in ("fgsm", "nfgsm") and pgd.norm != "linf":
+        raise ValueError(f"{mode} is an L-inf method (one signed-gradient step); the threat model is {pgd.norm}")
     if mode == "fgsm":
         return fgsm_rs(pgd.eps, pgd.eps_space, settings["fgsm_step_factor"])
     if mode == "nfgsm":

@@ -1,5 +1,5 @@
 """APGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse
-parameter-free attacks"), L-infinity: PGD with momentum whose step size halves at checkpoints where
+parameter-free attacks"), L-infinity and L2: PGD with momentum whose step size halves at checkpoints where
 the loss stopped rising, restarting each halving from the best point so far. APGD-CE ascends the
 cross-entropy; APGD-T the targeted DLR loss (the difference of the true and the target logit, scaled
 by the spread of the top logits, so it is invariant to the logits' scale and cannot saturate the way
@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .pgd import NORMS, ascent_step, project, random_start
 
 RHO = 0.75  # a checkpoint halves the step when the loss rose in fewer than rho of the steps since the last
 
@@ -43,24 +45,30 @@ def _checkpoint_lengths(steps: int) -> tuple[int, int, int]:
     return max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
 
 
-def _project(x_new: torch.Tensor, x: torch.Tensor, eps: float, clamp: bool) -> torch.Tensor:
-    x_new = torch.min(torch.max(x_new, x - eps), x + eps)
-    return x_new.clamp(0.0, 1.0) if clamp else x_new
-
-
 def apgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, loss: str = "ce",
               y_target: torch.Tensor | None = None, generator: torch.Generator | None = None,
               clamp: bool = True, rho: float = RHO,
               start_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One APGD run from a random start. ``loss`` is ``ce``, ``dlr`` or ``dlr-targeted`` (then
-    ``y_target`` per sample). The start is drawn from ``generator``, or taken from ``start_noise``
-    (uniform in [0, 1), shaped like ``x``: an evaluation draws it once per test sample). Returns ``(x_adv, fooled)``: for a fooled sample the first iterate that
-    fooled the model, else the point of highest loss; ``fooled`` is a boolean per sample.
-    The model is evaluated in eval mode; |x_adv - x| <= eps and x_adv in [0, 1] (unless not ``clamp``)."""
+    """APGD in the L-inf ball (``apgd`` with ``norm="linf"``)."""
+    return apgd(model, x, y, eps, steps, loss, y_target, generator, clamp, rho, start_noise, "linf")
+
+
+def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, loss: str = "ce",
+         y_target: torch.Tensor | None = None, generator: torch.Generator | None = None,
+         clamp: bool = True, rho: float = RHO, start_noise: torch.Tensor | None = None,
+         norm: str = "linf") -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run from a random start in the eps-ball of ``norm`` (linf or l2). ``loss`` is ``ce``, ``dlr``
+    or ``dlr-targeted`` (then ``y_target`` per sample). The start is drawn from ``generator``, or taken from
+    ``start_noise`` (uniform in [0, 1), shaped like ``x``: an evaluation draws it once per test sample).
+    Returns ``(x_adv, fooled)``: for a fooled sample the first iterate that fooled the model, else the
+    point of highest loss; ``fooled`` is a boolean per sample. The model is evaluated in eval mode;
+    x_adv lies within eps of x in ``norm`` and in [0, 1] (unless not ``clamp``)."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     was_training = model.training
     model.eval()
     try:
-        return _apgd(model, x.detach(), y, eps, steps, loss, y_target, generator, clamp, rho, start_noise)
+        return _apgd(model, x.detach(), y, eps, steps, loss, y_target, generator, clamp, rho, start_noise, norm)
     finally:
         model.train(was_training)
 
@@ -75,7 +83,7 @@ def _loss_fn(loss: str):
     raise ValueError(f"unknown APGD loss {loss!r}; known: ce, dlr, dlr-targeted")
 
 
-def _apgd(model, x, y, eps, steps, loss, y_target, generator, clamp, rho, start_noise):
+def _apgd(model, x, y, eps, steps, loss, y_target, generator, clamp, rho, start_noise, norm):
     criterion = _loss_fn(loss)
     if loss == "dlr-targeted" and y_target is None:
         raise ValueError("APGD with the targeted DLR loss needs y_target")
@@ -83,10 +91,13 @@ def _apgd(model, x, y, eps, steps, loss, y_target, generator, clamp, rho, start_
     target = y_target if y_target is not None else y
     u = start_noise if start_noise is not None else torch.rand(x.shape, generator=generator, device=x.device,
                                                                 dtype=x.dtype)
-    t = 2 * u - 1
-    # start at a random point of the ball's surface region: t scaled so that max |t| = 1 per sample
-    x_adv = _project(x + eps * t / t.flatten(1).abs().amax(1).clamp(min=1e-12).view(-1, *[1] * (x.dim() - 1)),
-                     x, eps, clamp)
+    if norm == "linf":
+        # start at a random point of the ball's surface region: t scaled so that max |t| = 1 per sample
+        t = 2 * u - 1
+        x_adv = project(x + eps * t / t.flatten(1).abs().amax(1).clamp(min=1e-12).view(-1, *[1] * (x.dim() - 1)),
+                        x, eps, norm, clamp)
+    else:  # on the sphere of radius eps (the reference code draws a Gaussian direction; any random one will do)
+        x_adv = project(random_start(x, eps, norm, u), x, eps, norm, clamp)
     result = x_adv.clone()
     fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
 
@@ -119,8 +130,8 @@ def _apgd(model, x, y, eps, steps, loss, y_target, generator, clamp, rho, start_
             step = state["step"].view(-1, *[1] * (x.dim() - 1))
             x_cur, x_old = state["x_adv"], state["x_old"]
             momentum = 0.75 if i > 0 else 1.0
-            z = _project(x_cur + step * state["grad"].sign(), x0, eps, clamp)
-            x_new = _project(x_cur + (z - x_cur) * momentum + (x_cur - x_old) * (1 - momentum), x0, eps, clamp)
+            z = project(x_cur + ascent_step(state["grad"], step, norm), x0, eps, norm, clamp)
+            x_new = project(x_cur + (z - x_cur) * momentum + (x_cur - x_old) * (1 - momentum), x0, eps, norm, clamp)
         state["x_old"] = x_cur
         state["x_adv"] = x_new
         loss_now, grad, wrong = loss_and_grad(x_new, idx)

@@ -1,5 +1,5 @@
 """FAB-T (Croce & Hein 2020, "Minimally distorted adversarial examples with a fast adaptive boundary
-attack"), L-infinity, targeted at the top wrong classes, as AutoAttack runs it.
+attack"), L-infinity or L2, targeted at the top wrong classes, as AutoAttack runs it.
 
 FAB is not re-implemented here: torchattacks 3.5.1 has it (its ``FAB`` follows the reference code),
 and we drive it at AutoAttack's settings, which are not torchattacks' defaults (AutoAttack: 100 steps,
@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 
-def fab_t_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, target_classes: int,
-               num_classes: int, seed: int, restarts: int = 1) -> torch.Tensor:
-    """FAB-T's adversarial points for ``x`` (the clean point where it found none)."""
+def fab_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, target_classes: int,
+               num_classes: int, seed: int, restarts: int = 1, norm: str = "linf") -> torch.Tensor:
+    """FAB-T's adversarial points for ``x`` (the clean point where it found none), in ``norm`` (linf, l2)."""
     # deferred: torchattacks is optional (FAB-T only) and slow to import
     import torchattacks
 
-    attack = torchattacks.FAB(model, norm="Linf", eps=eps, steps=steps, n_restarts=restarts, multi_targeted=True,
+    attack = torchattacks.FAB(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, steps=steps, n_restarts=restarts, multi_targeted=True,
                               n_classes=num_classes, seed=seed)
     attack.n_target_classes = target_classes  # torchattacks tries every wrong class; AutoAttack the top 9
     devices = [x.device] if x.device.type == "cuda" else []

@@ -99,7 +99,7 @@ METRIC_COLUMNS = (
     + ["audit_flags"]
     + [f"{s}_{field}" for field in STAGE_FIELDS for s in STANDARD_STAGES]
     + ["git_commit", "config_hash", "attack_eps", "attack_step_size", "attack_steps",
-       "attack_eps_space", "attack_eps_pixel", "path"]
+       "attack_eps_space", "attack_eps_pixel", "attack_norm", "path"]
 )
 _SORT_COLS = ["experiment", "dataset", "arch", "train", "method", "level", "finetune", "seed",
               "compression"]
@@ -248,6 +248,7 @@ def _load_one(path: Path) -> dict:
     row["attack_steps"] = attack.get("steps")
     row["attack_eps_space"] = attack.get("eps_space")
     row["attack_eps_pixel"] = attack.get("eps_pixel")
+    row["attack_norm"] = attack.get("norm", "linf")  # files written before attack.norm existed: L-inf
     row["path"] = str(path)
     return row
 

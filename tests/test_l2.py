@@ -1,0 +1,109 @@
+"""The L2 threat model (attack.norm: l2): PGD, APGD, Square and FAB-T in the L2 ball, the suite and its audit,
+and adversarial training in L2."""
+from __future__ import annotations
+
+from copy import deepcopy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from advfine.attacks.apgd import apgd, top_k_targets
+from advfine.attacks.fab import fab_t
+from advfine.attacks.pgd import PGDAttack, pgd
+from advfine.attacks.square import square_l2
+from advfine.audit import audit_evaluation
+from advfine.config import ConfigError, validate_config
+from advfine.evaluate import Suite, evaluate_model, within_threat_model
+from advfine.objectives import objective_for
+from advfine.train import train_model
+
+from conftest import tiny_config, train_settings
+from test_attacks import AUDIT, RoundInput, digits, trained  # noqa: F401 (fixtures)
+
+CPU = torch.device("cpu")
+EPS = 1.0  # L2 radius in pixel units on 28 x 28 images
+
+
+def l2_suite(eps=EPS, attacks=("pgd", "apgd_ce", "apgd_t", "square"), **over) -> Suite:
+    settings = dict(apgd_steps=20, target_classes=2, fab_steps=20, square_queries=300) | over
+    return Suite(pgd=PGDAttack(eps=eps, step_size=eps / 4, steps=20, norm="l2"), attacks=attacks, **settings)
+
+
+def test_every_l2_attack_stays_in_the_l2_ball_and_the_image_range(trained, digits):
+    x, y = digits.test_x[:32], digits.test_y[:32]
+    g = torch.Generator().manual_seed(0)
+    outputs = {"pgd": pgd(trained, x, y, EPS, 0.25, 10, "l2", generator=g),
+               "apgd_ce": apgd(trained, x, y, EPS, 10, "ce", generator=g, norm="l2")[0],
+               "apgd_t": apgd(trained, x, y, EPS, 10, "dlr-targeted", top_k_targets(trained(x), 2), generator=g,
+                              norm="l2")[0],
+               "square": square_l2(trained, x, y, EPS, 50, seed=0),
+               "fab_t": fab_t(trained, x, y, EPS, 10, 2, 10, seed=0, norm="l2")}
+    for name, x_adv in outputs.items():
+        assert within_threat_model(x_adv, x, EPS, clamp=True, norm="l2").all(), name
+        distance = (x_adv - x).flatten(1)
+        assert distance.norm(dim=1).max() > 0.5 * EPS, name  # they moved, far
+        assert distance.abs().amax(1).max() > 0.1, name  # an L2 step is not an L-inf one: pixels move a lot
+    # the L-inf check would reject these points: the two threat models differ
+    assert not within_threat_model(outputs["pgd"], x, 0.1, clamp=True, norm="linf").all()
+
+
+def test_apgd_l2_is_at_least_as_strong_as_pgd_l2_and_agrees_with_torchattacks(trained, digits):
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y, eps = digits.test_x, digits.test_y, 0.8
+    pgd_only = evaluate_model(trained, x, y, l2_suite(eps, attacks=("pgd",)), 100, CPU, seed=0)["robust_acc"]
+    both = evaluate_model(trained, x, y, l2_suite(eps, attacks=("pgd", "apgd_ce")), 100, CPU, seed=0)
+    assert both["robust_acc"] <= pgd_only and both["suite"]["norm"] == "l2"
+    g = torch.Generator().manual_seed(1)
+    ours = (trained(apgd(trained, x, y, eps, 20, "ce", generator=g, norm="l2")[0]).argmax(1) == y).float().mean()
+    theirs_x = torchattacks.APGD(trained, norm="L2", eps=eps, steps=20, n_restarts=1, loss="ce", seed=1)(x, y)
+    theirs = (trained(theirs_x).argmax(1) == y).float().mean()
+    assert 0.05 < ours.item() < 0.95  # a radius where the comparison means something
+    assert abs(ours.item() - theirs.item()) <= 0.05, (ours.item(), theirs.item())
+
+
+def test_the_l2_suite_and_audit_pass_a_normal_model_and_flag_a_masking_one(trained, digits):
+    x, y = digits.test_x, digits.test_y
+    s = l2_suite()
+    result = evaluate_model(trained, x, y, s, 100, CPU, seed=0)
+    report = audit_evaluation(trained, x, y, result, s, AUDIT | {"large_eps_l2": 10.0}, 100, CPU, seed=0)
+    assert report["large_eps"] == 10.0 and report["checks"]["large_eps_standing"] == 0.0
+    assert report["flags"] == [] and 0 <= result["robust_acc"] <= result["robust_acc_pgd"] <= result["clean_acc"]
+    masked = RoundInput(trained).eval()
+    s = l2_suite(2.0, attacks=("pgd", "apgd_ce", "square"), square_queries=500)
+    result = evaluate_model(masked, x, y, s, 100, CPU, seed=0)
+    assert result["attacks"]["square"]["broken"] / len(y) > 0.05  # the black-box attack finds what PGD missed
+    report = audit_evaluation(masked, x, y, result, s, AUDIT | {"large_eps_l2": 10.0}, 100, CPU, seed=0)
+    assert {"gradient_free_gain", "zero_gradient_share"} <= set(report["flags"])
+
+
+def test_adversarial_training_in_l2_and_l_inf_only_methods_refused(trained, digits):
+    pgd_l2 = PGDAttack(eps=EPS, step_size=0.25, steps=3, norm="l2")
+    assert pgd_l2.describe()["name"] == "pgd_l2" and pgd_l2.scaled(0.5).eps == EPS / 2
+    trades = objective_for("trades", pgd_l2, {"trades_beta": 6.0})
+    x = digits.test_x[:32]
+    x_adv = trades.perturb(trained, x, torch.Generator().manual_seed(0))
+    assert within_threat_model(x_adv, x, EPS, clamp=True, norm="l2").all()
+    for mode in ("fgsm", "nfgsm"):
+        with pytest.raises(ValueError, match="L-inf method"):
+            objective_for(mode, pgd_l2, {"fgsm_step_factor": 1.25, "nfgsm_step_factor": 1.0, "nfgsm_noise_factor": 2})
+    model = deepcopy(trained)
+    history = train_model(model, digits.train_x, digits.train_y, train_settings(
+        epochs=2, batch_size=32, lr=0.01, momentum=0.9, lr_drop_epoch=None, lr_after_drop=0.01), pgd_l2, 0, CPU)
+    assert history[-1]["eps"] == EPS
+    x, y = digits.test_x, digits.test_y
+    evaluation = PGDAttack(eps=EPS, step_size=0.25, steps=10, norm="l2")
+
+    def robust(m):
+        x_adv = evaluation(m.eval(), x, y, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            return (m(x_adv).argmax(1) == y).float().mean().item()
+
+    assert robust(model) >= robust(trained) + 0.1
+    assert F.cross_entropy(model(x), y).isfinite()
+
+
+def test_fast_controls_under_an_l2_threat_model_are_a_config_error():
+    with pytest.raises(ConfigError, match="sweep.controls"):
+        validate_config(tiny_config(validate=False, **{"attack.norm": "l2", "sweep.controls": ["fgsm", "trades"]}))
+    assert validate_config(tiny_config(validate=False, **{"attack.norm": "l2", "sweep.controls": ["trades"]}))
