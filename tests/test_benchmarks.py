@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from conftest import REPO
@@ -92,3 +93,17 @@ def test_evaluation_summary_groups_nodes_by_type(tmp_path):
     out = run("evaluation_summary.py", str(tmp_path))
     assert "| dense | 1 | 0 | 50.0 | 40.0 |" in out and "| ptq INT4 | 1 | 0 | 60.0 | 30.0 |" in out
     assert "apgd_ce 30.00" in out and "Evaluation seconds in all: 20" in out
+
+
+def test_reproduction_summary_puts_the_paper_beside_the_run_and_lists_the_claims(tmp_path):
+    rows = [{"train": "rb", "method": "dense", "finetune": "none", "seed": s, "clean_acc": 0.8, "robust_acc_pgd": p,
+             "robust_acc": w, "git_commit": "abc"} for s, p, w in ((0, 0.62, 0.60), (1, 0.64, 0.58))]
+    pd.DataFrame(rows).to_csv(tmp_path / "all_metrics.csv", index=False)
+    (tmp_path / "tables").mkdir()
+    pd.DataFrame([{"claim": "C1", "statement": "robust", "a": "f_rb", "b": "f_st", "metric": "robust",
+                   "diff": 50.0, "ci_low": 48.0, "ci_high": 52.0, "verdict": "confirmed"}]).to_csv(
+        tmp_path / "tables" / "claims.csv", index=False)
+    out = run("reproduction_summary.py", str(tmp_path), "--before", str(tmp_path / "all_metrics.csv"))
+    assert "| f_rb | 87.87 ± 0.33 | 82.51 ± 0.16 | 80.00 ± 0.00 | 63.00 ± 1.41 | 59.00 ± 1.41 | 59.00 ± 1.41 |" in out
+    assert "| f_st | 90.49 ± 0.22 | 4.26 ± 2.36 | n/a | n/a | n/a | n/a |" in out
+    assert "| C1 | robust (f_rb vs f_st, robust) | 50.00 | [48.00, 52.00] | confirmed |" in out and "Seeds: [0, 1]" in out

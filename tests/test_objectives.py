@@ -174,3 +174,15 @@ def test_the_robust_base_model_can_be_trained_with_trades(nodes, tmp_path):
                               data=nodes / "digits.pt", train="st", seed=0, out_model=tmp_path / "st.pt",
                               out_metrics=tmp_path / "st.json")
     assert standard["attack"] is None  # f_st never trains on attacked points, whatever the objective
+
+
+def test_equal_cost_fast_fine_tuning_gets_the_epochs_pgd_fine_tuning_costs(nodes):
+    from advfine.stages.finetune import equal_cost_epochs
+    assert equal_cost_epochs(3, 3, 1) == 5 and equal_cost_epochs(3, 20, 1) == 26 and equal_cost_epochs(1, 1, 1) == 1
+    # tiny config: PGD-2 fine-tuning, 3 epochs = 3 x 7 passes per batch; FGSM-RS: 5 per batch -> 4 epochs
+    record, _ = run_finetune(nodes, "prune-0.5", "fgsm-eqcost", **{"finetune.epochs": 3})
+    assert len(record["history"]) == 4 and record["settings"]["epochs"] == 4
+    assert record["attack"]["steps"] == 1 and record["finetune"] == "fgsm-eqcost"
+    from advfine.cost import training_macs
+    pgd_macs = training_macs([{"eps": 0.1}] * 3, 1, 1, 2)
+    assert abs(training_macs(record["history"], 1, 1, 1) - pgd_macs) / pgd_macs < 0.2  # the same compute, +-rounding

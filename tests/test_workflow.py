@@ -27,7 +27,7 @@ WITH_QAT = {"figure2": {"enabled": True, "class_index": 8, "n_images": 20, "perp
 
 
 def workflow_config(**over):
-    return tiny_config(**WITH_QAT, **over)
+    return tiny_config(**(WITH_QAT | over))
 
 
 def write_config(workdir, cfg):

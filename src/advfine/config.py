@@ -151,7 +151,7 @@ def check_config(config: dict) -> None:
     if attacks[0] != "pgd" or attacks != sorted(attacks, key=order.index):
         raise ConfigError(f"config key evaluate.attacks: {attacks}: the suite starts with pgd (the paper's attack) "
                           f"and runs in the order {list(order)}")
-    fast = [c for c in sweep["controls"] if c in ("fgsm", "nfgsm")]
+    fast = [c for c in sweep["controls"] if c.split("-")[0] in ("fgsm", "nfgsm")]
     if config["attack"]["norm"] != "linf" and fast:
         raise ConfigError(f"config key sweep.controls: {fast} are L-inf methods (single signed-gradient steps); "
                           f"attack.norm is {config['attack']['norm']}: drop them or use norm linf")

@@ -37,10 +37,14 @@ FINETUNE_MODES = {"none": "no fine-tuning", "st": "standard fine-tuning", "ad": 
 # adversarial fine-tuning objectives at the same budget, and adversarial training of the compressed
 # architecture from random initialization (advfine.objectives, stage finetune).
 CONTROLS = {"fgsm": "FGSM-RS fine-tuning", "nfgsm": "N-FGSM fine-tuning", "trades": "TRADES fine-tuning",
+            "fgsm-eqcost": "FGSM-RS fine-tuning for the compute of PGD fine-tuning",
+            "nfgsm-eqcost": "N-FGSM fine-tuning for the compute of PGD fine-tuning",
             "scratch": "PGD training from random init, fine-tuning budget",
             "scratch-full": "PGD training from random init, base-training budget"}
 SCRATCH_CONTROLS = ("scratch", "scratch-full")
-ADVERSARIAL_FINETUNING = ("ad", "fgsm", "nfgsm", "trades")  # fine-tuning modes that train on attacked points
+# fine-tuning modes that train on attacked points
+ADVERSARIAL_FINETUNING = ("ad", "fgsm", "nfgsm", "trades", "fgsm-eqcost", "nfgsm-eqcost")
+EQUAL_COST_SUFFIX = "-eqcost"  # a single-step arm given as many epochs as PGD fine-tuning's compute buys
 
 DENSE, PRUNE, PTQ, QAT = "dense", "prune", "ptq", "qat"
 QUANTIZATION_METHODS = (PTQ, QAT)  # post-training quantization, quantization-aware training

@@ -75,6 +75,8 @@ CLAIMS = (
           ("st", PRUNE, "fgsm"), ("st", PRUNE, "ad"), "robust", "equivalent"),
     Claim("X4", "Control: TRADES fine-tuning of the pruned standard model is as robust as PGD fine-tuning",
           ("st", PRUNE, "trades"), ("st", PRUNE, "ad"), "robust", "equivalent"),
+    Claim("X5", "Control: FGSM-RS fine-tuning of the pruned standard model for the compute of PGD fine-tuning is as "
+          "robust as PGD fine-tuning", ("st", PRUNE, "fgsm-eqcost"), ("st", PRUNE, "ad"), "robust", "equivalent"),
 )
 
 CLAIMS_COLS = GROUP_COLS + [

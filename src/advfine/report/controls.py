@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..vocab import ADVERSARIAL_FINETUNING, BASE_MODELS, CONTROLS, SCRATCH_CONTROLS, model_label
+from ..vocab import ADVERSARIAL_FINETUNING, BASE_MODELS, CONTROLS, EQUAL_COST_SUFFIX, SCRATCH_CONTROLS, model_label
 from .labels import format_macs, format_minutes, stat_cell
 from .stats import GROUP_COLS, groups, mean_std, summarize
 from .tables import compression_level_text, model_sort_key
 
-OBJECTIVES = {"ad": "PGD", "fgsm": "FGSM-RS", "nfgsm": "N-FGSM", "trades": "TRADES", "scratch": "PGD",
-              "scratch-full": "PGD"}
+OBJECTIVES = {"ad": "PGD", "fgsm": "FGSM-RS", "nfgsm": "N-FGSM", "trades": "TRADES", "fgsm-eqcost": "FGSM-RS",
+              "nfgsm-eqcost": "N-FGSM", "scratch": "PGD", "scratch-full": "PGD"}
 ARMS = ADVERSARIAL_FINETUNING + SCRATCH_CONTROLS  # the row order within a compressed model
 
 CONTROLS_COLS = GROUP_COLS + [
@@ -28,7 +28,7 @@ def _arm(train: str, finetune: str) -> tuple[str, str]:
     """(what the arm starts from, its budget)."""
     if finetune in SCRATCH_CONTROLS:
         return "random init", "base training" if finetune == "scratch-full" else "fine-tuning"
-    return f"f_{train} weights", "fine-tuning"
+    return f"f_{train} weights", "fine-tuning compute" if finetune.endswith(EQUAL_COST_SUFFIX) else "fine-tuning"
 
 
 def controls_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """Stage finetune: fine-tuning of a (compressed) model from its weights, with the settings of its compression
 method (the paper's Appendix A.1): standard (``st``) or adversarial (``ad``: PGD), and the control arms
 (``sweep.controls``): FGSM-RS (``fgsm``), N-FGSM (``nfgsm``) and TRADES (``trades``) fine-tuning at the same
-budget, and PGD training of the compressed architecture from random initialization (``scratch``: the
+epochs, FGSM-RS and N-FGSM at the same compute (``fgsm-eqcost``, ``nfgsm-eqcost``), and PGD training of the compressed architecture from random initialization (``scratch``: the
 fine-tuning budget; ``scratch-full``: the base-training budget, ``train`` settings)."""
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from ..files import read_json, write_json
 from ..models import build_model
 from ..quantize import calibration_batches, is_quantized, prepare_qat
 from ..train import restored_wall_time, resume_path_for, train_model
-from ..vocab import (ADVERSARIAL_FINETUNING, CONTROLS, FINETUNE_MODES, QUANTIZATION_METHODS, SCRATCH_CONTROLS,
-                     parse_compression, stage_seed)
+from ..vocab import (ADVERSARIAL_FINETUNING, CONTROLS, EQUAL_COST_SUFFIX, FINETUNE_MODES, QUANTIZATION_METHODS,
+                     SCRATCH_CONTROLS, parse_compression, stage_seed)
 from .common import metrics_record, precision_for, setup, training_objective
 
 log = logging.getLogger("advfine")
@@ -35,6 +35,14 @@ def finetune_settings(config: dict, method: str) -> dict:
         raise ValueError(f"config key finetune.{method}: missing (lr and momentum of fine-tuning after {method})")
     return {"epochs": ft["epochs"], "batch_size": ft["batch_size"], "lr_drop_epoch": None,
             "eps_warmup_epochs": ft["eps_warmup_epochs"], "augment": ft["augment"], **ft[method]}
+
+
+def equal_cost_epochs(epochs: int, pgd_steps: int, steps: int) -> int:
+    """Epochs of an adversarial arm with ``steps`` gradient steps per batch that cost what ``epochs`` of PGD
+    fine-tuning with ``pgd_steps`` cost, by the MACs estimate of ``cost.training_macs`` (a batch costs
+    3 + 2 x steps forward passes), rounded: a machine-independent stand-in for equal wall time (the
+    controls table shows the measured wall times beside)."""
+    return max(1, round(epochs * (3 + 2 * pgd_steps) / (3 + 2 * steps)))
 
 
 def reinitialized(compression: str, arch: dict, config: dict, train_x: torch.Tensor, seed: int) -> nn.Module:
@@ -67,7 +75,11 @@ def run(config: dict, *, data: str, compression: str, mode: str, seed: int, mode
         start_model = reinitialized(compression, ckpt["arch"], config, dataset.train_x, seed)
         log.info("%s: PGD training of the %s architecture from random initialization", mode, compression)
     adversarial = scratch or mode in ADVERSARIAL_FINETUNING
-    attack = training_objective(config, "ad" if scratch else mode) if adversarial else None
+    objective = "ad" if scratch else mode.removesuffix(EQUAL_COST_SUFFIX)
+    attack = training_objective(config, objective) if adversarial else None
+    if mode.endswith(EQUAL_COST_SUFFIX):
+        settings = settings | {"epochs": equal_cost_epochs(settings["epochs"], config["attack"]["train"]["steps"],
+                                                           attack.steps)}
     forward_macs = model_cost(start_model, dataset.input_shape)["macs"]
     start = time.perf_counter()
     resume = resume_path_for(out_model)

@@ -1,0 +1,82 @@
+"""The comparison of a Fashion-MNIST run with the paper that docs/results/<run>/README.md shows: per model
+of the paper's Tables 2, 3 and 5, the paper's test / robust accuracy beside ours (clean, the paper's PGD
+and the per-sample worst case over the attack suite), mean ± std over seeds; then the verdict of every
+claim of the run's claims table, and optionally the robust accuracies of an earlier run of the same
+models (the PGD-only evaluation the worst case replaced).
+
+    .venv/bin/python benchmarks/reproduction_summary.py docs/results/fmnist-cpu [--before OLD_all_metrics.csv]
+
+Reads ``all_metrics.csv`` and ``tables/claims.csv`` in the run's folder; prints Markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from advfine.report.labels import format_cell  # noqa: E402
+from advfine.report.stats import mean_std  # noqa: E402
+from advfine.vocab import model_label  # noqa: E402
+
+# The paper's Fashion-MNIST numbers (Tables 2, 3 and 5: test and robust accuracy in %, mean ± std over
+# 3 seeds; 80 % pruning, INT8 PTQ), keyed by (train, method, finetune).
+PAPER = {
+    ("st", "dense", "none"): ("90.49 ± 0.22", "4.26 ± 2.36"), ("rb", "dense", "none"): ("87.87 ± 0.33", "82.51 ± 0.16"),
+    ("st", "dense", "ad"): ("85.37 ± 0.44", "77.53 ± 1.17"),
+    ("st", "prune", "none"): ("33.21 ± 3.96", "0.33 ± 0.64"), ("st", "prune", "st"): ("88.94 ± 1.03", "0.28 ± 0.64"),
+    ("st", "prune", "ad"): ("83.91 ± 1.53", "76.74 ± 2.33"),
+    ("st", "ptq", "none"): ("90.40 ± 0.16", "11.72 ± 2.71"), ("st", "ptq", "st"): ("90.07 ± 0.56", "7.00 ± 1.44"),
+    ("st", "ptq", "ad"): ("84.93 ± 0.71", "79.43 ± 0.59"),
+    ("rb", "prune", "none"): ("16.68 ± 4.57", "14.40 ± 5.47"), ("rb", "prune", "st"): ("87.71 ± 0.40", "16.26 ± 5.45"),
+    ("rb", "prune", "ad"): ("84.53 ± 1.21", "78.84 ± 2.04"),
+    ("rb", "ptq", "none"): ("87.90 ± 0.34", "82.80 ± 0.14"), ("rb", "ptq", "st"): ("89.54 ± 0.47", "25.66 ± 10.61"),
+    ("rb", "ptq", "ad"): ("87.51 ± 0.04", "82.65 ± 0.11"),
+}
+
+
+def cell(rows: pd.DataFrame, column: str) -> str:
+    if rows.empty or column not in rows:
+        return "n/a"
+    return format_cell(*mean_std(rows[column].astype(float) * 100.0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="folder with all_metrics.csv and tables/claims.csv")
+    parser.add_argument("--before", type=Path, help="all_metrics.csv of an earlier run of the same models")
+    args = parser.parse_args()
+    df = pd.read_csv(args.run / "all_metrics.csv")
+    before = pd.read_csv(args.before) if args.before else None
+    seeds = sorted(int(s) for s in df["seed"].unique())
+    print(f"Seeds: {seeds}; commit(s): {', '.join(sorted(df['git_commit'].astype(str).unique()))}\n")
+    header = "| model | paper test | paper robust | here test | here PGD | here worst case |"
+    header += " earlier run: PGD only |" if before is not None else ""
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for (train, method, finetune), (paper_test, paper_robust) in PAPER.items():
+        pick = (df["train"] == train) & (df["method"] == method) & (df["finetune"] == finetune)
+        rows = df[pick]
+        line = (f"| {model_label(train, method, finetune)} | {paper_test} | {paper_robust} | {cell(rows, 'clean_acc')} "
+                f"| {cell(rows, 'robust_acc_pgd')} | {cell(rows, 'robust_acc')} |")
+        if before is not None:
+            old = before[(before["train"] == train) & (before["method"] == method) & (before["finetune"] == finetune)]
+            line += f" {cell(old, 'robust_acc')} |"
+        print(line)
+    claims_path = args.run / "tables" / "claims.csv"
+    if claims_path.is_file():
+        claims = pd.read_csv(claims_path)
+        print("\n| claim | statement | A − B (points) | 95 % CI | verdict |\n|---|---|---|---|---|")
+        for _, c in claims.iterrows():
+            diff = "n/a" if pd.isna(c["diff"]) else f"{c['diff']:.2f}"
+            ci = "n/a" if pd.isna(c["ci_low"]) else f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+            print(f"| {c['claim']} | {c['statement']} ({c['a']} vs {c['b']}, {c['metric']}) | {diff} | {ci} "
+                  f"| {c['verdict']} |")
+
+
+if __name__ == "__main__":
+    main()
