@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..vocab import DENSE, PRUNE, PTQ, SAMPLES, model_label
+from ..vocab import DENSE, PRUNE, PTQ, QAT, SAMPLES, model_label
 from .paired import compare, read_outcome
 from .stats import GROUP_COLS, groups, select
 from .tables import level_for
@@ -65,6 +65,8 @@ CLAIMS = (
           ("st", PTQ, "ad"), F_RB, "robust", "equivalent"),
     Claim("C12", "Adversarial fine-tuning of the pruned robust model keeps f_rb's robustness",
           ("rb", PRUNE, "ad"), F_RB, "robust", "equivalent"),
+    Claim("C13", "QAT is not better than PTQ after adversarial fine-tuning (Table 5)", ("rb", QAT, "ad"),
+          ("rb", PTQ, "ad"), "robust", "equivalent"),
     Claim("X1", "Control: adversarial fine-tuning of the pruned standard model beats PGD training of the pruned "
           "architecture from scratch at the same budget", ("st", PRUNE, "ad"), ("st", PRUNE, "scratch"), "robust",
           "greater"),
@@ -103,12 +105,13 @@ def _label(model: tuple[str, str, str]) -> str:
 
 
 def claims_table(df: pd.DataFrame, prune_level: float | Mapping[str, float], ptq_bits: int | Mapping[str, int],
-                 margin: float, n_boot: int = 2000) -> pd.DataFrame:
+                 margin: float = 5.0, n_boot: int = 2000) -> pd.DataFrame:
     """One row per claim and (experiment, dataset, arch) group: the two models, the statistic and the
     verdict, paired over the seeds both models have. ``margin``: the equivalence margin in points."""
     rows = []
     for keys, g in groups(df):
-        levels = {PRUNE: level_for(prune_level, keys[1]), PTQ: level_for(ptq_bits, keys[1]), DENSE: None}
+        bits = level_for(ptq_bits, keys[1])
+        levels = {PRUNE: level_for(prune_level, keys[1]), PTQ: bits, QAT: bits, DENSE: None}
         for claim in CLAIMS:
             sel_a, sel_b = _rows(g, claim.a, levels), _rows(g, claim.b, levels)
             seeds = sorted(set(sel_a["seed"].astype(int)) & set(sel_b["seed"].astype(int)))

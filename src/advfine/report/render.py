@@ -239,7 +239,7 @@ def _single_dataset(df: pd.DataFrame, dataset: str | None) -> str:
 
 def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
                  prune_level: float | Mapping[str, float],
-                 ptq_bits: int | Mapping[str, int], dataset: str | None = None, margin: float = 3.0) -> list[Path]:
+                 ptq_bits: int | Mapping[str, int], dataset: str | None = None, margin: float = 5.0) -> list[Path]:
     """Write the tables of one experiment into ``out_dir`` (atomically): for each stem of
     ``table_names(dataset)`` a ``.csv`` (all numbers, group columns), ``.md`` and ``.tex``
     (booktabs) in the paper's layout. ``dataset`` defaults to the single dataset in ``df``
