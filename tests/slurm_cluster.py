@@ -84,6 +84,15 @@ def _terminate(pids: list[int], grace: float = 5.0) -> None:
             time.sleep(0.1)
 
 
+def _pid_in(pidfile: Path) -> int | None:
+    """The pid written in ``pidfile``, or None while it is missing or still empty."""
+    try:
+        words = pidfile.read_text().split()
+    except FileNotFoundError:
+        return None
+    return int(words[0]) if words and words[0].isdigit() else None
+
+
 class SlurmCluster:
     def __init__(self, workdir: Path, cpus: int = 2, gpus: int = 1, timeout: float = 60.0):
         if gpus > len(_FAKE_GPU_FILES):
@@ -158,11 +167,12 @@ PartitionName=debug Nodes={_NODE} Default=YES MaxTime=INFINITE State=UP
             rc = subprocess.run([_bin(name), *args], env=self.env, stdin=subprocess.DEVNULL,
                                 stdout=err, stderr=err, timeout=30, start_new_session=True).returncode
         deadline = time.monotonic() + 10
-        while not pidfile.exists() and rc == 0 and time.monotonic() < deadline:
+        # the daemon creates its pid file before it writes the pid: wait for the number, not the file
+        while not _pid_in(pidfile) and rc == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
-        if rc != 0 or not pidfile.exists():
+        if rc != 0 or not _pid_in(pidfile):
             raise RuntimeError(f"{name} failed to start (exit {rc})\n{self.log_tails()}")
-        self.pids[name] = int(pidfile.read_text().split()[0])
+        self.pids[name] = _pid_in(pidfile)
 
     def log_tails(self, lines: int = 25) -> str:
         out = []
