@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks.pgd import EPS_SPACES, PAPER_FAITHFUL_STD, PGDAttack, ascent_step, project
+from .attacks.pgd import PGDAttack, ascent_step, pixel_scale, project
 
 FGSM_RS_STEP = 1.25      # Wong et al.: alpha = 1.25 eps
 N_FGSM_NOISE = 2.0       # de Jorge et al.: noise in [-2 eps, 2 eps], step eps, no projection
@@ -33,12 +33,6 @@ TRADES_START_STD = 0.001  # the TRADES reference code's start: x + 0.001 N(0, 1)
 def fgsm_rs(eps: float, eps_space: str = "pixel", step_factor: float = FGSM_RS_STEP) -> PGDAttack:
     """FGSM-RS as one PGD step of ``step_factor * eps`` from a uniform random start, projected."""
     return PGDAttack(eps=eps, step_size=step_factor * eps, steps=1, random_start=True, eps_space=eps_space)
-
-
-def _pixel_scale(eps_space: str) -> float:
-    if eps_space not in EPS_SPACES:
-        raise ValueError(f"eps_space must be one of {EPS_SPACES}, got {eps_space!r}")
-    return PAPER_FAITHFUL_STD if eps_space == "paper_faithful" else 1.0
 
 
 @dataclass(frozen=True)
@@ -53,14 +47,14 @@ class NFGSMAttack:
     steps: int = 1
 
     def __post_init__(self):
-        _pixel_scale(self.eps_space)
+        pixel_scale(self.eps_space)
 
     def scaled(self, factor: float) -> "NFGSMAttack":
         return replace(self, eps=self.eps * factor, step_size=self.step_size * factor)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        scale = _pixel_scale(self.eps_space)
+        scale = pixel_scale(self.eps_space)
         clamp = self.eps_space == "pixel"
         x = x.detach()
         was_training = model.training
@@ -78,7 +72,7 @@ class NFGSMAttack:
             model.train(was_training)
 
     def describe(self) -> dict:
-        scale = _pixel_scale(self.eps_space)
+        scale = pixel_scale(self.eps_space)
         return {"name": "n_fgsm", "eps": self.eps, "step_size": self.step_size, "noise_factor": self.noise_factor,
                 "steps": self.steps, "eps_space": self.eps_space, "eps_pixel": self.eps * scale,
                 "projected_to_eps_ball": False, "clamped_to_valid_range": self.eps_space == "pixel"}

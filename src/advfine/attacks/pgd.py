@@ -115,6 +115,13 @@ PAPER_FAITHFUL_STD = 0.5
 EPS_SPACES = ("pixel", "paper_faithful")
 
 
+def pixel_scale(eps_space: str) -> float:
+    """What one unit of eps is in pixels: 0.5 in the reference code's normalized space, else 1."""
+    if eps_space not in EPS_SPACES:
+        raise ValueError(f"eps_space must be one of {EPS_SPACES}, got {eps_space!r}")
+    return PAPER_FAITHFUL_STD if eps_space == "paper_faithful" else 1.0
+
+
 @dataclass(frozen=True)
 class PGDAttack:
     """PGD with fixed hyperparameters in ``norm`` (linf or l2); ``attack(model, x, y)`` returns adversarial
@@ -149,7 +156,7 @@ class PGDAttack:
 
     @property
     def pixel_scale(self) -> float:
-        return PAPER_FAITHFUL_STD if self.eps_space == "paper_faithful" else 1.0
+        return pixel_scale(self.eps_space)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  generator: torch.Generator | None = None, start_noise: torch.Tensor | None = None) -> torch.Tensor:

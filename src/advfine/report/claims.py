@@ -109,6 +109,13 @@ def claims_table(df: pd.DataFrame, prune_level: float | Mapping[str, float], ptq
     """One row per claim and (experiment, dataset, arch) group: the two models, the statistic and the
     verdict, paired over the seeds both models have. ``margin``: the equivalence margin in points."""
     rows = []
+    outcomes: dict[tuple[Path, str], object] = {}  # a model serves several claims: read each file once
+
+    def outcome(path: Path, column: str):
+        if (path, column) not in outcomes:
+            outcomes[path, column] = read_outcome(path, column)
+        return outcomes[path, column]
+
     for keys, g in groups(df):
         bits = level_for(ptq_bits, keys[1])
         levels = {PRUNE: level_for(prune_level, keys[1]), PTQ: bits, QAT: bits, DENSE: None}
@@ -127,8 +134,8 @@ def claims_table(df: pd.DataFrame, prune_level: float | Mapping[str, float], ptq
                 rows.append(row | {"verdict": f"{NO_SAMPLES} ({missing[0]})"})
                 continue
             column = METRIC_COLUMNS[claim.metric]
-            result = compare([read_outcome(files_a[s], column) for s in seeds],
-                             [read_outcome(files_b[s], column) for s in seeds], claim.kind, margin, n_boot)
+            result = compare([outcome(files_a[s], column) for s in seeds],
+                             [outcome(files_b[s], column) for s in seeds], claim.kind, margin, n_boot)
             rows.append(row | {k: result[k] for k in ("n_samples", "a_mean", "b_mean", "diff", "ci_low", "ci_high",
                                                       "mcnemar_p", "n01", "n10", "verdict")})
     return pd.DataFrame(rows, columns=CLAIMS_COLS)
