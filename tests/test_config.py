@@ -218,3 +218,9 @@ def test_conda_env_pins_equal_the_pip_requirements():
     conda_pins = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert sorted(conda_pins) == sorted(pip_pins)
     assert all("==" in pin for pin in pip_pins)
+
+
+def test_control_base_models_without_any_base_model_is_a_config_error():
+    with pytest.raises(ConfigError, match="sweep.control_base_models"):
+        validate_config(tiny_config(validate=False, **{"sweep.base_models": ["st"], "sweep.controls": ["fgsm"],
+                                                       "sweep.control_base_models": ["rb"]}))

@@ -217,3 +217,15 @@ def test_controls_are_nodes_beside_t_ad_and_scratch_ones_are_made_once_per_seed(
     for control in ("scratch", "scratch-full"):
         made = [o for o in evals if f"/ft-{control}/" in o]
         assert len(made) == 2 and all("/base-st/" in o for o in made), made
+
+
+def test_control_base_models_limit_the_controls_to_those_base_models(tmp_path):
+    """sweep.control_base_models: [rb] puts every control arm, the from-scratch ones too, under f_rb only."""
+    write_config(tmp_path, workflow_config(**{"sweep.controls": ["fgsm", "scratch"],
+                                              "sweep.control_base_models": ["rb"]}))
+    result = snakemake(tmp_path, "all", "-n", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = [p for o in planned_outputs(result) for p in o.split(", ") if p.endswith("eval.json")]
+    for control in ("fgsm", "scratch"):
+        made = [o for o in evals if f"/ft-{control}/" in o]
+        assert made and all("/base-rb/" in o for o in made), made

@@ -151,6 +151,9 @@ def check_config(config: dict) -> None:
     if attacks[0] != "pgd" or attacks != sorted(attacks, key=order.index):
         raise ConfigError(f"config key evaluate.attacks: {attacks}: the suite starts with pgd (the paper's attack) "
                           f"and runs in the order {list(order)}")
+    if sweep["controls"] and not set(sweep["control_base_models"]) & set(sweep["base_models"]):
+        raise ConfigError(f"config key sweep.control_base_models: {sweep['control_base_models']} has none of "
+                          f"sweep.base_models {sweep['base_models']}, so sweep.controls would make no node")
     fast = [c for c in sweep["controls"] if c.split("-")[0] in ("fgsm", "nfgsm")]
     if config["attack"]["norm"] != "linf" and fast:
         raise ConfigError(f"config key sweep.controls: {fast} are L-inf methods (single signed-gradient steps); "

@@ -121,10 +121,13 @@ def eval_targets():
 
 
 def controls_under(train):
-    """The control arms (sweep.controls) under base model ``train``: the from-scratch ones only under
-    the first base model (they use its compressed architecture, never its weights)."""
-    first = train == SWEEP["base_models"][0]
-    return [c for c in SWEEP["controls"] if first or c not in vocab.SCRATCH_CONTROLS]
+    """The control arms (sweep.controls) under base model ``train``, if it is in sweep.control_base_models:
+    the from-scratch ones only under the first of those (they use its compressed architecture, never its
+    weights)."""
+    bases = [b for b in SWEEP["base_models"] if b in SWEEP["control_base_models"]]
+    if train not in bases:
+        return []
+    return [c for c in SWEEP["controls"] if train == bases[0] or c not in vocab.SCRATCH_CONTROLS]
 
 
 TABLES = vocab.table_names(DATASET)
