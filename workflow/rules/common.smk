@@ -127,7 +127,11 @@ def controls_under(train):
     bases = [b for b in SWEEP["base_models"] if b in SWEEP["control_base_models"]]
     if train not in bases:
         return []
-    return [c for c in SWEEP["controls"] if train == bases[0] or c not in vocab.SCRATCH_CONTROLS]
+    return [
+        c
+        for c in SWEEP["controls"]
+        if train == bases[0] or c not in vocab.SCRATCH_CONTROLS
+    ]
 
 
 TABLES = vocab.table_names(DATASET)
