@@ -1,12 +1,15 @@
 """The comparison of a Fashion-MNIST run with the paper that docs/results/<run>/README.md shows: per model
 of the paper's Tables 2, 3 and 5, the paper's test / robust accuracy beside ours (clean, the paper's PGD
 and the per-sample worst case over the attack suite), mean ± std over seeds; then the verdict of every
-claim of the run's claims table, and optionally the robust accuracies of an earlier run of the same
-models (the PGD-only evaluation the worst case replaced).
+claim of the run's claims table. Optionally beside them: a twin run of the same study under another
+threat model (``--twin``, e.g. the paper-faithful one: its clean, PGD and worst-case accuracy and its claim
+verdicts, to separate what the threat model changes from what the budget changes), and the robust
+accuracies of an earlier run of the same models (``--before``).
 
-    .venv/bin/python benchmarks/reproduction_summary.py docs/results/fmnist-cpu [--before OLD_all_metrics.csv]
+    .venv/bin/python benchmarks/reproduction_summary.py docs/results/fmnist-cpu \
+        [--twin docs/results/fmnist-cpu-paper-faithful] [--before OLD_all_metrics.csv]
 
-Reads ``all_metrics.csv`` and ``tables/claims.csv`` in the run's folder; prints Markdown.
+Reads ``all_metrics.csv`` and ``tables/claims.csv`` in each run's folder; prints Markdown.
 """
 from __future__ import annotations
 
@@ -45,38 +48,64 @@ def cell(rows: pd.DataFrame, column: str) -> str:
     return format_cell(*mean_std(rows[column].astype(float) * 100.0))
 
 
+def model_rows(df: pd.DataFrame, train: str, method: str, finetune: str) -> pd.DataFrame:
+    return df[(df["train"] == train) & (df["method"] == method) & (df["finetune"] == finetune)]
+
+
+def claim_cells(c: pd.Series) -> str:
+    diff = "n/a" if pd.isna(c["diff"]) else f"{c['diff']:.2f}"
+    ci = "n/a" if pd.isna(c["ci_low"]) else f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+    return f"{diff} | {ci} | {c['verdict']}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="folder with all_metrics.csv and tables/claims.csv")
+    parser.add_argument("--twin", type=Path, help="folder of the same study under another threat model")
     parser.add_argument("--before", type=Path, help="all_metrics.csv of an earlier run of the same models")
     args = parser.parse_args()
     df = pd.read_csv(args.run / "all_metrics.csv")
+    twin = pd.read_csv(args.twin / "all_metrics.csv") if args.twin else None
     before = pd.read_csv(args.before) if args.before else None
-    seeds = sorted(int(s) for s in df["seed"].unique())
-    print(f"Seeds: {seeds}; commit(s): {', '.join(sorted(df['git_commit'].astype(str).unique()))}\n")
+    for name, run in (("run", df), ("twin", twin)):
+        if run is not None:
+            seeds = sorted(int(s) for s in run["seed"].unique())
+            threat = ", ".join(sorted({f"{space} (pixel eps {eps:g})" for space, eps in
+                                       zip(run.get("attack_eps_space", ["n/a"] * len(run)),
+                                           run.get("attack_eps_pixel", [float("nan")] * len(run)))}))
+            print(f"{name}: seeds {seeds}; commit(s): {', '.join(sorted(run['git_commit'].astype(str).unique()))}; "
+                  f"threat model: {threat}")
+    print()
     header = "| model | paper test | paper robust | here test | here PGD | here worst case |"
-    header += " earlier run: PGD only |" if before is not None else ""
+    header += " twin test | twin PGD | twin worst case |" if twin is not None else ""
+    header += " earlier run: worst case |" if before is not None else ""
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for (train, method, finetune), (paper_test, paper_robust) in PAPER.items():
-        pick = (df["train"] == train) & (df["method"] == method) & (df["finetune"] == finetune)
-        rows = df[pick]
-        line = (f"| {model_label(train, method, finetune)} | {paper_test} | {paper_robust} | {cell(rows, 'clean_acc')} "
-                f"| {cell(rows, 'robust_acc_pgd')} | {cell(rows, 'robust_acc')} |")
+        line = f"| {model_label(train, method, finetune)} | {paper_test} | {paper_robust} |"
+        for run in (df, twin):
+            if run is not None:
+                rows = model_rows(run, train, method, finetune)
+                line += f" {cell(rows, 'clean_acc')} | {cell(rows, 'robust_acc_pgd')} | {cell(rows, 'robust_acc')} |"
         if before is not None:
-            old = before[(before["train"] == train) & (before["method"] == method) & (before["finetune"] == finetune)]
-            line += f" {cell(old, 'robust_acc')} |"
+            line += f" {cell(model_rows(before, train, method, finetune), 'robust_acc')} |"
         print(line)
     claims_path = args.run / "tables" / "claims.csv"
     if claims_path.is_file():
         claims = pd.read_csv(claims_path)
-        print("\n| claim | statement | A − B (points) | 95 % CI | verdict |\n|---|---|---|---|---|")
+        twin_claims = None
+        if args.twin and (args.twin / "tables" / "claims.csv").is_file():
+            twin_claims = pd.read_csv(args.twin / "tables" / "claims.csv").set_index("claim")
+        header = "\n| claim | statement | A − B (points) | 95 % CI | verdict |"
+        header += " twin: A − B | twin: 95 % CI | twin: verdict |" if twin_claims is not None else ""
+        print(header)
+        print("|---" * (header.count("|") - 1) + "|")
         for _, c in claims.iterrows():
-            diff = "n/a" if pd.isna(c["diff"]) else f"{c['diff']:.2f}"
-            ci = "n/a" if pd.isna(c["ci_low"]) else f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
-            print(f"| {c['claim']} | {c['statement']} ({c['a']} vs {c['b']}, {c['metric']}) | {diff} | {ci} "
-                  f"| {c['verdict']} |")
-
+            line = f"| {c['claim']} | {c['statement']} ({c['a']} vs {c['b']}, {c['metric']}) | {claim_cells(c)} |"
+            if twin_claims is not None:
+                line += (f" {claim_cells(twin_claims.loc[c['claim']])} |" if c["claim"] in twin_claims.index
+                         else " n/a | n/a | n/a |")
+            print(line)
 
 if __name__ == "__main__":
     main()

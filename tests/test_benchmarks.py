@@ -103,7 +103,18 @@ def test_reproduction_summary_puts_the_paper_beside_the_run_and_lists_the_claims
     pd.DataFrame([{"claim": "C1", "statement": "robust", "a": "f_rb", "b": "f_st", "metric": "robust",
                    "diff": 50.0, "ci_low": 48.0, "ci_high": 52.0, "verdict": "confirmed"}]).to_csv(
         tmp_path / "tables" / "claims.csv", index=False)
-    out = run("reproduction_summary.py", str(tmp_path), "--before", str(tmp_path / "all_metrics.csv"))
-    assert "| f_rb | 87.87 ± 0.33 | 82.51 ± 0.16 | 80.00 ± 0.00 | 63.00 ± 1.41 | 59.00 ± 1.41 | 59.00 ± 1.41 |" in out
-    assert "| f_st | 90.49 ± 0.22 | 4.26 ± 2.36 | n/a | n/a | n/a | n/a |" in out
-    assert "| C1 | robust (f_rb vs f_st, robust) | 50.00 | [48.00, 52.00] | confirmed |" in out and "Seeds: [0, 1]" in out
+    twin = tmp_path / "twin"
+    (twin / "tables").mkdir(parents=True)
+    pd.DataFrame(rows).assign(robust_acc=0.7).to_csv(twin / "all_metrics.csv", index=False)
+    pd.DataFrame([{"claim": "C1", "statement": "robust", "a": "f_rb", "b": "f_st", "metric": "robust",
+                   "diff": 60.0, "ci_low": 58.0, "ci_high": 62.0, "verdict": "confirmed"}]).to_csv(
+        twin / "tables" / "claims.csv", index=False)
+    out = run("reproduction_summary.py", str(tmp_path), "--twin", str(twin),
+              "--before", str(tmp_path / "all_metrics.csv"))
+    assert ("| f_rb | 87.87 ± 0.33 | 82.51 ± 0.16 | 80.00 ± 0.00 | 63.00 ± 1.41 | 59.00 ± 1.41 "
+            "| 80.00 ± 0.00 | 63.00 ± 1.41 | 70.00 ± 0.00 | 59.00 ± 1.41 |") in out
+    assert "| f_st | 90.49 ± 0.22 | 4.26 ± 2.36 | n/a | n/a | n/a | n/a | n/a | n/a | n/a |" in out
+    assert ("| C1 | robust (f_rb vs f_st, robust) | 50.00 | [48.00, 52.00] | confirmed "
+            "| 60.00 | [58.00, 62.00] | confirmed |") in out and "run: seeds [0, 1]" in out
+    alone = run("reproduction_summary.py", str(tmp_path))
+    assert "| C1 | robust (f_rb vs f_st, robust) | 50.00 | [48.00, 52.00] | confirmed |\n" in alone + "\n"
