@@ -1,7 +1,8 @@
 """The comparison of a Fashion-MNIST run with the paper that docs/results/<run>/README.md shows: per model
 of the paper's Tables 2, 3 and 5, the paper's test / robust accuracy beside ours (clean, the paper's PGD
 and the per-sample worst case over the attack suite), mean ± std over seeds; then the verdict of every
-claim of the run's claims table. Optionally beside them: a twin run of the same study under another
+claim of the run's claims table, and T_ad beside every control arm seed by seed (clean / worst case: a
+collapsed seed shows as chance level, which a mean ± std hides). Optionally beside them: a twin run of the same study under another
 threat model (``--twin``, e.g. the paper-faithful one: its clean, PGD and worst-case accuracy and its claim
 verdicts, to separate what the threat model changes from what the budget changes), and the robust
 accuracies of an earlier run of the same models (``--before``).
@@ -24,7 +25,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from advfine.report.labels import format_cell  # noqa: E402
 from advfine.report.stats import mean_std  # noqa: E402
-from advfine.vocab import model_label  # noqa: E402
+from advfine.vocab import CONTROLS, model_label  # noqa: E402
 
 # The paper's Fashion-MNIST numbers (Tables 2, 3 and 5: test and robust accuracy in %, mean ± std over
 # 3 seeds; 80 % pruning, INT8 PTQ), keyed by (train, method, finetune).
@@ -56,6 +57,24 @@ def claim_cells(c: pd.Series) -> str:
     diff = "n/a" if pd.isna(c["diff"]) else f"{c['diff']:.2f}"
     ci = "n/a" if pd.isna(c["ci_low"]) else f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
     return f"{diff} | {ci} | {c['verdict']}"
+
+
+def print_arms_per_seed(name: str, df: pd.DataFrame) -> None:
+    """T_ad and the control arms of each compressed model, one column per seed: clean / worst case (%)."""
+    arms = df[df["finetune"].isin(["ad", *CONTROLS]) & (df["method"] != "dense")]
+    if not set(arms["finetune"]) - {"ad"}:
+        return
+    seeds = sorted(int(s) for s in arms["seed"].unique())
+    print(f"\n{name}: T_ad and the control arms per seed, clean / worst case (%)\n")
+    header = "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |"
+    print(header + "\n" + "|---" * (header.count("|") - 1) + "|")
+    order = ["ad", *CONTROLS]
+    for (train, method, finetune), rows in sorted(arms.groupby(["train", "method", "finetune"]),
+                                                  key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2]))):
+        by_seed = rows.set_index(rows["seed"].astype(int))
+        cells = [f"{100 * by_seed.loc[s, 'clean_acc']:.1f} / {100 * by_seed.loc[s, 'robust_acc']:.1f}"
+                 if s in by_seed.index else "n/a" for s in seeds]
+        print(f"| {model_label(train, method, finetune)} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -90,6 +109,9 @@ def main() -> None:
         if before is not None:
             line += f" {cell(model_rows(before, train, method, finetune), 'robust_acc')} |"
         print(line)
+    for name, run in (("run", df), ("twin", twin)):
+        if run is not None:
+            print_arms_per_seed(name, run)
     claims_path = args.run / "tables" / "claims.csv"
     if claims_path.is_file():
         claims = pd.read_csv(claims_path)

@@ -98,7 +98,10 @@ def test_evaluation_summary_groups_nodes_by_type(tmp_path):
 def test_reproduction_summary_puts_the_paper_beside_the_run_and_lists_the_claims(tmp_path):
     rows = [{"train": "rb", "method": "dense", "finetune": "none", "seed": s, "clean_acc": 0.8, "robust_acc_pgd": p,
              "robust_acc": w, "git_commit": "abc"} for s, p, w in ((0, 0.62, 0.60), (1, 0.64, 0.58))]
-    pd.DataFrame(rows).to_csv(tmp_path / "all_metrics.csv", index=False)
+    arms = [{"train": "st", "method": "prune", "finetune": ft, "seed": s, "clean_acc": c, "robust_acc_pgd": w,
+             "robust_acc": w, "git_commit": "abc"} for ft, s, c, w in (("ad", 0, 0.7, 0.5), ("ad", 1, 0.72, 0.48),
+                                                                       ("scratch", 0, 0.098, 0.096))]
+    pd.DataFrame(rows + arms).to_csv(tmp_path / "all_metrics.csv", index=False)
     (tmp_path / "tables").mkdir()
     pd.DataFrame([{"claim": "C1", "statement": "robust", "a": "f_rb", "b": "f_st", "metric": "robust",
                    "diff": 50.0, "ci_low": 48.0, "ci_high": 52.0, "verdict": "confirmed"}]).to_csv(
@@ -116,5 +119,7 @@ def test_reproduction_summary_puts_the_paper_beside_the_run_and_lists_the_claims
     assert "| f_st | 90.49 ± 0.22 | 4.26 ± 2.36 | n/a | n/a | n/a | n/a | n/a | n/a | n/a |" in out
     assert ("| C1 | robust (f_rb vs f_st, robust) | 50.00 | [48.00, 52.00] | confirmed "
             "| 60.00 | [58.00, 62.00] | confirmed |") in out and "run: seeds [0, 1]" in out
+    assert "| T_ad(f_st^p) | 70.0 / 50.0 | 72.0 / 48.0 |" in out  # T_ad and the controls per seed
+    assert "| S_ad^ft(arch f^p) | 9.8 / 9.6 | n/a |" in out
     alone = run("reproduction_summary.py", str(tmp_path))
     assert "| C1 | robust (f_rb vs f_st, robust) | 50.00 | [48.00, 52.00] | confirmed |\n" in alone + "\n"
