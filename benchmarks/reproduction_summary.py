@@ -53,6 +53,17 @@ def model_rows(df: pd.DataFrame, train: str, method: str, finetune: str) -> pd.D
     return df[(df["train"] == train) & (df["method"] == method) & (df["finetune"] == finetune)]
 
 
+def threat_model(run: pd.DataFrame) -> str:
+    if "attack_eps_space" not in run:
+        return "n/a"
+    pairs = run[["attack_eps_space", "attack_eps_pixel"]].drop_duplicates()
+    return ", ".join(f"{space} (pixel eps {eps:g})" for space, eps in pairs.itertuples(index=False))
+
+
+def print_header(header: str) -> None:
+    print(header + "\n" + "|---" * (header.count("|") - 1) + "|")
+
+
 def claim_cells(c: pd.Series) -> str:
     diff = "n/a" if pd.isna(c["diff"]) else f"{c['diff']:.2f}"
     ci = "n/a" if pd.isna(c["ci_low"]) else f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
@@ -67,7 +78,7 @@ def print_arms_per_seed(name: str, df: pd.DataFrame) -> None:
     seeds = sorted(int(s) for s in arms["seed"].unique())
     print(f"\n{name}: T_ad and the control arms per seed, clean / worst case (%)\n")
     header = "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |"
-    print(header + "\n" + "|---" * (header.count("|") - 1) + "|")
+    print_header(header)
     order = ["ad", *CONTROLS]
     for (train, method, finetune), rows in sorted(arms.groupby(["train", "method", "finetune"]),
                                                   key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2]))):
@@ -89,17 +100,13 @@ def main() -> None:
     for name, run in (("run", df), ("twin", twin)):
         if run is not None:
             seeds = sorted(int(s) for s in run["seed"].unique())
-            threat = ", ".join(sorted({f"{space} (pixel eps {eps:g})" for space, eps in
-                                       zip(run.get("attack_eps_space", ["n/a"] * len(run)),
-                                           run.get("attack_eps_pixel", [float("nan")] * len(run)))}))
             print(f"{name}: seeds {seeds}; commit(s): {', '.join(sorted(run['git_commit'].astype(str).unique()))}; "
-                  f"threat model: {threat}")
+                  f"threat model: {threat_model(run)}")
     print()
     header = "| model | paper test | paper robust | here test | here PGD | here worst case |"
     header += " twin test | twin PGD | twin worst case |" if twin is not None else ""
     header += " earlier run: worst case |" if before is not None else ""
-    print(header)
-    print("|---" * (header.count("|") - 1) + "|")
+    print_header(header)
     for (train, method, finetune), (paper_test, paper_robust) in PAPER.items():
         line = f"| {model_label(train, method, finetune)} | {paper_test} | {paper_robust} |"
         for run in (df, twin):
@@ -120,14 +127,14 @@ def main() -> None:
             twin_claims = pd.read_csv(args.twin / "tables" / "claims.csv").set_index("claim")
         header = "\n| claim | statement | A − B (points) | 95 % CI | verdict |"
         header += " twin: A − B | twin: 95 % CI | twin: verdict |" if twin_claims is not None else ""
-        print(header)
-        print("|---" * (header.count("|") - 1) + "|")
+        print_header(header)
         for _, c in claims.iterrows():
             line = f"| {c['claim']} | {c['statement']} ({c['a']} vs {c['b']}, {c['metric']}) | {claim_cells(c)} |"
             if twin_claims is not None:
                 line += (f" {claim_cells(twin_claims.loc[c['claim']])} |" if c["claim"] in twin_claims.index
                          else " n/a | n/a | n/a |")
             print(line)
+
 
 if __name__ == "__main__":
     main()
