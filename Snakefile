@@ -1,6 +1,6 @@
 # advfine: adversarial fine-tuning of compressed networks.
-#   snakemake --cores 2 all                    # tables and figures of config.yaml
-#   snakemake --cores 2 --configfile=configs/X.yaml all_tables   # "=": --configfile takes several files
+#   snakemake all --cores 2                    # tables and figures of config.yaml
+#   snakemake all_tables --cores 2 --configfile=configs/X.yaml   # the target first: options take several values
 #   snakemake --report report.html             # after a run: figures and tables in one HTML file
 # One stage = one name: rule <name>, workflow/rules/<name>.smk, workflow/scripts/<name>.py,
 # advfine.stages.<name>.run, its config slice <name> (advfine.config.STAGE_SECTIONS) and <name>.log.

@@ -7,6 +7,7 @@ real-INT8 agreement, and the evaluation seconds (per attack and in all). Reads `
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections import Counter, defaultdict
@@ -20,7 +21,10 @@ def node_type(record: dict) -> str:
 
 
 def main() -> None:
-    root = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "results" / "digits-default"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, nargs="?", default=REPO / "results" / "digits-default",
+                        help="an experiment's results folder (default: the default experiment's)")
+    root = parser.parse_args().root
     records = [json.loads(p.read_text()) | {"path": str(p.relative_to(root))} for p in sorted(root.rglob("eval.json"))]
     if not records:
         sys.exit(f"no eval.json under {root}: run the experiment first")

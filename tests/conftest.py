@@ -1,8 +1,12 @@
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from advfine.config import section_with_defaults, stage_config, validate_config
 
@@ -92,3 +96,41 @@ def train_settings(**values) -> dict:
 @pytest.fixture
 def tiny_cfg():
     return tiny_config()
+
+
+# ---------------------------------------------------------------- the whole workflow on a tiny config
+def snakemake(workdir, *args, timeout=900):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+# The tiny DAG also runs QAT (INT8, from the trained robust model), so every table cell has data,
+# Figure 2's t-SNE, and two control arms (FGSM-RS fine-tuning; PGD training from scratch).
+WITH_QAT = {"figure2": {"enabled": True, "class_index": 8, "n_images": 20, "perplexity": 5},
+            "sweep.qat_bits": [8], "sweep.controls": ["fgsm", "scratch"],
+            "qat": {"init": "parent", "epochs": 1, "batch_size": 32, "lr": 0.01, "momentum": 0.9,
+                             "lr_drop_epoch": None, "lr_after_drop": 0.01},
+            "finetune.qat": {"lr": 0.01, "momentum": 0.9}}
+
+
+def workflow_config(**over):
+    return tiny_config(**(WITH_QAT | over))
+
+
+def write_config(workdir, cfg):
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def planned_outputs(result) -> list[str]:
+    """Output paths of the jobs a dry run plans."""
+    return re.findall(r"^\s+output: (.+)$", result.stdout, flags=re.M)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("wf")
+    write_config(workdir, workflow_config())
+    result = snakemake(workdir, "all")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

@@ -8,44 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, tiny_config
-
-
-def snakemake(workdir, *args, timeout=900):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-# The tiny DAG also runs QAT (INT8, from the trained robust model), so every table cell has data,
-# Figure 2's t-SNE, and two control arms (FGSM-RS fine-tuning; PGD training from scratch).
-WITH_QAT = {"figure2": {"enabled": True, "class_index": 8, "n_images": 20, "perplexity": 5},
-            "sweep.qat_bits": [8], "sweep.controls": ["fgsm", "scratch"],
-            "qat": {"init": "parent", "epochs": 1, "batch_size": 32, "lr": 0.01, "momentum": 0.9,
-                             "lr_drop_epoch": None, "lr_after_drop": 0.01},
-            "finetune.qat": {"lr": 0.01, "momentum": 0.9}}
-
-
-def workflow_config(**over):
-    return tiny_config(**(WITH_QAT | over))
-
-
-def write_config(workdir, cfg):
-    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-
-
-def planned_outputs(result) -> list[str]:
-    """Output paths of the jobs a dry run plans."""
-    return re.findall(r"^\s+output: (.+)$", result.stdout, flags=re.M)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("wf")
-    write_config(workdir, workflow_config())
-    result = snakemake(workdir, "all")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+from conftest import REPO, planned_outputs, snakemake, tiny_config, workflow_config, write_config
 
 
 @pytest.mark.slow
