@@ -53,7 +53,8 @@ def write(path, record):
 def run_results(root):
     """A run's results folder (paths relative to the workflow's directory, as in eval.json): on seed 1 f_rb
     collapsed in training; its own evaluation, its pruned model's and that model's T_ad carry the mark, the
-    from-scratch arm under it does not; on seed 0 T_st(f_st) diverged; everything else is healthy."""
+    from-scratch arm under it does not; on seed 0 T_st(f_st) diverged (its training loss went non-finite, which
+    its metrics.json also calls a collapse); everything else is healthy."""
     reason = "epoch 20: training accuracy 0.100, chance is 0.100 (loss 2.3026, ln 10 = 2.3026)"
     node = Path("results/exp/fashion_mnist-cnn8")
     healthy = {"collapsed": False, "collapsed_reason": None, "collapsed_upstream": []}
@@ -73,6 +74,8 @@ def run_results(root):
     evaluation(rb / "prune-0.5/ft-scratch", rb / "prune-0.5/ft-scratch", ["finetune"])
     write(root / st / "metrics.json", {"stage": "train_base", "collapsed": False})
     evaluation(st / "dense/ft-none", st, ["train_base"])
+    write(root / st / "dense/ft-st/metrics.json", {"stage": "finetune", "collapsed": True,
+                                                   "collapsed_reason": "epoch 1: training loss nan (diverged)"})
     evaluation(st / "dense/ft-st", st / "dense/ft-st", ["train_base", "finetune"], diverged=True,
                diverged_reason="non-finite weights or buffers: fc2.bias")
     (root / st / "dense/ft-ad").mkdir(parents=True)
@@ -101,6 +104,7 @@ def test_the_banner_is_silent_when_every_model_is_healthy(tmp_path, monkeypatch,
 
     monkeypatch.chdir(tmp_path)
     results, _ = run_results(tmp_path)
+    assert announce_health("results/exp") and capsys.readouterr().err
     for path in results.rglob("*.json"):
         if path.parent.name != "ft-ad" or path.parent.parent.name != "dense":  # not the half-written file
             record = json.loads(path.read_text())

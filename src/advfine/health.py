@@ -150,6 +150,10 @@ def unhealthy_models(results: str | Path) -> list[UnhealthyModel]:
         elif rec.get("collapsed") and (folder, "collapsed") not in found:
             found[folder, "collapsed"] = (stage, str(rec.get("collapsed_reason")))
 
+    for folder, outcome in list(found):  # a training loss gone non-finite is a divergence: say it once
+        if outcome == "collapsed" and (folder, "diverged") in found:
+            del found[folder, outcome]
+
     def carries_mark(rec: dict, outcome: str, stage: str) -> bool:
         return bool(rec.get("diverged")) if outcome == "diverged" else stage in (rec.get("collapsed_upstream") or [])
 

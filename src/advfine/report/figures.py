@@ -7,9 +7,10 @@ bit width after adversarial fine-tuning), Figure 3 (the same without fine-tuning
 (QAT robust models f_rb^q vs bit width, no fine-tuning). Points are the mean over seeds, error
 bars the sample std; dotted lines the dense model without fine-tuning; one panel row per
 (experiment, dataset, arch). A model with a diverged or collapsed seed (``stats``) has no point: the
-figure writes "diverged" or "collapsed" where it would be. Each ``plot_*`` function writes a PNG to ``path_png`` and, when
-``path_pdf`` is given, the same figure as PDF, and returns the written paths; ``plot_figures``
-writes both for figures named by their stems (``FIGURES``).
+figure writes "diverged" or "collapsed" where it would be (Figure 5: in the legend, no curve). Each
+``plot_*`` function writes a PNG to ``path_png`` and, when ``path_pdf`` is given, the same figure as PDF,
+and returns the written paths; ``plot_figures`` writes both for figures named by their stems
+(``FIGURES``).
 
 This module needs no other part of ``advfine.report`` but ``labels`` and ``stats``.
 """
