@@ -49,3 +49,16 @@ rule all_tables:
 rule all_figures:
     input:
         figure_targets(),
+
+
+# Loud at the end of a run, finished or failed: every collapsed or diverged model and the nodes built on it.
+onsuccess:
+    from advfine.health import announce_health
+
+    announce_health(RESULTS)
+
+
+onerror:
+    from advfine.health import announce_health
+
+    announce_health(RESULTS)

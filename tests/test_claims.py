@@ -42,19 +42,26 @@ def write_samples(path, clean: float, robust: float, seed: int, diverged: bool =
             writer.writerow([i, i % 10, *cells])
 
 
-@pytest.fixture
-def results(tmp_path):
+def write_results(tmp_path, health: dict | None = None):
+    """Every model of ``MODELS`` on seeds 0-2 with its samples.csv; ``health``: extra eval.json keys of
+    some (train, compression, finetune, seed)."""
     recs, outcomes = [], []
     for seed in (0, 1, 2):
         for (train, compression, finetune), (clean, robust) in MODELS.items():
             # every seed a little different, so the seeds vary as real ones do
             clean_s, robust_s = clean + 0.01 * (seed - 1), robust + 0.01 * (seed - 1)
-            recs.append(make_record(train, compression, finetune, seed, clean=clean_s, robust=robust_s))
+            extra = (health or {}).get((train, compression, finetune, seed), {})
+            recs.append(make_record(train, compression, finetune, seed, clean=clean_s, robust=robust_s, **extra))
             outcomes.append((clean_s, robust_s, seed))
     paths = write_records(tmp_path, recs)
     for path, (clean, robust, seed) in zip(paths, outcomes):
         write_samples(path.parent / "samples.csv", clean, robust, seed)
     return collect.collect_metrics(paths), paths
+
+
+@pytest.fixture
+def results(tmp_path):
+    return write_results(tmp_path)
 
 
 def verdicts(table: pd.DataFrame) -> dict:
@@ -115,3 +122,28 @@ def test_the_controls_table_puts_each_arm_beside_t_ad(results, tmp_path):
     assert "random init" in (tmp_path / "tables" / "controls.md").read_text(encoding="utf-8")
     no_controls = df[~df["finetune"].isin(["scratch", "fgsm", "trades"])]
     assert controls_table(no_controls).empty
+
+
+def test_a_comparison_with_a_collapsed_seed_is_said_collapsed_never_decided(tmp_path):
+    """f_rb collapsed in training on seed 1: every claim about f_rb, or about a model built on it (its PTQ
+    model), says "collapsed" with the counts; the scratch arm collapsed on seed 0 by its predictions."""
+    reason = {"collapsed": True, "collapsed_reason": "epoch 20: training accuracy 0.100, chance is 0.100"}
+    df, _ = write_results(tmp_path, {
+        ("rb", "dense", "none", 1): reason,
+        ("rb", "ptq-int8", "none", 1): {"collapsed_upstream": ["train_base"]},
+        ("rb", "ptq-int8", "st", 1): {"collapsed_upstream": ["train_base"]},
+        ("st", "prune-0.8", "scratch", 0): {"collapsed": True, "collapsed_reason": "predicts class 3 for 95.0%"}})
+    table = claims_table(df, 0.8, 8, margin=3.0, n_boot=200).set_index("claim")
+    c1 = table.loc["C1"]  # f_rb vs f_st
+    assert c1["verdict"] == "collapsed" and (c1["a_collapsed"], c1["b_collapsed"]) == (1, 0) and pd.isna(c1["diff"])
+    c7 = table.loc["C7"]  # f_rb^q (built on f_rb) vs f_rb: both carry the mark of seed 1
+    assert c7["verdict"] == "collapsed" and (c7["a_collapsed"], c7["b_collapsed"]) == (1, 1)
+    assert table.loc["C9", "verdict"] == "collapsed"  # T_st(f_rb^q) vs f_rb^q, both built on f_rb
+    assert table.loc["X1", "verdict"] == "collapsed" and table.loc["X1", "b_collapsed"] == 1
+    assert table.loc["C3", "verdict"] == "confirmed" and table.loc["C3", "a_collapsed"] == 0  # f_rb not in it
+    render.write_tables(df, tmp_path / "tables", 0.8, 8, margin=3.0)
+    md = (tmp_path / "tables" / "claims.md").read_text(encoding="utf-8")
+    assert "collapsed (A 1/3, B 0/3)" in md and "collapsed (A 1/3, B 1/3)" in md
+    controls = controls_table(df).set_index("finetune")
+    assert controls.loc["scratch", "robustness"] == "collapsed (1/3)" and controls.loc["scratch", "collapsed"] == 1
+    assert "collapsed (1/3)" in (tmp_path / "tables" / "controls.md").read_text(encoding="utf-8")

@@ -1,4 +1,6 @@
+import json
 import math
+from pathlib import Path
 
 from advfine.health import prediction_collapse, training_collapse
 
@@ -20,3 +22,92 @@ def test_a_constant_classifier_is_caught_and_a_poor_but_varied_one_is_not():
     assert "class 6" in prediction_collapse([6] * 95 + [1] * 5, 10)
     assert prediction_collapse([6] * 70 + list(range(10)) * 3, 10) is None
     assert prediction_collapse([], 10) is None
+
+
+# ----------------------------------------------------------------------------- the record
+
+
+def test_an_evaluated_model_is_marked_by_its_own_training_its_predictions_and_its_lineage():
+    from advfine.health import collapse_record, model_collapse
+
+    base = {"stage": "train_base", **collapse_record("epoch 2: training loss 2.3026 >= ln 10")}
+    pruned = {"stage": "compress", **collapse_record(None)}
+    tuned = {"stage": "finetune", **collapse_record(None)}
+    assert model_collapse([base], [1, 2, 3] * 10, 10) == {
+        "collapsed": True, "collapsed_reason": base["collapsed_reason"], "collapsed_upstream": []}
+    built_on = model_collapse([base, pruned, tuned], list(range(10)) * 3, 10)
+    assert built_on == {"collapsed": False, "collapsed_reason": None, "collapsed_upstream": ["train_base"]}
+    destroyed = model_collapse([{"stage": "train_base", "wall_time_s": 1.0}, pruned], [4] * 30, 10)  # old entry
+    assert destroyed["collapsed"] and "class 4" in destroyed["collapsed_reason"]
+    assert model_collapse([base], None, 10)["collapsed"]  # a diverged model has no predictions
+
+
+# ----------------------------------------------------------------------------- the end-of-run banner
+
+
+def write(path, record):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def run_results(root):
+    """A run's results folder (paths relative to the workflow's directory, as in eval.json): on seed 1 f_rb
+    collapsed in training; its own evaluation, its pruned model's and that model's T_ad carry the mark, the
+    from-scratch arm under it does not; on seed 0 T_st(f_st) diverged (its training loss went non-finite, which
+    its metrics.json also calls a collapse); everything else is healthy."""
+    reason = "epoch 20: training accuracy 0.100, chance is 0.100 (loss 2.3026, ln 10 = 2.3026)"
+    node = Path("results/exp/fashion_mnist-cnn8")
+    healthy = {"collapsed": False, "collapsed_reason": None, "collapsed_upstream": []}
+
+    def evaluation(folder, model_folder, stages, **over):
+        write(root / folder / "eval.json", {"model_path": str(model_folder / "model.pt"), "diverged": False,
+                                            "stages": [{"stage": s} for s in stages], **healthy, **over})
+
+    rb, st = node / "seed1/base-rb", node / "seed0/base-st"
+    write(root / rb / "metrics.json", {"stage": "train_base", "collapsed": True, "collapsed_reason": reason})
+    evaluation(rb / "dense/ft-none", rb, ["train_base"], collapsed=True, collapsed_reason=reason)
+    write(root / rb / "prune-0.5/metrics.json", {"stage": "compress", "collapsed": False})
+    evaluation(rb / "prune-0.5/ft-none", rb / "prune-0.5", ["train_base", "compress"],
+               collapsed_upstream=["train_base"])
+    evaluation(rb / "prune-0.5/ft-ad", rb / "prune-0.5/ft-ad", ["train_base", "compress", "finetune"],
+               collapsed_upstream=["train_base"])
+    evaluation(rb / "prune-0.5/ft-scratch", rb / "prune-0.5/ft-scratch", ["finetune"])
+    write(root / st / "metrics.json", {"stage": "train_base", "collapsed": False})
+    evaluation(st / "dense/ft-none", st, ["train_base"])
+    write(root / st / "dense/ft-st/metrics.json", {"stage": "finetune", "collapsed": True,
+                                                   "collapsed_reason": "epoch 1: training loss nan (diverged)"})
+    evaluation(st / "dense/ft-st", st / "dense/ft-st", ["train_base", "finetune"], diverged=True,
+               diverged_reason="non-finite weights or buffers: fc2.bias")
+    (root / st / "dense/ft-ad").mkdir(parents=True)
+    (root / st / "dense/ft-ad/eval.json").write_text("{half-written")  # skipped, never fatal
+    return root / "results/exp", reason
+
+
+def test_the_end_of_run_banner_names_every_collapsed_or_diverged_model(tmp_path, monkeypatch, capsys):
+    from advfine.health import announce_health, unhealthy_models
+
+    monkeypatch.chdir(tmp_path)
+    results, reason = run_results(tmp_path)
+    models = unhealthy_models("results/exp")
+    assert [(m.outcome, m.stage, m.built_on) for m in models] == [("diverged", "finetune", 0),
+                                                                  ("collapsed", "train_base", 2)]
+    assert models[1].folder == results / "fashion_mnist-cnn8/seed1/base-rb" and models[1].reason == reason
+    banner = announce_health("results/exp")
+    printed = capsys.readouterr().err
+    assert banner in printed and "TRAINING HEALTH: 2 model(s)" in banner
+    assert "COLLAPSED results/exp/fashion_mnist-cnn8/seed1/base-rb (stage train_base)" in banner and reason in banner
+    assert "DIVERGED" in banner and "fc2.bias" in banner and "carry the mark: 2" in banner
+
+
+def test_the_banner_is_silent_when_every_model_is_healthy(tmp_path, monkeypatch, capsys):
+    from advfine.health import announce_health
+
+    monkeypatch.chdir(tmp_path)
+    results, _ = run_results(tmp_path)
+    assert announce_health("results/exp") and capsys.readouterr().err
+    for path in results.rglob("*.json"):
+        if path.parent.name != "ft-ad" or path.parent.parent.name != "dense":  # not the half-written file
+            record = json.loads(path.read_text())
+            write(path, record | {"collapsed": False, "collapsed_upstream": [], "diverged": False})
+    assert announce_health("results/exp") == "" and capsys.readouterr().err == ""
+    assert announce_health(tmp_path / "no-such-run") == ""

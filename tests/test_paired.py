@@ -195,6 +195,22 @@ def test_compare_is_diverged_when_a_seed_has_no_outcome():
     assert compare(b, a, "equivalent")["verdict"] == "diverged"
 
 
+def test_compare_is_collapsed_when_a_seed_collapsed_and_diverged_wins():
+    rng = np.random.default_rng(8)
+    b = list(correct_at(rng, (3, 100), 0.7))
+    a = list(correct_at(rng, (3, 100), 0.9))
+    result = compare(a, b, "greater", a_collapsed=[False, False, False], b_collapsed=[False, True, False])
+    assert result["verdict"] == "collapsed" and (result["a_collapsed"], result["b_collapsed"]) == (0, 1)
+    for key in ("diff", "ci_low", "ci_high", "a_mean", "b_mean", "mcnemar_p"):
+        assert math.isnan(result[key]), key
+    healthy = compare(a, b, "greater", n_boot=200, a_collapsed=[False] * 3, b_collapsed=[False] * 3)
+    assert healthy["verdict"] == "confirmed" and healthy["a_collapsed"] == healthy["b_collapsed"] == 0
+    both = compare([a[0], None, a[2]], b, "greater", b_collapsed=[True, False, False])
+    assert both["verdict"] == "diverged" and (both["a_diverged"], both["b_collapsed"]) == (1, 1)
+    with pytest.raises(ValueError, match="a_collapsed: 2 collapsed flags for 3 seeds"):
+        compare(a, b, "greater", a_collapsed=[False, True])
+
+
 def test_compare_rejects_seed_count_mismatch_and_unknown_claim():
     rows = list(np.ones((3, 10), bool))
     with pytest.raises(ValueError, match="a has 3 seeds and b has 2"):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from advfine import vocab
-from advfine.report import audit_table, collect, figures, labels, render, tables
+from advfine.report import audit_table, collect, figures, labels, render, stats, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PDF_MAGIC = b"%PDF-"
@@ -143,12 +143,12 @@ def test_collect_metrics_columns_rows_and_sorting(df, paths):
     expected = ["experiment", "dataset", "arch", "seed", "train", "compression", "method", "level",
                 "finetune", "clean_acc", "robust_acc", "n_test", "params", "macs",
                 "checkpoint_bytes", "weight_bytes", "device", "eval_wall_time_s",
-                "diverged", "robust_acc_pgd", "robust_acc_whitebox",
+                "diverged", "collapsed", "collapsed_reason", "robust_acc_pgd", "robust_acc_whitebox",
                 *[f"robust_acc_after_{a}" for a in vocab.ATTACKS], *[f"broken_by_{a}" for a in vocab.ATTACKS],
                 *[f"audit_{c}" for c in vocab.AUDIT_CHECKS], "int8_robust_acc",
                 "precision", "latency_ms", "latency_batch", "latency_threads", "peak_rss_mb",
                 "int8_clean_acc", "int8_fake_quant_clean_acc", "int8_agreement",
-                "int8_latency_ms", "int8_model_bytes", "audit_flags",
+                "int8_latency_ms", "int8_model_bytes", "audit_flags", "collapsed_upstream",
                 "train_base_wall_time_s", "compress_wall_time_s", "finetune_wall_time_s",
                 "train_base_estimated_macs", "compress_estimated_macs",
                 "finetune_estimated_macs", "train_base_adversarial", "compress_adversarial",
@@ -294,7 +294,7 @@ def test_table2_rows_columns_values(df):
     assert list(t["model"]) == ["f_st", "f_rb", "T_ad(f_st)"]
     assert list(t.columns) == ["experiment", "dataset", "arch", "model", "n", "test",
                                "robustness", "test_mean", "test_std", "robust_mean", "robust_std",
-                               "diverged", "flagged"]
+                               "diverged", "collapsed", "flagged"]
     f_st = t.iloc[0]
     assert f_st["test"] == "90.50 ± 0.71" and f_st["robustness"] == "5.00 ± 1.41"
     assert f_st["n"] == 2
@@ -958,3 +958,108 @@ def test_figure5_draws_the_robustness_curves(suite_df, tmp_path):
     empty = figures.plot_figure5(suite_df.drop(columns=[c for c in suite_df if c.startswith("robust_acc_eps_x")]),
                                  tmp_path / "none.png")
     _assert_png(empty[0])
+
+
+# ----------------------------------------------------------------------------- training health
+
+TRAINING_COLLAPSE = "epoch 20: training loss 2.3026 >= ln 10 = 2.3026 (training accuracy 0.100)"
+PREDICTION_COLLAPSE = "predicts class 3 for 100.0% of 10000 test images (1 of 10 classes ever predicted)"
+
+
+def health_records() -> list[dict]:
+    """Two seeds. On seed 1 f_rb collapsed in training: its own evaluation (at chance, finite numbers) and
+    T_ad(f_rb^p), built on it, carry the mark. On seed 0 the pruned f_st without fine-tuning is a constant
+    classifier by its predictions. Every other model is healthy."""
+    healthy = {"collapsed": False, "collapsed_reason": None, "collapsed_upstream": []}
+    recs = []
+    for seed in (0, 1):
+        rb_collapsed = seed == 1
+        recs.append(make_record("st", "dense", "none", seed, **healthy))
+        recs.append(make_record("rb", "dense", "none", seed, clean=0.10 if rb_collapsed else 0.80,
+                                robust=0.10 if rb_collapsed else 0.60,
+                                **healthy | ({"collapsed": True, "collapsed_reason": TRAINING_COLLAPSE}
+                                             if rb_collapsed else {})))
+        recs.append(make_record("rb", "prune-0.5", "ad", seed, clean=0.70, robust=0.50,
+                                **healthy | {"collapsed_upstream": ["train_base"] if rb_collapsed else []}))
+        recs.append(make_record("st", "prune-0.5", "none", seed, clean=0.10 if seed == 0 else 0.30, robust=0.0,
+                                **healthy | ({"collapsed": True, "collapsed_reason": PREDICTION_COLLAPSE}
+                                             if seed == 0 else {})))
+        recs.append(make_record("st", "prune-0.5", "ad", seed, clean=0.75, robust=0.55, **healthy))
+    return recs
+
+
+@pytest.fixture
+def health_df(tmp_path):
+    return frame(tmp_path / "evals", health_records())
+
+
+def test_a_collapsed_seed_is_never_averaged_and_marks_the_nodes_built_on_it(health_df):
+    t2 = tables.table2(health_df).set_index("model")
+    assert (t2.loc["f_rb", "test"], t2.loc["f_rb", "robustness"]) == ("collapsed (1/2)", "collapsed (1/2)")
+    assert pd.isna(t2.loc["f_rb", "test_mean"]) and t2.loc["f_rb", "collapsed"] == 1
+    assert t2.loc["f_st", "test"] == "90.50 ± 0.71" and t2.loc["f_st", "collapsed"] == 0
+    t5 = tables.table5(health_df, 0.5, 8).set_index("model")
+    # T_ad(f_rb^p) itself trained well on both seeds, but seed 1 was built on the collapsed f_rb
+    assert t5.loc["T_ad(f_rb^p)", "robustness"] == "collapsed (1/2)"
+    assert t5.loc["T_ad(f_st^p)", "robustness"] == "55.00 ± 0.00"
+    t3 = tables.table3(health_df, 0.5, 8)
+    pruned_st = t3[(t3["model"] == "f_st^p") & (t3["performance"] == "test")].iloc[0]
+    assert pruned_st["none"] == "collapsed (1/2)" and pruned_st["none_collapsed"] == 1
+    assert pruned_st["ad"] == "75.00 ± 0.00" and pruned_st["ad_collapsed"] == 0
+    # the evaluation audit shows the healthy seeds' numbers and counts the one it left out
+    audit = audit_table.evaluation_audit(health_df)
+    f_rb = audit[(audit["train"] == "rb") & (audit["compression"] == "dense")].iloc[0]
+    assert f_rb["collapsed"] == 1 and f_rb["diverged"] == 0 and f_rb["clean_mean"] == pytest.approx(80.0)
+
+
+def test_collapse_is_said_in_every_format_and_survives_all_metrics_csv(health_df, tmp_path):
+    written = render.write_tables(health_df, tmp_path / "tables", 0.5, 8)
+    assert {p.suffix for p in written} == {".csv", ".md", ".tex", ".html"}
+    for ext in ("md", "tex", "html"):
+        text = (tmp_path / "tables" / f"table2_baselines.{ext}").read_text(encoding="utf-8")
+        assert "collapsed (1/2)" in text and "collapsed (k/n) = k of n seeds" in text, ext
+    audit_md = (tmp_path / "tables" / "evaluation_audit.md").read_text(encoding="utf-8")
+    assert "2 (1 collapsed)" in audit_md and "collapsed (k/n)" in audit_md
+    check_latex_table((tmp_path / "tables" / "table2_baselines.tex").read_text(encoding="utf-8"))
+    csv_path = collect.write_metrics_csv(health_df, tmp_path / "all_metrics.csv")
+    again = pd.read_csv(csv_path)
+    f_rb = again[(again["train"] == "rb") & (again["method"] == "dense")].set_index("seed")
+    assert list(f_rb["collapsed"]) == [False, True] and f_rb.loc[1, "collapsed_reason"] == TRAINING_COLLAPSE
+    built_on = again[(again["train"] == "rb") & (again["method"] == "prune")].set_index("seed")
+    assert built_on.loc[1, "collapsed_upstream"] == "train_base" and pd.isna(built_on.loc[0, "collapsed_upstream"])
+    # the workflow's tables and figures read all_metrics.csv: the marks hold there too
+    t5 = tables.table5(again, 0.5, 8).set_index("model")
+    assert t5.loc["T_ad(f_rb^p)", "test"] == "collapsed (1/2)" and t5.loc["f_rb", "test"] == "collapsed (1/2)"
+
+
+def test_figures_write_collapsed_where_the_point_would_be(health_df, tmp_path):
+    fig = figures.new_figure(6, 4)
+    ax = fig.subplots()
+    (_, g), = stats.groups(health_df)
+    figures._panel(ax, g, "prune", "none", ("st",), "pruned, no fine-tuning")
+    assert [t.get_text() for t in ax.texts] == ["collapsed", "collapsed"]  # test and robustness
+    assert figures.plot_figure3(health_df, tmp_path / "f3.png")[0].read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_model_with_both_a_diverged_and_a_collapsed_seed_says_both():
+    s = {"n": 3, "diverged": 1, "collapsed": 1, "flagged": 0, "test_mean": math.nan, "test_std": math.nan}
+    assert labels.stat_cell(s, "test") == "diverged (1/3), collapsed (1/3)"
+    assert labels.health_text(0, 0, 3) == ""
+
+
+def test_figure5_draws_no_curve_for_a_collapsed_model(tmp_path, monkeypatch):
+    recs = [suite_record("rb", "dense", "none", seed, 0.7, 0.68, collapsed=seed == 1,
+                         collapsed_reason=TRAINING_COLLAPSE if seed == 1 else None) for seed in (0, 1)]
+    recs += [suite_record("st", "dense", "none", seed, 0.2, 0.15) for seed in (0, 1)]
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, *paths: drawn.append(fig) or [])
+    figures.plot_figure5(frame(tmp_path, recs), tmp_path / "f5.png")
+    legend = [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()]
+    assert legend == ["f_rb: collapsed (1/2)", "f_st (n=2)"]
+
+
+@pytest.mark.parametrize("bad, key", [({"collapsed_upstream": "train_base"}, "collapsed_upstream"),
+                                      ({"collapsed": "yes"}, "collapsed")])
+def test_a_mistyped_collapse_record_is_named(tmp_path, bad, key):
+    with pytest.raises(collect.MetricsFileError, match=f"key '{key}'"):
+        frame(tmp_path, [make_record("st", "dense", "none", 0, **bad)])

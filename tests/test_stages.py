@@ -173,6 +173,7 @@ def test_quantization_aware_training_from_the_parent_and_from_scratch(data_path,
     result = evaluate(data_path, tmp_path / "qat-int8.pt", tmp_path / "qat-int8.json", "qat-int8",
                       **{"attack.eval.steps": 0})
     assert result["clean_acc"] > 0.6 and result["method"] == "qat"
+    assert m["collapsed"] is False and [s["collapsed"] for s in m["stages"]] == [False, False]  # QAT's health
     _, ckpt = load_model(tmp_path / "qat-int8.pt")
     assert ckpt["quant"]["bits"] == 8
 
@@ -227,3 +228,48 @@ def test_a_diverged_model_is_reported_as_diverged_not_scored(data_path, base, tm
     assert record["clean_acc"] is None and record["robust_acc"] is None and record["audit"] is None
     rows = list(csv.DictReader(open(tmp_path / "eval-dense-none.csv")))
     assert len(rows) == 128 and rows[0]["clean_correct"] == ""
+
+
+# Weight decay of 5 at lr 0.1 shrinks every weight by half each SGD step: after an epoch the network's
+# logits no longer depend on the input and training sits at ln 10, on every seed and CPU (the weights,
+# not a trajectory, decide it).
+COLLAPSING = {"train.weight_decay": 5.0, "train.lr_drop_epoch": None}
+FAST_EVAL = {"attack.eval.steps": 0, "evaluate.attacks": ["pgd"], "evaluate.latency_repeats": 0}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_collapsed_training_is_recorded_and_marks_every_node_built_on_it(data_path, tmp_path, caplog, seed):
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    with caplog.at_level("WARNING", logger="advfine"):
+        metrics = train_base.run(stage_settings("train_base", **COLLAPSING), data=data_path, train="st", seed=seed,
+                                 out_model=base_dir / "model.pt", out_metrics=base_dir / "metrics.json")
+    assert metrics["collapsed"] is True and "ln 10" in metrics["collapsed_reason"]
+    assert metrics["stages"][-1]["collapsed"] is True
+    assert json.loads((base_dir / "metrics.json").read_text())["collapsed_reason"] == metrics["collapsed_reason"]
+    assert any("COLLAPSED" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    # its own evaluation: the model is scored (finite numbers) and marked by its training and its predictions
+    own = evaluate(data_path, base_dir / "model.pt", base_dir / "metrics.json", **FAST_EVAL)
+    assert own["collapsed"] and "ln 10" in own["collapsed_reason"] and "predicts class" in own["collapsed_reason"]
+    assert own["collapsed_upstream"] == [] and not own["diverged"] and 0 <= own["clean_acc"] <= 0.3
+    # a node fine-tuned from it carries the mark of the stage that collapsed, whatever its own training did
+    def tune(mode):
+        return finetune_stage.run(stage_settings("finetune"), data=data_path, compression="dense", mode=mode,
+                                  seed=seed, model=base_dir / "model.pt", metrics=base_dir / "metrics.json",
+                                  out_model=tmp_path / f"{mode}.pt", out_metrics=tmp_path / f"{mode}.json")
+
+    tuned = tune("st")
+    assert tuned["stages"][0]["collapsed"] is True and tuned["collapsed"] == tuned["stages"][1]["collapsed"]
+    built_on = evaluate(data_path, tmp_path / "st.pt", tmp_path / "st.json", "dense", "st", **FAST_EVAL)
+    assert built_on["collapsed_upstream"] == ["train_base"]
+    # a from-scratch arm owes nothing to the collapsed base model
+    scratch = tune("scratch")
+    assert [st["stage"] for st in scratch["stages"]] == ["finetune"]
+
+
+def test_a_healthy_training_is_not_marked_collapsed(data_path, base):
+    metrics = json.loads((base / "metrics.json").read_text())
+    assert metrics["collapsed"] is False and metrics["collapsed_reason"] is None
+    assert metrics["stages"][0]["collapsed"] is False
+    record = evaluate(data_path, base / "model.pt", base / "metrics.json", **FAST_EVAL)
+    assert record["collapsed"] is False and record["collapsed_reason"] is None and record["collapsed_upstream"] == []

@@ -192,3 +192,16 @@ def test_control_base_models_limit_the_controls_to_those_base_models(tmp_path):
     for control in ("fgsm", "scratch"):
         made = [o for o in evals if f"/ft-{control}/" in o]
         assert made and all("/base-rb/" in o for o in made), made
+
+
+def test_the_end_of_a_run_names_a_collapsed_model(tmp_path):
+    """The Snakefile's onsuccess handler prints the health banner (advfine.health.announce_health)."""
+    write_config(tmp_path, workflow_config())
+    metrics = tmp_path / "results/tiny/digits-cnn8/seed0/base-rb/metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(json.dumps({"stage": "train_base", "collapsed": True,
+                                   "collapsed_reason": "epoch 2: training loss 2.3026 >= ln 10 = 2.3026"}))
+    result = snakemake(tmp_path, "results/tiny/data/digits.pt", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "TRAINING HEALTH: 1 model(s)" in result.stderr
+    assert "COLLAPSED results/tiny/digits-cnn8/seed0/base-rb (stage train_base)" in result.stderr

@@ -214,11 +214,13 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: Su
                    device: torch.device, seed: int, float_twin: nn.Module | None = None,
                    precision: str = "fp32", num_classes: int = 10) -> dict:
     """Clean accuracy and the suite's per-sample worst-case robust accuracy, with every attack's
-    record. Also returns the per-sample outcome (``clean_ok``, ``broken_by``) for the caller to save."""
+    record. Also returns the per-sample outcome (``predictions``, ``clean_ok``, ``broken_by``) for the
+    caller to save."""
     place_model(model, device)
     if float_twin is not None:
         place_model(float_twin, device).eval()
-    clean_ok = predict(model, x, batch_size, device, precision) == y
+    predictions = predict(model, x, batch_size, device, precision)
+    clean_ok = predictions == y
     broken_by, records = run_suite(model, x, y, clean_ok, suite, batch_size, device, seed, float_twin, precision,
                                    num_classes)
     robust_ok = clean_ok & (broken_by < 0)
@@ -229,7 +231,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: Su
             "robust_acc_whitebox": records[white[-1]]["robust_acc_after"],
             "n_test": len(y), "precision": precision, "attack": suite.pgd.describe(), "suite": suite.describe(),
             "attacks": {name: records[name] for name in ran}, "attack_order": ran,
-            "per_sample": {"clean_ok": clean_ok, "broken_by": broken_by}}
+            "per_sample": {"predictions": predictions, "clean_ok": clean_ok, "broken_by": broken_by}}
 
 
 def evaluate_deployed(int8_model: nn.Module, float_twin: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: Suite,

@@ -14,13 +14,24 @@ Two independent criteria, each a pure function of what a stage already has:
   destroyed by compression (an 80 %-pruned model without fine-tuning can predict one class for every
   image).
 
-No torch import: these take plain numbers and sequences, so the report and tests use them freely.
+The record (``collapse_record``, ``model_collapse``): every training stage's metrics.json and its entry
+in the lineage ``stages`` carry ``collapsed``/``collapsed_reason``; an eval.json carries them for the
+evaluated model itself and ``collapsed_upstream``, the earlier stages of its lineage whose training
+collapsed. A node built on a collapsed model carries that mark: its numbers are kept but never averaged.
+``health_banner`` reads these records back from a run's results folder for the end-of-run banner.
+
+No torch import: these take plain numbers, sequences and JSON files, so the workflow's end-of-run
+handlers, the report and tests use them freely.
 """
 from __future__ import annotations
 
+import json
 import math
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 # Training accuracy this close to chance (1 / C) counts as chance: a model that learned anything at all
 # is far above it within an epoch, adversarially trained ones included (robust training accuracy of a
@@ -68,3 +79,116 @@ def prediction_collapse(predictions: Iterable[int], num_classes: int) -> str | N
         return (f"predicts class {cls} for {share:.1%} of {total} test images "
                 f"({len(counts)} of {num_classes} classes ever predicted)")
     return None
+
+
+def collapse_record(reason: str | None) -> dict:
+    """The collapse keys of a stage's metrics.json and of its entry in ``stages``: ``reason`` from
+    ``training_collapse`` (None: healthy, or a stage that does not train)."""
+    return {"collapsed": reason is not None, "collapsed_reason": reason}
+
+
+def model_collapse(stages: Sequence[dict], predictions: Iterable[int] | None, num_classes: int) -> dict:
+    """The collapse keys of an eval.json. ``stages``: the evaluated model's lineage (oldest first, the
+    stage that made it last); ``predictions``: its predicted classes on the test set (None for a
+    diverged model). ``collapsed``/``collapsed_reason``: the model itself, by its own training or its
+    predictions (a compressed model without fine-tuning can be destroyed without training at all);
+    ``collapsed_upstream``: the earlier stages whose training collapsed (entries written before the
+    key count as healthy)."""
+    *earlier, own = stages or [{}]
+    reasons = [own.get("collapsed_reason") if own.get("collapsed") else None,
+               None if predictions is None else prediction_collapse(predictions, num_classes)]
+    reasons = [r for r in reasons if r]
+    return {"collapsed": bool(reasons), "collapsed_reason": "; ".join(reasons) or None,
+            "collapsed_upstream": [st["stage"] for st in earlier if st.get("collapsed")]}
+
+
+# ----------------------------------------------------------------------------- end-of-run banner
+
+
+@dataclass(frozen=True)
+class UnhealthyModel:
+    """A model of a run that collapsed or diverged: its folder (where model.pt lies), the stage that
+    made it, why, and how many evaluated nodes built on it carry its mark."""
+
+    outcome: str  # "collapsed" or "diverged"
+    folder: Path
+    stage: str
+    reason: str
+    built_on: int
+
+
+def _records(results: Path, name: str) -> list[tuple[Path, dict]]:
+    """(file, record) of every readable ``name`` under ``results``; a file being written or broken is
+    skipped (the banner runs after failed runs too and must never fail itself)."""
+    found = []
+    for path in sorted(results.rglob(name)):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            found.append((path, record))
+    return found
+
+
+def unhealthy_models(results: str | Path) -> list[UnhealthyModel]:
+    """Every model under ``results`` (one experiment's folder) that collapsed (in training, by its
+    metrics.json; or by its predictions, by its eval.json) or diverged (by its eval.json), with the
+    evaluated nodes built on it that carry its mark (``collapsed_upstream`` names its stage; a node
+    under a diverged model that diverged too). Sorted by folder."""
+    results = Path(results)
+    evals = [(Path(rec.get("model_path") or path).resolve().parent, rec)
+             for path, rec in _records(results, "eval.json")]
+    found: dict[tuple[Path, str], tuple[str, str]] = {}
+    for path, rec in _records(results, "metrics.json"):
+        if rec.get("collapsed"):
+            found[path.parent.resolve(), "collapsed"] = (str(rec.get("stage")), str(rec.get("collapsed_reason")))
+    for folder, rec in evals:
+        stage = str((rec.get("stages") or [{}])[-1].get("stage"))
+        if rec.get("diverged"):
+            found[folder, "diverged"] = (stage, str(rec.get("diverged_reason")))
+        elif rec.get("collapsed") and (folder, "collapsed") not in found:
+            found[folder, "collapsed"] = (stage, str(rec.get("collapsed_reason")))
+
+    for folder, outcome in list(found):  # a training loss gone non-finite is a divergence: say it once
+        if outcome == "collapsed" and (folder, "diverged") in found:
+            del found[folder, outcome]
+
+    def carries_mark(rec: dict, outcome: str, stage: str) -> bool:
+        return bool(rec.get("diverged")) if outcome == "diverged" else stage in (rec.get("collapsed_upstream") or [])
+
+    models = []
+    for (folder, outcome), (stage, reason) in found.items():
+        built_on = sum(1 for node, rec in evals
+                       if folder in node.parents and carries_mark(rec, outcome, stage))
+        models.append(UnhealthyModel(outcome, folder, stage, reason, built_on))
+    return sorted(models, key=lambda m: (str(m.folder), m.outcome))
+
+
+def health_banner(results: str | Path) -> str:
+    """A banner naming every collapsed or diverged model under ``results`` (see ``unhealthy_models``);
+    "" when there is none."""
+    models = unhealthy_models(results)
+    if not models:
+        return ""
+    rule = "=" * 100
+    lines = [rule, f"TRAINING HEALTH: {len(models)} model(s) under {results} collapsed or diverged; they and the "
+                   "nodes built on them are reported as such, never averaged"]
+    for m in models:
+        try:
+            where = m.folder.relative_to(Path.cwd())
+        except ValueError:
+            where = m.folder
+        lines.append(f"  {m.outcome.upper():9} {where} (stage {m.stage}): {m.reason}")
+        lines.append(f"  {'':9} evaluated nodes built on it that carry the mark: {m.built_on}")
+    lines.append(rule)
+    return "\n".join(lines)
+
+
+def announce_health(results: str | Path, stream=None) -> str:
+    """Print ``health_banner(results)`` to ``stream`` (stderr) when it is not empty; returns it. The
+    workflow's ``onsuccess`` and ``onerror`` handlers call this."""
+    banner = health_banner(results)
+    if banner:
+        print(banner, file=stream or sys.stderr, flush=True)
+    return banner

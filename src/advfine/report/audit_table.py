@@ -1,7 +1,8 @@
 """The ``evaluation_audit`` table (not in the paper): per model, what the attack suite found beyond the
 paper's PGD, which attack made the difference, and the attack-failure checks of ``advfine.audit``
 with how many seeds each flagged. A model the audit flags carries the mark ``labels.FLAG_MARK`` in
-the robustness cells of every other table."""
+the robustness cells of every other table. Its numbers are over the seeds that neither diverged nor
+collapsed; the seeds left out are counted beside."""
 from __future__ import annotations
 
 import math
@@ -11,11 +12,11 @@ import pandas as pd
 from ..vocab import ATTACKS, AUDIT_CHECKS, model_label
 from .collect import METRIC_COLUMNS
 from .labels import NA, format_cell
-from .stats import GROUP_COLS, diverged_count, mean_std
+from .stats import GROUP_COLS, collapsed_mask, diverged_mask, mean_std
 from .tables import compression_level_text, models_in_order
 
 AUDIT_COLS = GROUP_COLS + [
-    "model", "train", "compression", "finetune", "compression_level", "n", "diverged",
+    "model", "train", "compression", "finetune", "compression_level", "n", "diverged", "collapsed",
     "clean", "clean_mean", "pgd", "pgd_mean", "worst_case", "worst_case_mean", "gap_mean", "decisive_attack",
     *[c for a in ATTACKS if a != "pgd" for c in (f"broken_by_{a}_mean",)],
     *[c for check in AUDIT_CHECKS for c in (f"{check}_mean", f"{check}_flagged")],
@@ -42,15 +43,17 @@ def evaluation_audit(df: pd.DataFrame) -> pd.DataFrame:
     df = df.reindex(columns=list(dict.fromkeys([*df.columns, *METRIC_COLUMNS])))  # older CSVs
     rows = []
     for keys, _, (train, compression, method, level, finetune), sel in models_in_order(df):
-        n, diverged = int(sel["seed"].nunique()), diverged_count(sel)
-        scored = sel[~sel["diverged"].fillna(False).astype(bool)]
+        diverged, collapsed = diverged_mask(sel), collapsed_mask(sel)
+        n = int(sel["seed"].nunique())
+        scored = sel[~diverged & ~collapsed]
         clean, pgd, worst = (_percent(scored, c) for c in ("clean_acc", "robust_acc_pgd", "robust_acc"))
         gap = mean_std((scored["robust_acc_pgd"].astype(float) - scored["robust_acc"].astype(float)) * 100.0)[0]
         int8 = _percent(scored, "int8_robust_acc")
         flags = scored["audit_flags"].fillna("")
         row = {**dict(zip(GROUP_COLS, keys)), "model": model_label(train, method, finetune, quant_kind=True),
                "train": train, "compression": compression, "finetune": finetune,
-               "compression_level": compression_level_text(method, level), "n": n, "diverged": diverged,
+               "compression_level": compression_level_text(method, level), "n": n,
+               "diverged": int(diverged.sum()), "collapsed": int(collapsed.sum()),
                "clean": format_cell(*clean), "clean_mean": clean[0],
                "pgd": format_cell(*pgd), "pgd_mean": pgd[0],
                "worst_case": format_cell(*worst), "worst_case_mean": worst[0], "gap_mean": gap,

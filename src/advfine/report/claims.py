@@ -7,8 +7,9 @@ samples for the same seeds, so the comparison is paired over seeds and samples (
 difference A - B in points with a 95 % two-level bootstrap interval, which alone gives the verdict
 (confirmed, refuted, inconclusive at this number of seeds and samples), and McNemar's exact test on the
 pooled pairs beside it. A claim whose models were not run says "not run"; a diverged seed says
-"diverged". Models are taken at the report's compression levels (``report.prune_sparsity``,
-``report.ptq_bits``).
+"diverged", a collapsed one (its model, or a model it was built from: ``stats.collapsed_mask``)
+"collapsed", with the counts of such seeds of A and B, never a number. Models are taken at the report's
+compression levels (``report.prune_sparsity``, ``report.ptq_bits``).
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..vocab import DENSE, PRUNE, PTQ, QAT, SAMPLES, model_label
-from .paired import compare, read_outcome
-from .stats import GROUP_COLS, groups, select
+from .paired import COLLAPSED, DIVERGED, compare, read_outcome
+from .stats import GROUP_COLS, collapsed_mask, groups, select
 from .tables import level_for
 
 NOT_RUN = "not run"
@@ -83,8 +84,16 @@ CLAIMS = (
 
 CLAIMS_COLS = GROUP_COLS + [
     "claim", "statement", "a", "b", "metric", "kind", "margin", "n_seeds", "n_samples", "a_mean", "b_mean",
-    "diff", "ci_low", "ci_high", "mcnemar_p", "n01", "n10", "verdict",
+    "diff", "ci_low", "ci_high", "mcnemar_p", "n01", "n10", "a_diverged", "b_diverged", "a_collapsed", "b_collapsed",
+    "verdict",
 ]
+_RESULT_COLS = ["n_samples", "a_mean", "b_mean", "diff", "ci_low", "ci_high", "mcnemar_p", "n01", "n10",
+                "a_diverged", "b_diverged", "a_collapsed", "b_collapsed", "verdict"]
+
+
+def _collapsed_by_seed(rows: pd.DataFrame) -> dict[int, bool]:
+    """{seed: whether its model, or a model it was built from, collapsed}."""
+    return dict(zip(rows["seed"].astype(int), collapsed_mask(rows)))
 
 
 def _samples_files(rows: pd.DataFrame) -> dict[int, Path]:
@@ -134,10 +143,11 @@ def claims_table(df: pd.DataFrame, prune_level: float | Mapping[str, float], ptq
                 rows.append(row | {"verdict": f"{NO_SAMPLES} ({missing[0]})"})
                 continue
             column = METRIC_COLUMNS[claim.metric]
+            collapsed_a, collapsed_b = _collapsed_by_seed(sel_a), _collapsed_by_seed(sel_b)
             result = compare([outcome(files_a[s], column) for s in seeds],
-                             [outcome(files_b[s], column) for s in seeds], claim.kind, margin, n_boot)
-            rows.append(row | {k: result[k] for k in ("n_samples", "a_mean", "b_mean", "diff", "ci_low", "ci_high",
-                                                      "mcnemar_p", "n01", "n10", "verdict")})
+                             [outcome(files_b[s], column) for s in seeds], claim.kind, margin, n_boot,
+                             a_collapsed=[collapsed_a[s] for s in seeds], b_collapsed=[collapsed_b[s] for s in seeds])
+            rows.append(row | {k: result[k] for k in _RESULT_COLS})
     return pd.DataFrame(rows, columns=CLAIMS_COLS)
 
 
@@ -154,8 +164,18 @@ def layout_claims(rows: pd.DataFrame) -> pd.DataFrame:
         "A (%)": rows["a_mean"].map(_number), "B (%)": rows["b_mean"].map(_number),
         "A - B (points)": rows["diff"].map(_number),
         "95 % CI": [f"[{_number(lo)}, {_number(hi)}]" for lo, hi in zip(rows["ci_low"], rows["ci_high"])],
-        "McNemar p": rows["mcnemar_p"].map(lambda p: _number(p, "{:.2g}")), "Verdict": rows["verdict"],
+        "McNemar p": rows["mcnemar_p"].map(lambda p: _number(p, "{:.2g}")),
+        "Verdict": [_verdict_text(r) for _, r in rows.iterrows()],
     }).reset_index(drop=True)
+
+
+def _verdict_text(row: pd.Series) -> str:
+    """The verdict, with the seeds of A and B that decided a "diverged" or "collapsed" one:
+    ``"collapsed (A 1/3, B 0/3)"``."""
+    if row["verdict"] not in (DIVERGED, COLLAPSED):
+        return row["verdict"]
+    verdict, n = row["verdict"], int(row["n_seeds"])
+    return f"{verdict} (A {int(row['a_' + verdict])}/{n}, B {int(row['b_' + verdict])}/{n})"
 
 
 def claims_note(margin: float) -> str:
@@ -165,4 +185,6 @@ def claims_note(margin: float) -> str:
             f"on the other side; A ≈ B confirmed when the CI lies within ±{margin:g} points, refuted when it "
             f"lies outside; otherwise inconclusive. McNemar p: exact test on the pooled pairs (seeds stacked), "
             f"shown beside. Robust = per-sample worst case over the attack suite. not run = a model of the "
-            f"claim is not in this experiment.")
+            f"claim is not in this experiment. diverged / collapsed (A k/n, B k/n) = k of the n seeds of A or "
+            f"B diverged, or collapsed to a (near-)constant classifier (the model itself or a model it was "
+            f"built from): no statistic is computed, the comparison is not evidence either way.")

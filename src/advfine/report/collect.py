@@ -10,6 +10,9 @@ and write it as ``all_metrics.csv`` (``write_metrics_csv``).
   figures that do not use them leave them out.
 * A diverged model (``diverged: true``) has null accuracies: its row carries NaN there and
   ``diverged`` True, and the tables print "diverged" instead of a number.
+* A collapsed model keeps its (finite) accuracies; ``collapsed``/``collapsed_reason`` say whether and why
+  the model itself collapsed, ``collapsed_upstream`` which stages of its lineage did (joined with ";",
+  empty when none; ``advfine.health.model_collapse``); ``stats.collapsed_mask`` reads them.
 * The attack suite's per-attack records become ``robust_acc_after_<attack>`` and
   ``broken_by_<attack>`` columns, the audit ``audit_<check>`` columns and ``audit_flags`` (the flags
   joined with ";", empty when none); a robustness curve ``robust_acc_eps_x<fraction>`` columns.
@@ -73,6 +76,8 @@ _FLAT_COLS = [
 # "count" (int >= 1), "bytes" (int >= 0), "str", "bool". Objects on the path may be null or absent.
 OPTIONAL_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
     "diverged": (("diverged",), "bool"),
+    "collapsed": (("collapsed",), "bool"),
+    "collapsed_reason": (("collapsed_reason",), "str"),
     "robust_acc_pgd": (("robust_acc_pgd",), "fraction"),
     "robust_acc_whitebox": (("robust_acc_whitebox",), "fraction"),
     **{f"robust_acc_after_{a}": (("attacks", a, "robust_acc_after"), "fraction") for a in ATTACKS},
@@ -96,7 +101,7 @@ _OPTIONAL_FLOAT_COLS = [c for c, (_, kind) in OPTIONAL_KEYS.items()
 METRIC_COLUMNS = (
     _FLAT_COLS
     + list(OPTIONAL_KEYS)
-    + ["audit_flags"]
+    + ["audit_flags", "collapsed_upstream"]
     + [f"{s}_{field}" for field in STAGE_FIELDS for s in STANDARD_STAGES]
     + ["git_commit", "config_hash", "attack_eps", "attack_step_size", "attack_steps",
        "attack_eps_space", "attack_eps_pixel", "attack_norm", "path"]
@@ -189,6 +194,17 @@ def _audit_flags(path: Path, rec: dict) -> str | None:
     return ";".join(flags)
 
 
+def _collapsed_upstream(path: Path, rec: dict) -> str | None:
+    """The stages of the lineage whose model collapsed, joined with ";" ("" when none), None when the file
+    predates the key."""
+    stages = rec.get("collapsed_upstream")
+    if stages is None:
+        return None
+    if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+        raise MetricsFileError(f"{path}: key 'collapsed_upstream' must be a list of stage names")
+    return ";".join(stages)
+
+
 def _curve_row(path: Path, rec: dict) -> dict:
     """``robust_acc_eps_x<fraction>`` columns from the robustness curve (none when it has none)."""
     curve = rec.get("robustness_curve")
@@ -232,6 +248,7 @@ def _load_one(path: Path) -> dict:
     row["level"] = math.nan if rec["level"] is None else float(rec["level"])
     row.update(_optional_row(path, rec))
     row["audit_flags"] = _audit_flags(path, rec)
+    row["collapsed_upstream"] = _collapsed_upstream(path, rec)
     row.update(_curve_row(path, rec))
     seen: set[str] = set()
     for i, st in enumerate(rec["stages"]):
@@ -280,7 +297,7 @@ def collect_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     for col in ("seed", "n_test", "params", "macs", "checkpoint_bytes", "weight_bytes"):
         df[col] = df[col].astype("int64")
     for col in df.columns:
-        if col.endswith("_adversarial") or col == "diverged":
+        if col.endswith("_adversarial") or col in ("diverged", "collapsed"):
             df[col] = df[col].astype("boolean")
         elif (col.endswith(("_wall_time_s", "_estimated_macs", "_peak_rss_mb"))
               or col.startswith("robust_acc_eps_x")

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..vocab import ADVERSARIAL_FINETUNING, BASE_MODELS, CONTROLS, EQUAL_COST_SUFFIX, SCRATCH_CONTROLS, model_label
 from .labels import format_macs, format_minutes, stat_cell
+from .notes import HEALTH_NOTE
 from .stats import GROUP_COLS, groups, mean_std, summarize
 from .tables import compression_level_text, model_sort_key
 
@@ -19,8 +20,8 @@ ARMS = ADVERSARIAL_FINETUNING + SCRATCH_CONTROLS  # the row order within a compr
 
 CONTROLS_COLS = GROUP_COLS + [
     "compression", "compression_level", "model", "train", "finetune", "start", "objective", "budget", "n",
-    "test", "robustness", "test_mean", "test_std", "robust_mean", "robust_std", "diverged", "flagged",
-    "train_wall_min", "train_wall_min_mean", "train_wall_min_std", "train_macs", "train_macs_mean",
+    "test", "robustness", "test_mean", "test_std", "robust_mean", "robust_std", "diverged", "collapsed",
+    "flagged", "train_wall_min", "train_wall_min_mean", "train_wall_min_std", "train_macs", "train_macs_mean",
 ]
 
 
@@ -56,7 +57,8 @@ def controls_table(df: pd.DataFrame) -> pd.DataFrame:
                 "finetune": finetune, "start": start, "objective": OBJECTIVES[finetune], "budget": budget,
                 "n": s["n"], "test": stat_cell(s, "test"), "robustness": stat_cell(s, "robust"),
                 "test_mean": s["test_mean"], "test_std": s["test_std"], "robust_mean": s["robust_mean"],
-                "robust_std": s["robust_std"], "diverged": s["diverged"], "flagged": s["flagged"],
+                "robust_std": s["robust_std"], "diverged": s["diverged"], "collapsed": s["collapsed"],
+                "flagged": s["flagged"],
                 "train_wall_min": format_minutes(*wall), "train_wall_min_mean": wall[0],
                 "train_wall_min_std": wall[1], "train_macs": format_macs(macs), "train_macs_mean": macs,
             })
@@ -79,4 +81,4 @@ CONTROLS_NOTE = (
     "model's trained weights, or random initialization of the same (compressed) architecture. Budget: the "
     "fine-tuning settings (epochs, lr, momentum of the compression method) or the base-training settings. "
     "Training time and MACs: the arm's own training stage (not the base model's). The from-scratch arms "
-    "are run under the first base model; they do not depend on its weights.")
+    "are run under the first base model; they do not depend on its weights. " + HEALTH_NOTE)

@@ -6,9 +6,11 @@ Figures (PNG, and PDF when a PDF path is given): Figure 1 (accuracy vs pruning s
 bit width after adversarial fine-tuning), Figure 3 (the same without fine-tuning), Figure 4
 (QAT robust models f_rb^q vs bit width, no fine-tuning). Points are the mean over seeds, error
 bars the sample std; dotted lines the dense model without fine-tuning; one panel row per
-(experiment, dataset, arch). Each ``plot_*`` function writes a PNG to ``path_png`` and, when
-``path_pdf`` is given, the same figure as PDF, and returns the written paths; ``plot_figures``
-writes both for figures named by their stems (``FIGURES``).
+(experiment, dataset, arch). A model with a diverged or collapsed seed (``stats``) has no point: the
+figure writes "diverged" or "collapsed" where it would be (Figure 5: in the legend, no curve). Each
+``plot_*`` function writes a PNG to ``path_png`` and, when ``path_pdf`` is given, the same figure as PDF,
+and returns the written paths; ``plot_figures`` writes both for figures named by their stems
+(``FIGURES``).
 
 This module needs no other part of ``advfine.report`` but ``labels`` and ``stats``.
 """
@@ -26,7 +28,7 @@ from matplotlib.lines import Line2D
 from ..files import atomic_path
 from ..vocab import DENSE, FIGURE1, FIGURE3, FIGURE4, FIGURE5, FIGURE_FORMATS, PRUNE, PTQ, QAT, model_label
 from .labels import arch_name, dataset_name
-from .stats import GROUP_COLS, groups, select, summarize
+from .stats import GROUP_COLS, collapsed_mask, groups, select, summarize
 
 _LINES = [  # (train, metric key, label, color, marker)
     ("st", "test", "standard f_st: test", "tab:blue", "o"),
@@ -69,7 +71,7 @@ def _curve(g: pd.DataFrame, train: str, method: str, finetune: str) -> pd.DataFr
     sub = select(g, train, method, finetune)
     recs = [{"level": lev, **summarize(rows)} for lev, rows in sub.groupby("level", sort=True)]
     return pd.DataFrame(recs, columns=["level", "n", "test_mean", "test_std",
-                                       "robust_mean", "robust_std", "diverged"])
+                                       "robust_mean", "robust_std", "diverged", "collapsed"])
 
 
 def _no_data(ax, title: str) -> None:
@@ -106,9 +108,10 @@ def _panel(ax, g: pd.DataFrame, method: str, finetune: str, trains: tuple[str, .
             ax.errorbar(xof(c["level"]), c[f"{key}_mean"], yerr=c[f"{key}_std"], label=label,
                         color=color, marker=marker, capsize=3, linewidth=1.5)
             ns += list(c["n"])
-            for x, diverged in zip(xof(c["level"]), c["diverged"]):
-                if diverged:  # no number for a diverged model: say so where its point would be
-                    ax.annotate("diverged", (x, 5), color=color, rotation=90, fontsize=8, ha="center")
+            for x, diverged, collapsed in zip(xof(c["level"]), c["diverged"], c["collapsed"]):
+                if diverged or collapsed:  # no number for such a model: say so where its point would be
+                    ax.annotate("diverged" if diverged else "collapsed", (x, 5), color=color, rotation=90,
+                                fontsize=8, ha="center")
         dense = select(g, train, DENSE, "none")
         if len(dense):
             ax.axhline(summarize(dense)[f"{key}_mean"], color=color, linestyle=":",
@@ -186,17 +189,22 @@ def plot_figure5(df: pd.DataFrame, path_png: str | os.PathLike,
     for (keys, g), (ax,) in zip(rows, axes):
         exp, dataset, arch = keys
         title = f"{exp}: {dataset_name(dataset)}, {arch_name(arch)}" if exp else ""
-        with_curve = g[g[columns].notna().any(axis=1)] if columns else g.iloc[0:0]
-        if with_curve.empty:
+        measured = g[g[columns].notna().any(axis=1)] if columns else g.iloc[0:0]
+        if measured.empty:
             _no_data(ax, title)
             continue
-        eps = with_curve["attack_eps_pixel"].astype(float).dropna()
+        eps = measured["attack_eps_pixel"].astype(float).dropna()
         unit = float(eps.iloc[0]) if len(eps) else 1.0
         fractions = [float(c[len("robust_acc_eps_x"):]) for c in columns]
-        for (train, method, level, finetune), sel in with_curve.groupby(
+        for (train, method, level, finetune), sel in measured.groupby(
                 ["train", "method", "level", "finetune"], dropna=False, sort=False):
-            values = sel[columns].astype(float) * 100.0
             label = model_label(train, method, finetune, quant_kind=True)
+            collapsed = collapsed_mask(sel)
+            if collapsed.any():  # no curve for such a model: its legend entry says so
+                ax.plot([], [], linestyle="none", marker="x", color="gray",
+                        label=f"{label}: collapsed ({int(collapsed.sum())}/{len(sel)})")
+                continue
+            values = sel[columns].astype(float) * 100.0
             ax.errorbar([f * unit for f in fractions], values.mean(), yerr=values.std(ddof=1).fillna(0.0),
                         marker="o", capsize=3, linewidth=1.3, label=f"{label} (n={len(sel)})")
         ax.axvline(unit, color="gray", linestyle=":", linewidth=1)

@@ -53,16 +53,24 @@ def format_cell(mean: float, std: float) -> str:
 
 
 DIVERGED = "diverged"
+COLLAPSED = "collapsed"
 FLAG_MARK = "†"  # a robustness cell of a model whose evaluation the audit flagged (legend in every table)
 
 
 def stat_cell(s: dict, key: str) -> str:
     """The text of one table cell from ``stats.summarize`` output: ``"82.00 ± 2.83"``, with
-    ``FLAG_MARK`` on a robustness cell of a flagged model, ``"diverged (1/2)"`` when a seed diverged."""
-    if s["diverged"]:
-        return f"{DIVERGED} ({s['diverged']}/{s['n']})"
+    ``FLAG_MARK`` on a robustness cell of a flagged model, ``"diverged (1/2)"`` when a seed diverged,
+    ``"collapsed (1/2)"`` when a seed collapsed (``stats.collapsed_mask``), both when both happened."""
+    if s["diverged"] or s["collapsed"]:
+        return health_text(s["diverged"], s["collapsed"], s["n"])
     text = format_cell(s[f"{key}_mean"], s[f"{key}_std"])
     return f"{text} {FLAG_MARK}" if key == "robust" and s["flagged"] and text != NA else text
+
+
+def health_text(diverged: int, collapsed: int, n: int) -> str:
+    """``"diverged (1/3)"``, ``"collapsed (2/3)"``, both joined, or "" when every seed is healthy."""
+    marks = [(DIVERGED, diverged), (COLLAPSED, collapsed)]
+    return ", ".join(f"{word} ({k}/{n})" for word, k in marks if k)
 
 
 def format_minutes(mean: float, std: float) -> str:

@@ -5,28 +5,35 @@ import math
 
 import pandas as pd
 
+from ..health import CONSTANT_SHARE
 from .labels import FLAG_MARK, latex_escape
 from .stats import joined
 
+# The legend of the health marks (labels.health_text), under every table that shows accuracies.
+HEALTH_NOTE = ("diverged (k/n) = k of n seeds diverged (non-finite weights or logits) and are not scored; "
+               "collapsed (k/n) = k of n seeds whose model, or a model it was built from, collapsed to a "
+               "(near-)constant classifier (training ended at chance accuracy or a loss of ln C, or one class "
+               f"takes at least {CONSTANT_SHARE:.0%} of the test predictions): evaluated, but never averaged "
+               "or compared.")
 NOTE = ("Accuracy in %, mean ± sample std (ddof=1) over seeds; n = number of seeds "
         "(std 0.00 when n = 1); n/a = no data for that combination. Robustness: per-sample worst "
         f"case over the evaluation's attack suite. {FLAG_MARK} = the evaluation audit flagged a sign "
-        "of a failed attack on at least one seed (see evaluation_audit); diverged (k/n) = k of n "
-        "seeds diverged (non-finite weights or logits) and are not scored.")
+        "of a failed attack on at least one seed (see evaluation_audit). " + HEALTH_NOTE)
 TEX_NOTE = (r"Accuracy in \%, mean $\pm$ sample std (ddof=1) over seeds; $n$ = number of seeds "
             r"(std 0.00 when $n = 1$); n/a = no data for that combination. Robustness: per-sample "
             r"worst case over the evaluation's attack suite. $^{\dagger}$ = the evaluation audit "
-            r"flagged a sign of a failed attack on at least one seed (see evaluation\_audit); "
-            r"diverged (k/n) = k of n seeds diverged and are not scored.")
+            r"flagged a sign of a failed attack on at least one seed (see evaluation\_audit). "
+            + latex_escape(HEALTH_NOTE))
 AUDIT_NOTE = ("Clean, PGD (the paper's attack) and worst case (per-sample, over the whole suite) in %, "
-              "mean ± sample std over the seeds that did not diverge; gap = PGD minus worst case "
+              "mean ± sample std over the seeds that neither diverged nor collapsed (n: all seeds, those "
+              "left out in brackets); gap = PGD minus worst case "
               "(points); decisive attack = the attack after PGD that broke the most samples. Checks, "
               "mean over seeds in % of the test set (flagged seeds in brackets): gradient-free gain = "
               "samples only the transfer or black-box attack broke; large-eps standing = samples "
               "APGD-CE leaves at a large radius; more-effort gain = samples broken by APGD-CE with "
               "more steps and restarts after the suite; zero gradients = clean-correct samples with "
               "an all-zero input gradient. INT8 robust = the deployed integer model under the "
-              "transfer and Square attacks.")
+              "transfer and Square attacks. " + HEALTH_NOTE)
 GAINS_NOTE = ("Wall times in minutes, mean ± sample std over seeds; MACs: mean over seeds of the "
               "estimated multiply-accumulates recorded for each stage; ratios: ratio of means to "
               "f_rb's; n/a = no data (or an eval.json written before MACs were recorded).")

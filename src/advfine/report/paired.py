@@ -18,7 +18,10 @@ paired comparison is much tighter than comparing two means with their own error 
   percentages*, Psychometrika 12(2):153-157, 1947.
 * ``verdict``: the claim ("greater", "less" or "equivalent" within a margin) is confirmed, refuted or
   inconclusive from the bootstrap interval alone; ``compare`` puts it all together. A model that diverged
-  on any seed has no outcome: its comparison is "diverged" with NaN statistics, never a number.
+  on any seed has no outcome: its comparison is "diverged" with NaN statistics, never a number. A model
+  that collapsed on a seed (itself or a model it was built from, as its eval.json says) has an outcome,
+  but a constant classifier is no evidence for or against a claim: its comparison is "collapsed", with
+  NaN statistics too.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from scipy.stats import binomtest
 
 CLAIMS = ("greater", "less", "equivalent")
 DIVERGED = "diverged"
+COLLAPSED = "collapsed"
 
 # Bootstrap sample-index draws per chunk are capped at this many integers (memory, not results: the
 # chunk size depends only on the array shape, so a fixed seed gives the same numbers).
@@ -187,14 +191,26 @@ def _per_seed_rows(x: np.ndarray | Sequence[np.ndarray | None], name: str) -> li
     return rows
 
 
+def _collapsed_seeds(flags: Sequence[bool] | None, n_seeds: int, name: str) -> int:
+    """How many of the ``n_seeds`` seeds ``flags`` marks collapsed (None: none)."""
+    if flags is None:
+        return 0
+    if len(flags) != n_seeds:
+        raise ValueError(f"{name}: {len(flags)} collapsed flags for {n_seeds} seeds")
+    return int(sum(bool(f) for f in flags))
+
+
 def compare(a: np.ndarray | Sequence[np.ndarray | None], b: np.ndarray | Sequence[np.ndarray | None],
-            claim: str, margin: float = 1.0, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+            claim: str, margin: float = 1.0, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+            a_collapsed: Sequence[bool] | None = None, b_collapsed: Sequence[bool] | None = None) -> dict:
     """Decide ``claim`` about model A vs model B from their per-seed, per-sample outcomes.
 
     a, b: (seeds, samples) bool arrays, or lists of per-seed 1-D arrays where None marks a diverged seed.
+    a_collapsed, b_collapsed: per seed, whether that seed's model collapsed (``stats.collapsed_mask``).
     Returns the ``paired_bootstrap`` dict plus ``a_mean``/``b_mean`` (percent), the pooled McNemar test
-    (``mcnemar_p``, ``n01``, ``n10``), ``a_diverged``/``b_diverged`` (seed counts) and ``verdict``. If any
-    seed of either model diverged the verdict is "diverged" and every statistic is NaN.
+    (``mcnemar_p``, ``n01``, ``n10``), ``a_diverged``/``b_diverged`` and ``a_collapsed``/``b_collapsed``
+    (seed counts) and ``verdict``. If any seed of either model diverged the verdict is "diverged", else if
+    any collapsed it is "collapsed"; then every statistic is NaN.
     """
     _check_claim(claim)
     rows_a, rows_b = _per_seed_rows(a, "a"), _per_seed_rows(b, "b")
@@ -202,13 +218,16 @@ def compare(a: np.ndarray | Sequence[np.ndarray | None], b: np.ndarray | Sequenc
         raise ValueError(f"a has {len(rows_a)} seeds and b has {len(rows_b)}; the comparison pairs them seed by seed")
     if not rows_a:
         raise ValueError("a and b have no seeds")
-    a_diverged = sum(row is None for row in rows_a)
-    b_diverged = sum(row is None for row in rows_b)
-    if a_diverged or b_diverged:
+    counts = {"a_diverged": sum(row is None for row in rows_a), "b_diverged": sum(row is None for row in rows_b),
+              "a_collapsed": _collapsed_seeds(a_collapsed, len(rows_a), "a_collapsed"),
+              "b_collapsed": _collapsed_seeds(b_collapsed, len(rows_b), "b_collapsed")}
+    unhealthy = (DIVERGED if counts["a_diverged"] or counts["b_diverged"]
+                 else COLLAPSED if counts["a_collapsed"] or counts["b_collapsed"] else None)
+    if unhealthy:
         nan = math.nan
         return {"diff": nan, "ci_low": nan, "ci_high": nan, "n_seeds": len(rows_a), "n_samples": nan,
-                "a_mean": nan, "b_mean": nan, "mcnemar_p": nan, "n01": nan, "n10": nan,
-                "a_diverged": a_diverged, "b_diverged": b_diverged, "verdict": DIVERGED}
+                "a_mean": nan, "b_mean": nan, "mcnemar_p": nan, "n01": nan, "n10": nan, **counts,
+                "verdict": unhealthy}
     lengths = {len(row) for row in rows_a + rows_b}
     if len(lengths) != 1:
         raise ValueError(f"every seed of a and b must have the same number of samples, got {sorted(lengths)}")
@@ -217,6 +236,6 @@ def compare(a: np.ndarray | Sequence[np.ndarray | None], b: np.ndarray | Sequenc
     test = mcnemar_exact(a2.ravel(), b2.ravel())
     result.update({"a_mean": 100.0 * float(a2.mean()), "b_mean": 100.0 * float(b2.mean()),
                    "mcnemar_p": test["p_value"], "n01": test["n01"], "n10": test["n10"],
-                   "a_diverged": 0, "b_diverged": 0,
+                   **counts,
                    "verdict": verdict(result["ci_low"], result["ci_high"], claim, margin)})
     return result

@@ -26,7 +26,7 @@ from .audit_table import evaluation_audit, format_points
 from .claims import claims_note, claims_table, layout_claims
 from .controls import CONTROLS_NOTE, controls_table, layout_controls
 from .notes import AUDIT_NOTE, GAINS_NOTE, NOTE, TEX_GAINS_NOTE, TEX_NOTE, compute_notes
-from .labels import (NA, arch_name, dataset_name, format_count, format_ratio, format_speedup,
+from .labels import (COLLAPSED, DIVERGED, NA, arch_name, dataset_name, format_count, format_ratio, format_speedup,
                      latex_escape, latex_model_label)
 from .stats import GROUP_COLS
 from .tables import FT_KEYS, computational_gains, compute_table, level_for, table2, table3, table5
@@ -211,12 +211,19 @@ def _latex(caption: str, label: str, blocks: list, header: list[str], colspec: s
 
 # ----------------------------------------------------------------------------- writers
 
+def _audit_seeds(n: int, diverged: int, collapsed: int) -> str:
+    """The audit table's seed count, with the seeds its numbers leave out: ``"3 (1 collapsed)"``."""
+    left_out = [f"{int(k)} {word}" for word, k in ((DIVERGED, diverged), (COLLAPSED, collapsed)) if k]
+    return f"{int(n)} ({', '.join(left_out)})" if left_out else str(int(n))
+
+
 def _layout_audit(rows: pd.DataFrame) -> pd.DataFrame:
     def check(name):
         return [f"{format_points(v)} ({int(k)})" for v, k in zip(rows[f"{name}_mean"], rows[f"{name}_flagged"])]
 
     return pd.DataFrame({
-        "Model": rows["model"], "Compression": rows["compression_level"], "n": rows["n"].astype(int).astype(str),
+        "Model": rows["model"], "Compression": rows["compression_level"],
+        "n": [_audit_seeds(*counts) for counts in zip(rows["n"], rows["diverged"], rows["collapsed"])],
         "Clean": rows["clean"], "PGD": rows["pgd"], "Worst case": rows["worst_case"],
         "Gap": rows["gap_mean"].map(format_points), "Decisive attack": rows["decisive_attack"],
         "Gradient-free gain": check("gradient_free_gain"), "Large-eps standing": check("large_eps_standing"),

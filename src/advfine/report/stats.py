@@ -4,7 +4,9 @@
   std is 0.0 (shown as 0.00), with no rows both are NaN (shown as ``n/a``).
 * Accuracies are stored as fractions in eval.json and reported in percent.
 * A model that diverged on any seed has no statistics (NaN): the tables say "diverged", never a
-  number; a model whose evaluation raised an attack-failure flag on any seed is counted as flagged.
+  number; so has a model that collapsed on any seed, itself or a model it was built from
+  (``collapsed_mask``): the tables say "collapsed". A model whose evaluation raised an
+  attack-failure flag on any seed is counted as flagged.
 * Tables and figures are computed separately for each (experiment, dataset, arch) group
   (``GROUP_COLS``, ``groups``).
 """
@@ -39,6 +41,27 @@ def diverged_count(rows: pd.DataFrame) -> int:
     return int(rows["diverged"].fillna(False).astype(bool).sum()) if "diverged" in rows else 0
 
 
+def diverged_mask(rows: pd.DataFrame) -> pd.Series:
+    """Per row: whether its model diverged (False for files that predate the key)."""
+    if "diverged" not in rows:
+        return pd.Series(False, index=rows.index)
+    return rows["diverged"].fillna(False).astype(bool)
+
+
+def collapsed_mask(rows: pd.DataFrame) -> pd.Series:
+    """Per row: whether its model, or a model it was built from, collapsed to a constant classifier
+    (``advfine.health``), and did not diverge (a diverged model is counted as that). False for files
+    that predate the keys."""
+    own = rows["collapsed"].fillna(False).astype(bool) if "collapsed" in rows else False
+    upstream = rows["collapsed_upstream"].fillna("").astype(str) != "" if "collapsed_upstream" in rows else False
+    return (pd.Series(False, index=rows.index) | own | upstream) & ~diverged_mask(rows)
+
+
+def collapsed_count(rows: pd.DataFrame) -> int:
+    """Seeds of these rows whose model, or a model it was built from, collapsed (``collapsed_mask``)."""
+    return int(collapsed_mask(rows).sum())
+
+
 def flagged_count(rows: pd.DataFrame) -> int:
     """Seeds of these rows whose evaluation raised an attack-failure flag."""
     return int((rows["audit_flags"].fillna("") != "").sum()) if "audit_flags" in rows else 0
@@ -46,15 +69,18 @@ def flagged_count(rows: pd.DataFrame) -> int:
 
 def summarize(rows: pd.DataFrame) -> dict:
     """Seed statistics of a set of rows of one model: n, test/robust mean and std in percent, and how
-    many seeds diverged or were flagged by the evaluation audit.
+    many seeds diverged, collapsed (``collapsed_mask``) or were flagged by the evaluation audit.
 
-    Sample std (ddof=1); a single seed gives std 0.0; no rows, or a diverged seed, gives NaNs."""
+    Sample std (ddof=1); a single seed gives std 0.0; no rows, or a diverged or collapsed seed, gives
+    NaNs."""
     n = int(rows["seed"].nunique()) if len(rows) else 0
     diverged = diverged_count(rows) if len(rows) else 0
-    out: dict = {"n": n, "diverged": diverged, "flagged": flagged_count(rows) if len(rows) else 0}
+    collapsed = collapsed_count(rows) if len(rows) else 0
+    out: dict = {"n": n, "diverged": diverged, "collapsed": collapsed,
+                 "flagged": flagged_count(rows) if len(rows) else 0}
     for key, col in (("test", "clean_acc"), ("robust", "robust_acc")):
         vals = rows[col].astype(float).to_numpy() * 100.0
-        if n == 0 or diverged:
+        if n == 0 or diverged or collapsed:
             mean = std = math.nan
         else:
             mean = float(vals.mean())

@@ -53,11 +53,12 @@ def _pick(g: pd.DataFrame, train: str, method: str, finetune: str,
 # ----------------------------------------------------------------------------- tables
 
 _T2_COLS = GROUP_COLS + ["model", "n", "test", "robustness",
-                         "test_mean", "test_std", "robust_mean", "robust_std", "diverged", "flagged"]
+                         "test_mean", "test_std", "robust_mean", "robust_std", "diverged", "collapsed", "flagged"]
 # Table 3's fine-tuning columns: (finetune, heading).
 FT_KEYS = [("none", "None"), ("st", "T_st(·)"), ("ad", "T_ad(·)")]
 _T3_COLS = GROUP_COLS + ["model", "performance"] + [
-    c for ft, _ in FT_KEYS for c in (ft, f"{ft}_mean", f"{ft}_std", f"{ft}_n", f"{ft}_diverged", f"{ft}_flagged")]
+    c for ft, _ in FT_KEYS
+    for c in (ft, f"{ft}_mean", f"{ft}_std", f"{ft}_n", f"{ft}_diverged", f"{ft}_collapsed", f"{ft}_flagged")]
 
 
 def _row(keys: tuple, label: str, s: dict) -> dict:
@@ -66,7 +67,7 @@ def _row(keys: tuple, label: str, s: dict) -> dict:
         "test": stat_cell(s, "test"), "robustness": stat_cell(s, "robust"),
         "test_mean": s["test_mean"], "test_std": s["test_std"],
         "robust_mean": s["robust_mean"], "robust_std": s["robust_std"],
-        "diverged": s["diverged"], "flagged": s["flagged"],
+        "diverged": s["diverged"], "collapsed": s["collapsed"], "flagged": s["flagged"],
     }
 
 
@@ -104,6 +105,7 @@ def table3(df: pd.DataFrame, prune_level: float | Mapping[str, float],
                         row[f"{ft}_std"] = s[f"{key}_std"]
                         row[f"{ft}_n"] = s["n"]
                         row[f"{ft}_diverged"], row[f"{ft}_flagged"] = s["diverged"], s["flagged"]
+                        row[f"{ft}_collapsed"] = s["collapsed"]
                     rows.append(row)
     return pd.DataFrame(rows, columns=_T3_COLS)
 

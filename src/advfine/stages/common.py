@@ -1,6 +1,7 @@
 """What every model stage does the same way: set up the job (threads, seed, device, backend flags),
-choose the precision, build attacks from the config, and assemble a metrics record whose ``stages``
-list carries the wall time and cost of every stage that led to the model."""
+choose the precision, build attacks from the config, judge a training run's health, and assemble a
+metrics record whose ``stages`` list carries the wall time, cost and health of every stage that led
+to the model."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +10,7 @@ import torch
 
 from ..attacks.pgd import PGDAttack
 from ..data import Dataset
+from ..health import collapse_record, training_collapse
 from ..models import default_arch
 from ..objectives import objective_for
 from ..train import TrainingAttack
@@ -59,13 +61,26 @@ def dataset_arch(config: dict, data: Dataset) -> dict:
                         data.mean, data.std)
 
 
+def training_health(history: list[dict], num_classes: int, desc: str) -> str | None:
+    """Why the training run ``desc`` with per-epoch ``history`` collapsed (``health.training_collapse``),
+    or None; a collapse is logged loudly: the model is kept, and reported as collapsed."""
+    reason = training_collapse(history, num_classes)
+    if reason:
+        log.warning("COLLAPSED: %s ended as a constant classifier (%s); its model and every node built on it "
+                    "are reported as collapsed, never averaged", desc, reason)
+    return reason
+
+
 def metrics_record(config: dict, seed: int, device, stage: str, wall: float, parent: dict | None,
-                   estimated_macs: int = 0, adversarial: bool = False, **fields) -> dict:
-    """A stage's metrics: its own fields, provenance, and ``stages``: the lineage of every stage that
-    produced this model (wall time, estimated MACs, adversarial or not, device), oldest first."""
+                   estimated_macs: int = 0, adversarial: bool = False, collapsed_reason: str | None = None,
+                   **fields) -> dict:
+    """A stage's metrics: its own fields, whether its training collapsed (``collapsed_reason`` from
+    ``training_health``), provenance, and ``stages``: the lineage of every stage that produced this model
+    (wall time, estimated MACs, adversarial or not, device, collapsed or not), oldest first."""
     stages = list(parent["stages"]) if parent else []
     peak = peak_rss_mb()
+    health = collapse_record(collapsed_reason)
     stages.append({"stage": stage, "wall_time_s": wall, "estimated_macs": int(estimated_macs),
-                   "adversarial": bool(adversarial), "device": str(device), "peak_rss_mb": peak})
-    return {"stage": stage, "wall_time_s": wall, "stages": stages, **fields, "peak_rss_mb": peak,
+                   "adversarial": bool(adversarial), "device": str(device), "peak_rss_mb": peak, **health})
+    return {"stage": stage, "wall_time_s": wall, "stages": stages, **fields, **health, "peak_rss_mb": peak,
             "provenance": provenance(config, seed, device)}

@@ -1,7 +1,8 @@
 """Stage evaluate: clean accuracy and the worst case over an attack suite of one model on the test set,
 the attack-failure checks, a robustness curve for the models of Table 5, the per-sample outcome, the
 model's size and measured inference cost (and, for PTQ INT8 nodes, the robustness and cost of the real
-integer model), and the wall time and cost of every stage that made it."""
+integer model), the wall time and cost of every stage that made it, and its health: diverged, or
+collapsed (itself, or a model it was built from; ``health.model_collapse``)."""
 from __future__ import annotations
 
 import csv
@@ -15,6 +16,7 @@ from ..cost import inference_costs, model_cost, weight_storage_bytes
 from ..data import load_prepared
 from ..evaluate import ATTACKS, Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve
 from ..files import atomic_path, read_json, write_json
+from ..health import model_collapse
 from ..int8_export import export_int8
 from ..provenance import provenance
 from ..quantize import float_twin
@@ -66,6 +68,14 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
                                                        precision, num_classes) if curve else None)
         log.info("clean %.4f, PGD %.4f, worst case %.4f, audit flags %s", result["clean_acc"], result["robust_acc_pgd"],
                  result["robust_acc"], result["audit"]["flags"] or "none")
+    collapse = model_collapse(upstream["stages"], None if outcome is None else outcome["predictions"].tolist(),
+                              num_classes)
+    if collapse["collapsed"]:
+        log.warning("COLLAPSED: this model is a constant classifier (%s): evaluated, but reported as collapsed, "
+                    "never averaged", collapse["collapsed_reason"])
+    if collapse["collapsed_upstream"]:
+        log.warning("COLLAPSED UPSTREAM: this model is built on a model that collapsed in training (stage %s): "
+                    "evaluated, but reported as collapsed, never averaged", ", ".join(collapse["collapsed_upstream"]))
     wall = time.perf_counter() - start
     evaluated.cpu()
     cost = model_cost(evaluated, dataset.input_shape)
@@ -88,6 +98,7 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
         "experiment": experiment, "dataset": dataset.name, "arch": ckpt["arch"]["name"],
         "seed": seed, "train": train, "compression": compression, "method": method, "level": level,
         "finetune": finetune, **result, "diverged": diverged is not None, "diverged_reason": diverged,
+        **collapse,
         "params": cost["params"], "macs": cost["macs"],
         "checkpoint_bytes": Path(model).stat().st_size,
         "weight_bytes": weight_storage_bytes(evaluated, bits),

@@ -20,7 +20,7 @@ from ..quantize import calibration_batches, is_quantized, prepare_qat
 from ..train import restored_wall_time, resume_path_for, train_model
 from ..vocab import (ADVERSARIAL_FINETUNING, CONTROLS, EQUAL_COST_SUFFIX, FINETUNE_MODES, QUANTIZATION_METHODS,
                      SCRATCH_CONTROLS, parse_compression, stage_seed)
-from .common import metrics_record, precision_for, setup, training_objective
+from .common import metrics_record, precision_for, setup, training_health, training_objective
 
 log = logging.getLogger("advfine")
 
@@ -92,8 +92,10 @@ def run(config: dict, *, data: str, compression: str, mode: str, seed: int, mode
     save_model(out_model, start_model, ckpt["arch"], extra={"finetune": mode, "parent": str(model),
                                                             "init": "random" if scratch else "parent"})
     macs = training_macs(history, len(dataset.train_y), forward_macs, attack.steps if attack else 0)
+    collapsed = training_health(history, dataset.num_classes, f"fine-tuning {mode} of {compression}")
     # a model trained from scratch owes nothing to its base model's training: its lineage is this stage alone
     record = metrics_record(config, seed, device, "finetune", wall, None if scratch else parent, macs, adversarial,
+                            collapsed,
                             finetune=mode, init="random" if scratch else "parent",
                             settings=settings, history=history, attack=attack.describe() if attack else None,
                             precision=precision)

@@ -12,7 +12,7 @@ from ..files import read_json, write_json
 from ..models import build_model
 from ..train import restored_wall_time, resume_path_for, train_model
 from ..vocab import BASE_MODELS, compression_label, stage_seed
-from .common import attack_from_config, dataset_arch, metrics_record, setup
+from .common import attack_from_config, dataset_arch, metrics_record, setup, training_health
 
 
 def run(config: dict, *, data: str, bits: int, train: str, seed: int, out_model: str, out_metrics: str,
@@ -49,8 +49,9 @@ def run(config: dict, *, data: str, bits: int, train: str, seed: int, out_model:
     save_model(out_model, qmodel, arch,
                extra={"compression": compression, "parent": parent_ref, "init": qat_cfg["init"]})
     macs = training_macs(history, len(dataset.train_y), forward_macs, attack.steps if attack else 0)
+    collapsed = training_health(history, dataset.num_classes, f"QAT {compression} of base model {train}")
     # in a model's lineage QAT takes the place of compression (the report's "compress" columns)
-    record = metrics_record(config, seed, device, "compress", wall, parent, macs, attack is not None,
+    record = metrics_record(config, seed, device, "compress", wall, parent, macs, attack is not None, collapsed,
                             compression=compression, method="qat", level=bits, init=qat_cfg["init"], arch=arch,
                             history=history, attack=attack.describe() if attack else None, precision="fp32",
                             **model_cost(qmodel, dataset.input_shape))

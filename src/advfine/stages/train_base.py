@@ -12,7 +12,7 @@ from ..files import write_json
 from ..models import build_model, count_parameters, load_pretrained
 from ..train import restored_wall_time, resume_path_for, train_model
 from ..vocab import BASE_MODELS, stage_seed
-from .common import dataset_arch, metrics_record, precision_for, setup, training_objective
+from .common import dataset_arch, metrics_record, precision_for, setup, training_health, training_objective
 
 log = logging.getLogger("advfine")
 
@@ -43,7 +43,8 @@ def run(config: dict, *, data: str, train: str, seed: int, out_model: str, out_m
     model.cpu()
     save_model(out_model, model, arch, extra={"train": train, "seed": seed})
     macs = training_macs(history, len(dataset.train_y), forward_macs, attack.steps if attack else 0)
-    metrics = metrics_record(config, seed, device, "train_base", wall, None, macs, attack is not None,
+    collapsed = training_health(history, dataset.num_classes, f"training of base model {train}")
+    metrics = metrics_record(config, seed, device, "train_base", wall, None, macs, attack is not None, collapsed,
                              train=train, history=history, params=count_parameters(model),
                              n_train=len(dataset.train_y), precision=precision, pretrained=pretrained,
                              attack=attack.describe() if attack else None)
