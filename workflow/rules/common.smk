@@ -16,6 +16,10 @@ from advfine.config import (
     write_resolved_config,
 )
 
+# Every rule's param `code` (advfine.fingerprint) hashes the package code its job runs: a code change reruns
+# the stage (`snakemake -n` says "Params have changed"), a comment or docstring edit does not.
+from advfine.fingerprint import code_fingerprint
+
 # The config of this run (advfine.config.resolve_config): the --configfile files, each a complete
 # experiment or an overlay after the base it names (`extends:`), else config.yaml of the working
 # directory; then the --config overrides; validated, with the schema's defaults. It replaces what
