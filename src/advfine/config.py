@@ -22,17 +22,19 @@ from .vocab import ATTACKS, NUM_CLASSES
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 # The config each stage reads, as dotted paths (a section, or one key of it); keys are the stage names.
+# Exactly what it reads (tests/test_stage_slices.py records the keys each stage reads): a key outside its
+# slice would rerun it for nothing, a key it reads and lacks would fail it.
 STAGE_SECTIONS = {
     "prepare_data": ("data",),
     "train_base": ("model", "precision", "deterministic", "attack.eps_space", "attack.norm", "attack.train",
                    "train", "adversarial"),
     "compress": ("deterministic", "compress"),
-    "qat": ("model", "deterministic", "attack.eps_space", "attack.norm", "attack.train", "compress", "qat"),
+    # model.arch: QAT from scratch builds the architecture
+    "qat": ("model.arch", "deterministic", "attack.eps_space", "attack.norm", "attack.train", "compress", "qat"),
     # train and compress: the from-scratch controls' full budget and the quantized ones' calibration
-    "finetune": ("model", "precision", "deterministic", "attack.eps_space", "attack.norm", "attack.train",
-                 "finetune", "adversarial", "train", "compress"),
-    "evaluate": ("precision", "deterministic", "attack.eps_space", "attack.norm", "attack.eval", "evaluate",
-                 "compress"),  # compress: the PTQ calibration batches, reused by the INT8 export
+    "finetune": ("precision", "deterministic", "attack.eps_space", "attack.norm", "attack.train", "finetune",
+                 "adversarial", "train", "compress"),
+    "evaluate": ("precision", "deterministic", "attack.eps_space", "attack.norm", "attack.eval", "evaluate"),
     "aggregate": ("report",),
     "plot": (),
     "figure2": ("deterministic", "attack.eps_space", "attack.norm", "attack.eval", "figure2"),
