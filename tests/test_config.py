@@ -74,7 +74,7 @@ def test_the_paper_configs_get_autoattacks_standard_suite(name):
     """What their comments promise: the schema's default suite, none of config.yaml's light one."""
     cfg = _flat(resolved(CONFIGS / f"{name}.yaml"))
     assert {key: cfg[key] for key in STANDARD_SUITE} == STANDARD_SUITE
-    assert (cfg["train.eps_warmup_epochs"], cfg["qat.eps_warmup_epochs"], cfg["finetune.eps_warmup_epochs"]) == (0, 0, 0)
+    assert [cfg[f"{schedule}.eps_warmup_epochs"] for schedule in ("train", "qat", "finetune")] == [0, 0, 0]
     assert "resources.rules.train_base.runtime" in cfg and cfg["experiment"] == name
 
 
