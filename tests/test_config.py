@@ -353,6 +353,18 @@ def test_stage_config_holds_only_what_the_stage_reads():
         assert stage_config(more_seeds, stage) == stage_config(cfg, stage)
 
 
+def test_the_order_of_keys_in_a_config_file_changes_no_stages_params():
+    """Snakemake compares a rule's params by their repr, which follows the order of dict keys."""
+    def reversed_keys(value):
+        return {k: reversed_keys(value[k]) for k in reversed(list(value))} if isinstance(value, dict) else value
+
+    cfg = tiny_config()
+    shuffled = validate_config(reversed_keys(tiny_config(validate=False)))
+    assert list(shuffled["train"]) != list(cfg["train"])
+    for stage in vocab.STAGES:
+        assert repr(stage_config(shuffled, stage)) == repr(stage_config(cfg, stage)), stage
+
+
 def test_conda_env_pins_equal_the_pip_requirements():
     pip_pins = [l.strip() for l in (REPO / "requirements.txt").read_text().splitlines()
                 if l.strip() and not l.startswith("#")]

@@ -331,8 +331,9 @@ def check_device(device: str) -> None:
 
 
 def stage_config(config: dict, stage: str) -> dict:
-    """The config sections ``stage`` reads, with the same nesting as the full config. Optional
-    sections that are absent (``qat`` without QAT in the sweep) are left out."""
+    """The config sections ``stage`` reads, with the same nesting as the full config, keys sorted (a
+    rule's params are compared by their repr: the order of keys in a config file is not a setting).
+    Optional sections that are absent (``qat`` without QAT in the sweep) are left out."""
     out: dict = {}
     for dotted in STAGE_SECTIONS[stage]:
         head, _, tail = dotted.partition(".")
@@ -342,4 +343,10 @@ def stage_config(config: dict, stage: str) -> dict:
             out.setdefault(head, {})[tail] = config[head][tail]
         else:
             out[head] = config[head]
-    return out
+    return _sorted_keys(out)
+
+
+def _sorted_keys(value):
+    if isinstance(value, dict):
+        return {key: _sorted_keys(value[key]) for key in sorted(value)}
+    return value
