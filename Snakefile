@@ -2,14 +2,14 @@
 #   snakemake all --cores 2                    # tables and figures of config.yaml
 #   snakemake all_tables --cores 2 --configfile=configs/X.yaml   # the target first: options take several values
 #   snakemake --report report.html             # after a run: figures and tables in one HTML file
-# One stage = one name: rule <name>, workflow/rules/<name>.smk, workflow/scripts/<name>.py,
-# advfine.stages.<name>.run, its config slice <name> (advfine.config.STAGE_SECTIONS) and <name>.log.
+# The config: config.yaml without --configfile; else the files given, each complete or an overlay of the
+# base it names (extends:); see workflow/rules/common.smk. What a run used: results/<experiment>/
+# config.resolved.yaml. One stage = one name: rule <name>, workflow/rules/<name>.smk,
+# workflow/scripts/<name>.py, advfine.stages.<name>.run, its config slice <name>
+# (advfine.config.STAGE_SECTIONS) and <name>.log.
 from snakemake.utils import min_version
 
 min_version("9.0")
-
-
-configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -27,27 +27,43 @@ include: "workflow/rules/plot.smk"
 include: "workflow/rules/figure2.smk"
 
 
-# Target rules run nothing: never submit them to a cluster.
+# Target rules run nothing, resolved_config writes one small file: never submit them to a cluster.
 localrules:
     all,
     all_tables,
     all_figures,
+    resolved_config,
+
+
+rule resolved_config:
+    """The config every stage got (files, overrides, schema defaults), beside the run's results."""
+    output:
+        RESOLVED,
+    log:
+        f"logs/{EXPERIMENT}/resolved_config.log",
+    params:
+        cfg=config,
+    run:
+        write_resolved_config(params.cfg, output[0])
 
 
 rule all:
     default_target: True
     input:
+        RESOLVED,
         table_targets(),
         figure_targets(),
 
 
 rule all_tables:
     input:
+        RESOLVED,
         table_targets(),
 
 
 rule all_figures:
     input:
+        RESOLVED,
         figure_targets(),
 
 

@@ -99,8 +99,8 @@ def tiny_cfg():
 
 
 # ---------------------------------------------------------------- the whole workflow on a tiny config
-def snakemake(workdir, *args, timeout=900):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+def snakemake(workdir, *args, timeout=900, snakefile=REPO / "Snakefile"):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(workdir),
            "--cores", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 

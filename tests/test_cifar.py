@@ -287,7 +287,8 @@ def test_the_cifar10_resnet18_path_trains_prunes_quantizes_and_evaluates(tmp_pat
 
     write_fake_cifar(tmp_path)
     eps = {"attack.eps_space": "pixel", "attack.train.eps": 8 / 255, "attack.eval.eps": 8 / 255}
-    over = {"data": cifar_cfg(tmp_path), "model.arch": "resnet18", "train.epochs": 1, "train.batch_size": 8,
+    over = {"data": cifar_cfg(tmp_path), "model.arch": "resnet18", "train.epochs": 1, "train.lr_drop_epoch": None,
+            "train.batch_size": 8,
             "train.augment": True, "attack.eval.steps": 2, "compress.calibration_batches": 1,
             "compress.calibration_batch_size": 8, "sweep.qat_bits": [8],
             "qat": {"init": "parent", "epochs": 1, "batch_size": 8, "lr": 0.01, "momentum": 0.9,

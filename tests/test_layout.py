@@ -101,7 +101,8 @@ def test_imports_are_at_the_top_unless_deferred_on_purpose():
 
 def test_the_vocabulary_and_config_import_without_torch():
     """The Snakefile imports them at parse time, and every job parses the workflow."""
-    code = ("import sys, advfine.vocab, advfine.config\n"
+    code = ("import sys, advfine.vocab, advfine.config, advfine.fingerprint\n"
+            "[advfine.fingerprint.code_fingerprint(stage) for stage in advfine.vocab.STAGES]\n"
             "assert 'torch' not in sys.modules and 'pandas' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
@@ -116,6 +117,7 @@ def test_one_name_per_stage_from_rule_to_code(stage):
     text = rule_file.read_text()
     assert re.findall(r"^rule (\w+):", text, flags=re.M) == [stage]
     assert f'stage_config(config, "{stage}")' in text
+    assert f'code=code_fingerprint("{stage}")' in text  # the cache follows the code (advfine.fingerprint)
     assert f'rule_resources("{stage}")' in text
     log = re.search(r"^    log:\n\s+(.+)$", text, flags=re.M).group(1)
     assert log.rstrip(",").strip("f\"'").endswith(f"/{stage}.log")

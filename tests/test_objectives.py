@@ -22,6 +22,7 @@ from conftest import stage_settings, tiny_config, train_settings
 
 EPS = 0.1
 SETTINGS = {"fgsm_step_factor": 1.25, "nfgsm_step_factor": 1.0, "nfgsm_noise_factor": 2.0, "trades_beta": 6.0}
+ONE_EPOCH = {"train.epochs": 1, "train.lr_drop_epoch": None}  # an lr drop at epoch >= epochs is refused
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def nodes(tmp_path_factory):
     """Prepared digits, a standard base model, its 50 %-pruned and PTQ INT8 versions (stage functions)."""
     d = tmp_path_factory.mktemp("controls")
     prepare_data.run(stage_settings("prepare_data"), out_data=d / "digits.pt")
-    train_base.run(stage_settings("train_base", **{"train.epochs": 1}), data=d / "digits.pt", train="st", seed=0,
+    train_base.run(stage_settings("train_base", **ONE_EPOCH), data=d / "digits.pt", train="st", seed=0,
                    out_model=d / "model.pt", out_metrics=d / "metrics.json")
     for compression in ("prune-0.5", "ptq-int8"):
         compress_stage.run(stage_settings("compress"), data=d / "digits.pt", compression=compression, seed=0,
@@ -166,11 +167,11 @@ def test_trades_fine_tuning_starts_from_the_parent_and_records_its_objective(nod
 
 
 def test_the_robust_base_model_can_be_trained_with_trades(nodes, tmp_path):
-    record = train_base.run(stage_settings("train_base", **{"train.epochs": 1, "adversarial.base_objective": "trades"}),
+    record = train_base.run(stage_settings("train_base", **ONE_EPOCH, **{"adversarial.base_objective": "trades"}),
                             data=nodes / "digits.pt", train="rb", seed=0, out_model=tmp_path / "model.pt",
                             out_metrics=tmp_path / "metrics.json")
     assert record["attack"]["name"] == "trades" and record["stages"][0]["adversarial"]
-    standard = train_base.run(stage_settings("train_base", **{"train.epochs": 1, "adversarial.base_objective": "trades"}),
+    standard = train_base.run(stage_settings("train_base", **ONE_EPOCH, **{"adversarial.base_objective": "trades"}),
                               data=nodes / "digits.pt", train="st", seed=0, out_model=tmp_path / "st.pt",
                               out_metrics=tmp_path / "st.json")
     assert standard["attack"] is None  # f_st never trains on attacked points, whatever the objective

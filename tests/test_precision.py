@@ -95,7 +95,7 @@ def test_cudnn_autotuning_is_off_when_determinism_is_asked():
 def test_stages_record_precision_and_keep_fake_quant_models_in_fp32(tmp_path):
     from advfine.stages import compress, evaluate, finetune, prepare_data, train_base
 
-    over = {"train.epochs": 1, "precision": "bf16"}
+    over = {"train.epochs": 1, "train.lr_drop_epoch": None, "precision": "bf16"}
     data = tmp_path / "digits.pt"
     prepare_data.run(stage_settings("prepare_data", **over), out_data=data)
     base = train_base.run(stage_settings("train_base", **over), data=data, train="st", seed=0,

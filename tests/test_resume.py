@@ -147,7 +147,7 @@ def test_stages_delete_their_resume_checkpoint_when_done(tmp_path):
 
     from conftest import stage_settings
 
-    over = {"data.train_subset": 64, "data.test_subset": 32, "train.epochs": 1}
+    over = {"data.train_subset": 64, "data.test_subset": 32, "train.epochs": 1, "train.lr_drop_epoch": None}
     data_path = tmp_path / "data.pt"
     prepare_data.run(stage_settings("prepare_data", **over), out_data=data_path)
     out = tmp_path / "node"

@@ -119,6 +119,31 @@ def test_a_bad_config_fails_before_any_job_naming_the_key(tmp_path, change, key)
     assert not (tmp_path / "results").exists()
 
 
+def test_resolved_config_writes_what_the_stages_get(tmp_path):
+    """`snakemake resolved_config` writes results/<experiment>/config.resolved.yaml: for a paper config,
+    AutoAttack's standard suite from the schema (nothing from config.yaml's light suite)."""
+    from advfine.config import resolve_config
+
+    paper = REPO / "configs" / "paper-fmnist.yaml"
+    result = snakemake(tmp_path, "--configfile", str(paper), "--config", "threads=3", "--", "resolved_config",
+                       timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = yaml.safe_load((tmp_path / "results" / "paper-fmnist" / "config.resolved.yaml").read_text())
+    assert written == resolve_config([paper], {"threads": 3}, REPO)
+    suite = written["evaluate"]
+    assert (suite["apgd"]["steps"], suite["apgd"]["target_classes"], suite["square"]["queries"]) == (100, 9, 5000)
+    assert "fab_t" in suite["attacks"] and written["threads"] == 3
+    assert not list((tmp_path / "results").rglob("*.json"))  # nothing else ran
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_job(tmp_path):
+    write_config(tmp_path, tiny_config(device="cuda:99"))
+    result = snakemake(tmp_path, "all_tables", timeout=120)
+    assert result.returncode != 0
+    assert "config key device: 'cuda:99'" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
 def test_lint_passes():
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
@@ -154,8 +179,8 @@ def test_job_resources_come_from_the_config(tmp_path):
         planned.setdefault(rule, set()).add(res)
     assert set(planned) >= {"prepare_data", "train_base", "compress", "finetune", "evaluate", "aggregate", "plot"}
     for rule, variants in planned.items():
-        if rule.startswith("all"):
-            continue  # target rules run nothing
+        if rule.startswith("all") or rule == "resolved_config":
+            continue  # target rules run nothing; resolved_config writes one file in Snakemake's own process
         (res,) = variants  # every job of a rule asks the same
         fields = dict(item.split("=", 1) for item in res.split(", "))
         if rule == "train_base":

@@ -16,6 +16,7 @@ from sklearn.model_selection import train_test_split
 from torchvision.datasets import CIFAR10, FashionMNIST
 
 from .data import DataError, Dataset
+from .vocab import NUM_CLASSES
 
 
 def load_digits_tensors(image_size: int, test_fraction: float, split_seed: int):
@@ -174,7 +175,7 @@ def load_dataset(cfg: dict) -> Dataset:
     split_seed = cfg["split_seed"]
     tx, ty = _subset(tx, ty, cfg["train_subset"], split_seed)
     vx, vy = _subset(vx, vy, cfg["test_subset"], split_seed + 1)
-    return Dataset(name, tx, ty, vx, vy, num_classes=10,
+    return Dataset(name, tx, ty, vx, vy, num_classes=NUM_CLASSES[name],
                    mean=[0.5] * tx.shape[1], std=[0.5] * tx.shape[1])
 
 

@@ -3,6 +3,7 @@ copies, threads, seeds."""
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import resource
 import sys
@@ -13,7 +14,8 @@ import torch
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU; an explicit name is checked to exist."""
+    """``auto`` picks CUDA, then Apple MPS, then CPU; an explicit name is checked to exist here (every job
+    checks when it starts; advfine.config.check_device before jobs run on this machine)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -22,6 +24,12 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device: {name!r} was asked for but CUDA is not available; use device: auto or cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise RuntimeError(f"device: {name!r} was asked for but {count} CUDA device(s) are visible here (cuda:0 to "
+                           f"cuda:{count - 1}" + (f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "")
+                           + "); use device: auto, cuda, or cuda:N with N below that count")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RuntimeError("device: 'mps' was asked for but MPS is not available; use device: auto or cpu")
     return torch.device(name)

@@ -30,6 +30,12 @@ def stage_seed(stage: str, seed: int) -> int:
     return int(seed) + SEED_OFFSETS[stage]
 
 
+# ------------------------------------------------------------------------------ datasets
+# The datasets of config key data.name and their number of classes (datasets.load_dataset builds each
+# with it; the config checks class indices against it at parse time).
+NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10}
+
+
 # ------------------------------------------------------------------------------ models and nodes
 BASE_MODELS = {"st": "standard training", "rb": "PGD adversarial training"}
 FINETUNE_MODES = {"none": "no fine-tuning", "st": "standard fine-tuning", "ad": "adversarial fine-tuning"}
@@ -151,6 +157,7 @@ SAMPLES = "samples.csv"  # beside each eval.json: the per-sample outcome
 TABLE_FORMATS = ["csv", "md", "tex", "html"]  # html: the version `snakemake --report` shows
 FIGURE_FORMATS = ["png", "pdf"]
 ALL_METRICS = "all_metrics.csv"
+RESOLVED_CONFIG = "config.resolved.yaml"  # the config a run used (rule resolved_config)
 
 TABLE2 = "table2_baselines"
 COMPUTATIONAL_GAINS = "computational_gains"

@@ -18,6 +18,7 @@ rule aggregate:
         **rule_resources("aggregate"),
     params:
         cfg=stage_config(config, "aggregate"),
+        code=code_fingerprint("aggregate"),
         tables_dir=lambda wildcards: f"results/{wildcards.experiment}/tables",
     script:
         "../scripts/aggregate.py"

@@ -1,4 +1,4 @@
-# Config validation, wildcard constraints, input functions and target lists. Every name (stages,
+# The experiment config, wildcard constraints, input functions and target lists. Every name (stages,
 # paths, compression labels, tables, figures) comes from advfine.vocab, the package's vocabulary.
 import os
 import re
@@ -8,12 +8,41 @@ import sys
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from advfine import vocab
-from advfine.config import ConfigError, stage_config, validate_config
+from advfine.config import (
+    ConfigError,
+    check_device,
+    resolve_config,
+    stage_config,
+    write_resolved_config,
+)
 
+# Every rule's param `code` (advfine.fingerprint) hashes the package code its job runs: a code change reruns
+# the stage (`snakemake -n` says "Params have changed"), a comment or docstring edit does not.
+from advfine.fingerprint import code_fingerprint
+
+# The config of this run (advfine.config.resolve_config): the --configfile files, each a complete
+# experiment or an overlay after the base it names (`extends:`), else config.yaml of the working
+# directory; then the --config overrides; validated, with the schema's defaults. It replaces what
+# Snakemake merged, so a key no file sets comes from the schema, never from another experiment. Jobs
+# that parse the workflow again (cluster jobs) get the same files and overrides, so the same config.
 try:
-    validate_config(config)  # fills in the schema's defaults
+    resolved = resolve_config(
+        workflow.overwrite_configfiles,
+        workflow.config_settings.config,
+        workflow.basedir,
+    )
 except ConfigError as err:
     raise ValueError(str(err)) from None
+config.clear()
+config.update(resolved)
+
+
+# Jobs that run on this machine use its devices: refuse a `device` it lacks before the first job. On a
+# cluster each job checks its node's devices when it starts (advfine.runtime.resolve_device).
+onstart:
+    if workflow.local_exec:
+        check_device(config["device"])
+
 
 EXPERIMENT = config["experiment"]
 DATASET = config["data"]["name"]
@@ -23,6 +52,7 @@ DATA = vocab.DATA
 NODE = vocab.NODE
 LOGS = vocab.LOGS
 RESULTS = f"results/{EXPERIMENT}"
+RESOLVED = f"{RESULTS}/{vocab.RESOLVED_CONFIG}"
 
 
 wildcard_constraints:

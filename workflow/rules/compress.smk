@@ -16,5 +16,6 @@ rule compress:
         **rule_resources("compress"),
     params:
         cfg=stage_config(config, "compress"),
+        code=code_fingerprint("compress"),
     script:
         "../scripts/compress.py"

@@ -15,6 +15,7 @@ rule evaluate:
         **rule_resources("evaluate"),
     params:
         cfg=stage_config(config, "evaluate"),
+        code=code_fingerprint("evaluate"),
         curve=is_table5_model,
     script:
         "../scripts/evaluate.py"

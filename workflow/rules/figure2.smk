@@ -19,6 +19,7 @@ rule figure2:
         **rule_resources("figure2"),
     params:
         cfg=stage_config(config, "figure2"),
+        code=code_fingerprint("figure2"),
         seed=SWEEP["seeds"][0],
     script:
         "../scripts/figure2.py"

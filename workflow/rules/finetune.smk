@@ -16,5 +16,6 @@ rule finetune:
         **rule_resources("finetune"),
     params:
         cfg=stage_config(config, "finetune"),
+        code=code_fingerprint("finetune"),
     script:
         "../scripts/finetune.py"

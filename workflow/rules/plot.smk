@@ -16,6 +16,7 @@ rule plot:
         **rule_resources("plot"),
     params:
         cfg=stage_config(config, "plot"),
+        code=code_fingerprint("plot"),
         figures_dir=lambda wildcards: f"results/{wildcards.experiment}/figures",
         figures=FIGURES,
     script:

@@ -10,5 +10,6 @@ rule prepare_data:
         **rule_resources("prepare_data"),
     params:
         cfg=stage_config(config, "prepare_data"),
+        code=code_fingerprint("prepare_data"),
     script:
         "../scripts/prepare_data.py"

@@ -14,5 +14,6 @@ rule qat:
         **rule_resources("qat"),
     params:
         cfg=stage_config(config, "qat"),
+        code=code_fingerprint("qat"),
     script:
         "../scripts/qat.py"

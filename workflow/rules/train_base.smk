@@ -13,5 +13,6 @@ rule train_base:
         **rule_resources("train_base"),
     params:
         cfg=stage_config(config, "train_base"),
+        code=code_fingerprint("train_base"),
     script:
         "../scripts/train_base.py"
