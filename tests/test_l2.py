@@ -13,7 +13,7 @@ from advfine.attacks.fab import fab_t
 from advfine.attacks.pgd import PGDAttack, pgd
 from advfine.attacks.square import square_l2
 from advfine.audit import audit_evaluation
-from advfine.config import ConfigError, validate_config
+from advfine.config import ConfigError, largest_radius, validate_config
 from advfine.evaluate import Suite, evaluate_model, within_threat_model
 from advfine.objectives import objective_for
 from advfine.train import train_model
@@ -107,3 +107,21 @@ def test_fast_controls_under_an_l2_threat_model_are_a_config_error():
     with pytest.raises(ConfigError, match="sweep.controls"):
         validate_config(tiny_config(validate=False, **{"attack.norm": "l2", "sweep.controls": ["fgsm", "trades"]}))
     assert validate_config(tiny_config(validate=False, **{"attack.norm": "l2", "sweep.controls": ["trades"]}))
+
+
+def test_radii_are_validated_in_the_norm_of_the_threat_model():
+    l2 = {"attack.norm": "l2", "attack.eval.step_size": 0.375, "attack.eval.steps": 10}
+    config = validate_config(tiny_config(validate=False, **l2, **{"attack.eval.eps": 1.5}))  # the README's example
+    assert config["attack"]["eval"]["eps"] == 1.5 and largest_radius(config) == 28.0  # sqrt(1 x 28 x 28)
+    with pytest.raises(ConfigError, match=r"attack.eval.eps: 1.5 is larger .* linf \(1,"):
+        validate_config(tiny_config(validate=False, **{"attack.eval.eps": 1.5, "attack.eval.step_size": 0.375,
+                                                       "attack.eval.steps": 10}))
+    with pytest.raises(ConfigError, match=r"attack.eval.eps: 30 is larger .* l2 \(28,"):
+        validate_config(tiny_config(validate=False, **(l2 | {"attack.eval.eps": 30, "attack.eval.step_size": 3})))
+    with pytest.raises(ConfigError, match=r"attack.train.step_size: 9 is larger .* l2 \(8,"):  # digits at 8 x 8
+        validate_config(tiny_config(validate=False, **l2, **{"data.image_size": 8, "attack.train.step_size": 9}))
+    assert largest_radius(tiny_config(**l2, **{"data.name": "cifar10"})) == pytest.approx(3072 ** 0.5)
+    large = {"evaluate.audit": {"large_eps_l2": 30.0}}
+    with pytest.raises(ConfigError, match="evaluate.audit.large_eps_l2: 30 is larger"):
+        validate_config(tiny_config(validate=False, **l2, **large))
+    assert validate_config(tiny_config(validate=False, **large))  # not used, so not checked, under L-inf
