@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchattacks
 from torch import nn
 
 from advfine.attacks.apgd import apgd_linf, dlr_loss, dlr_loss_targeted, top_k_targets
@@ -81,7 +82,6 @@ def test_losses_and_schedules_match_their_definitions():
 
 
 def test_apgd_is_at_least_as_strong_as_pgd20_and_agrees_with_torchattacks(trained, digits):
-    torchattacks = pytest.importorskip("torchattacks")
     x, y, eps = digits.test_x, digits.test_y, 0.04
     pgd = evaluate_model(trained, x, y, suite(eps, attacks=("pgd",)), 100, CPU, seed=0)["robust_acc"]
     ours = evaluate_model(trained, x, y, suite(eps, attacks=("pgd", "apgd_ce")), 100, CPU, seed=0)["attacks"]

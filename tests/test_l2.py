@@ -6,6 +6,7 @@ from copy import deepcopy
 
 import pytest
 import torch
+import torchattacks
 import torch.nn.functional as F
 
 from advfine.attacks.apgd import apgd, top_k_targets
@@ -49,7 +50,6 @@ def test_every_l2_attack_stays_in_the_l2_ball_and_the_image_range(trained, digit
 
 
 def test_apgd_l2_is_at_least_as_strong_as_pgd_l2_and_agrees_with_torchattacks(trained, digits):
-    torchattacks = pytest.importorskip("torchattacks")
     x, y, eps = digits.test_x, digits.test_y, 0.8
     pgd_only = evaluate_model(trained, x, y, l2_suite(eps, attacks=("pgd",)), 100, CPU, seed=0)["robust_acc"]
     both = evaluate_model(trained, x, y, l2_suite(eps, attacks=("pgd", "apgd_ce")), 100, CPU, seed=0)
