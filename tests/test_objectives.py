@@ -31,10 +31,10 @@ def digits():
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    torch.manual_seed(0)
+    torch.manual_seed(FIXTURE_SEED)
     model = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
-    train_model(model, digits.train_x, digits.train_y, train_settings(epochs=2, batch_size=32, lr=0.1, momentum=0.0,
-                lr_drop_epoch=None, lr_after_drop=0.01), None, 0, torch.device("cpu"))
+    train_model(model, digits.train_x, digits.train_y, train_settings(epochs=4, **FIXTURE_TRAINING), None,
+                FIXTURE_SEED, torch.device("cpu"))
     return model.eval()
 
 

@@ -17,7 +17,7 @@ from advfine.stages import finetune as finetune_stage
 from advfine.stages import prepare_data, qat as qat_stage, train_base
 from advfine.vocab import compression_label, parse_compression
 
-from conftest import stage_settings
+from conftest import FIXTURE_TRAIN_CONFIG, stage_settings
 
 
 def sha(path):
@@ -36,8 +36,8 @@ def data_path(tmp_path_factory):
 def base(tmp_path_factory, data_path):
     """A standard base model trained by the stage function (3 epochs on 512 digits)."""
     d = tmp_path_factory.mktemp("base")
-    train_base.run(stage_settings("train_base", **{"train.epochs": 3}), data=data_path, train="st", seed=0,
-                   out_model=d / "model.pt", out_metrics=d / "metrics.json")
+    train_base.run(stage_settings("train_base", **FIXTURE_TRAIN_CONFIG, **{"train.epochs": 3}), data=data_path,
+                   train="st", seed=0, out_model=d / "model.pt", out_metrics=d / "metrics.json")
     return d
 
 
