@@ -18,7 +18,7 @@ from advfine.stages import finetune as finetune_stage
 from advfine.stages import prepare_data, train_base
 from advfine.train import attack_for_epoch, train_model
 
-from conftest import stage_settings, tiny_config, train_settings
+from conftest import FIXTURE_SEED, FIXTURE_TRAINING, stage_settings, tiny_config, train_settings
 
 EPS = 0.1
 SETTINGS = {"fgsm_step_factor": 1.25, "nfgsm_step_factor": 1.0, "nfgsm_noise_factor": 2.0, "trades_beta": 6.0}
