@@ -9,13 +9,12 @@ CORES ?= 2
 
 install: $(VENV)/.installed
 
-# benchmarks/requirements.txt: torchattacks, a baseline of benchmarks/training_speed.py. It pins
-# requests~=2.25.1, which would downgrade snakemake's requests; its PGD needs none of its
-# dependencies, hence --no-deps.
-$(VENV)/.installed: requirements.txt benchmarks/requirements.txt
+# One resolution of everything (runtime, torchattacks included, and the dev tools); pip check
+# fails the install if any two packages disagree.
+$(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps -r benchmarks/requirements.txt
+	$(BIN)/python -m pip check
 	touch $@
 
 run: install

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchattacks
 from torch import nn
 
 from advfine.attacks.apgd import apgd_linf, dlr_loss, dlr_loss_targeted, top_k_targets
@@ -18,7 +19,7 @@ from advfine.evaluate import (Suite, divergence, evaluate_deployed, evaluate_mod
 from advfine.models import build_model, default_arch
 from advfine.train import train_model
 
-from conftest import tiny_config, train_settings
+from conftest import FIXTURE_SEED, FIXTURE_TRAINING, tiny_config, train_settings
 
 CPU = torch.device("cpu")
 AUDIT = {"tolerance": 0.01, "large_eps": 0.5, "large_eps_max_standing": 0.01, "more_steps_factor": 2, "more_effort_samples": 1000,
@@ -32,11 +33,11 @@ def digits():
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    """A CNN8 standard-trained for 3 epochs on 512 digits (about 95 % clean)."""
-    torch.manual_seed(0)
+    """A CNN8 standard-trained for 4 epochs on 512 digits (91-95 % clean over seeds)."""
+    torch.manual_seed(FIXTURE_SEED)
     model = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
-    train_model(model, digits.train_x, digits.train_y, train_settings(epochs=3, batch_size=32, lr=0.1, momentum=0.0,
-                lr_drop_epoch=2, lr_after_drop=0.01), None, 0, CPU)
+    train_model(model, digits.train_x, digits.train_y, train_settings(epochs=4, **FIXTURE_TRAINING), None,
+                FIXTURE_SEED, CPU)
     return model.eval()
 
 
@@ -81,7 +82,6 @@ def test_losses_and_schedules_match_their_definitions():
 
 
 def test_apgd_is_at_least_as_strong_as_pgd20_and_agrees_with_torchattacks(trained, digits):
-    torchattacks = pytest.importorskip("torchattacks")
     x, y, eps = digits.test_x, digits.test_y, 0.04
     pgd = evaluate_model(trained, x, y, suite(eps, attacks=("pgd",)), 100, CPU, seed=0)["robust_acc"]
     ours = evaluate_model(trained, x, y, suite(eps, attacks=("pgd", "apgd_ce")), 100, CPU, seed=0)["attacks"]

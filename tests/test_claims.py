@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,13 @@ MODELS = {
 
 
 def difficulty(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).random(N)
+    """Each sample's rank of difficulty (0: easiest) for a seed: a model with accuracy a gets exactly the
+    round(a N) easiest right, so the file agrees with its eval.json."""
+    return np.argsort(np.argsort(np.random.default_rng(seed).random(N))) / N
 
 
 def write_samples(path, clean: float, robust: float, seed: int, diverged: bool = False) -> None:
-    u = difficulty(seed)
+    u = difficulty(seed) + 0.5 / N
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["index", "label", "clean_correct", "robust", "broken_by"])
@@ -100,6 +103,33 @@ def test_a_diverged_seed_or_a_missing_samples_file_is_said_not_scored(results):
     assert v["C1"] == "diverged" and v["C3"] == "confirmed"  # C3 does not involve f_rb
     samples_of(df, "st", "dense", "ad", 0).unlink()
     assert verdicts(claims_table(df, 0.8, 8, margin=3.0, n_boot=200))["C3"].startswith(NO_SAMPLES)
+
+
+def test_a_hand_edited_samples_file_is_refused_naming_it(results):
+    df, _ = results
+    assert verdicts(claims_table(df, 0.8, 8, margin=3.0, n_boot=50))["C1"] == "confirmed"
+    path = samples_of(df, "rb", "dense", "none", 1)
+    original = path.read_text()
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    wrong_clean = table.index[table["clean_correct"] == "0"][:3]
+    table.loc[wrong_clean, "robust"] = "1"  # robust > clean: more robust in the claims than in Table 3
+    table.to_csv(path, index=False)
+    with pytest.raises(ValueError, match="robust 1 but clean_correct 0") as err:
+        claims_table(df, 0.8, 8, margin=3.0, n_boot=50)
+    assert str(path) in str(err.value)
+    table = pd.read_csv(io.StringIO(original), dtype=str, keep_default_na=False)
+    right = table.index[table["robust"] == "1"][:30]
+    table.loc[right, "robust"] = "0"  # consistent in itself, but 1.5 points below its eval.json
+    table.to_csv(path, index=False)
+    with pytest.raises(ValueError, match="robust_acc") as err:
+        claims_table(df, 0.8, 8, margin=3.0, n_boot=50)
+    assert str(path) in str(err.value)
+    table = pd.read_csv(io.StringIO(original), dtype=str, keep_default_na=False)
+    table.loc[5, "label"] = str((int(table.loc[5, "label"]) + 1) % 10)  # another test set
+    table.to_csv(path, index=False)
+    with pytest.raises(ValueError, match="different labels") as err:
+        claims_table(df, 0.8, 8, margin=3.0, n_boot=50)
+    assert str(path) in str(err.value)
 
 
 def test_the_controls_table_puts_each_arm_beside_t_ad(results, tmp_path):

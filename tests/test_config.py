@@ -1,5 +1,6 @@
 """Config validation: the schema and the cross-field checks reject bad values, naming the key."""
 import copy
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -372,6 +373,14 @@ def test_conda_env_pins_equal_the_pip_requirements():
     conda_pins = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert sorted(conda_pins) == sorted(pip_pins)
     assert all("==" in pin for pin in pip_pins)
+
+
+def test_pyproject_declares_the_pinned_requirements():
+    """``pip install .`` gets the runtime of requirements.txt; the dev extra adds its tools."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pip_pins = [l.strip() for l in (REPO / "requirements.txt").read_text().splitlines()
+                if l.strip() and not l.startswith("#")]
+    assert sorted(project["dependencies"] + project["optional-dependencies"]["dev"]) == sorted(pip_pins)
 
 
 def test_control_base_models_without_any_base_model_is_a_config_error():

@@ -66,3 +66,22 @@ def test_a_missing_or_damaged_prepared_dataset_names_the_file(tmp_path):
     (tmp_path / "digits.pt").write_bytes(b"not a tensor file")
     with pytest.raises(DataError, match="digits.pt"):
         load_prepared(tmp_path / "digits.pt")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=oct)
+def test_written_files_get_the_permissions_the_umask_allows(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        assert files.current_umask() == umask
+        files.write_json(tmp_path / "eval.json", {"a": 1})
+        files.save_tensor_file(tmp_path / "model.pt", {"format": "x", "w": torch.zeros(2)})
+        with files.atomic_path(tmp_path / "table.csv") as tmp:
+            tmp.write_text("a,b\n")
+        with open(tmp_path / "plain.txt", "w") as handle:  # what the shell or Python would give
+            handle.write("x")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert (tmp_path / "plain.txt").stat().st_mode & 0o777 == expected
+    for name in ("eval.json", "model.pt", "table.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected, name

@@ -10,22 +10,23 @@ from torch import nn
 from advfine import quantize
 from advfine.attacks.pgd import PGDAttack
 from advfine.evaluate import clean_accuracy
+from advfine.health import prediction_collapse
 from advfine.cost import measure_latency
 from advfine.int8_export import export_int8
 from advfine.models import build_model, default_arch
 from advfine.train import train_model
 
-from conftest import train_settings
+from conftest import FIXTURE_SEED, FIXTURE_TRAINING, train_settings
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    torch.manual_seed(0)
+    torch.manual_seed(FIXTURE_SEED)
     model = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
-    train_model(model, digits.train_x, digits.train_y, train_settings(epochs=2, batch_size=32, lr=0.05, momentum=0.9,
-                lr_drop_epoch=None, lr_after_drop=0.01), None, 0, CPU)
+    train_model(model, digits.train_x, digits.train_y, train_settings(epochs=2, **FIXTURE_TRAINING), None,
+                FIXTURE_SEED, CPU)
     return model.cpu().eval()
 
 
@@ -107,8 +108,11 @@ def test_a_cifar_resnet18_exports_to_an_integer_model():
 
 @pytest.mark.parametrize("make", [quantize.quantize_ptq, quantize.prepare_qat])
 def test_the_deployed_model_is_the_fake_quant_model_also_after_adversarial_finetuning(trained, digits, make):
-    """Issue 13: the model whose robustness is measured (fake-quant) and the one deployed (integer)
-    are one network: >= 99 % of test predictions agree and accuracies within 0.5 point."""
+    """The model whose robustness is measured (fake-quant) and the one deployed (integer) are one network:
+    >= 99 % of test predictions agree and accuracies within 0.5 point (over seeds 0-5, AVX-512 and AVX2
+    kernels: 99.8-100 % agree, accuracies 0-0.22 point apart). How accurate the model is after one epoch of
+    adversarial fine-tuning is beside the point (84-97 % there, 32 % once on another CPU); that it still
+    tells the classes apart is not: a near-constant model would agree with anything."""
     fake = make(trained, 8, list(digits.train_x[:256].split(64)))
     train_model(fake, digits.train_x[:256], digits.train_y[:256], train_settings(
         epochs=1, batch_size=32, lr=0.01, momentum=0.9, lr_drop_epoch=None, lr_after_drop=0.01),
@@ -117,6 +121,7 @@ def test_the_deployed_model_is_the_fake_quant_model_also_after_adversarial_finet
     int8 = export_int8(fake)
     with torch.no_grad():
         fake_pred, int8_pred = fake(digits.test_x).argmax(1), int8(digits.test_x).argmax(1)
+    assert len(fake_pred.unique()) >= 5 and prediction_collapse(fake_pred.tolist(), 10) is None
     assert (fake_pred == int8_pred).float().mean().item() >= 0.99
     acc = [(p == digits.test_y).float().mean().item() for p in (fake_pred, int8_pred)]
-    assert abs(acc[0] - acc[1]) <= 0.005 and acc[0] > 0.5, acc
+    assert abs(acc[0] - acc[1]) <= 0.005, acc

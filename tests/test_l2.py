@@ -6,6 +6,7 @@ from copy import deepcopy
 
 import pytest
 import torch
+import torchattacks
 import torch.nn.functional as F
 
 from advfine.attacks.apgd import apgd, top_k_targets
@@ -13,7 +14,7 @@ from advfine.attacks.fab import fab_t
 from advfine.attacks.pgd import PGDAttack, pgd
 from advfine.attacks.square import square_l2
 from advfine.audit import audit_evaluation
-from advfine.config import ConfigError, validate_config
+from advfine.config import ConfigError, largest_radius, validate_config
 from advfine.evaluate import Suite, evaluate_model, within_threat_model
 from advfine.objectives import objective_for
 from advfine.train import train_model
@@ -33,23 +34,25 @@ def l2_suite(eps=EPS, attacks=("pgd", "apgd_ce", "apgd_t", "square"), **over) ->
 def test_every_l2_attack_stays_in_the_l2_ball_and_the_image_range(trained, digits):
     x, y = digits.test_x[:32], digits.test_y[:32]
     g = torch.Generator().manual_seed(0)
-    outputs = {"pgd": pgd(trained, x, y, EPS, 0.25, 10, "l2", generator=g),
-               "apgd_ce": apgd(trained, x, y, EPS, 10, "ce", generator=g, norm="l2")[0],
-               "apgd_t": apgd(trained, x, y, EPS, 10, "dlr-targeted", top_k_targets(trained(x), 2), generator=g,
-                              norm="l2")[0],
-               "square": square_l2(trained, x, y, EPS, 50, seed=0),
-               "fab_t": fab_t(trained, x, y, EPS, 10, 2, 10, seed=0, norm="l2")}
-    for name, x_adv in outputs.items():
-        assert within_threat_model(x_adv, x, EPS, clamp=True, norm="l2").all(), name
+    # Square (torchattacks) returns the clean image of every sample it does not fool, so at 50 queries and this
+    # radius it moved none on one CPU; at twice the radius and 300 queries it moved 12 to 22 of these 32 (over
+    # seeds 0-5 of the fixture, AVX-512 and AVX2 kernels); FAB-T moved 8 to 14 further than eps / 2
+    outputs = {"pgd": (EPS, pgd(trained, x, y, EPS, 0.25, 10, "l2", generator=g)),
+               "apgd_ce": (EPS, apgd(trained, x, y, EPS, 10, "ce", generator=g, norm="l2")[0]),
+               "apgd_t": (EPS, apgd(trained, x, y, EPS, 10, "dlr-targeted", top_k_targets(trained(x), 2),
+                                    generator=g, norm="l2")[0]),
+               "square": (2 * EPS, square_l2(trained, x, y, 2 * EPS, 300, seed=0)),
+               "fab_t": (EPS, fab_t(trained, x, y, EPS, 10, 2, 10, seed=0, norm="l2"))}
+    for name, (eps, x_adv) in outputs.items():
+        assert within_threat_model(x_adv, x, eps, clamp=True, norm="l2").all(), name
         distance = (x_adv - x).flatten(1)
-        assert distance.norm(dim=1).max() > 0.5 * EPS, name  # they moved, far
+        assert distance.norm(dim=1).max() > 0.5 * eps, name  # they moved, far
         assert distance.abs().amax(1).max() > 0.1, name  # an L2 step is not an L-inf one: pixels move a lot
     # the L-inf check would reject these points: the two threat models differ
-    assert not within_threat_model(outputs["pgd"], x, 0.1, clamp=True, norm="linf").all()
+    assert not within_threat_model(outputs["pgd"][1], x, 0.1, clamp=True, norm="linf").all()
 
 
 def test_apgd_l2_is_at_least_as_strong_as_pgd_l2_and_agrees_with_torchattacks(trained, digits):
-    torchattacks = pytest.importorskip("torchattacks")
     x, y, eps = digits.test_x, digits.test_y, 0.8
     pgd_only = evaluate_model(trained, x, y, l2_suite(eps, attacks=("pgd",)), 100, CPU, seed=0)["robust_acc"]
     both = evaluate_model(trained, x, y, l2_suite(eps, attacks=("pgd", "apgd_ce")), 100, CPU, seed=0)
@@ -87,9 +90,10 @@ def test_adversarial_training_in_l2_and_l_inf_only_methods_refused(trained, digi
     for mode in ("fgsm", "nfgsm"):
         with pytest.raises(ValueError, match="L-inf method"):
             objective_for(mode, pgd_l2, {"fgsm_step_factor": 1.25, "nfgsm_step_factor": 1.0, "nfgsm_noise_factor": 2})
-    model = deepcopy(trained)
-    history = train_model(model, digits.train_x, digits.train_y, train_settings(
-        epochs=2, batch_size=32, lr=0.01, momentum=0.9, lr_drop_epoch=None, lr_after_drop=0.01), pgd_l2, 0, CPU)
+    schedule = train_settings(epochs=2, batch_size=32, lr=0.01, momentum=0.9, lr_drop_epoch=None, lr_after_drop=0.01)
+    model, standard = deepcopy(trained), deepcopy(trained)
+    history = train_model(model, digits.train_x, digits.train_y, schedule, pgd_l2, 0, CPU)
+    train_model(standard, digits.train_x, digits.train_y, schedule, None, 0, CPU)  # the same epochs, no attack
     assert history[-1]["eps"] == EPS
     x, y = digits.test_x, digits.test_y
     evaluation = PGDAttack(eps=EPS, step_size=0.25, steps=10, norm="l2")
@@ -99,7 +103,9 @@ def test_adversarial_training_in_l2_and_l_inf_only_methods_refused(trained, digi
         with torch.no_grad():
             return (m(x_adv).argmax(1) == y).float().mean().item()
 
-    assert robust(model) >= robust(trained) + 0.1
+    # over seeds 0-5 of the fixture, AVX-512 and AVX2 kernels: +0.21 to +0.39 over the start, +0.11 to +0.27 over
+    # the same epochs without the attack
+    assert robust(model) >= robust(trained) + 0.1 and robust(model) >= robust(standard) + 0.05
     assert F.cross_entropy(model(x), y).isfinite()
 
 
@@ -107,3 +113,21 @@ def test_fast_controls_under_an_l2_threat_model_are_a_config_error():
     with pytest.raises(ConfigError, match="sweep.controls"):
         validate_config(tiny_config(validate=False, **{"attack.norm": "l2", "sweep.controls": ["fgsm", "trades"]}))
     assert validate_config(tiny_config(validate=False, **{"attack.norm": "l2", "sweep.controls": ["trades"]}))
+
+
+def test_radii_are_validated_in_the_norm_of_the_threat_model():
+    l2 = {"attack.norm": "l2", "attack.eval.step_size": 0.375, "attack.eval.steps": 10}
+    config = validate_config(tiny_config(validate=False, **l2, **{"attack.eval.eps": 1.5}))  # the README's example
+    assert config["attack"]["eval"]["eps"] == 1.5 and largest_radius(config) == 28.0  # sqrt(1 x 28 x 28)
+    with pytest.raises(ConfigError, match=r"attack.eval.eps: 1.5 is larger .* linf \(1,"):
+        validate_config(tiny_config(validate=False, **{"attack.eval.eps": 1.5, "attack.eval.step_size": 0.375,
+                                                       "attack.eval.steps": 10}))
+    with pytest.raises(ConfigError, match=r"attack.eval.eps: 30 is larger .* l2 \(28,"):
+        validate_config(tiny_config(validate=False, **(l2 | {"attack.eval.eps": 30, "attack.eval.step_size": 3})))
+    with pytest.raises(ConfigError, match=r"attack.train.step_size: 9 is larger .* l2 \(8,"):  # digits at 8 x 8
+        validate_config(tiny_config(validate=False, **l2, **{"data.image_size": 8, "attack.train.step_size": 9}))
+    assert largest_radius(tiny_config(**l2, **{"data.name": "cifar10"})) == pytest.approx(3072 ** 0.5)
+    large = {"evaluate.audit": {"large_eps_l2": 30.0}}
+    with pytest.raises(ConfigError, match="evaluate.audit.large_eps_l2: 30 is larger"):
+        validate_config(tiny_config(validate=False, **l2, **large))
+    assert validate_config(tiny_config(validate=False, **large))  # not used, so not checked, under L-inf

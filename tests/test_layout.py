@@ -155,3 +155,42 @@ def test_the_shipped_configs_use_the_stage_names():
         cfg = yaml.safe_load(path.read_text())
         for section in ("qat", "figure2"):
             assert section not in cfg.get("compress", {}) and section not in cfg.get("report", {}), path
+
+
+# Distributions the run time needs without importing them by name: nni's dependency analysis (pruning) imports
+# torch.utils.tensorboard, which needs tensorboard, undeclared by nni; pandas' to_markdown (the tables) needs
+# tabulate, an optional dependency of pandas; the Slurm profile (profiles/slurm) needs snakemake's executor plugin.
+NEEDED_WITHOUT_IMPORT = {"tensorboard", "tabulate", "snakemake-executor-plugin-slurm"}
+
+
+def imported_top_level_names(paths) -> set[str]:
+    """The top-level names of every absolute import in ``paths`` (deferred imports too)."""
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module.partition(".")[0])
+    return names
+
+
+def test_every_distribution_imported_at_run_time_is_declared():
+    """What the package and the workflow's scripts import (outside the standard library) is a declared runtime
+    dependency of pyproject.toml (so of requirements.txt): a working ``pip install .``."""
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    declared = {canonical(re.split(r"[=<>!~;\[ ]", dep)[0])
+                for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    names = imported_top_level_names(MODULES + sorted((REPO / "workflow" / "scripts").glob("*.py")))
+    third_party = names - set(sys.stdlib_module_names) - {"advfine"}
+    providers = packages_distributions()
+    missing = {name: providers.get(name) for name in third_party
+               if not providers.get(name) or not {canonical(d) for d in providers[name]} & declared}
+    assert missing == {}, f"imported but not declared in pyproject.toml (import name: distributions): {missing}"
+    assert {canonical(d) for d in NEEDED_WITHOUT_IMPORT} <= declared
+    assert {"torchattacks", "scipy"} <= third_party  # the walk sees deferred imports and direct ones

@@ -18,7 +18,7 @@ from advfine.stages import finetune as finetune_stage
 from advfine.stages import prepare_data, train_base
 from advfine.train import attack_for_epoch, train_model
 
-from conftest import stage_settings, tiny_config, train_settings
+from conftest import FIXTURE_SEED, FIXTURE_TRAINING, stage_settings, tiny_config, train_settings
 
 EPS = 0.1
 SETTINGS = {"fgsm_step_factor": 1.25, "nfgsm_step_factor": 1.0, "nfgsm_noise_factor": 2.0, "trades_beta": 6.0}
@@ -32,10 +32,10 @@ def digits():
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    torch.manual_seed(0)
+    torch.manual_seed(FIXTURE_SEED)
     model = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
-    train_model(model, digits.train_x, digits.train_y, train_settings(epochs=2, batch_size=32, lr=0.1, momentum=0.0,
-                lr_drop_epoch=None, lr_after_drop=0.01), None, 0, torch.device("cpu"))
+    train_model(model, digits.train_x, digits.train_y, train_settings(epochs=4, **FIXTURE_TRAINING), None,
+                FIXTURE_SEED, torch.device("cpu"))
     return model.eval()
 
 
@@ -94,13 +94,15 @@ def test_trades_maximizes_the_kl_inside_the_ball_and_reduces_to_cross_entropy_at
 
 @pytest.mark.parametrize("mode", ["fgsm", "nfgsm", "trades"])
 def test_fast_and_trades_fine_tuning_make_a_standard_model_more_robust(trained, digits, mode):
-    """Three epochs of each objective on 512 digits raise PGD robustness well above the standard model's."""
+    """Three epochs of each objective on 512 digits raise PGD robustness well above the standard model's.
+    TRADES at beta 3: at beta 6 this short fine-tuning from a non-robust model went astray for one data order in
+    three (clean accuracy down to 48 %, robust +0.01), at beta 3 it gained +0.28 to +0.52 over seeds."""
     from copy import deepcopy
     pgd = PGDAttack(eps=EPS, step_size=0.025, steps=3)
     model = deepcopy(trained)
     history = train_model(model, digits.train_x, digits.train_y, train_settings(
         epochs=3, batch_size=32, lr=0.01, momentum=0.9, lr_drop_epoch=None, lr_after_drop=0.01),
-        objective_for(mode, pgd, SETTINGS), 0, torch.device("cpu"))
+        objective_for(mode, pgd, SETTINGS | {"trades_beta": 3.0}), 0, torch.device("cpu"))
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history) and history[-1]["eps"] == EPS
     x, y = digits.test_x, digits.test_y
     evaluation = PGDAttack(eps=EPS, step_size=0.025, steps=10)

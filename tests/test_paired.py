@@ -227,10 +227,12 @@ def test_read_outcome_orders_by_index(tmp_path):
                     "5,1,1,0,pgd,1,0,apgd_ce\n"
                     "0,2,1,1,,1,1,\n"
                     "2,4,0,0,,1,0,pgd\n")
-    np.testing.assert_array_equal(read_outcome(path), [True, False, False])
-    np.testing.assert_array_equal(read_outcome(path, "clean_correct"), [True, False, True])
-    np.testing.assert_array_equal(read_outcome(path, "int8_clean_correct"), [True, True, True])
-    assert read_outcome(path).dtype == bool
+    np.testing.assert_array_equal(read_outcome(path).correct, [True, False, False])
+    np.testing.assert_array_equal(read_outcome(path, "clean_correct").correct, [True, False, True])
+    np.testing.assert_array_equal(read_outcome(path, "int8_clean_correct").correct, [True, True, True])
+    assert read_outcome(path).correct.dtype == bool
+    np.testing.assert_array_equal(read_outcome(path).index, [0, 2, 5])
+    np.testing.assert_array_equal(read_outcome(path).labels, ["2", "4", "1"])
 
 
 def test_read_outcome_of_a_diverged_model_is_none(tmp_path):
@@ -250,3 +252,39 @@ def test_read_outcome_errors_name_the_path_and_column(tmp_path):
         read_outcome(path)  # partly empty: neither a result nor a diverged model
     with pytest.raises(FileNotFoundError, match="robust"):
         read_outcome(tmp_path / "absent.csv")
+
+
+HEADER = "index,label,clean_correct,robust,broken_by,int8_clean_correct,int8_robust,int8_broken_by\n"
+
+
+@pytest.mark.parametrize("row", ["1,3,0,1,,1,1,", "1,3,1,0,pgd,0,1,"], ids=["robust", "int8_robust"])
+def test_a_sample_robust_but_wrong_clean_is_refused_naming_the_file(tmp_path, row):
+    path = tmp_path / "samples.csv"
+    path.write_text(HEADER + "0,2,1,1,,1,1,\n" + row + "\n")
+    for column in ("robust", "clean_correct", "int8_robust"):  # whichever column is read: the file is corrupt
+        with pytest.raises(ValueError, match="robust 1 but .*clean_correct 0") as err:
+            read_outcome(path, column)
+        assert str(path) in str(err.value) and "index 1" in str(err.value)
+
+
+def write_outcomes(path, rows) -> None:
+    path.write_text("index,label,clean_correct,robust,broken_by\n"
+                    + "".join(f"{i},{label},1,{r},{'' if r else 'pgd'}\n" for i, label, r in rows))
+
+
+def test_compare_refuses_outcomes_of_different_samples_or_labels(tmp_path):
+    base = [(i, i % 10, i % 2) for i in range(20)]
+    write_outcomes(tmp_path / "a.csv", base)
+    write_outcomes(tmp_path / "b.csv", [(i, label, 1 - r) for i, label, r in base])
+    write_outcomes(tmp_path / "shifted.csv", [(i + 1, label, r) for i, label, r in base])
+    write_outcomes(tmp_path / "relabelled.csv", [(i, (label + 1) % 10 if i == 7 else label, r) for i, label, r in base])
+    a, b = read_outcome(tmp_path / "a.csv"), read_outcome(tmp_path / "b.csv")
+    assert compare([a], [b], "equivalent", n_boot=50)["n_samples"] == 20  # same samples and labels: compared
+    with pytest.raises(ValueError, match="different test samples") as err:
+        compare([a], [read_outcome(tmp_path / "shifted.csv")], "greater", n_boot=50)
+    assert "a.csv" in str(err.value) and "shifted.csv" in str(err.value)
+    with pytest.raises(ValueError, match="1 sample\\(s\\) different labels") as err:
+        compare([a, a], [b, read_outcome(tmp_path / "relabelled.csv")], "greater", n_boot=50)
+    assert "relabelled.csv" in str(err.value)
+    with pytest.raises(ValueError, match="relabelled.csv"):  # across seeds too: the bootstrap pairs sample j
+        compare([a, read_outcome(tmp_path / "relabelled.csv")], [b, b], "greater", n_boot=50)

@@ -10,7 +10,7 @@ from advfine.evaluate import Suite, evaluate_model
 from advfine.models import build_model, default_arch
 from advfine.train import train_model
 
-from conftest import stage_settings, tiny_config
+from conftest import FIXTURE_SEED, FIXTURE_TRAIN_CONFIG, stage_settings, tiny_config
 
 CPU = torch.device("cpu")
 
@@ -44,9 +44,10 @@ def test_pgd_under_bf16_keeps_an_fp32_perturbation_in_the_ball():
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    torch.manual_seed(0)
+    torch.manual_seed(FIXTURE_SEED)
     model = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
-    train_model(model, digits.train_x, digits.train_y, tiny_config()["train"], None, 0, CPU)
+    settings = tiny_config(**FIXTURE_TRAIN_CONFIG, **{"train.epochs": 3})["train"]
+    train_model(model, digits.train_x, digits.train_y, settings, None, FIXTURE_SEED, CPU)
     return model
 
 

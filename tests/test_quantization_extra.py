@@ -15,7 +15,7 @@ from advfine.models import build_model, default_arch
 from advfine.train import train_model
 from advfine.cost import model_cost, weight_storage_bytes
 
-from conftest import small_cnn8_arch, train_settings, random_images
+from conftest import FIXTURE_SEED, small_cnn8_arch, train_settings, random_images
 from conftest import tiny_config
 
 CPU = torch.device("cpu")
@@ -141,16 +141,21 @@ def test_int1_costs(parent, int1):
 
 def test_binary_scheme_learns_on_a_shallow_net():
     # The straight-through gradients of a binary hidden layer (first and last layers float) must learn:
-    # a 3-layer MLP on 8x8 digits.
+    # a 3-layer MLP on 8x8 digits. One run in six stalls (seeds 0-5: 82-98 % but once 35 %), so three seeds
+    # train and the median counts.
     tx, ty, vx, vy = load_digits_tensors(8, 0.25, 0)
-    torch.manual_seed(0)
-    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
-    for layer in (mlp[1], mlp[3], mlp[5]):
-        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-    q = quantize.prepare_qat(mlp, 1, [tx[:128]])
-    # XNOR-Net's gradient is scaled by alpha = mean |w| (~0.05 here): a large lr
-    train_model(q, tx, ty, settings(epochs=5, batch_size=32, lr=0.5), None, 0, CPU)
-    assert clean_accuracy(q, vx, vy, 256, CPU) > 0.5
+    accuracies = []
+    for seed in range(FIXTURE_SEED, FIXTURE_SEED + 3):
+        torch.manual_seed(seed)
+        mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                            nn.Linear(256, 10))
+        for layer in (mlp[1], mlp[3], mlp[5]):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        q = quantize.prepare_qat(mlp, 1, [tx[:128]])
+        # XNOR-Net's gradient is scaled by alpha = mean |w| (~0.05 here): a large lr
+        train_model(q, tx, ty, settings(epochs=5, batch_size=32, lr=0.5), None, seed, CPU)
+        accuracies.append(clean_accuracy(q, vx, vy, 256, CPU))
+    assert sorted(accuracies)[1] > 0.5, accuracies
 
 
 # -------------------------------------------------------------------------------------------- QAT

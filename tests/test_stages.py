@@ -17,7 +17,7 @@ from advfine.stages import finetune as finetune_stage
 from advfine.stages import prepare_data, qat as qat_stage, train_base
 from advfine.vocab import compression_label, parse_compression
 
-from conftest import stage_settings
+from conftest import FIXTURE_TRAIN_CONFIG, stage_settings
 
 
 def sha(path):
@@ -36,8 +36,8 @@ def data_path(tmp_path_factory):
 def base(tmp_path_factory, data_path):
     """A standard base model trained by the stage function (3 epochs on 512 digits)."""
     d = tmp_path_factory.mktemp("base")
-    train_base.run(stage_settings("train_base", **{"train.epochs": 3}), data=data_path, train="st", seed=0,
-                   out_model=d / "model.pt", out_metrics=d / "metrics.json")
+    train_base.run(stage_settings("train_base", **FIXTURE_TRAIN_CONFIG, **{"train.epochs": 3}), data=data_path,
+                   train="st", seed=0, out_model=d / "model.pt", out_metrics=d / "metrics.json")
     return d
 
 
@@ -273,3 +273,52 @@ def test_a_healthy_training_is_not_marked_collapsed(data_path, base):
     assert metrics["stages"][0]["collapsed"] is False
     record = evaluate(data_path, base / "model.pt", base / "metrics.json", **FAST_EVAL)
     assert record["collapsed"] is False and record["collapsed_reason"] is None and record["collapsed_upstream"] == []
+
+
+def test_the_evaluate_stage_attacks_in_l2_everywhere_under_attack_norm_l2(data_path, base, tmp_path, monkeypatch):
+    """attack.norm: l2 reaches every attack of an evaluation: the suite's (transfer included), the audit's,
+    the robustness curve's and the real INT8 model's; each crafted point lies in the L2 ball (an L-inf
+    attack at that radius moves every pixel by up to eps: about 28 eps in L2 on 28 x 28 images)."""
+    import advfine.audit
+    import advfine.evaluate
+
+    crafted = []  # (where, attack, radius, norm, L2 distance of each point)
+
+    def spy_craft(name, suite, model, source, xb, yb, noise, seed, num_classes):
+        x_adv = craft(name, suite, model, source, xb, yb, noise, seed, num_classes)
+        crafted.append(("suite", name, suite.eps, suite.norm, (x_adv - xb).flatten(1).norm(dim=1)))
+        return x_adv
+
+    def spy_apgd(model, x, y, eps, steps, loss, *args, norm="linf", **kwargs):
+        x_adv, fooled = audit_apgd(model, x, y, eps, steps, loss, *args, norm=norm, **kwargs)
+        crafted.append(("audit", "apgd_ce", eps, norm, (x_adv - x).flatten(1).norm(dim=1)))
+        return x_adv, fooled
+
+    craft, audit_apgd = advfine.evaluate._craft, advfine.audit.apgd
+    monkeypatch.setattr(advfine.evaluate, "_craft", spy_craft)
+    monkeypatch.setattr(advfine.audit, "apgd", spy_apgd)
+    compress(data_path, base, tmp_path, "ptq-int8")
+    eps = 0.5
+    over = {"attack.norm": "l2", "attack.eval.eps": eps, "attack.eval.step_size": eps / 2, "attack.eval.steps": 3,
+            "evaluate.attacks": ["pgd", "apgd_ce", "apgd_t", "fab_t", "transfer", "square"],
+            "evaluate.fab": {"steps": 3},
+            "evaluate.curve_eps_fractions": [0, 0.5, 1], "evaluate.audit.large_eps_l2": 5.0}
+    record = evaluate(data_path, tmp_path / "ptq-int8.pt", tmp_path / "ptq-int8.json", "ptq-int8", curve=True, **over)
+    written = json.loads((tmp_path / "eval-ptq-int8-none.json").read_text())
+    assert written["suite"]["norm"] == written["attack"]["norm"] == "l2" and written["attack"]["name"] == "pgd_l2"
+    assert written["attack_order"] == ["pgd", "apgd_ce", "apgd_t", "fab_t", "transfer", "square"]
+    assert {name: a["norm"] for name, a in written["attacks"].items()} == dict.fromkeys(written["attack_order"], "l2")
+    assert written["audit"]["norm"] == "l2" and written["audit"]["large_eps"] == 5.0
+    curve = [(point["norm"], point["eps_pixel"]) for point in written["robustness_curve"]]
+    assert curve == [("l2", 0), ("l2", eps / 2), ("l2", eps)]
+    assert {name: a["norm"] for name, a in written["int8"]["attacks"].items()} == {"transfer": "l2", "square": "l2"}
+    # every point any attack crafted lies in its L2 ball, and the attacks did move points far in L2
+    assert {(where, name) for where, name, *_ in crafted} >= {("suite", a) for a in written["attack_order"]} | {
+        ("audit", "apgd_ce")}
+    assert {norm for _, _, _, norm, _ in crafted} == {"l2"}
+    assert {radius for where, _, radius, _, _ in crafted if where == "suite"} == {eps / 2, eps}
+    assert {radius for where, _, radius, _, _ in crafted if where == "audit"} == {5.0, eps}
+    for where, name, radius, _, distance in crafted:
+        assert distance.max() <= radius * (1 + 1e-5) + 1e-6, (where, name, radius, distance.max())
+    assert max(d.max().item() / radius for _, _, radius, _, d in crafted) > 0.9
+    assert record["robust_acc"] <= record["robust_acc_pgd"] <= record["clean_acc"]

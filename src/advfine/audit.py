@@ -90,5 +90,5 @@ def audit_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result:
               "zero_gradient_share": zero_gradient_share(model, x, y, clean_ok, batch_size, device)}
     thresholds = {"gradient_free_gain": settings["tolerance"], "large_eps_standing": settings["large_eps_max_standing"],
                   "more_effort_gain": settings["tolerance"], "zero_gradient_share": settings["zero_gradient_max_share"]}
-    return {"checks": checks, "thresholds": thresholds, "large_eps": large_eps,
+    return {"checks": checks, "thresholds": thresholds, "large_eps": large_eps, "norm": suite.norm,
             "flags": [name for name in CHECKS if checks[name] > thresholds[name]]}

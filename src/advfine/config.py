@@ -269,6 +269,7 @@ def check_config(config: dict) -> None:
     if config["attack"]["norm"] != "linf" and fast:
         raise ConfigError(f"config key sweep.controls: {fast} are L-inf methods (single signed-gradient steps); "
                           f"attack.norm is {config['attack']['norm']}: drop them or use norm linf")
+    check_radii(config)
     for which in ("train", "eval"):
         pgd = config["attack"][which]
         if pgd["steps"] > 0 and pgd["step_size"] * pgd["steps"] < pgd["eps"]:
@@ -328,6 +329,34 @@ def check_device(device: str) -> None:
         resolve_device(device)
     except RuntimeError as err:
         raise ConfigError(f"config key {err}") from None
+
+
+# (channels, side) of each dataset's images, for the radius bounds; digits are resized to data.image_size
+IMAGE_SHAPES = {"digits": (1, None), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
+
+
+def largest_radius(config: dict) -> float:
+    """The largest radius that means something in ``attack.norm``: the diameter of the image cube [0, 1]^(C H W),
+    1 in L-inf (the pixel range), sqrt(C H W) in L2 (every image is within that of every other)."""
+    if config["attack"]["norm"] == "linf":
+        return 1.0
+    channels, side = IMAGE_SHAPES[config["data"]["name"]]
+    side = side or config["data"]["image_size"]
+    return float(channels * side * side) ** 0.5
+
+
+def check_radii(config: dict) -> None:
+    """The attacks' radii and step sizes, and the audit's large L2 radius, are at most ``largest_radius``."""
+    norm, bound = config["attack"]["norm"], largest_radius(config)
+    radii = {f"attack.{which}.{key}": config["attack"][which][key]
+             for which in ("train", "eval") for key in ("eps", "step_size")}
+    if norm == "l2":
+        radii["evaluate.audit.large_eps_l2"] = config["evaluate"]["audit"]["large_eps_l2"]
+    for key, value in radii.items():
+        if value > bound:
+            shape = "the pixel range" if norm == "linf" else f"sqrt(C H W) of {config['data']['name']}'s images"
+            raise ConfigError(f"config key {key}: {value:g} is larger than the diameter of the image cube in "
+                              f"attack.norm {norm} ({bound:g}, {shape}): no image is that far from another")
 
 
 def stage_config(config: dict, stage: str) -> dict:

@@ -62,9 +62,9 @@ class Suite:
 
     @classmethod
     def from_config(cls, attack_cfg: dict, evaluate_cfg: dict) -> "Suite":
-        """From the config's ``attack`` and ``evaluate`` sections."""
+        """From the config's ``attack`` and ``evaluate`` sections; the threat model is ``attack.eval``'s."""
         apgd, fab, square = evaluate_cfg["apgd"], evaluate_cfg["fab"], evaluate_cfg["square"]
-        return cls(pgd=PGDAttack.from_config(attack_cfg["eval"], attack_cfg["eps_space"]),
+        return cls(pgd=PGDAttack.from_config(attack_cfg, "eval"),
                    attacks=tuple(evaluate_cfg["attacks"]), apgd_steps=apgd["steps"], apgd_restarts=apgd["restarts"],
                    target_classes=apgd["target_classes"], fab_steps=fab["steps"], square_queries=square["queries"],
                    square_p_init=square["p_init"])
@@ -204,7 +204,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidates: to
             broken_by[broken] = position
         records[name] = {"attacked": attacked, "broken": int((broken_by == position).sum()),
                          "robust_acc_after": standing.float().mean().item(),
-                         "wall_time_s": time.perf_counter() - start}
+                         "wall_time_s": time.perf_counter() - start, "norm": suite.norm, "eps_pixel": suite.eps}
         log.info("%s: %d attacked, %d broken, robust accuracy now %.4f", name, attacked, records[name]["broken"],
                  records[name]["robust_acc_after"])
     return broken_by, records
@@ -259,14 +259,15 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_o
     standing, at = clean_ok.clone(), {}
     for fraction in sorted(set(fractions)):
         if fraction == 0:
-            at[fraction] = {"eps_fraction": 0.0, "eps_pixel": 0.0, "robust_acc": clean_ok.float().mean().item()}
+            at[fraction] = {"eps_fraction": 0.0, "eps_pixel": 0.0, "norm": suite.norm,
+                            "robust_acc": clean_ok.float().mean().item()}
             continue
         pgd = replace(suite.pgd, eps=suite.pgd.eps * fraction, step_size=suite.pgd.step_size * fraction)
         scaled = replace(suite, pgd=pgd, apgd_restarts=1)
         broken_by, _ = run_suite(model, x, y, standing, scaled, batch_size, device, seed, precision=precision,
                                  num_classes=num_classes, names=("apgd_ce",))
         standing &= broken_by < 0
-        at[fraction] = {"eps_fraction": float(fraction), "eps_pixel": scaled.eps,
+        at[fraction] = {"eps_fraction": float(fraction), "eps_pixel": scaled.eps, "norm": scaled.norm,
                         "robust_acc": standing.float().mean().item()}
     return [at[fraction] for fraction in fractions]
 

@@ -18,15 +18,32 @@ class ArtifactError(RuntimeError):
     """A checkpoint, dataset or metrics file is missing or unreadable; the message names it."""
 
 
+def current_umask() -> int:
+    """The process's umask, read from /proc where the kernel shows it (setting it to read it back
+    would briefly change it for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+    The file gets the permissions a plain ``open(path, "w")`` would give (0o666 less the umask):
+    mkstemp creates it 0o600, which would hide results from co-authors on a shared filesystem."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

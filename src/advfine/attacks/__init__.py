@@ -1,11 +1,11 @@
-"""Adversarial attacks, L-infinity, on models taking images in [0, 1] (normalization is inside the
-model, so epsilon is in pixel units):
+"""Adversarial attacks in the L-infinity or the L2 ball (``attack.norm``), on models taking images in [0, 1]
+(normalization is inside the model, so epsilon is in pixel units):
 
 * ``pgd``: PGD (Madry et al. 2018), the paper's attack, for training and evaluation;
 * ``apgd``: APGD-CE and APGD-T (Croce & Hein 2020), parameter-free, momentum and step-size halving;
 * ``fab``: FAB-T (Croce & Hein 2020), a minimum-norm attack, through torchattacks;
 * ``square``: the Square attack (Andriushchenko et al. 2020), black-box random search.
 
-``advfine.robustness`` runs them as a suite, per sample, and ``advfine.audit`` checks for signs of
+``advfine.evaluate`` runs them as a suite, per sample, and ``advfine.audit`` checks for signs of
 failed attacks (gradient masking).
 """

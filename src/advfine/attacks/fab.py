@@ -4,9 +4,9 @@ attack"), L-infinity or L2, targeted at the top wrong classes, as AutoAttack run
 FAB is not re-implemented here: torchattacks 3.5.1 has it (its ``FAB`` follows the reference code),
 and we drive it at AutoAttack's settings, which are not torchattacks' defaults (AutoAttack: 100 steps,
 9 target classes; torchattacks: 10 steps, every wrong class). torchattacks is imported only when a
-suite asks for FAB-T (it is installed without its dependencies: it pins an old ``requests``).
+suite asks for FAB-T (it is slow to import).
 FAB returns minimum-norm points; only those within eps and [0, 1] that fool the model count
-(checked by the caller, ``robustness``, for every attack).
+(checked by the caller, ``evaluate.run_suite``, for every attack).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from torch import nn
 def fab_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, target_classes: int,
                num_classes: int, seed: int, restarts: int = 1, norm: str = "linf") -> torch.Tensor:
     """FAB-T's adversarial points for ``x`` (the clean point where it found none), in ``norm`` (linf, l2)."""
-    # deferred: torchattacks is optional (FAB-T only) and slow to import
+    # deferred: torchattacks is slow to import and only FAB-T and Square-L2 need it
     import torchattacks
 
     attack = torchattacks.FAB(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, steps=steps, n_restarts=restarts, multi_targeted=True,

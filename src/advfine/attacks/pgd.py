@@ -146,9 +146,14 @@ class PGDAttack:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
 
     @classmethod
-    def from_config(cls, cfg: dict, eps_space: str = "pixel", norm: str = "linf") -> "PGDAttack":
+    def from_config(cls, attack_cfg: dict, which: str) -> "PGDAttack":
+        """The attack ``attack.<which>`` (train or eval) of the config's ``attack`` section, in its threat model
+        (``attack.norm``, ``attack.eps_space``): every attack of a run, training's, the suite's, the audit's,
+        the curve's and Figure 2's, is built here or derived from one built here."""
+        cfg = attack_cfg[which]
         return cls(eps=float(cfg["eps"]), step_size=float(cfg["step_size"]), steps=int(cfg["steps"]),
-                   random_start=bool(cfg["random_start"]), eps_space=eps_space, norm=norm)
+                   random_start=bool(cfg["random_start"]), eps_space=attack_cfg["eps_space"],
+                   norm=attack_cfg["norm"])
 
     def scaled(self, factor: float) -> "PGDAttack":
         """The same attack with eps and step size times ``factor`` (training's eps warm-up)."""

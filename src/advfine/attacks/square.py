@@ -91,7 +91,7 @@ def square_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n_
     the reference's centred windows), driven at our settings; the L2 proposal distribution is intricate
     and torchattacks carries it faithfully, so it is not rewritten here. Returns the points it found
     (the caller checks the threat model and the prediction)."""
-    import torchattacks  # deferred: optional (installed without its dependencies) and slow to import
+    import torchattacks  # deferred: slow to import, and only Square-L2 and FAB-T need it
 
     attack = torchattacks.Square(model, norm="L2", eps=eps, n_queries=n_queries, n_restarts=1, p_init=p_init,
                                  loss="margin", resc_schedule=True, seed=seed)

@@ -28,6 +28,7 @@ from .tables import level_for
 NOT_RUN = "not run"
 NO_SAMPLES = "no samples.csv"
 METRIC_COLUMNS = {"clean": "clean_correct", "robust": "robust"}  # samples.csv column of each metric
+METRIC_RESULTS = {"clean": "clean_acc", "robust": "robust_acc"}  # the eval.json accuracy it must agree with
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,12 @@ def _samples_files(rows: pd.DataFrame) -> dict[int, Path]:
     return {int(r["seed"]): Path(r["path"]).parent / SAMPLES for _, r in rows.iterrows()}
 
 
+def _reported(rows: pd.DataFrame, metric: str) -> dict[int, float | None]:
+    """{seed: the eval.json accuracy of ``metric``} (None for a diverged model)."""
+    return {int(r["seed"]): (None if pd.isna(r[METRIC_RESULTS[metric]]) else float(r[METRIC_RESULTS[metric]]))
+            for _, r in rows.iterrows()}
+
+
 def _rows(g: pd.DataFrame, model: tuple[str, str, str], levels: dict) -> pd.DataFrame:
     """The rows of ``model`` at the report's level of its method (none when that level is not set)."""
     train, method, finetune = model
@@ -120,10 +127,18 @@ def claims_table(df: pd.DataFrame, prune_level: float | Mapping[str, float], ptq
     rows = []
     outcomes: dict[tuple[Path, str], object] = {}  # a model serves several claims: read each file once
 
-    def outcome(path: Path, column: str):
+    def outcome(path: Path, metric: str, reported: float | None):
+        column = METRIC_COLUMNS[metric]
         if (path, column) not in outcomes:
             outcomes[path, column] = read_outcome(path, column)
-        return outcomes[path, column]
+        read = outcomes[path, column]
+        # the claims and the tables (from eval.json) describe one evaluation: the file agrees with its eval.json
+        if read is not None and reported is not None and not math.isnan(reported) and \
+                abs(read.correct.mean() - reported) > 0.5 / len(read.correct):
+            raise ValueError(f"{path}: column {column!r} gives accuracy {read.correct.mean():.4f}, its eval.json "
+                             f"{METRIC_RESULTS[metric]} {reported:.4f}: the file was edited or is from another "
+                             "evaluation; re-run the evaluation")
+        return read
 
     for keys, g in groups(df):
         bits = level_for(ptq_bits, keys[1])
@@ -142,11 +157,12 @@ def claims_table(df: pd.DataFrame, prune_level: float | Mapping[str, float], ptq
             if missing:  # results written before evaluations kept their per-sample outcome
                 rows.append(row | {"verdict": f"{NO_SAMPLES} ({missing[0]})"})
                 continue
-            column = METRIC_COLUMNS[claim.metric]
             collapsed_a, collapsed_b = _collapsed_by_seed(sel_a), _collapsed_by_seed(sel_b)
-            result = compare([outcome(files_a[s], column) for s in seeds],
-                             [outcome(files_b[s], column) for s in seeds], claim.kind, margin, n_boot,
-                             a_collapsed=[collapsed_a[s] for s in seeds], b_collapsed=[collapsed_b[s] for s in seeds])
+            reported_a, reported_b = (_reported(sel, claim.metric) for sel in (sel_a, sel_b))
+            result = compare([outcome(files_a[s], claim.metric, reported_a[s]) for s in seeds],
+                             [outcome(files_b[s], claim.metric, reported_b[s]) for s in seeds], claim.kind, margin,
+                             n_boot, a_collapsed=[collapsed_a[s] for s in seeds],
+                             b_collapsed=[collapsed_b[s] for s in seeds])
             rows.append(row | {k: result[k] for k in _RESULT_COLS})
     return pd.DataFrame(rows, columns=CLAIMS_COLS)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,19 +43,23 @@ COLLAPSED = "collapsed"
 _MAX_DRAWS_PER_CHUNK = 4_000_000
 
 
-def read_outcome(path: str | Path, column: str = "robust") -> np.ndarray | None:
-    """One 0/1 column of a ``samples.csv`` as a bool array ordered by ``index``; None if the model diverged.
+# (clean column, robust column) pairs of a samples.csv: a sample robust under the attacks is correct clean
+OUTCOME_PAIRS = (("clean_correct", "robust"), ("int8_clean_correct", "int8_robust"))
 
-    A diverged model has every cell of the column empty. A missing file raises ``FileNotFoundError``; a
-    missing column, a partly empty column or a value other than 0/1 raises ``ValueError``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such samples file (wanted column {column!r})")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for needed in ("index", column):
-        if needed not in table.columns:
-            raise ValueError(f"{path}: no column {needed!r} (columns: {', '.join(table.columns)})")
+
+@dataclass(frozen=True)
+class Outcome:
+    """One 0/1 column of a ``samples.csv``, ordered by sample ``index``, with the samples' ``labels``: two
+    models are compared only on the same samples with the same labels."""
+
+    path: Path
+    index: np.ndarray
+    labels: np.ndarray
+    correct: np.ndarray
+
+
+def _bits(table: pd.DataFrame, path: Path, column: str) -> np.ndarray | None:
+    """A 0/1 column as bools (file order); None when every cell is empty (a diverged model)."""
     cells = table[column].str.strip()
     empty = cells == ""
     if len(cells) and empty.all():
@@ -65,11 +70,51 @@ def read_outcome(path: str | Path, column: str = "robust") -> np.ndarray | None:
     bad = ~cells.isin(["0", "1"])
     if bad.any():
         raise ValueError(f"{path}: column {column!r} has values other than 0/1: {sorted(set(cells[bad]))[:5]}")
+    return cells.to_numpy() == "1"
+
+
+def read_outcome(path: str | Path, column: str = "robust") -> Outcome | None:
+    """One 0/1 column of a ``samples.csv`` ordered by ``index``; None if the model diverged.
+
+    A diverged model has every cell of the column empty. A missing file raises ``FileNotFoundError``; a
+    missing column, a partly empty column, a value other than 0/1, a duplicated index or a sample robust
+    but misclassified clean (robust 1 where clean_correct is 0, in any ``OUTCOME_PAIRS``) raises ``ValueError``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such samples file (wanted column {column!r})")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for needed in ("index", "label", column):
+        if needed not in table.columns:
+            raise ValueError(f"{path}: no column {needed!r} (columns: {', '.join(table.columns)})")
+    for clean_column, robust_column in OUTCOME_PAIRS:
+        if clean_column in table.columns and robust_column in table.columns:
+            clean, robust = _bits(table, path, clean_column), _bits(table, path, robust_column)
+            if clean is not None and robust is not None and (robust & ~clean).any():
+                rows = table["index"][robust & ~clean].tolist()
+                raise ValueError(f"{path}: {len(rows)} sample(s) with {robust_column} 1 but {clean_column} 0 "
+                                 f"(index {', '.join(rows[:5])}): a sample robust under attack is correct clean; "
+                                 "the file was edited or is corrupt: re-run its evaluation")
+    correct = _bits(table, path, column)
+    if correct is None:
+        return None
     index = pd.to_numeric(table["index"], errors="raise")
     if index.duplicated().any():
         raise ValueError(f"{path}: duplicated values in column 'index'")
     order = np.argsort(index.to_numpy(), kind="stable")
-    return (cells.to_numpy() == "1")[order]
+    return Outcome(path=path, index=index.to_numpy()[order], labels=table["label"].str.strip().to_numpy()[order],
+                   correct=correct[order])
+
+
+def check_same_samples(a: Outcome, b: Outcome) -> None:
+    """Raise ValueError, naming both files, unless ``a`` and ``b`` hold the same samples with the same labels."""
+    if not np.array_equal(a.index, b.index):
+        raise ValueError(f"{a.path} and {b.path} hold different test samples (column 'index'): "
+                         "a paired comparison needs the same test set")
+    if not np.array_equal(a.labels, b.labels):
+        differ = int(np.count_nonzero(a.labels != b.labels))
+        raise ValueError(f"{a.path} and {b.path} give {differ} sample(s) different labels (column 'label'): "
+                         "a paired comparison needs the same test set")
 
 
 def _as_bool(x: object, name: str) -> np.ndarray:
@@ -182,9 +227,12 @@ def verdict(ci_low: float, ci_high: float, claim: str, margin: float) -> str:
     return "inconclusive"
 
 
-def _per_seed_rows(x: np.ndarray | Sequence[np.ndarray | None], name: str) -> list[np.ndarray | None]:
+PerSeedOutcomes = np.ndarray | Sequence[np.ndarray | Outcome | None]
+
+
+def _per_seed_rows(x: PerSeedOutcomes, name: str) -> list[np.ndarray | None]:
     """The per-seed 1-D outcomes of a (seeds, samples) array or of a list of them (None: diverged seed)."""
-    rows = [None if row is None else _as_bool(row, name) for row in x]
+    rows = [None if row is None else _as_bool(row.correct if isinstance(row, Outcome) else row, name) for row in x]
     for s, row in enumerate(rows):
         if row is not None and row.ndim != 1:
             raise ValueError(f"{name}: seed {s} has shape {row.shape}, wanted a 1-D array of samples")
@@ -200,12 +248,13 @@ def _collapsed_seeds(flags: Sequence[bool] | None, n_seeds: int, name: str) -> i
     return int(sum(bool(f) for f in flags))
 
 
-def compare(a: np.ndarray | Sequence[np.ndarray | None], b: np.ndarray | Sequence[np.ndarray | None],
-            claim: str, margin: float = 1.0, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
-            a_collapsed: Sequence[bool] | None = None, b_collapsed: Sequence[bool] | None = None) -> dict:
+def compare(a: PerSeedOutcomes, b: PerSeedOutcomes, claim: str, margin: float = 1.0, n_boot: int = 2000,
+            seed: int = 0, level: float = 0.95, a_collapsed: Sequence[bool] | None = None,
+            b_collapsed: Sequence[bool] | None = None) -> dict:
     """Decide ``claim`` about model A vs model B from their per-seed, per-sample outcomes.
 
-    a, b: (seeds, samples) bool arrays, or lists of per-seed 1-D arrays where None marks a diverged seed.
+    a, b: (seeds, samples) bool arrays, or lists of per-seed 1-D arrays or ``Outcome``s (``read_outcome``)
+    where None marks a diverged seed. All ``Outcome``s must hold the same samples with the same labels.
     a_collapsed, b_collapsed: per seed, whether that seed's model collapsed (``stats.collapsed_mask``).
     Returns the ``paired_bootstrap`` dict plus ``a_mean``/``b_mean`` (percent), the pooled McNemar test
     (``mcnemar_p``, ``n01``, ``n10``), ``a_diverged``/``b_diverged`` and ``a_collapsed``/``b_collapsed``
@@ -216,6 +265,9 @@ def compare(a: np.ndarray | Sequence[np.ndarray | None], b: np.ndarray | Sequenc
     rows_a, rows_b = _per_seed_rows(a, "a"), _per_seed_rows(b, "b")
     if len(rows_a) != len(rows_b):
         raise ValueError(f"a has {len(rows_a)} seeds and b has {len(rows_b)}; the comparison pairs them seed by seed")
+    read = [row for row in (*a, *b) if isinstance(row, Outcome)]
+    for other in read[1:]:  # the bootstrap pairs sample j across models and seeds: one test set for all
+        check_same_samples(read[0], other)
     if not rows_a:
         raise ValueError("a and b have no seeds")
     counts = {"a_diverged": sum(row is None for row in rows_a), "b_diverged": sum(row is None for row in rows_b),

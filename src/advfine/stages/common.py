@@ -45,8 +45,8 @@ def precision_for(config: dict, device: torch.device, fake_quantized: bool) -> s
 
 
 def attack_from_config(config: dict, which: str) -> PGDAttack:
-    """The PGD attack of ``attack.<which>`` (train or eval) in the config's ``attack.eps_space`` and ``attack.norm``."""
-    return PGDAttack.from_config(config["attack"][which], config["attack"]["eps_space"], config["attack"]["norm"])
+    """The PGD attack of ``attack.<which>`` (train or eval) in the config's threat model (``PGDAttack.from_config``)."""
+    return PGDAttack.from_config(config["attack"], which)
 
 
 def training_objective(config: dict, mode: str) -> TrainingAttack:
