@@ -115,10 +115,6 @@ def test_a_stage_reads_nothing_outside_its_slice(every_stage_ran, stage):
     assert outside == set()
 
 
-# The evaluate stage builds its suite with evaluate.Suite.from_config, which does not pass attack.norm to the
-# suite's PGD: an L2 config is evaluated in the L-inf ball. The key stays in evaluate's slice (evaluation
-# depends on it); this entry goes when the suite reads it.
-UNREAD = {"evaluate": {"attack.norm"}}
 
 
 @pytest.mark.slow
@@ -127,4 +123,4 @@ def test_every_key_of_a_stages_slice_is_read(every_stage_ran, stage):
     """(A key the stage never reads would rerun it whenever that key changes, for nothing.)"""
     reads = every_stage_ran[stage]
     unread = {".".join(s) for s in slice_paths(stage) if not any(read[:len(s)] == s for read in reads)}
-    assert unread == UNREAD.get(stage, set())
+    assert unread == set()

@@ -65,7 +65,7 @@ def evaluation_audit(df: pd.DataFrame) -> pd.DataFrame:
                 row[f"broken_by_{attack}_mean"] = mean_std(scored[f"broken_by_{attack}"])[0]
         for check in AUDIT_CHECKS:
             row[f"{check}_mean"] = mean_std(scored[f"audit_{check}"].astype(float) * 100.0)[0]
-            row[f"{check}_flagged"] = int(flags.map(lambda joined: check in joined.split(";")).sum())
+            row[f"{check}_flagged"] = sum(check in joined.split(";") for joined in flags)
         rows.append(row)
     return pd.DataFrame(rows, columns=AUDIT_COLS)
 
