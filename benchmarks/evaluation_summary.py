@@ -33,11 +33,12 @@ def main() -> None:
         by_type[node_type(r)].append(r)
         attack_seconds.update({name: a["wall_time_s"] for name, a in r["attacks"].items()})
     print(f"{len(records)} evaluations under {root}\n")
-    print("| node type | n | diverged | PGD (%) | worst case (%) | largest drop (points, node) | points added after PGD "
+    print("| node type | n | diverged or collapsed | PGD (%) | worst case (%) | largest drop (points, node) | points added after PGD "
           "| audit flags | lowest INT8 agreement (%) | evaluation (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for kind, rs in sorted(by_type.items()):
-        ok = [r for r in rs if not r["diverged"]]
+        # a collapsed model (or one built on a collapsed model) is never averaged, like a diverged one
+        ok = [r for r in rs if not r["diverged"] and not r.get("collapsed") and not r.get("collapsed_upstream")]
         if not ok:
             print(f"| {kind} | {len(rs)} | {len(rs)} | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
             continue

@@ -23,8 +23,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from advfine.report.labels import format_cell  # noqa: E402
-from advfine.report.stats import mean_std  # noqa: E402
+from advfine.report.labels import format_cell, health_text  # noqa: E402
+from advfine.report.stats import collapsed_mask, diverged_mask, mean_std  # noqa: E402
 from advfine.vocab import CONTROLS, model_label  # noqa: E402
 
 # The paper's Fashion-MNIST numbers (Tables 2, 3 and 5: test and robust accuracy in %, mean ± std over
@@ -44,9 +44,11 @@ PAPER = {
 
 
 def cell(rows: pd.DataFrame, column: str) -> str:
+    """Mean ± std over seeds, or "collapsed (k/n)" / "diverged (k/n)": such a seed is never averaged."""
     if rows.empty or column not in rows:
         return "n/a"
-    return format_cell(*mean_std(rows[column].astype(float) * 100.0))
+    unhealthy = health_text(int(diverged_mask(rows).sum()), int(collapsed_mask(rows).sum()), int(rows["seed"].nunique()))
+    return unhealthy or format_cell(*mean_std(rows[column].astype(float) * 100.0))
 
 
 def model_rows(df: pd.DataFrame, train: str, method: str, finetune: str) -> pd.DataFrame:
@@ -67,7 +69,10 @@ def print_header(header: str) -> None:
 def claim_cells(c: pd.Series) -> str:
     diff = "n/a" if pd.isna(c["diff"]) else f"{c['diff']:.2f}"
     ci = "n/a" if pd.isna(c["ci_low"]) else f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
-    return f"{diff} | {ci} | {c['verdict']}"
+    verdict = c["verdict"]
+    if verdict == "collapsed" and "a_collapsed" in c:
+        verdict += f" (A {int(c['a_collapsed'])}, B {int(c['b_collapsed'])} of {int(c['n_seeds'])} seeds)"
+    return f"{diff} | {ci} | {verdict}"
 
 
 def print_arms_per_seed(name: str, df: pd.DataFrame) -> None:
