@@ -29,12 +29,13 @@ MODES = tuple(m for m in [*FINETUNE_MODES, *CONTROLS] if m != "none")
 
 def finetune_settings(config: dict, method: str) -> dict:
     """Training settings of fine-tuning after ``method`` (dense, prune, ptq, qat): the shared epochs,
-    batch size, warm-up and augmentation of ``finetune`` with the method's own lr and momentum."""
+    batch size, warm-ups, gradient clipping and augmentation of ``finetune`` with the method's own lr and
+    momentum."""
     ft = config["finetune"]
     if method not in ft:
         raise ValueError(f"config key finetune.{method}: missing (lr and momentum of fine-tuning after {method})")
-    return {"epochs": ft["epochs"], "batch_size": ft["batch_size"], "lr_drop_epoch": None,
-            "eps_warmup_epochs": ft["eps_warmup_epochs"], "augment": ft["augment"], **ft[method]}
+    shared = ("epochs", "batch_size", "eps_warmup_epochs", "lr_warmup_epochs", "grad_clip_norm", "augment")
+    return {**{key: ft[key] for key in shared}, "lr_drop_epoch": None, **ft[method]}
 
 
 def equal_cost_epochs(epochs: int, pgd_steps: int, steps: int) -> int:
