@@ -235,7 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"$ {' '.join(shlex.quote(a) for a in ['benchmarks/collapse_rate.py', *(argv or sys.argv[1:])])}")
     print(f"{config['experiment']}: arm {args.arm}{' under ' + args.compression if args.compression else ''}, "
           f"seeds {seeds[0]}..{seeds[-1]} ({len(seeds)}), {cpu_model()}, {isa}")
-    schedule = config["train"] if args.arm in ("rb", "st", "scratch-full") else config["finetune"]
+    if args.arm == "scratch":
+        from advfine.stages.finetune import finetune_settings
+
+        schedule = finetune_settings(config, parse_compression(args.compression)[0], args.arm)
+    else:
+        schedule = config["train"]
     print(f"schedule: {json.dumps(schedule, sort_keys=True)}")
     print(f"attack.train: {json.dumps(config['attack']['train'], sort_keys=True)}", flush=True)
 

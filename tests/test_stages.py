@@ -227,3 +227,15 @@ def test_a_diverged_model_is_reported_as_diverged_not_scored(data_path, base, tm
     assert record["clean_acc"] is None and record["robust_acc"] is None and record["audit"] is None
     rows = list(csv.DictReader(open(tmp_path / "eval-dense-none.csv")))
     assert len(rows) == 128 and rows[0]["clean_correct"] == ""
+
+
+def test_only_the_from_scratch_control_takes_finetune_scratch_settings():
+    from conftest import tiny_config
+
+    cfg = tiny_config(**{"finetune.scratch": {"eps_warmup_epochs": 1, "grad_clip_norm": 5.0}})
+    scratch = finetune_stage.finetune_settings(cfg, "prune", "scratch")
+    assert scratch["eps_warmup_epochs"] == 1 and scratch["grad_clip_norm"] == 5.0 and scratch["lr"] == 0.1
+    for mode in ("ad", "fgsm", "trades"):
+        shared = finetune_stage.finetune_settings(cfg, "prune", mode)
+        assert shared["eps_warmup_epochs"] == 0 and shared["grad_clip_norm"] is None
+        assert scratch == shared | {"eps_warmup_epochs": 1, "grad_clip_norm": 5.0}
