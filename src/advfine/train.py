@@ -189,8 +189,8 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     finished epoch and ends with the same weights as an uninterrupted run (on CPU). The caller deletes
     the file once its outputs are written.
     ``precision`` is ``fp32`` or ``bf16`` (autocast for the training and attack forward passes).
-    Returns one dict per epoch: lr (of its last batch), mean loss, accuracy on the batches trained on, wall time (and
-    ``restored: True`` for epochs taken from a resume checkpoint).
+    Returns one dict per epoch: lr (of its last batch), mean loss, accuracy on the batches trained on, wall
+    time (and ``restored: True`` for epochs taken from a resume checkpoint).
     """
     check_precision(precision)
     place_model(model, device)
