@@ -123,3 +123,70 @@ def test_reproduction_summary_puts_the_paper_beside_the_run_and_lists_the_claims
     assert "| S_ad^ft(arch f^p) | 9.8 / 9.6 | n/a |" in out
     alone = run("reproduction_summary.py", str(tmp_path))
     assert "| C1 | robust (f_rb vs f_st, robust) | 50.00 | [48.00, 52.00] | confirmed |\n" in alone + "\n"
+
+
+TINY_DIGITS = ("--set", "data.train_subset=256", "--set", "data.test_subset=64", "--set", "train.epochs=1",
+               "--set", "finetune.epochs=1", "--set", "attack.eval={eps: 0.1, step_size: 0.05, steps: 2}")
+
+
+def test_collapse_rate_counts_collapsed_seeds_with_the_shared_criterion(tmp_path):
+    record = tmp_path / "rows.json"
+    out = run("collapse_rate.py", "--seeds", "2", "--jobs", "2", *TINY_DIGITS, "--json", str(record))
+    assert "digits-default: arm rb, seeds 0..1 (2)" in out and '"lr_warmup_epochs": ' in out, out
+    rows = json.loads(record.read_text())["rows"]
+    assert [r["seed"] for r in rows] == [0, 1] and all(len(r["history"]) == 1 for r in rows)
+    assert all(0 <= r["robust_acc_pgd"] <= r["clean_acc"] <= 1 for r in rows)
+    assert f"{sum(r['collapsed'] for r in rows)} of 2 collapsed" in out
+    # a learning rate that blows the network up: every seed ends diverged or at chance, and is counted
+    out = run("collapse_rate.py", "--seeds", "1,3", "--threads", "1", *TINY_DIGITS, "--set", "train.lr=1000")
+    assert "| 1 |" in out and "| 3 |" in out and "2 of 2 collapsed" in out, out
+
+
+def test_collapse_rate_runs_the_from_scratch_control_of_a_compressed_node():
+    out = run("collapse_rate.py", "--arm", "scratch", "--compression", "ptq-int8", "--seeds", "1", *TINY_DIGITS)
+    assert "arm scratch under ptq-int8, seeds 0..0 (1)" in out and "of 1 collapsed" in out, out
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "collapse_rate.py"), "--arm", "scratch"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "needs --compression" in result.stderr
+
+
+@pytest.mark.parametrize("compression", ["prune-0.5", "ptq-int8"])
+def test_a_from_scratch_control_owes_nothing_to_its_parents_weights(tmp_path, compression):
+    """What collapse_rate.py relies on to skip training f_st: the scratch control of a compressed node ends
+    with the same weights whether its parent was trained or not (the same architecture either way)."""
+    import torch
+
+    from advfine.checkpoints import load_model, save_model
+    from advfine.data import load_prepared
+    from advfine.files import write_json
+    from advfine.models import build_model
+    from advfine.stages import compress, finetune, prepare_data, train_base
+    from advfine.stages.common import dataset_arch, metrics_record
+    from conftest import stage_settings, tiny_config
+
+    small = {"data.train_subset": 128}
+    data = str(tmp_path / "data.pt")
+    prepare_data.run(stage_settings("prepare_data", **small), out_data=data)
+    train_base.run(stage_settings("train_base", **small), data=data, train="st", seed=0,
+                   out_model=str(tmp_path / "trained.pt"), out_metrics=str(tmp_path / "trained.json"))
+    arch = dataset_arch(tiny_config(**small), load_prepared(data))
+    save_model(tmp_path / "untrained.pt", build_model(arch), arch)
+    write_json(tmp_path / "untrained.json", metrics_record(tiny_config(**small), 0, "cpu", "train_base", 0.0, None))
+
+    def scratch_control_of(parent: str) -> dict:
+        node = {"data": data, "compression": compression, "seed": 0}
+        compress.run(stage_settings("compress", **small), **node, model=str(tmp_path / f"{parent}.pt"),
+                     metrics=str(tmp_path / f"{parent}.json"), out_model=str(tmp_path / f"{parent}-compressed.pt"),
+                     out_metrics=str(tmp_path / f"{parent}-compressed.json"))
+        finetune.run(stage_settings("finetune", **small), **node, mode="scratch",
+                     model=str(tmp_path / f"{parent}-compressed.pt"),
+                     metrics=str(tmp_path / f"{parent}-compressed.json"),
+                     out_model=str(tmp_path / f"{parent}-scratch.pt"),
+                     out_metrics=str(tmp_path / f"{parent}-scratch.json"))
+        return load_model(tmp_path / f"{parent}-scratch.pt")[0].state_dict()
+
+    from_trained, from_untrained = scratch_control_of("trained"), scratch_control_of("untrained")
+    parents = [load_model(tmp_path / f"{p}-compressed.pt")[0].state_dict() for p in ("trained", "untrained")]
+    assert not torch.equal(parents[0]["fc2.weight"], parents[1]["fc2.weight"])  # the parents differ...
+    assert from_trained.keys() == from_untrained.keys()  # ...their controls do not
+    assert all(torch.equal(from_trained[k], from_untrained[k]) for k in from_trained)

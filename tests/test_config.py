@@ -165,7 +165,9 @@ def test_the_paper_configs_hold_the_papers_settings():
                                             "random_start": True}
         assert cfg["train"] | {"augment": False} == {
             "epochs": 20, "batch_size": 64, "lr": 0.1, "momentum": 0.0, "lr_drop_epoch": 4,
-            "lr_after_drop": 0.01, "eps_warmup_epochs": 0, "augment": False}
+            "lr_after_drop": 0.01, "eps_warmup_epochs": 0, "augment": False, "grad_clip_norm": None}
+        schedule = resolved(REPO / "configs" / f"{name}.yaml")["train"]  # nothing of ours added by defaults
+        assert (schedule["lr_warmup_epochs"], schedule["grad_clip_norm"], schedule["weight_decay"]) == (0, None, 0)
         assert cfg["finetune"]["epochs"] == 3 and cfg["finetune"]["prune"] == {"lr": 0.1, "momentum": 0.0}
         assert cfg["finetune"]["ptq"] == cfg["finetune"]["qat"] == {"lr": 0.01, "momentum": 0.9}
         assert cfg["sweep"]["prune_sparsities"] == [round(0.1 * i, 1) for i in range(1, 10)]

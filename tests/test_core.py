@@ -12,9 +12,9 @@ from advfine.data import DataError
 from advfine.datasets import load_dataset, load_fashion_mnist_tensors
 from advfine.evaluate import Suite, clean_accuracy, evaluate_model
 from advfine.models import build_model, count_parameters, default_arch
-from advfine.train import learning_rate, train_model
+from advfine.train import learning_rate, train_model, training_step
 
-from conftest import FIXTURE_SEED, FIXTURE_TRAIN_CONFIG, SHARED_FMNIST, tiny_config
+from conftest import FIXTURE_SEED, FIXTURE_TRAIN_CONFIG, SHARED_FMNIST, tiny_config, train_settings
 
 TRAIN = tiny_config(**FIXTURE_TRAIN_CONFIG, **{"train.epochs": 3})["train"]  # a config's train section
 
@@ -104,9 +104,30 @@ def test_training_learns_and_is_seeded(digits, trained):
 
 
 def test_learning_rate_schedule():
-    cfg = {"lr": 0.1, "lr_drop_epoch": 4, "lr_after_drop": 0.01}
+    cfg = train_settings(epochs=6, batch_size=32, lr=0.1, momentum=0.0, lr_drop_epoch=4, lr_after_drop=0.01)
     assert [learning_rate(e, cfg) for e in range(6)] == [0.1] * 4 + [0.01] * 2
-    assert learning_rate(10, {"lr": 0.1, "lr_drop_epoch": None}) == 0.1
+    assert learning_rate(10, cfg | {"lr_drop_epoch": None}) == 0.1
+
+
+def test_the_learning_rate_warms_up_linearly_per_step_then_follows_the_schedule():
+    cfg = train_settings(epochs=6, batch_size=32, lr=0.1, momentum=0.0, lr_drop_epoch=4, lr_after_drop=0.01,
+                         lr_warmup_epochs=2)
+    steps = [learning_rate(e, cfg, b, 4) for e in range(3) for b in range(4)]
+    assert steps == pytest.approx([0.1 * k / 8 for k in range(1, 9)] + [0.1] * 4)
+    assert learning_rate(4, cfg, 0, 4) == 0.01
+
+
+def test_gradient_clipping_bounds_every_step(digits):
+    x, y = digits.train_x[:64], digits.train_y[:64]
+    moved = {}
+    for clip in (None, 0.01):
+        torch.manual_seed(0)
+        model = build_model(default_arch("cnn8", 1, 10, 28, [0.5], [0.5]))
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        training_step(model, optimizer, x, y, None, None, grad_clip_norm=clip)
+        moved[clip] = (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
+    assert moved[0.01] == pytest.approx(0.01, rel=1e-3) and moved[None] > 0.1
 
 
 def test_pgd_stays_in_the_eps_ball_and_the_image_range(digits, trained):

@@ -322,3 +322,15 @@ def test_the_evaluate_stage_attacks_in_l2_everywhere_under_attack_norm_l2(data_p
         assert distance.max() <= radius * (1 + 1e-5) + 1e-6, (where, name, radius, distance.max())
     assert max(d.max().item() / radius for _, _, radius, _, d in crafted) > 0.9
     assert record["robust_acc"] <= record["robust_acc_pgd"] <= record["clean_acc"]
+
+
+def test_only_the_from_scratch_control_takes_finetune_scratch_settings():
+    from conftest import tiny_config
+
+    cfg = tiny_config(**{"finetune.scratch": {"eps_warmup_epochs": 1, "grad_clip_norm": 5.0}})
+    scratch = finetune_stage.finetune_settings(cfg, "prune", "scratch")
+    assert scratch["eps_warmup_epochs"] == 1 and scratch["grad_clip_norm"] == 5.0 and scratch["lr"] == 0.1
+    for mode in ("ad", "fgsm", "trades"):
+        shared = finetune_stage.finetune_settings(cfg, "prune", mode)
+        assert shared["eps_warmup_epochs"] == 0 and shared["grad_clip_norm"] is None
+        assert scratch == shared | {"eps_warmup_epochs": 1, "grad_clip_norm": 5.0}

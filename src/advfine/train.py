@@ -27,13 +27,17 @@ RESUME_FORMAT = "advfine-resume-1"
 TrainingAttack = PGDAttack | NFGSMAttack | TradesObjective
 
 
-def learning_rate(epoch: int, cfg: dict) -> float:
+def learning_rate(epoch: int, cfg: dict, batch: int = 0, n_batches: int = 1) -> float:
     """Step schedule: ``lr`` for the first ``lr_drop_epoch`` epochs, then ``lr_after_drop``
-    (the paper: 0.1 for four epochs, then 0.01). No drop when lr_drop_epoch is null."""
+    (the paper: 0.1 for four epochs, then 0.01). No drop when lr_drop_epoch is null.
+    With ``lr_warmup_epochs`` W > 0, batch ``batch`` of ``n_batches`` in epoch e < W trains at that lr times
+    (e * n_batches + batch + 1) / (W * n_batches): a linear warm-up per step (Goyal et al. 2017)."""
     drop = cfg["lr_drop_epoch"]
-    if drop is not None and epoch >= drop:
-        return float(cfg["lr_after_drop"])
-    return float(cfg["lr"])
+    lr = float(cfg["lr_after_drop"]) if drop is not None and epoch >= drop else float(cfg["lr"])
+    warmup = cfg["lr_warmup_epochs"]
+    if epoch >= warmup:
+        return lr
+    return lr * (epoch * n_batches + batch + 1) / (warmup * n_batches)
 
 
 def attack_for_epoch(attack: TrainingAttack | None, epoch: int, cfg: dict) -> TrainingAttack | None:
@@ -142,12 +146,13 @@ def load_resume(path: Path, fingerprint: str) -> dict | None:
 
 def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                   attack: TrainingAttack | None, generator: torch.Generator | None,
-                  precision: str = "fp32") -> tuple[float, int]:
+                  precision: str = "fp32", grad_clip_norm: float | None = None) -> tuple[float, int]:
     """One SGD step on a batch, adversarial when ``attack`` is given: the batch is first replaced by
     its adversarial version against the current model (in eval mode, gradients to the input only), then
     the model trains on it; TRADES instead adds its KL term to the clean loss. Forward passes run under
-    ``precision`` (see ``runtime.autocast``). Returns the batch's mean loss and its number of correct
-    predictions (on the points trained on: the clean batch for TRADES)."""
+    ``precision`` (see ``runtime.autocast``). With ``grad_clip_norm``, the gradient of all parameters
+    together is scaled down to that L2 norm when it is longer (``clip_grad_norm_``). Returns the batch's
+    mean loss and its number of correct predictions (on the points trained on: the clean batch for TRADES)."""
     device = x.device
     with autocast(device, precision):
         if isinstance(attack, TradesObjective):
@@ -160,6 +165,8 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.T
             loss = F.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
     optimizer.step()
     return loss.item(), (logits.argmax(1) == y).sum().item()
 
@@ -174,15 +181,16 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     With ``cfg['augment']`` true, each clean batch is first randomly cropped (4-pixel zero padding) and
     flipped (``augment_batch``). Batch order, augmentation and attack random starts are drawn from
     generators seeded with ``seed``. ``cfg`` holds epochs, batch_size, lr, momentum, weight_decay,
-    lr_drop_epoch, lr_after_drop, eps_warmup_epochs and augment (the config's train schedules, whose
-    schema fills the optional ones).
+    lr_drop_epoch, lr_after_drop, lr_warmup_epochs (``learning_rate``), grad_clip_norm (``training_step``),
+    eps_warmup_epochs (``attack_for_epoch``) and augment (the config's train schedules, whose schema fills
+    the optional ones).
     With ``resume_path``, the model, optimizer, epoch, history and every RNG state are saved there after
     each epoch; a later call with the same starting weights and settings continues from the last
     finished epoch and ends with the same weights as an uninterrupted run (on CPU). The caller deletes
     the file once its outputs are written.
     ``precision`` is ``fp32`` or ``bf16`` (autocast for the training and attack forward passes).
-    Returns one dict per epoch: lr, mean loss, accuracy on the batches trained on, wall time (and
-    ``restored: True`` for epochs taken from a resume checkpoint).
+    Returns one dict per epoch: lr (of its last batch), mean loss, accuracy on the batches trained on, wall
+    time (and ``restored: True`` for epochs taken from a resume checkpoint).
     """
     check_precision(precision)
     place_model(model, device)
@@ -209,21 +217,22 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
             history = [dict(record, restored=True) for record in state["history"]]
             first_epoch = int(state["epoch"])
             log.info("%s: resuming after epoch %d of %d from %s", desc, first_epoch, epochs, resume_path)
+    n_batches = (len(y_all) + cfg["batch_size"] - 1) // cfg["batch_size"]
     for epoch in range(first_epoch, epochs):
-        lr = learning_rate(epoch, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         epoch_attack = attack_for_epoch(attack, epoch, cfg)
         start = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        n_batches = (len(y_all) + cfg["batch_size"] - 1) // cfg["batch_size"]
         batches = iterate_batches(x_all, y_all, int(cfg["batch_size"]), shuffle=True,
                                   generator=generators["order"])
-        for x, y in tqdm(batches, total=n_batches, desc=f"{desc} epoch {epoch + 1}/{epochs}",
-                         mininterval=5.0, leave=False):
+        for batch, (x, y) in enumerate(tqdm(batches, total=n_batches, desc=f"{desc} epoch {epoch + 1}/{epochs}",
+                                            mininterval=5.0, leave=False)):
+            lr = learning_rate(epoch, cfg, batch, n_batches)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             if generators["augment"] is not None:
                 x = augment_batch(x, generators["augment"])
-            loss, n_correct = training_step(model, optimizer, x, y, epoch_attack, generators["attack"], precision)
+            loss, n_correct = training_step(model, optimizer, x, y, epoch_attack, generators["attack"], precision,
+                                            cfg["grad_clip_norm"])
             loss_sum += loss * len(y)
             correct += n_correct
             seen += len(y)

@@ -27,14 +27,16 @@ log = logging.getLogger("advfine")
 MODES = tuple(m for m in [*FINETUNE_MODES, *CONTROLS] if m != "none")
 
 
-def finetune_settings(config: dict, method: str) -> dict:
-    """Training settings of fine-tuning after ``method`` (dense, prune, ptq, qat): the shared epochs,
-    batch size, warm-up and augmentation of ``finetune`` with the method's own lr and momentum."""
+def finetune_settings(config: dict, method: str, mode: str) -> dict:
+    """Training settings of fine-tuning mode ``mode`` after ``method`` (dense, prune, ptq, qat): the shared
+    epochs, batch size, warm-ups, gradient clipping and augmentation of ``finetune`` with the method's own lr
+    and momentum; the from-scratch control (``scratch``) with ``finetune.scratch``'s keys over the shared ones."""
     ft = config["finetune"]
     if method not in ft:
         raise ValueError(f"config key finetune.{method}: missing (lr and momentum of fine-tuning after {method})")
-    return {"epochs": ft["epochs"], "batch_size": ft["batch_size"], "lr_drop_epoch": None,
-            "eps_warmup_epochs": ft["eps_warmup_epochs"], "augment": ft["augment"], **ft[method]}
+    shared = ("epochs", "batch_size", "eps_warmup_epochs", "lr_warmup_epochs", "grad_clip_norm", "augment")
+    settings = {**{key: ft[key] for key in shared}, "lr_drop_epoch": None, **ft[method]}
+    return settings | ft["scratch"] if mode == "scratch" else settings
 
 
 def equal_cost_epochs(epochs: int, pgd_steps: int, steps: int) -> int:
@@ -69,7 +71,7 @@ def run(config: dict, *, data: str, compression: str, mode: str, seed: int, mode
     parent = read_json(metrics)
     start_model, ckpt = load_model(model)
     dataset = load_prepared(data)
-    settings = config["train"] if mode == "scratch-full" else finetune_settings(config, method)
+    settings = config["train"] if mode == "scratch-full" else finetune_settings(config, method, mode)
     scratch = mode in SCRATCH_CONTROLS
     if scratch:
         start_model = reinitialized(compression, ckpt["arch"], config, dataset.train_x, seed)
