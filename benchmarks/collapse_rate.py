@@ -6,9 +6,9 @@
 Trains seeds 0..N-1 of one arm through the pipeline's own stage functions (advfine.stages: prepare_data,
 train_base, compress, finetune), each with the config slice and the per-stage seeds its Snakemake job
 gets, then prints per seed the last epoch's training loss and accuracy, the test set's most-predicted
-class share, whether it collapsed (advfine.health: ``training_collapse`` or ``prediction_collapse``), its
-clean test accuracy and its PGD robust accuracy (``attack.eval``, the evaluation stage's first attack
-and seed), then "k of N collapsed". Arms:
+class share, whether it collapsed (advfine.health: the stage's ``training_collapse`` or the test set's
+``prediction_collapse``), its clean test accuracy and its PGD robust accuracy (``attack.eval``, the
+evaluation stage's first attack and seed), then "k of N collapsed". Arms:
 
 - ``rb`` / ``st``: the base model f_rb (PGD adversarial training, ``train`` settings) / f_st;
 - ``scratch`` / ``scratch-full`` with ``--compression``: the from-scratch controls, PGD training of the
@@ -17,8 +17,8 @@ and seed), then "k of N collapsed". Arms:
   compressed by the compress stage: the same architecture, the same weights after re-initialization
   (tests/test_benchmarks.py checks that a trained and an untrained parent give the same model).
 
-``--config`` files are merged over config.yaml in order, as Snakemake merges ``--configfile`` over the
-Snakefile's ``configfile:`` (key by key, nested), then validated with the schema's defaults filled in.
+``--config`` files resolve as the workflow's ``--configfile`` does (a complete config, or an overlay and the
+base it names), with the schema's defaults filled in.
 ``--set key=value`` (YAML value, dotted key) changes one setting after the merge, to measure a variant.
 Seeds run in ``--jobs`` processes (each with ``--threads`` torch threads); the environment is inherited,
 so ``ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` applies to every job.
@@ -44,8 +44,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 import yaml  # noqa: E402
 
-from advfine.config import stage_config, validate_config  # noqa: E402
-from advfine.health import prediction_collapse, training_collapse  # noqa: E402
+from advfine.config import ConfigError, resolve_config, stage_config, validate_config  # noqa: E402
+from advfine.health import prediction_collapse  # noqa: E402
 from advfine.vocab import SCRATCH_CONTROLS, parse_compression  # noqa: E402
 
 ARMS = ("rb", "st", *SCRATCH_CONTROLS)
@@ -53,14 +53,10 @@ ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def merged_config(paths: list[str], settings: list[str], data_root: str | None) -> dict:
-    """config.yaml, then each of ``paths`` merged over it (nested, as Snakemake does), then ``settings``
-    (``dotted.key=yaml value``) and ``data_root``; validated, defaults filled in."""
-    from snakemake.utils import update_config
-
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    for path in paths:
-        if Path(path).resolve() != (REPO / "config.yaml").resolve():
-            update_config(config, yaml.safe_load(Path(path).read_text()))
+    """The config a run with ``--configfile paths...`` gets (advfine.config.resolve_config: complete
+    configs, overlays after their base, the schema's defaults), then ``settings`` (``dotted.key=yaml
+    value``) and ``data_root``, validated again."""
+    config = resolve_config([Path(p).resolve() for p in paths], {}, REPO, default=REPO / "config.yaml")
     for setting in settings:
         key, sep, value = setting.partition("=")
         if not sep:
@@ -136,7 +132,8 @@ def train_arm(config: dict, arm: str, compression: str | None, data: str, seed: 
         metrics = finetune.run(job_config(config, "finetune"), data=data, compression=compression, mode=arm,
                                seed=seed, model=parent_model, metrics=parent_metrics, out_model=out_model,
                                out_metrics=out_metrics, threads=threads)
-    return {"history": metrics["history"], "model": out_model, "wall_time_s": metrics["wall_time_s"]}
+    return {"history": metrics["history"], "model": out_model, "wall_time_s": metrics["wall_time_s"],
+            "collapsed_reason": metrics["collapsed_reason"]}
 
 
 def evaluate_seed(config: dict, data: str, model_path: str, seed: int) -> dict:
@@ -174,7 +171,8 @@ def run_seed(config: dict, arm: str, compression: str | None, data: str, seed: i
     num_classes = evaluated.pop("num_classes")
     history = trained["history"]
     top_class, top = Counter(classes).most_common(1)[0]
-    why = training_collapse(history, num_classes) or prediction_collapse(classes, num_classes)
+    # the stage's own verdict (advfine.health.training_collapse, on clean training images), then the test set's
+    why = trained["collapsed_reason"] or prediction_collapse(classes, num_classes)
     return {"seed": seed, "history": [{k: r[k] for k in ("epoch", "lr", "eps", "loss", "train_acc")} for r in history],
             "loss": history[-1]["loss"], "train_acc": history[-1]["train_acc"], "top_class": top_class,
             "top_share": top / len(classes), "collapsed": why is not None, "why": why, **evaluated,
@@ -226,7 +224,10 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--compression {args.compression}: the from-scratch arms here take prune-* or ptq-int*")
     elif args.compression:
         parser.error(f"--compression is for the from-scratch arms {SCRATCH_CONTROLS}, not {args.arm}")
-    config = merged_config(args.config, args.set, args.data_root)
+    try:
+        config = merged_config(args.config, args.set, args.data_root)
+    except ConfigError as error:
+        parser.error(str(error))
     seeds = parse_seeds(args.seeds)
 
     isa = " ".join(f"{k}={os.environ[k]}" for k in ISA_VARIABLES if k in os.environ) or "the machine's own kernels"

@@ -126,7 +126,9 @@ def test_reproduction_summary_puts_the_paper_beside_the_run_and_lists_the_claims
 
 
 TINY_DIGITS = ("--set", "data.train_subset=256", "--set", "data.test_subset=64", "--set", "train.epochs=1",
-               "--set", "finetune.epochs=1", "--set", "attack.eval={eps: 0.1, step_size: 0.05, steps: 2}")
+               "--set", "train.lr_drop_epoch=null", "--set", "train.eps_warmup_epochs=0", "--set", "finetune.epochs=1",
+               "--set", "finetune.eps_warmup_epochs=0",
+               "--set", "attack.eval={eps: 0.1, step_size: 0.05, steps: 2}")
 
 
 def test_collapse_rate_counts_collapsed_seeds_with_the_shared_criterion(tmp_path):
@@ -148,6 +150,9 @@ def test_collapse_rate_runs_the_from_scratch_control_of_a_compressed_node():
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "collapse_rate.py"), "--arm", "scratch"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "needs --compression" in result.stderr
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "collapse_rate.py"), "--set", "train.epochs=1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "train.lr_drop_epoch" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("compression", ["prune-0.5", "ptq-int8"])

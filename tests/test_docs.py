@@ -1,6 +1,7 @@
 """Every command the README and docs/ show runs as written: a dry run for Snakemake (the real runs are long),
 `make -n` for make targets, the real thing for cheap scripts, `--help` for long benchmarks. A doc command
 this file does not know how to run fails the test, so a new one cannot slip in untested."""
+import os
 import re
 import shlex
 import subprocess
@@ -12,7 +13,7 @@ from conftest import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 GENERATED = {REPO / "docs" / "benchmarks.md"}  # written by benchmarks/run_all.py: it quotes its own commands
-FENCE = re.compile(r"^```(?:bash|sh|console)\n(.*?)^```", re.S | re.M)
+FENCE = re.compile(r"^[ \t]*```(?:bash|sh|console)\n(.*?)^[ \t]*```", re.S | re.M)  # in a list item too
 INLINE = re.compile(r"`((?:\.venv/bin/)?snakemake [^`]+|make [a-z-]+|(?:\.venv/bin/python )?benchmarks/[^`\s]+ [^`]+)`")
 # Scripts cheap enough to run for real on committed files; the others are benchmarks of minutes to hours,
 # run on tiny settings by tests/test_benchmarks.py, and checked here for their arguments' parser.
@@ -40,38 +41,43 @@ def snakemake_argv(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "snakemake", *args]
 
 
-def run(argv, cwd=REPO, timeout=300):
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run(argv, cwd=REPO, timeout=300, env=None):
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def check(command: str, request) -> None:
     words = shlex.split(command)
+    env = dict(os.environ)
+    while re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):  # VAR=value before a command: its environment
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
     tool, args = words[0], words[1:]
     if tool in ("snakemake", ".venv/bin/snakemake"):
         if "--report" in args:  # needs a finished run: the tiny one, as written otherwise
             finished_run = request.getfixturevalue("finished_run")
             result = run(snakemake_argv(["-s", str(REPO / "Snakefile"), "--directory", str(finished_run), *args]),
-                         cwd=finished_run, timeout=600)
+                         cwd=finished_run, timeout=600, env=env)
         elif "--lint" in args or "--unlock" in args:
-            result = run(snakemake_argv(args))
+            result = run(snakemake_argv(args), env=env)
         else:
-            result = run(snakemake_argv([*args, "-n"]))
+            result = run(snakemake_argv([*args, "-n"]), env=env)
     elif tool == "make":
-        result = run(["make", "-n", *args])
+        result = run(["make", "-n", *args], env=env)
     else:
         if tool in ("python", ".venv/bin/python"):
             tool, args = args[0], args[1:]
         script = REPO / tool
         assert script.exists(), f"{command}: {tool} does not exist"
         if any(a.startswith("<") for a in args):  # a placeholder the reader fills in
-            result = run(["bash", "-n", str(script)] if script.suffix == ".sh" else [sys.executable, str(script), "--help"])
+            result = run(["bash", "-n", str(script)] if script.suffix == ".sh" else [sys.executable, str(script), "--help"],
+                         env=env)
         elif tool in RUN_FOR_REAL:
-            result = run([sys.executable, str(script), *args])
+            result = run([sys.executable, str(script), *args], env=env)
         else:
             for arg in args:  # paths a reader already has (results/ is what a run makes)
                 if "/" in arg and not arg.startswith(("-", "results/")):
                     assert (REPO / arg).exists(), f"{command}: {arg} does not exist"
-            result = run([sys.executable, str(script), *args, "--help"])
+            result = run([sys.executable, str(script), *args, "--help"], env=env)
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
 
 

@@ -5,17 +5,14 @@ from pathlib import Path
 from advfine.health import prediction_collapse, training_collapse
 
 
-def epoch(loss, acc, n=1):
-    return {"epoch": n, "loss": loss, "train_acc": acc}
-
-
-def test_a_run_ending_at_ln_c_or_chance_accuracy_collapsed_and_a_learning_run_did_not():
-    assert training_collapse([epoch(2.19, 0.30, 1), epoch(math.log(10), 0.11, 2)], 10)
-    assert training_collapse([epoch(2.31, 0.30, 1)], 10)          # loss at ln 10, accuracy not yet at chance
-    assert training_collapse([epoch(1.2, 0.12, 1)], 10)           # accuracy at chance
-    assert training_collapse([epoch(float("nan"), 0.5, 1)], 10)
-    assert training_collapse([epoch(2.5, 0.1, 1), epoch(1.1, 0.6, 2)], 10) is None   # recovered
-    assert training_collapse([], 10) is None
+def test_a_model_at_chance_on_clean_training_images_or_predicting_one_class_collapsed():
+    varied = list(range(10)) * 20
+    assert training_collapse(math.log(10), 0.10, varied, 10)                 # at ln 10 and at chance
+    assert training_collapse(2.29, 0.14, varied, 10)                         # within 1 % of ln 10, near chance
+    assert "class 3" in training_collapse(1.5, 0.5, [3] * 190 + list(range(10)), 10)  # a constant classifier
+    assert training_collapse(2.29, 0.30, varied, 10) is None                 # high loss, but it classifies
+    assert training_collapse(1.2, 0.12, varied, 10) is None                  # low accuracy, confident: no
+    assert training_collapse(0.3, 0.9, varied, 10) is None
 
 
 def test_a_constant_classifier_is_caught_and_a_poor_but_varied_one_is_not():

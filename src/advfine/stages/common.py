@@ -10,7 +10,8 @@ import torch
 
 from ..attacks.pgd import PGDAttack
 from ..data import Dataset
-from ..health import collapse_record, training_collapse
+from ..evaluate import logits_of
+from ..health import HEALTH_IMAGES, collapse_record, training_collapse
 from ..models import default_arch
 from ..objectives import objective_for
 from ..train import TrainingAttack
@@ -61,10 +62,19 @@ def dataset_arch(config: dict, data: Dataset) -> dict:
                         data.mean, data.std)
 
 
-def training_health(history: list[dict], num_classes: int, desc: str) -> str | None:
-    """Why the training run ``desc`` with per-epoch ``history`` collapsed (``health.training_collapse``),
-    or None; a collapse is logged loudly: the model is kept, and reported as collapsed."""
-    reason = training_collapse(history, num_classes)
+def training_health(model: torch.nn.Module, data: Dataset, device, desc: str) -> str | None:
+    """Why the model that training run ``desc`` ended with collapsed (``health.training_collapse``, on
+    clean training images), or None; a collapse is logged loudly: the model is kept, and reported as
+    collapsed. A model with non-finite logits is left to the evaluation, which reports it as diverged."""
+    n = min(HEALTH_IMAGES, len(data.train_y))
+    logits = logits_of(model, data.train_x[:n], 256, device)
+    if not torch.isfinite(logits).all():
+        return None
+    labels = data.train_y[:n]
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    predictions = logits.argmax(1)
+    accuracy = (predictions == labels).float().mean().item()
+    reason = training_collapse(loss, accuracy, predictions.tolist(), data.num_classes)
     if reason:
         log.warning("COLLAPSED: %s ended as a constant classifier (%s); its model and every node built on it "
                     "are reported as collapsed, never averaged", desc, reason)

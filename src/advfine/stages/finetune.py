@@ -90,11 +90,11 @@ def run(config: dict, *, data: str, compression: str, mode: str, seed: int, mode
                           stage_seed("finetune", seed), device, desc=f"finetune {mode} {compression}",
                           resume_path=resume, precision=precision)
     wall = time.perf_counter() - start + restored_wall_time(history)
+    collapsed = training_health(start_model, dataset, device, f"fine-tuning {mode} of {compression}")
     start_model.cpu()
     save_model(out_model, start_model, ckpt["arch"], extra={"finetune": mode, "parent": str(model),
                                                             "init": "random" if scratch else "parent"})
     macs = training_macs(history, len(dataset.train_y), forward_macs, attack.steps if attack else 0)
-    collapsed = training_health(history, dataset.num_classes, f"fine-tuning {mode} of {compression}")
     # a model trained from scratch owes nothing to its base model's training: its lineage is this stage alone
     record = metrics_record(config, seed, device, "finetune", wall, None if scratch else parent, macs, adversarial,
                             collapsed,

@@ -44,12 +44,12 @@ def run(config: dict, *, data: str, bits: int, train: str, seed: int, out_model:
     history = train_model(qmodel, dataset.train_x, dataset.train_y, qat_cfg, attack, stage_seed("qat", seed),
                           device, desc=f"QAT int{bits} {train}", resume_path=resume)
     wall = time.perf_counter() - start + restored_wall_time(history)
+    collapsed = training_health(qmodel, dataset, device, f"QAT {compression} of base model {train}")
     qmodel.cpu()
     parent_ref = None if model is None else str(model)
     save_model(out_model, qmodel, arch,
                extra={"compression": compression, "parent": parent_ref, "init": qat_cfg["init"]})
     macs = training_macs(history, len(dataset.train_y), forward_macs, attack.steps if attack else 0)
-    collapsed = training_health(history, dataset.num_classes, f"QAT {compression} of base model {train}")
     # in a model's lineage QAT takes the place of compression (the report's "compress" columns)
     record = metrics_record(config, seed, device, "compress", wall, parent, macs, attack is not None, collapsed,
                             compression=compression, method="qat", level=bits, init=qat_cfg["init"], arch=arch,

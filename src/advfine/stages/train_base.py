@@ -40,10 +40,10 @@ def run(config: dict, *, data: str, train: str, seed: int, out_model: str, out_m
                           stage_seed("train_base", seed), device,
                           desc=f"train {train}", resume_path=resume, precision=precision)
     wall = time.perf_counter() - start + restored_wall_time(history)
+    collapsed = training_health(model, dataset, device, f"training of base model {train}")
     model.cpu()
     save_model(out_model, model, arch, extra={"train": train, "seed": seed})
     macs = training_macs(history, len(dataset.train_y), forward_macs, attack.steps if attack else 0)
-    collapsed = training_health(history, dataset.num_classes, f"training of base model {train}")
     metrics = metrics_record(config, seed, device, "train_base", wall, None, macs, attack is not None, collapsed,
                              train=train, history=history, params=count_parameters(model),
                              n_train=len(dataset.train_y), precision=precision, pretrained=pretrained,
