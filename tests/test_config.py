@@ -436,3 +436,17 @@ def test_a_cuda_index_beyond_the_visible_gpus_is_refused(monkeypatch):
         check_device("cuda:1")
     with pytest.raises(RuntimeError, match=r"'cuda:2'.*1 CUDA device"):
         resolve_device("cuda:2")
+
+
+def test_the_configuration_reference_is_rendered_from_the_schema():
+    """docs/configuration.md is what advfine.config_reference renders: regenerate it after a schema change."""
+    from advfine.config_reference import render
+
+    text = render()
+    assert (REPO / "docs" / "configuration.md").read_text() == text, (
+        "docs/configuration.md is stale: .venv/bin/python -m advfine.config_reference > docs/configuration.md")
+    schema = load_schema()
+    for section in schema["required"]:
+        assert f"`{section}" in text
+    assert "| `train.grad_clip_norm` | number or null (> 0) | `null` |" in text
+    assert "| `sweep.controls` | list of `\"fgsm\"`" in text
