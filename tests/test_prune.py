@@ -1,22 +1,21 @@
-"""Tests of advfine.prune (NNI pruning), advfine.nni_compat and the model costs of dense and pruned models."""
+"""Tests of advfine.prune (NNI pruning), pinned by golden values on the paper's CNN8 and ResNet-18, and the
+model costs of dense and pruned models."""
 import copy
-import os
-import subprocess
-import sys
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from nni.compression.pruning import L1NormPruner
+from nni.compression.utils.counter import count_flops_params
+from torch import nn
 
-from nni.compression.pruning import L1NormPruner  # noqa: E402
-from nni.compression.utils.counter import count_flops_params  # noqa: E402
-
-from advfine import nni_compat  # noqa: E402
-from advfine.prune import prune_filters_l1
-from advfine.models import build_model, count_parameters, default_arch  # noqa: E402
 from advfine.cost import model_cost
+from advfine.models import build_model, count_parameters, default_arch
+from advfine.prune import prune_filters_l1
 
-from conftest import random_images, small_cnn8_arch  # noqa: E402
+from conftest import random_images, small_cnn8_arch
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,43 +47,6 @@ def max_diff(a, b):
 
 def same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-# ------------------------------------------------------------------------------------- nni_compat
-
-def test_nni_fixes_apply_and_are_idempotent():
-    from nni.common.concrete_trace_utils import concrete_tracer as ct
-    nni_compat.check_nni_sources()
-    nni_compat.apply_nni_torch_fixes()
-    trace, wrapper = ct.ConcreteTracer.trace, ct.node_is_impure_wrapper
-    nni_compat.apply_nni_torch_fixes()
-    assert ct.ConcreteTracer.trace is trace and ct.node_is_impure_wrapper is wrapper
-    assert hasattr(trace, "_advfine_original") and hasattr(wrapper, "_advfine_original")
-    nni_compat.check_nni_sources()  # still checks NNI's original code after patching
-
-
-def test_pruning_works_in_a_fresh_process():
-    # The other tests share one process where the fixes are already applied; check that
-    # prune_filters_l1 applies them itself (NNI unpatched fails on torch >= 2.3).
-    code = ("import torch; from advfine.models import build_model, default_arch; "
-            "from advfine.prune import prune_filters_l1; "
-            "a = default_arch('cnn8', 1, 10, 28, [0.5], [0.5]); a['conv_channels'] = [4] * 6; a['hidden'] = 8; "
-            "print(prune_filters_l1(build_model(a), a, 0.5, torch.rand(2, 1, 28, 28))[1]['conv_channels'])")
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "[2, 2, 2, 2, 2, 2]"
-
-
-@pytest.mark.parametrize("name", ["ConcreteTracer.trace", "node_is_impure_wrapper"])
-def test_nni_source_check_fails_loudly(monkeypatch, name):
-    monkeypatch.setitem(nni_compat.EXPECTED_SNIPPETS, name, "this snippet is not in NNI")
-    with pytest.raises(RuntimeError, match=name.replace(".", r"\.")):
-        nni_compat.check_nni_sources()
-    with pytest.raises(RuntimeError, match="NNI source changed"):
-        nni_compat.apply_nni_torch_fixes()
 
 
 # ---------------------------------------------------------------------------------------- pruning
@@ -134,6 +96,99 @@ def test_masked_and_sped_up_outputs_match(parent, pruned, data):
 def test_pruning_rejects_bad_sparsity(parent, data, bad):
     with pytest.raises(ValueError, match="sparsity"):
         prune_filters_l1(parent, small_arch(), bad, data["x"][:2])
+
+
+def test_pruning_a_dead_layer_fails_clearly(parent, data):
+    # NNI's ModelSpeedup drops every channel with a constant output: a layer of zero filters would vanish.
+    dead = copy.deepcopy(parent)
+    with torch.no_grad():
+        dead.features[4].weight.zero_()
+        dead.features[4].bias.zero_()
+    with pytest.raises(ValueError, match="sparsity 0.5 would leave a layer with no channels"):
+        prune_filters_l1(dead, small_arch(), 0.5, data["x"][:2])
+
+
+# ----------------------------------------------------------------------------------------- golden
+
+# Reference values made by the code named in the file's "source": the kept filters of every conv, the
+# parameter count and the logits of the pruned paper-size models. They pin what pruning removes, whatever
+# traces the model for ModelSpeedup.
+GOLDEN = json.loads((Path(__file__).parent / "data" / "prune_golden.json").read_text())
+GOLDEN_ARCHS = {"cnn8": (1, 28), "resnet18": (3, 32)}  # name -> input channels, input size
+
+
+def golden_parent(name: str) -> tuple[nn.Module, dict]:
+    """A paper-size model whose weights are the same bits on every CPU (uniform draws only), with filters
+    scaled by distinct factors so that the L1 ranking has wide margins, and one distinct marker value per
+    output channel (the conv's bias, else its BatchNorm's running_mean) that shows which channels are kept."""
+    c_in, size = GOLDEN_ARCHS[name]
+    arch = default_arch(name, c_in, 10, size, [0.5] * c_in, [0.5] * c_in)
+    model = build_model(arch)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                c_out, fan_in = m.weight.shape[0], m.weight[0].numel()
+                scale = 0.5 + torch.randperm(c_out, generator=g).float() / c_out
+                w = (torch.rand(m.weight.shape, generator=g) * 2 - 1) * (6.0 / fan_in) ** 0.5
+                m.weight.copy_(w * scale.view(-1, *[1] * (w.dim() - 1)))
+                if m.bias is not None:
+                    m.bias.copy_((torch.randperm(c_out, generator=g).float() + 1) / c_out * 0.1)
+            elif isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_((torch.randperm(c, generator=g).float() - c / 2) / c * 0.2)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_((torch.rand(c, generator=g) - 0.5) * 0.2)
+    return model.eval(), arch
+
+
+def golden_inputs(name: str) -> torch.Tensor:
+    c_in, size = GOLDEN_ARCHS[name]
+    return torch.rand(4, c_in, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def channel_markers(model: nn.Module) -> dict:
+    """Conv name -> its marker tensor (one distinct value per output channel, see golden_parent)."""
+    modules = dict(model.named_modules())
+    return {name: m.bias if m.bias is not None
+            else modules[name.replace("downsample.0", "downsample.1") if "downsample" in name
+                         else name.replace("conv", "bn")].running_mean
+            for name, m in modules.items() if isinstance(m, nn.Conv2d)}
+
+
+def kept_channels(parent: nn.Module, pruned: nn.Module) -> dict:
+    """Conv name -> the indices of the parent's output channels that the pruned model kept, in its order."""
+    after = channel_markers(pruned)
+    kept = {}
+    for name, marker in channel_markers(parent).items():
+        position = {value: i for i, value in enumerate(marker.tolist())}
+        kept[name] = [position[value] for value in after[name].tolist()]
+    return kept
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(case, id=f"{case['arch']}-{case['sparsity']}",
+                 marks=[pytest.mark.slow] if case["arch"] == "resnet18" else [])
+    for case in GOLDEN["cases"]])
+def test_pruning_matches_golden(case):
+    parent, arch = golden_parent(case["arch"])
+    x = golden_inputs(case["arch"])
+    model, _ = prune_filters_l1(parent, arch, case["sparsity"], x[:2])
+    kept = kept_channels(parent, model)
+    assert {name: len(k) for name, k in kept.items()} == case["kept_counts"]
+    assert all(k == sorted(k) for k in kept.values())
+    assert hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest() == case["kept_sha256"]
+    assert count_parameters(model) == case["params"]
+    if case["arch"] == "cnn8":
+        assert model.fc1.in_features == case["fc1_in_features"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), torch.tensor(case["logits"]), rtol=1e-4, atol=1e-5)
+
+
+def test_golden_covers_both_models_at_two_sparsities():
+    assert sorted((c["arch"], c["sparsity"]) for c in GOLDEN["cases"]) == [
+        ("cnn8", 0.5), ("cnn8", 0.8), ("resnet18", 0.5), ("resnet18", 0.8)]
 
 
 # ----------------------------------------------------------------------------------------- costs

@@ -10,12 +10,16 @@ import logging
 import torch
 from nni.compression.pruning import L1NormPruner
 from nni.compression.speedup import ModelSpeedup
+from nni.compression.speedup.error_code import EmptyLayerError
 from nni.compression.utils import auto_set_denpendency_group_ids  # (sic)
 from torch import nn
 
 from .models import arch_of, build_model
-from .nni_compat import apply_nni_torch_fixes
 from .quantize import is_quantized
+
+# ModelSpeedup logs every replaced module at INFO: it gets a logger of its own that passes warnings only.
+_SPEEDUP_LOGGER = logging.getLogger(__name__ + ".speedup")
+_SPEEDUP_LOGGER.setLevel(logging.WARNING)
 
 
 def prune_filters_l1(model: nn.Module, arch: dict, sparsity: float,
@@ -29,7 +33,6 @@ def prune_filters_l1(model: nn.Module, arch: dict, sparsity: float,
         raise ValueError(f"sparsity must be a number with 0 < sparsity < 1, got {sparsity!r}")
     if is_quantized(model):
         raise ValueError("prune_filters_l1 needs a plain float model, got one already quantized")
-    apply_nni_torch_fixes()
     work = copy.deepcopy(model).eval()
     device = next(work.parameters()).device
     example_input = example_input.detach().to(device)
@@ -41,13 +44,18 @@ def prune_filters_l1(model: nn.Module, arch: dict, sparsity: float,
     pruner = L1NormPruner(work, config)
     _, masks = pruner.compress()
     pruner.unwrap_model()
-    nni_logger = logging.getLogger("nni")
-    level = nni_logger.level
-    nni_logger.setLevel(logging.WARNING)  # ModelSpeedup logs every replaced module at INFO
+    # ModelSpeedup's default tracer (NNI's concrete_trace) fails on torch >= 2.3 (microsoft/nni#5768). Its
+    # documented graph_module argument takes torch.fx's own trace instead, which our models (no data-dependent
+    # control flow) allow. Chosen over a filter-removal step of our own: no per-architecture code, and NNI
+    # still shrinks every dependent layer; tests/test_prune.py pins the filters it removes.
     try:
-        ModelSpeedup(work, example_input, masks, logger=nni_logger).speedup_model()
-    finally:
-        nni_logger.setLevel(level)
+        ModelSpeedup(work, example_input, masks, graph_module=torch.fx.symbolic_trace(work),
+                     logger=_SPEEDUP_LOGGER).speedup_model()
+    except EmptyLayerError as error:
+        # ModelSpeedup also drops channels whose output is constant, e.g. those of all-zero filters.
+        raise ValueError(f"pruning at sparsity {sparsity} would leave a layer with no channels: all filters "
+                         "that L1 ranking keeps in some layer give a constant output (a dead layer, e.g. all-zero "
+                         "weights); such a model cannot be pruned") from error
     new_arch = arch_of(work, arch)
     pruned = build_model(new_arch).to(device)
     pruned.load_state_dict(work.state_dict())
