@@ -31,11 +31,18 @@ def test_an_evaluated_model_is_marked_by_its_own_training_its_predictions_and_it
     pruned = {"stage": "compress", **collapse_record(None)}
     tuned = {"stage": "finetune", **collapse_record(None)}
     assert model_collapse([base], [1, 2, 3] * 10, 10) == {
-        "collapsed": True, "collapsed_reason": base["collapsed_reason"], "collapsed_upstream": []}
+        "collapsed": True, "collapsed_reason": base["collapsed_reason"], "collapsed_upstream": [],
+        "constant_predictions": None}
     built_on = model_collapse([base, pruned, tuned], list(range(10)) * 3, 10)
-    assert built_on == {"collapsed": False, "collapsed_reason": None, "collapsed_upstream": ["train_base"]}
-    destroyed = model_collapse([{"stage": "train_base", "wall_time_s": 1.0}, pruned], [4] * 30, 10)  # old entry
-    assert destroyed["collapsed"] and "class 4" in destroyed["collapsed_reason"]
+    assert built_on == {"collapsed": False, "collapsed_reason": None, "collapsed_upstream": ["train_base"],
+                        "constant_predictions": None}
+    # a model compression destroyed without training: a measurement, not a collapse
+    destroyed = model_collapse([{"stage": "train_base", "wall_time_s": 1.0}, pruned], [4] * 30, 10, trained=False)
+    assert not destroyed["collapsed"] and "class 4" in destroyed["constant_predictions"]
+    # a model its stage trained that predicts one class collapsed
+    tuned_to_one = model_collapse([base | collapse_record(None), tuned], [4] * 30, 10, trained=True)
+    assert tuned_to_one["collapsed"] and "class 4" in tuned_to_one["collapsed_reason"]
+    assert tuned_to_one["constant_predictions"] is None
     assert model_collapse([base], None, 10)["collapsed"]  # a diverged model has no predictions
 
 

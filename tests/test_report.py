@@ -143,7 +143,8 @@ def test_collect_metrics_columns_rows_and_sorting(df, paths):
     expected = ["experiment", "dataset", "arch", "seed", "train", "compression", "method", "level",
                 "finetune", "clean_acc", "robust_acc", "n_test", "params", "macs",
                 "checkpoint_bytes", "weight_bytes", "device", "eval_wall_time_s",
-                "diverged", "collapsed", "collapsed_reason", "robust_acc_pgd", "robust_acc_whitebox",
+                "diverged", "collapsed", "collapsed_reason", "constant_predictions", "robust_acc_pgd",
+                "robust_acc_whitebox",
                 *[f"robust_acc_after_{a}" for a in vocab.ATTACKS], *[f"broken_by_{a}" for a in vocab.ATTACKS],
                 *[f"audit_{c}" for c in vocab.AUDIT_CHECKS], "int8_robust_acc",
                 "precision", "latency_ms", "latency_batch", "latency_threads", "peak_rss_mb",
@@ -969,7 +970,7 @@ PREDICTION_COLLAPSE = "predicts class 3 for 100.0% of 10000 test images (1 of 10
 def health_records() -> list[dict]:
     """Two seeds. On seed 1 f_rb collapsed in training: its own evaluation (at chance, finite numbers) and
     T_ad(f_rb^p), built on it, carry the mark. On seed 0 the pruned f_st without fine-tuning is a constant
-    classifier by its predictions. Every other model is healthy."""
+    classifier by its predictions: a measurement (no stage trained it), averaged. Every other model is healthy."""
     healthy = {"collapsed": False, "collapsed_reason": None, "collapsed_upstream": []}
     recs = []
     for seed in (0, 1):
@@ -982,8 +983,7 @@ def health_records() -> list[dict]:
         recs.append(make_record("rb", "prune-0.5", "ad", seed, clean=0.70, robust=0.50,
                                 **healthy | {"collapsed_upstream": ["train_base"] if rb_collapsed else []}))
         recs.append(make_record("st", "prune-0.5", "none", seed, clean=0.10 if seed == 0 else 0.30, robust=0.0,
-                                **healthy | ({"collapsed": True, "collapsed_reason": PREDICTION_COLLAPSE}
-                                             if seed == 0 else {})))
+                                **healthy | ({"constant_predictions": PREDICTION_COLLAPSE} if seed == 0 else {})))
         recs.append(make_record("st", "prune-0.5", "ad", seed, clean=0.75, robust=0.55, **healthy))
     return recs
 
@@ -1004,7 +1004,7 @@ def test_a_collapsed_seed_is_never_averaged_and_marks_the_nodes_built_on_it(heal
     assert t5.loc["T_ad(f_st^p)", "robustness"] == "55.00 ± 0.00"
     t3 = tables.table3(health_df, 0.5, 8)
     pruned_st = t3[(t3["model"] == "f_st^p") & (t3["performance"] == "test")].iloc[0]
-    assert pruned_st["none"] == "collapsed (1/2)" and pruned_st["none_collapsed"] == 1
+    assert pruned_st["none"] == "20.00 ± 14.14" and pruned_st["none_collapsed"] == 0
     assert pruned_st["ad"] == "75.00 ± 0.00" and pruned_st["ad_collapsed"] == 0
     # the evaluation audit shows the healthy seeds' numbers and counts the one it left out
     audit = audit_table.evaluation_audit(health_df)
@@ -1027,6 +1027,9 @@ def test_collapse_is_said_in_every_format_and_survives_all_metrics_csv(health_df
     assert list(f_rb["collapsed"]) == [False, True] and f_rb.loc[1, "collapsed_reason"] == TRAINING_COLLAPSE
     built_on = again[(again["train"] == "rb") & (again["method"] == "prune")].set_index("seed")
     assert built_on.loc[1, "collapsed_upstream"] == "train_base" and pd.isna(built_on.loc[0, "collapsed_upstream"])
+    destroyed = again[(again["train"] == "st") & (again["method"] == "prune") & (again["finetune"] == "none")]
+    assert list(destroyed.set_index("seed")["constant_predictions"].fillna("")) == [PREDICTION_COLLAPSE, ""]
+    assert not destroyed["collapsed"].any()
     # the workflow's tables and figures read all_metrics.csv: the marks hold there too
     t5 = tables.table5(again, 0.5, 8).set_index("model")
     assert t5.loc["T_ad(f_rb^p)", "test"] == "collapsed (1/2)" and t5.loc["f_rb", "test"] == "collapsed (1/2)"
@@ -1036,8 +1039,12 @@ def test_figures_write_collapsed_where_the_point_would_be(health_df, tmp_path):
     fig = figures.new_figure(6, 4)
     ax = fig.subplots()
     (_, g), = stats.groups(health_df)
-    figures._panel(ax, g, "prune", "none", ("st",), "pruned, no fine-tuning")
+    figures._panel(ax, g, "prune", "ad", ("rb",), "pruned, adversarial fine-tuning")  # built on a collapsed f_rb
     assert [t.get_text() for t in ax.texts] == ["collapsed", "collapsed"]  # test and robustness
+    fig = figures.new_figure(6, 4)
+    ax = fig.subplots()
+    figures._panel(ax, g, "prune", "none", ("st",), "pruned, no fine-tuning")  # a measurement: drawn
+    assert len(ax.texts) == 0 and len(ax.lines) > 0
     assert figures.plot_figure3(health_df, tmp_path / "f3.png")[0].read_bytes().startswith(PNG_MAGIC)
 
 

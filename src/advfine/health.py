@@ -12,9 +12,9 @@ Two criteria, each a pure function of numbers a stage computes:
   the attack breaks scores 0 % at a loss above ln C), and an epoch's mean mixes the model it started as
   (a destroyed pruned one) with the one it ended as.
 * ``prediction_collapse``: on a set of inputs (the test set), one class takes at least
-  ``CONSTANT_SHARE`` of the predictions. This also catches a model that never trained badly but was
-  destroyed by compression (an 80 %-pruned model without fine-tuning can predict one class for every
-  image).
+  ``CONSTANT_SHARE`` of the predictions. For a model that its stage trained this is a collapse too; a
+  model compression destroyed without training (an 80 %-pruned model without fine-tuning can predict
+  one class for every image) is the paper's own measurement, recorded as ``constant_predictions``.
 
 The record (``collapse_record``, ``model_collapse``): every training stage's metrics.json and its entry
 in the lineage ``stages`` carry ``collapsed``/``collapsed_reason``; an eval.json carries them for the
@@ -81,19 +81,24 @@ def collapse_record(reason: str | None) -> dict:
     return {"collapsed": reason is not None, "collapsed_reason": reason}
 
 
-def model_collapse(stages: Sequence[dict], predictions: Iterable[int] | None, num_classes: int) -> dict:
+def model_collapse(stages: Sequence[dict], predictions: Iterable[int] | None, num_classes: int,
+                   trained: bool = True) -> dict:
     """The collapse keys of an eval.json. ``stages``: the evaluated model's lineage (oldest first, the
     stage that made it last); ``predictions``: its predicted classes on the test set (None for a
-    diverged model). ``collapsed``/``collapsed_reason``: the model itself, by its own training or its
-    predictions (a compressed model without fine-tuning can be destroyed without training at all);
-    ``collapsed_upstream``: the earlier stages whose training collapsed (entries written before the
-    key count as healthy)."""
+    diverged model); ``trained``: whether the stage that made it trained it (train_base, finetune, QAT).
+    ``collapsed``/``collapsed_reason``: a training outcome, of the model's own training (its stage's
+    record) or of its predictions when its stage trained it; ``collapsed_upstream``: the earlier stages
+    whose training collapsed (entries written before the key count as healthy). ``constant_predictions``:
+    why a model its stage did not train (pruned or PTQ without fine-tuning) predicts (nearly) one class.
+    That is a measurement, the paper's "pruning without fine-tuning destroys accuracy", not a failed
+    recipe: its numbers are kept and averaged."""
     *earlier, own = stages or [{}]
-    reasons = [own.get("collapsed_reason") if own.get("collapsed") else None,
-               None if predictions is None else prediction_collapse(predictions, num_classes)]
+    constant = None if predictions is None else prediction_collapse(predictions, num_classes)
+    reasons = [own.get("collapsed_reason") if own.get("collapsed") else None, constant if trained else None]
     reasons = [r for r in reasons if r]
     return {"collapsed": bool(reasons), "collapsed_reason": "; ".join(reasons) or None,
-            "collapsed_upstream": [st["stage"] for st in earlier if st.get("collapsed")]}
+            "collapsed_upstream": [st["stage"] for st in earlier if st.get("collapsed")],
+            "constant_predictions": None if trained else constant}
 
 
 # ----------------------------------------------------------------------------- end-of-run banner

@@ -202,5 +202,5 @@ def claims_note(margin: float) -> str:
             f"lies outside; otherwise inconclusive. McNemar p: exact test on the pooled pairs (seeds stacked), "
             f"shown beside. Robust = per-sample worst case over the attack suite. not run = a model of the "
             f"claim is not in this experiment. diverged / collapsed (A k/n, B k/n) = k of the n seeds of A or "
-            f"B diverged, or collapsed to a (near-)constant classifier (the model itself or a model it was "
+            f"B diverged, or were trained into a (near-)constant classifier (the model itself or a model it was "
             f"built from): no statistic is computed, the comparison is not evidence either way.")

@@ -78,6 +78,7 @@ OPTIONAL_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
     "diverged": (("diverged",), "bool"),
     "collapsed": (("collapsed",), "bool"),
     "collapsed_reason": (("collapsed_reason",), "str"),
+    "constant_predictions": (("constant_predictions",), "str"),
     "robust_acc_pgd": (("robust_acc_pgd",), "fraction"),
     "robust_acc_whitebox": (("robust_acc_whitebox",), "fraction"),
     **{f"robust_acc_after_{a}": (("attacks", a, "robust_acc_after"), "fraction") for a in ATTACKS},

@@ -11,10 +11,11 @@ from .stats import joined
 
 # The legend of the health marks (labels.health_text), under every table that shows accuracies.
 HEALTH_NOTE = ("diverged (k/n) = k of n seeds diverged (non-finite weights or logits) and are not scored; "
-               "collapsed (k/n) = k of n seeds whose model, or a model it was built from, collapsed to a "
-               "(near-)constant classifier (training ended at chance accuracy or a loss of ln C, or one class "
-               f"takes at least {CONSTANT_SHARE:.0%} of the test predictions): evaluated, but never averaged "
-               "or compared.")
+               "collapsed (k/n) = k of n seeds whose model, or a model it was built from, was trained into a "
+               "(near-)constant classifier (at chance accuracy and a loss of ln C on clean training images, or "
+               f"one class taking at least {CONSTANT_SHARE:.0%} of the predictions): evaluated, but never "
+               "averaged or compared. A compressed model without fine-tuning that predicts one class is a "
+               "measurement and is averaged.")
 NOTE = ("Accuracy in %, mean ± sample std (ddof=1) over seeds; n = number of seeds "
         "(std 0.00 when n = 1); n/a = no data for that combination. Robustness: per-sample worst "
         f"case over the evaluation's attack suite. {FLAG_MARK} = the evaluation audit flagged a sign "

@@ -68,8 +68,12 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
                                                        precision, num_classes) if curve else None)
         log.info("clean %.4f, PGD %.4f, worst case %.4f, audit flags %s", result["clean_acc"], result["robust_acc_pgd"],
                  result["robust_acc"], result["audit"]["flags"] or "none")
+    # a model its stage trained has a history (train_base, finetune, QAT); pruning and PTQ train nothing
     collapse = model_collapse(upstream["stages"], None if outcome is None else outcome["predictions"].tolist(),
-                              num_classes)
+                              num_classes, trained="history" in upstream)
+    if collapse["constant_predictions"]:
+        log.info("compression without training left a constant classifier (%s): a measurement, kept in the means",
+                 collapse["constant_predictions"])
     if collapse["collapsed"]:
         log.warning("COLLAPSED: this model is a constant classifier (%s): evaluated, but reported as collapsed, "
                     "never averaged", collapse["collapsed_reason"])
