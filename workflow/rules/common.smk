@@ -1,13 +1,18 @@
 # The experiment config, wildcard constraints, input functions and target lists. Every name (stages,
 # paths, compression labels, tables, figures) comes from advfine.vocab, the package's vocabulary.
-import os
 import re
-import sys
 
-# The workflow imports its own advfine package from src/ (the job scripts do the same).
-sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+# The workflow and its jobs run the installed advfine package (`make install` installs this checkout's).
+try:
+    from advfine import vocab
+except ModuleNotFoundError as err:
+    if err.name != "advfine":
+        raise
+    raise ModuleNotFoundError(
+        "the advfine package is not installed in this Python environment: run `make install`, "
+        "or `pip install -e .` in the repository"
+    ) from None
 
-from advfine import vocab
 from advfine.config import (
     ConfigError,
     check_device,
