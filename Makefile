@@ -9,11 +9,13 @@ CORES ?= 2
 
 install: $(VENV)/.installed
 
-# One resolution of everything (runtime, torchattacks included, and the dev tools); pip check
-# fails the install if any two packages disagree.
-$(VENV)/.installed: requirements.txt
+# One resolution of everything (runtime, torchattacks included, and the dev tools), then the advfine
+# package itself, editable (its dependencies are those pins); pip check fails the install if any two
+# packages disagree.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	$(BIN)/python -m pip check
 	touch $@
 

@@ -39,14 +39,13 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import yaml
+
+from advfine.config import ConfigError, resolve_config, stage_config, validate_config
+from advfine.health import prediction_collapse
+from advfine.vocab import SCRATCH_CONTROLS, parse_compression
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-import yaml  # noqa: E402
-
-from advfine.config import ConfigError, resolve_config, stage_config, validate_config  # noqa: E402
-from advfine.health import prediction_collapse  # noqa: E402
-from advfine.vocab import SCRATCH_CONTROLS, parse_compression  # noqa: E402
 
 ARMS = ("rb", "st", *SCRATCH_CONTROLS)
 ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,15 +22,14 @@ from pathlib import Path
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from advfine.audit import audit_evaluation
+from advfine.checkpoints import load_model
+from advfine.config import validate_config
+from advfine.data import load_prepared
+from advfine.evaluate import Suite, evaluate_model, robustness_curve
+from advfine.quantize import float_twin
 
-from advfine.audit import audit_evaluation  # noqa: E402
-from advfine.checkpoints import load_model  # noqa: E402
-from advfine.config import validate_config  # noqa: E402
-from advfine.data import load_prepared  # noqa: E402
-from advfine.evaluate import Suite, evaluate_model, robustness_curve  # noqa: E402
-from advfine.quantize import float_twin  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 NODES = {"dense f_st": "base-st/model.pt", "dense f_rb": "base-rb/model.pt",
          "T_ad(f_st^p) 80 %": "base-st/prune-0.8/ft-ad/model.pt",

@@ -21,9 +21,6 @@ import logging
 import statistics
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 TARGET = 1.5
 

@@ -19,18 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import torch
 
-import torch  # noqa: E402
-
-from advfine.attacks.pgd import PGDAttack  # noqa: E402
-from advfine.config import section_with_defaults  # noqa: E402
-from advfine.datasets import load_dataset  # noqa: E402
-from advfine.evaluate import Suite, evaluate_model  # noqa: E402
-from advfine.gpu_pool import job_device  # noqa: E402
-from advfine.models import build_model, default_arch  # noqa: E402
-from advfine.quantize import calibration_batches, float_twin, quantize_ptq  # noqa: E402
-from advfine.train import train_model  # noqa: E402
+from advfine.attacks.pgd import PGDAttack
+from advfine.config import section_with_defaults
+from advfine.datasets import load_dataset
+from advfine.evaluate import Suite, evaluate_model
+from advfine.gpu_pool import job_device
+from advfine.models import build_model, default_arch
+from advfine.quantize import calibration_batches, float_twin, quantize_ptq
+from advfine.train import train_model
 
 CHECKS: list[tuple[str, bool, str]] = []
 

@@ -12,9 +12,6 @@ import argparse
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def import_seconds(statement: str, repeats: int = 3) -> float:

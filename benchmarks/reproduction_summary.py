@@ -15,17 +15,15 @@ Reads ``all_metrics.csv`` and ``tables/claims.csv`` in each run's folder; prints
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from advfine.report.labels import format_cell, health_text
+from advfine.report.stats import collapsed_mask, diverged_mask, mean_std
+from advfine.vocab import CONTROLS, model_label
 
-from advfine.report.labels import format_cell, health_text  # noqa: E402
-from advfine.report.stats import collapsed_mask, diverged_mask, mean_std  # noqa: E402
-from advfine.vocab import CONTROLS, model_label  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # The paper's Fashion-MNIST numbers (Tables 2, 3 and 5: test and robust accuracy in %, mean ± std over
 # 3 seeds; 80 % pruning, INT8 PTQ), keyed by (train, method, finetune).

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
 BENCHMARKS = [  # (script, title, extra arguments)
     ("training_speed.py", "Adversarial training speed: naive reference, torchattacks, advfine fp32 and bf16", []),
     ("compressed_speed.py", "Compressed models: inference latency", ["--rounds", "7"]),

@@ -30,14 +30,11 @@ import math
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from advfine.data import iterate_batches  # noqa: E402
+from advfine.data import iterate_batches
 
 EPS, STEP_SIZE_FRACTION = 0.1, 2.5  # step size = 2.5 * eps / steps (Madry et al.'s rule of thumb)
 

@@ -13,6 +13,17 @@ from advfine.config import section_with_defaults, stage_config, validate_config
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FMNIST = REPO.parent / "shared" / "data" / "FashionMNIST" / "raw"
 
+
+def src_first(checkout: Path = REPO) -> str:
+    """A PYTHONPATH with ``checkout``'s src/ first: a subprocess imports that checkout's advfine, not a copy
+    installed in the environment."""
+    return os.pathsep.join(filter(None, [str(checkout / "src"), os.environ.get("PYTHONPATH")]))
+
+
+# Every subprocess of the tests (Snakemake, its jobs, the benchmarks) runs this checkout's package, as the
+# tests themselves do (pyproject's pytest pythonpath).
+os.environ["PYTHONPATH"] = src_first()
+
 # The seed of the trained fixtures (model init and training order): a test's verdict must not hang on one
 # trajectory, which also differs between CPUs (AVX-512, AVX2); `ADVFINE_TEST_SEED=3 pytest tests/test_x.py`
 # checks it under another.
@@ -112,9 +123,11 @@ def tiny_cfg():
 
 # ---------------------------------------------------------------- the whole workflow on a tiny config
 def snakemake(workdir, *args, timeout=900, snakefile=REPO / "Snakefile"):
+    """Snakemake on the workflow of ``snakefile``, which runs the package of the same checkout."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(workdir),
            "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, "PYTHONPATH": src_first(Path(snakefile).parent)}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 # The tiny DAG also runs QAT (INT8, from the trained robust model), so every table cell has data,

@@ -1,5 +1,6 @@
 """The cache follows the code: each rule's param ``code`` (advfine.fingerprint) changes when the package
 code its job runs changes, and not when a comment or docstring does."""
+import ast
 import importlib.util
 import re
 import shutil
@@ -17,9 +18,8 @@ from test_workflow import snakemake
 
 
 def copy_of_the_code(root):
-    """src/advfine and workflow/scripts under ``root``, laid out as in the repository."""
+    """The package, src/advfine, under ``root``."""
     shutil.copytree(REPO / "src" / "advfine", root / "src" / "advfine", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "workflow" / "scripts", root / "workflow" / "scripts")
 
 
 def fingerprints(root) -> dict:
@@ -83,6 +83,18 @@ def test_the_stage_module_its_deferred_imports_and_the_package_inits_count(tmp_p
     assert f"advfine.{other}" in load_fingerprint_module(tmp_path).stage_modules("plot")
     edit(tmp_path / "src" / "advfine" / "stages" / "__init__.py", '"""\n', '"""\nPACKAGE_CONSTANT = 1\n')
     assert all(fingerprints(tmp_path)[stage] != after[stage] for stage in vocab.STAGES)  # all import advfine.stages
+
+
+@pytest.mark.parametrize("stage", vocab.STAGES)
+def test_a_stage_script_imports_only_modules_its_fingerprint_covers(stage):
+    """The fingerprint walks from the job's entry points (advfine.job, advfine.stages.<stage>), not from the
+    script, which is no part of the package: a script importing more would run code the cache ignores."""
+    tree = ast.parse((REPO / "workflow" / "scripts" / f"{stage}.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    advfine_modules = {name for name in imported if name.split(".")[0] == "advfine"}
+    assert {"advfine.job", "advfine.stages"} <= advfine_modules
+    assert advfine_modules <= stage_modules(stage), advfine_modules - stage_modules(stage)
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """The experiment config: which files make it (``resolve_config``: an experiment config file is complete,
-an overlay names its base with ``extends``), validation against ``workflow/schemas/config.schema.yaml``
-(which holds every default: validation fills them in, so code reads keys without defaults of its own),
-the checks the schema cannot express, and the slice of the config each stage reads.
+an overlay names its base with ``extends``), validation against ``config.schema.yaml`` beside this module
+(package data, linked from workflow/schemas/ where Snakemake workflows keep it; it holds every default:
+validation fills them in, so code reads keys without defaults of its own), the checks the schema cannot
+express, and the slice of the config each stage reads.
 
 Each stage gets only the sections it uses (``stage_config``); the workflow passes that slice as the
 rule's Snakemake params, so changing a setting reruns exactly the stages that read it, and adding a
@@ -19,7 +20,7 @@ import yaml
 
 from .vocab import ATTACKS, NUM_CLASSES
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 
 # The config each stage reads, as dotted paths (a section, or one key of it); keys are the stage names.
 # Exactly what it reads (tests/test_stage_slices.py records the keys each stage reads): a key outside its

@@ -2,11 +2,13 @@
 
 Snakemake reruns a job when its ``script:`` file changes, not when a module the script imports does.
 Each rule therefore gets a param ``code``: a hash of every advfine module its job imports, found by
-walking the imports of ``workflow/scripts/<stage>.py`` with ``ast`` (transitively, deferred imports
-too, and the packages' ``__init__`` modules, which an import runs). A module's code is hashed in a
-normalized form, its ``ast.unparse`` without docstrings: an edit of a comment, a docstring or the
-layout reruns nothing (days of training stay valid), any change of code reruns the stage and, through
-its outputs, everything downstream. A new Python version may unparse some code differently and so rerun
+walking with ``ast`` the imports of the job's entry points, ``advfine.job`` and ``advfine.stages.<stage>``
+(transitively, deferred imports too, and the packages' ``__init__`` modules, which an import runs); a
+stage script imports no advfine module beyond these (tests/test_fingerprint.py). The files hashed are
+this package's, wherever it is installed: the code that runs. A module's code is hashed in a normalized
+form, its ``ast.unparse`` without docstrings: an edit of a comment, a docstring or the layout reruns
+nothing (days of training stay valid), any change of code reruns the stage and, through its outputs,
+everything downstream. A new Python version may unparse some code differently and so rerun
 stages once. Pure Python (no torch): the Snakefile calls it at parse time.
 """
 from __future__ import annotations
@@ -17,7 +19,6 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-SCRIPTS_DIR = PACKAGE_DIR.parents[1] / "workflow" / "scripts"
 
 
 def code_fingerprint(stage: str) -> str:
@@ -29,9 +30,9 @@ def code_fingerprint(stage: str) -> str:
 
 
 def stage_modules(stage: str) -> set[str]:
-    """The advfine modules the job of rule ``stage`` imports: those its script imports, and theirs."""
+    """The advfine modules the job of rule ``stage`` imports: its entry points, and what they import."""
     found: set[str] = set()
-    pending = list(_read_module(SCRIPTS_DIR / f"{stage}.py", "")[0])
+    pending = sorted(_with_packages("advfine.job") | _with_packages(f"advfine.stages.{stage}"))
     while pending:
         module = pending.pop()
         if module not in found:
@@ -41,7 +42,7 @@ def stage_modules(stage: str) -> set[str]:
 
 
 def _module_path(module: str) -> Path:
-    """``advfine.stages.train_base`` -> src/advfine/stages/train_base.py (a package: its __init__.py)."""
+    """``advfine.stages.train_base`` -> <package>/stages/train_base.py (a package: its __init__.py)."""
     path = PACKAGE_DIR.parent.joinpath(*module.split("."))
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
@@ -76,7 +77,12 @@ def _read_module(path: Path, module: str) -> tuple[tuple[str, ...], str]:
                 node.body = body[1:] or [ast.Pass()]  # the docstring
     modules = set()
     for name in names:
-        parts = name.split(".")
-        if parts[0] == "advfine":
-            modules |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+        if name.split(".")[0] == "advfine":
+            modules |= _with_packages(name)
     return tuple(sorted(modules)), ast.unparse(tree)
+
+
+def _with_packages(module: str) -> set[str]:
+    """``advfine.stages.qat`` and the packages above it (importing a module runs their __init__)."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}

@@ -26,8 +26,12 @@ def _version(package: str) -> str:
 
 
 def git_commit(repo_dir: str | Path | None = None) -> str:
-    """HEAD of the project's git checkout ('+dirty' when tracked files changed), or 'unknown'."""
-    repo_dir = Path(repo_dir or Path(__file__).resolve().parents[2])
+    """HEAD of the git checkout whose src/advfine this package is ('+dirty' when tracked files changed),
+    or 'unknown' for an installed copy, which belongs to no checkout, whatever folder holds it."""
+    checkout = Path(__file__).resolve().parents[2]
+    if repo_dir is None and not (checkout / ".git").exists():
+        return "unknown"
+    repo_dir = Path(repo_dir or checkout)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()

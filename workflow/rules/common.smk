@@ -2,12 +2,34 @@
 # paths, compression labels, tables, figures) comes from advfine.vocab, the package's vocabulary.
 import os
 import re
-import sys
 
-# The workflow imports its own advfine package from src/ (the job scripts do the same).
-sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from snakemake.settings.types import DeploymentMethod
 
-from advfine import vocab
+# The workflow and its jobs run the installed advfine package (`make install` installs this checkout's).
+try:
+    from advfine import vocab
+except ModuleNotFoundError as err:
+    if err.name != "advfine":
+        raise
+    raise ModuleNotFoundError(
+        "the advfine package is not installed in this Python environment: run `make install`, "
+        "or `pip install -e .` in the repository"
+    ) from None
+
+# Under --software-deployment-method conda the jobs run in envs/advfine.yaml's environment, which holds
+# the dependencies but not this workflow's package (a conda env file cannot name a local path): the jobs
+# import it from the package that this Snakemake process runs.
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(
+            None,
+            [
+                os.path.dirname(os.path.dirname(vocab.__file__)),
+                os.environ.get("PYTHONPATH"),
+            ],
+        )
+    )
+
 from advfine.config import (
     ConfigError,
     check_device,

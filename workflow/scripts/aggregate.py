@@ -1,7 +1,3 @@
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # this workflow's advfine package
-
 from advfine.job import snakemake_job
 from advfine.stages import aggregate
 
