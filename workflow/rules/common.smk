@@ -20,15 +20,7 @@ except ModuleNotFoundError as err:
 # the dependencies but not this workflow's package (a conda env file cannot name a local path): the jobs
 # import it from the package that this Snakemake process runs.
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        filter(
-            None,
-            [
-                os.path.dirname(os.path.dirname(vocab.__file__)),
-                os.environ.get("PYTHONPATH"),
-            ],
-        )
-    )
+    os.environ.update(PYTHONPATH=os.path.dirname(os.path.dirname(vocab.__file__)))
 
 from advfine.config import (
     ConfigError,
