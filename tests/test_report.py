@@ -2,16 +2,18 @@
 synthetic set of eval.json files with known numbers."""
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from advfine import vocab
-from advfine.report import audit_table, collect, figures, labels, render, stats, tables
+from advfine.report import audit_table, collect, figures, html_tables, labels, render, stats, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PDF_MAGIC = b"%PDF-"
@@ -274,6 +276,24 @@ def test_latex_labels_and_escaping():
     assert labels.latex_model_label("my_model & 50%") == r"my\_model \& 50\%"
     assert labels.latex_escape(r"a_b^c{d}~\#$") == (r"a\_b\textasciicircum{}c\{d\}"
                                                     r"\textasciitilde{}\textbackslash{}\#\$")
+
+
+def test_figure_labels_are_mathtext_of_the_paper_notation():
+    assert labels.math_model_label("st") == "$f_{st}$"
+    assert labels.math_model_label("rb", "prune") == "$f_{rb}^{p}$"
+    assert labels.math_model_label("st", "ptq", "ad") == r"$\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)"
+    assert labels.math_model_label("rb", "qat", "st") == r"$\mathcal{T}_{st}(f_{rb}^{q})$ (QAT)"
+    # a label outside the notation stays plain text, its $ escaped
+    assert labels.mathtext_label("S_ad^ft(arch f^p)") == "S_ad^ft(arch f^p)"
+    assert labels.mathtext_label("model $1") == r"model \$1"
+    # matplotlib parses every label the figures use
+    from matplotlib.mathtext import MathTextParser
+    parser = MathTextParser("path")
+    for train in ("st", "rb"):
+        for method in ("dense", "prune", "ptq", "qat"):
+            for finetune in ("none", "st", "ad"):
+                math = labels.math_model_label(train, method, finetune).split(" (")[0]
+                parser.parse(math)
 
 
 def test_number_formats():
@@ -801,6 +821,53 @@ def test_write_tables_needs_one_dataset(df, tmp_path):
         render.write_tables(collect.collect_metrics([]), tmp_path / "t", 0.8, 8)
 
 
+def page_tables(page: str) -> list[tuple[list[str], list[list[tuple[str, str]]]]]:
+    """[(header, rows of (cell class, text))] of each table of one of our HTML pages."""
+    tables = []
+    for table in re.findall(r"<table>(.*?)</table>", page, flags=re.S):
+        header = [html.unescape(h) for h in re.findall(r"<th>(.*?)</th>", table)]
+        rows = [[(kind, html.unescape(text)) for kind, text in re.findall(r'<td(?: class="(\w+)")?>(.*?)</td>', tr)]
+                for tr in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], flags=re.S)]
+        tables.append((header, rows))
+    return tables
+
+
+def min_width_chars(header: list[str], rows: list) -> int:
+    """The narrowest a table can be laid out, in characters: per column its longest word (number cells and
+    header words do not break; a "long" cell breaks anywhere)."""
+    def unbreakable(kind: str, text: str) -> int:
+        return len(text) if kind == "number" else 1 if kind == "long" else max(map(len, text.split()), default=0)
+
+    return sum(max([unbreakable("", h)] + [unbreakable(*row[j]) for row in rows]) for j, h in enumerate(header))
+
+
+def test_the_reports_html_tables_fit_beside_their_caption(df_qat, tmp_path):
+    """The report shows a table's HTML in half a screen (about 650 px at 13 px, 80 characters with padding):
+    a wide table comes in parts that each fit, every column in one part beside the columns that name a row."""
+    controls = frame(tmp_path / "controls", [make_record("st", "prune-0.8", arm, seed)
+                                             for arm in ("fgsm", "scratch") for seed in (0, 1)])
+    render.write_tables(pd.concat([df_qat, controls], ignore_index=True), tmp_path, 0.8, 8)
+    for stem in vocab.table_names("fashion_mnist"):
+        md = (tmp_path / f"{stem}.md").read_text(encoding="utf-8")
+        first_row = next(line for line in md.splitlines() if line.startswith("|"))
+        md_header = [c.strip() for c in first_row.strip("|").split("|")]
+        parts = page_tables((tmp_path / f"{stem}.html").read_text(encoding="utf-8"))
+        assert {c for header, _ in parts for c in header} == set(md_header), stem
+        assert all(header[0] == md_header[0] or header[0] == md_header[1] for header, _ in parts), stem
+        for header, rows in parts:
+            assert min_width_chars(header, rows) <= 80, (stem, header)
+        if stem == "claims":  # the answer beside the question
+            assert parts[0][0] == ["Claim", "Statement", "A", "B", "Verdict"]
+    (header, rows), = page_tables((tmp_path / "table3_compressed.html").read_text(encoding="utf-8"))
+    assert rows[0][:2] == [("", "f_st^p"), ("", "test")] and rows[0][4] == ("number", "82.00 ± 2.83")  # one line
+
+
+def test_an_html_table_whose_layout_lost_a_column_is_refused():
+    block = pd.DataFrame({"Claim": ["C1"], "Statement": ["s"]})
+    with pytest.raises(ValueError, match="HTML parts of table layout 'claims'"):
+        html_tables.table_page("caption", [(("e", "digits", "cnn8"), block)], "note", "claims")
+
+
 def test_write_tables_empty(tmp_path):
     written = render.write_tables(collect.collect_metrics([]), tmp_path, 0.8, 8, dataset="cifar10")
     assert [p.stem for p in written[::4]] == vocab.table_names("cifar10")
@@ -961,6 +1028,98 @@ def test_figure5_draws_the_robustness_curves(suite_df, tmp_path):
     _assert_png(empty[0])
 
 
+def drawn_figure(monkeypatch, plot, df):
+    """The matplotlib Figure ``plot`` draws from ``df`` (rendered, not saved)."""
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, *paths: drawn.append(fig) or [])
+    plot(df, "unused.png")
+    (fig,) = drawn
+    fig.canvas.draw()  # renders every text: a label that is not valid mathtext raises here
+    return fig
+
+
+def series(ax) -> dict:
+    """{legend label: the data line (Line2D) of its error-bar series} of one panel."""
+    return {c.get_label(): c.lines[0] for c in ax.containers}
+
+
+@pytest.fixture
+def levels_df(tmp_path):
+    """T_ad(f_st^p) at one sparsity, whose test accuracy (mean ± std) passes 100 % and robustness passes 0 %;
+    T_ad(f_rb^p) at two sparsities; the dense models."""
+    recs = [make_record(train, "dense", "none", seed) for train in ("st", "rb") for seed in (0, 1)]
+    recs += [make_record("st", "prune-0.5", "ad", 0, clean=0.999, robust=0.0),
+             make_record("st", "prune-0.5", "ad", 1, clean=0.90, robust=0.10)]
+    recs += [make_record("rb", comp, "ad", seed) for comp in ("prune-0.5", "prune-0.8") for seed in (0, 1)]
+    return frame(tmp_path, recs)
+
+
+T_AD_ST_P, T_AD_RB_P = r"$\mathcal{T}_{ad}(f_{st}^{p})$", r"$\mathcal{T}_{ad}(f_{rb}^{p})$"
+
+
+def test_accuracy_axes_span_0_to_100_and_error_bars_are_clipped_not_the_data(levels_df, monkeypatch):
+    fig = drawn_figure(monkeypatch, figures.plot_figure1, levels_df)
+    prune, ptq = fig.axes
+    assert prune.get_ylim() == (0.0, 100.0)
+    assert [t.get_text() for t in ptq.texts] == ["no data"]
+    test = next(c for c in prune.containers if c.get_label() == f"{T_AD_ST_P}: test")
+    robust = next(c for c in prune.containers if c.get_label() == f"{T_AD_ST_P}: robustness")
+    # the points are the means as measured: 94.95 ± 7.0 and 5.0 ± 7.1
+    assert test.lines[0].get_ydata()[0] == pytest.approx(94.95)
+    assert robust.lines[0].get_ydata()[0] == pytest.approx(5.0)
+    for c in prune.containers:
+        (bars,) = c.lines[2]
+        ys = np.concatenate([seg[:, 1] for seg in bars.get_segments()])
+        caps = np.concatenate([cap.get_ydata() for cap in c.lines[1]])
+        assert ys.min() >= 0.0 and ys.max() <= 100.0 and caps.min() >= 0.0 and caps.max() <= 100.0
+    # the bars stop at the axis, they are not dropped
+    assert test.lines[2][0].get_segments()[0][:, 1].max() == pytest.approx(100.0)
+    assert robust.lines[2][0].get_segments()[0][:, 1].min() == pytest.approx(0.0)
+
+
+def test_a_single_level_is_drawn_as_points_several_levels_as_lines(levels_df, monkeypatch):
+    prune = drawn_figure(monkeypatch, figures.plot_figure1, levels_df).axes[0]
+    lines = series(prune)
+    single = [lines[f"{T_AD_ST_P}: test"], lines[f"{T_AD_ST_P}: robustness"]]
+    several = [lines[f"{T_AD_RB_P}: test"], lines[f"{T_AD_RB_P}: robustness"]]
+    assert [len(line.get_xdata()) for line in single + several] == [1, 1, 2, 2]
+    assert all(line.get_linestyle() == "None" and line.get_marker() == "s" for line in single)
+    assert [line.get_linestyle() for line in several] == ["-", "--"]  # test solid, robustness dashed
+
+
+def test_figures_label_models_in_the_papers_notation_and_titles_name_no_run(levels_df, monkeypatch):
+    fig = drawn_figure(monkeypatch, figures.plot_figure1, levels_df)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    # one row per model, test on the left and robustness on the right, then the dense models
+    assert legend == [f"{T_AD_ST_P}: test", f"{T_AD_RB_P}: test", "$f_{st}$ (dense, no fine-tuning)",
+                      f"{T_AD_ST_P}: robustness", f"{T_AD_RB_P}: robustness", "$f_{rb}$ (dense, no fine-tuning)"]
+    assert all(t.get_math_fontfamily() == "cm" for t in fig.axes[0].get_legend().get_texts())
+    titles = [fig._suptitle.get_text()] + [ax.get_title() for ax in fig.axes]
+    assert titles[0].startswith("Fashion-MNIST, 8-layer CNN\n")
+    assert r"$\mathcal{T}_{ad}(f^{p})$" in titles[1]
+    assert not any("fmnist_cnn8" in t or "Figure" in t for t in titles)  # the run's name, the figure's number
+
+
+def test_a_model_has_one_colour_and_marker_in_every_figure(suite_df, monkeypatch):
+    fig1 = drawn_figure(monkeypatch, figures.plot_figure1, suite_df)
+    fig5 = drawn_figure(monkeypatch, figures.plot_figure5, suite_df)
+    in_fig1, in_fig5 = series(fig1.axes[0]) | series(fig1.axes[1]), series(fig5.axes[0])
+
+    def style(line):
+        return line.get_color(), line.get_marker()
+
+    for label, marker in ((T_AD_ST_P, "s"), (r"$\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)", "^")):
+        assert style(in_fig1[f"{label}: test"]) == style(in_fig1[f"{label}: robustness"])
+        assert style(in_fig1[f"{label}: test"]) == style(in_fig5[f"{label} (n = 2)"])
+        assert style(in_fig5[f"{label} (n = 2)"])[1] == marker
+    # the dense models: the dotted references of Figure 1, the curves of Figure 5
+    references = {line.get_color() for line in fig1.axes[0].get_lines() if line.get_linestyle() == ":"}
+    assert references == {style(in_fig5["$f_{st}$ (n = 2)"])[0], style(in_fig5["$f_{rb}$ (n = 2)"])[0]}
+    assert len(references | {style(in_fig1[f"{T_AD_ST_P}: test"])[0]}) == 3  # different models, different colours
+    for ax in fig5.axes:
+        assert ax.get_ylim() == (0.0, 100.0)
+
+
 # ----------------------------------------------------------------------------- training health
 
 TRAINING_COLLAPSE = "epoch 20: training loss 2.3026 >= ln 10 = 2.3026 (training accuracy 0.100)"
@@ -1040,11 +1199,12 @@ def test_figures_write_collapsed_where_the_point_would_be(health_df, tmp_path):
     ax = fig.subplots()
     (_, g), = stats.groups(health_df)
     figures._panel(ax, g, "prune", "ad", ("rb",), "pruned, adversarial fine-tuning")  # built on a collapsed f_rb
-    assert [t.get_text() for t in ax.texts] == ["collapsed", "collapsed"]  # test and robustness
+    assert [t.get_text() for t in ax.texts] == ["collapsed"]  # where the point (test and robustness) would be
+    assert not any(len(c.lines[0].get_xdata()) and np.isfinite(c.lines[0].get_ydata()).any() for c in ax.containers)
     fig = figures.new_figure(6, 4)
     ax = fig.subplots()
     figures._panel(ax, g, "prune", "none", ("st",), "pruned, no fine-tuning")  # a measurement: drawn
-    assert len(ax.texts) == 0 and len(ax.lines) > 0
+    assert len(ax.texts) == 0 and any(np.isfinite(c.lines[0].get_ydata()).any() for c in ax.containers)
     assert figures.plot_figure3(health_df, tmp_path / "f3.png")[0].read_bytes().startswith(PNG_MAGIC)
 
 
@@ -1062,7 +1222,7 @@ def test_figure5_draws_no_curve_for_a_collapsed_model(tmp_path, monkeypatch):
     monkeypatch.setattr(figures, "save_figure", lambda fig, *paths: drawn.append(fig) or [])
     figures.plot_figure5(frame(tmp_path, recs), tmp_path / "f5.png")
     legend = [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()]
-    assert legend == ["f_rb: collapsed (1/2)", "f_st (n=2)"]
+    assert legend == ["$f_{st}$ (n = 2)", "$f_{rb}$: collapsed (1/2)"]
 
 
 @pytest.mark.parametrize("bad, key", [({"collapsed_upstream": "train_base"}, "collapsed_upstream"),

@@ -38,7 +38,9 @@ from torch import nn
 
 from .attacks.pgd import PGDAttack
 from .models import layer_outputs
-from .report.figures import new_figure, save_figure
+from .report.figures import model_style, new_figure, paper_style, save_figure
+from .report.labels import mathtext_label
+from .vocab import FIGURE2_MODELS, figure2_label
 
 BAG_LABEL = 8  # Fashion-MNIST class "bag", the class the paper's Figure 2 shows
 FIGURE2_LAYERS = (6, 7, 8)  # the paper's "last three hidden layers"
@@ -166,12 +168,23 @@ def _frame(row: int, pair: str, column: str, layer: int, parts: list, samples: n
     })
 
 
-# Colors: clean/attacked versions of model A in blues, of model B in reds; clean inputs gray.
-_STYLE = {("A", "clean"): ("tab:blue", "o"), ("A", "adversarial"): ("tab:cyan", "x"),
-          ("B", "clean"): ("tab:red", "o"), ("B", "adversarial"): ("tab:orange", "x"),
-          ("", "clean"): ("tab:gray", "o")}
+# The paper's models by their labels, for their colours (``report.figures.model_style``, the same in every
+# figure); models under other labels are blue (A) and red (B) of their pair.
+_PAPER_MODELS = {figure2_label(name): identity for name, identity in FIGURE2_MODELS.items()}
+_OTHER_COLOURS = {"A": "tab:blue", "B": "tab:red"}
 
 
+def _point_style(model: str, role: str, condition: str) -> tuple[str, str]:
+    """(colour, marker) of a group of points: a model's colour, dots for clean and crosses for attacked
+    images; the clean input images gray."""
+    if model == "":
+        return "tab:gray", "o"
+    colour = (model_style(*_PAPER_MODELS[model])[0] if model in _PAPER_MODELS
+              else _OTHER_COLOURS.get(role, "black"))
+    return colour, "o" if condition == "clean" else "x"
+
+
+@paper_style
 def plot_figure2(df: pd.DataFrame, path_png: str | os.PathLike,
                  path_pdf: str | os.PathLike | None = None) -> list[Path]:
     """Figure 2 from ``figure2_embeddings`` output: one row per model pair, columns input and
@@ -188,9 +201,10 @@ def plot_figure2(df: pd.DataFrame, path_png: str | os.PathLike,
         for ax, column in zip(ax_row, columns):
             panel = sub[sub["column"] == column]
             for (model, condition), pts in panel.groupby(["model", "condition"], sort=False):
-                color, marker = _STYLE.get((role.get(model, ""), condition), ("black", "."))
-                text = ("clean" if model == "" else f"PGD vs {model}" if column == "input"
-                        else f"{model}: {'PGD' if condition == 'adversarial' else 'clean'}")
+                color, marker = _point_style(model, role.get(model, ""), condition)
+                shown = mathtext_label(model)
+                text = ("clean" if model == "" else f"PGD vs {shown}" if column == "input"
+                        else f"{shown}: {'PGD' if condition == 'adversarial' else 'clean'}")
                 ax.scatter(pts["tsne_x"], pts["tsne_y"], s=8, c=color, marker=marker,
                            linewidths=0.8, alpha=0.7, label=text)
             if len(panel) == 0:
@@ -201,9 +215,10 @@ def plot_figure2(df: pd.DataFrame, path_png: str | os.PathLike,
             if i == 0:
                 ax.set_title(column)
             if column in ("input", "layer 6") and len(panel):
-                ax.legend(fontsize=6, markerscale=1.5, loc="best", framealpha=0.7)
-        ax_row[0].set_ylabel(pair, fontsize=9)
-    fig.suptitle("Figure 2: t-SNE of inputs and of layers 6-8 outputs, clean and PGD-attacked "
-                 "images (PGD against each model)", fontsize=11)
+                ax.legend(fontsize=7, markerscale=1.5, loc="best", framealpha=0.7)
+        ax_row[0].set_ylabel(f"{mathtext_label(label_a)} vs {mathtext_label(label_b)}" if pair else "",
+                             fontsize=10)
+    fig.suptitle("t-SNE of the input images and of the outputs of layers 6-8, clean and PGD-attacked "
+                 "(PGD against each model)", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path_png, path_pdf)

@@ -19,11 +19,13 @@ Modules (import from them; this package re-exports nothing):
 * ``stats``: the rows of one model (``select``) and their mean and sample std over seeds
   (``summarize``), per (experiment, dataset, arch) group;
 * ``labels``: display names and cell text (``format_cell``, ``level_label``, ``dataset_name``,
-  ``latex_model_label``...); the paper's model notation is ``advfine.vocab.model_label``;
+  ``latex_model_label``, the figures' ``math_model_label``...); the paper's model notation is
+  ``advfine.vocab.model_label``;
 * ``tables``: the tables as DataFrames (``table2``, ``table3``, ``table5``,
   ``computational_gains``, ``compute_table``);
-* ``render``: the tables as CSV, Markdown and LaTeX files (``write_tables``);
-* ``figures``: Figures 1, 3 and 4 (``plot_figure1``/``3``/``4``, ``plot_figures``) and the
-  helpers Figure 2 (``advfine.features``) shares (``new_figure``, ``save_figure``); it needs only
-  ``stats`` and ``labels``, so importing it loads no table code.
+* ``render``: the tables as CSV, Markdown, LaTeX and HTML files (``write_tables``); ``html_tables`` writes
+  the HTML page the Snakemake report shows, a wide table in parts that fit beside its caption;
+* ``figures``: Figures 1, 3, 4 and 5 (``plot_figure1``/``3``/``4``/``5``, ``plot_figures``) and the
+  helpers Figure 2 (``advfine.features``) shares (``new_figure``, ``save_figure``, the palette
+  ``model_style``); it needs only ``stats`` and ``labels``, so importing it loads no table code.
 """

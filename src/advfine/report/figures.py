@@ -1,46 +1,78 @@
-"""The paper's Figures 1, 3 and 4 (and our Figure 5, robustness curves) from the per-model DataFrame (``collect_metrics`` or
-all_metrics.csv), and the figure helpers the other figures share (``new_figure``, ``save_figure``;
-Figure 2, the t-SNE of features, is drawn by ``advfine.features``).
+"""The paper's Figures 1, 3 and 4 (and our Figure 5, robustness curves) from the per-model DataFrame
+(``collect_metrics`` or all_metrics.csv), and the figure helpers the other figures share (``new_figure``,
+``save_figure``, ``paper_style``, ``model_style``, ``draw_accuracy``; Figure 2, the t-SNE of features, is drawn
+by ``advfine.features``).
 
 Figures (PNG, and PDF when a PDF path is given): Figure 1 (accuracy vs pruning sparsity and vs
 bit width after adversarial fine-tuning), Figure 3 (the same without fine-tuning), Figure 4
 (QAT robust models f_rb^q vs bit width, no fine-tuning). Points are the mean over seeds, error
-bars the sample std; dotted lines the dense model without fine-tuning; one panel row per
-(experiment, dataset, arch). A model with a diverged or collapsed seed (``stats``) has no point: the
-figure writes "diverged" or "collapsed" where it would be (Figure 5: in the legend, no curve). Each
-``plot_*`` function writes a PNG to ``path_png`` and, when ``path_pdf`` is given, the same figure as PDF,
-and returns the written paths; ``plot_figures`` writes both for figures named by their stems
-(``FIGURES``).
+bars the sample std, drawn clipped to the 0-100 % accuracy axis (the numbers are not clipped); a
+model measured at several levels is a line through its points, at one level points alone. Test
+accuracy is a solid line with filled markers, robustness a dashed line with open markers; dotted
+lines are the dense models without fine-tuning; one panel row per (experiment, dataset, arch),
+titled by dataset and architecture. A model with a diverged or collapsed seed (``stats``) has no
+point: the figure writes "diverged" or "collapsed" where it would be (Figure 5: in the legend, no
+curve). Every model is labelled in the paper's notation (``labels.math_model_label``) and drawn in
+its own colour and marker (``model_style``) in every figure. Each ``plot_*`` function writes a PNG to
+``path_png`` and, when ``path_pdf`` is given, the same figure as PDF, and returns the written paths;
+``plot_figures`` writes both for figures named by their stems (``FIGURES``).
 
 This module needs no other part of ``advfine.report`` but ``labels`` and ``stats``.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..files import atomic_path
-from ..vocab import DENSE, FIGURE1, FIGURE3, FIGURE4, FIGURE5, FIGURE_FORMATS, PRUNE, PTQ, QAT, model_label
-from .labels import arch_name, dataset_name
+from ..vocab import DENSE, FIGURE1, FIGURE3, FIGURE4, FIGURE5, FIGURE_FORMATS, PRUNE, PTQ, QAT
+from .labels import arch_name, dataset_name, health_text, math_model_label
 from .stats import GROUP_COLS, collapsed_mask, groups, select, summarize
 
-_LINES = [  # (train, metric key, label, color, marker)
-    ("st", "test", "standard f_st: test", "tab:blue", "o"),
-    ("st", "robust", "standard f_st: robustness", "tab:orange", "o"),
-    ("rb", "test", "robust f_rb: test", "tab:green", "s"),
-    ("rb", "robust", "robust f_rb: robustness", "tab:red", "s"),
-]
+ACCURACY_LIMITS = (0.0, 100.0)  # every accuracy axis, in %
+# The paper's notation set as LaTeX sets it (Computer Modern math); other text in matplotlib's sans serif.
+PAPER_RC = {"mathtext.fontset": "cm"}
+
+# The palette: one colour per base model and fine-tuning, one marker per compression method, so that a
+# model (train, method, fine-tuning) looks the same in every figure. Okabe-Ito colours (distinct with
+# colour-blindness); models outside the paper's figures are black.
+MODEL_COLOURS = {("st", "none"): "#0072B2", ("rb", "none"): "#D55E00",   # f_st blue, f_rb vermilion
+                 ("st", "ad"): "#009E73", ("rb", "ad"): "#CC79A7",       # T_ad(f_st) green, T_ad(f_rb) purple
+                 ("st", "st"): "#56B4E9", ("rb", "st"): "#E69F00"}       # T_st(f_st) sky blue, T_st(f_rb) orange
+OTHER_COLOUR = "black"
+COMPRESSION_MARKERS = {DENSE: "o", PRUNE: "s", PTQ: "^", QAT: "D"}
+
+# (metric key, legend word, line style, filled marker) of the two accuracies of a model
+_METRICS = [("test", "test", "-", True), ("robust", "robustness", "--", False)]
 _QUANT_XLABEL = {PTQ: "post-training quantization bit width",
                  QAT: "quantization-aware training bit width"}
 # The columns a figure reads (the empty stand-in when there are no rows has them).
 _USED_COLUMNS = [*GROUP_COLS, "seed", "train", "method", "level", "finetune", "clean_acc",
                  "robust_acc"]
+
+
+def model_style(train: str, method: str, finetune: str) -> tuple[str, str]:
+    """(colour, marker) of a model in every figure: colour by base model and fine-tuning, marker by
+    compression method."""
+    return MODEL_COLOURS.get((train, finetune), OTHER_COLOUR), COMPRESSION_MARKERS.get(method, "o")
+
+
+def paper_style(plot):
+    """Decorator of a function that draws and saves figures: it does so under ``PAPER_RC``."""
+    @functools.wraps(plot)
+    def styled(*args, **kwargs):
+        with rc_context(PAPER_RC):
+            return plot(*args, **kwargs)
+    return styled
 
 
 def new_figure(width: float, height: float):
@@ -66,6 +98,40 @@ def save_figure(fig, path_png: str | os.PathLike,
     return written
 
 
+def _model_order(train: str, method: str, level, finetune: str) -> tuple:
+    """Legend order: f_st's models before f_rb's, unfine-tuned before fine-tuned, dense, pruned, PTQ, QAT."""
+    def rank(value, order):
+        return order.index(value) if value in order else len(order)
+    return (rank(train, ("st", "rb")), rank(finetune, ("none", "st", "ad")), finetune,
+            rank(method, tuple(COMPRESSION_MARKERS)), float(level) if pd.notna(level) else -1.0)
+
+
+def draw_accuracy(ax, x, mean, std, *, colour: str, marker: str, label: str, linestyle: str = "-",
+                  filled: bool = True):
+    """Mean ± std of an accuracy (in %) at the levels ``x``: error bars drawn clipped to
+    ``ACCURACY_LIMITS`` (mean ± std may pass 100 %; the bar stops at the axis, the mean is drawn as
+    is), a line through the points when there are several levels, the points alone at one level.
+    Returns the ``ErrorbarContainer``."""
+    mean = np.asarray(mean, dtype=float)
+    std = np.nan_to_num(np.asarray(std, dtype=float))
+    low, high = ACCURACY_LIMITS
+    yerr = [mean - np.clip(mean - std, low, high), np.clip(mean + std, low, high) - mean]
+    drawn = ax.errorbar(x, mean, yerr=yerr, label=label, color=colour, marker=marker,
+                        linestyle=linestyle if len(mean) > 1 else "none",
+                        markerfacecolor=colour if filled else "white", markeredgecolor=colour,
+                        capsize=3, linewidth=1.5, markersize=6)
+    for artist in drawn.get_children():  # a marker or cap at 0 or 100 % is drawn whole, over the frame
+        artist.set_clip_on(False)
+    return drawn
+
+
+def _accuracy_axis(ax, ylabel: str = "accuracy (%)") -> None:
+    ax.set_ylim(*ACCURACY_LIMITS)
+    ax.set_yticks(np.arange(0, 101, 20))
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+
+
 def _curve(g: pd.DataFrame, train: str, method: str, finetune: str) -> pd.DataFrame:
     """Per-level seed statistics of one (train, method, finetune) curve, sorted by level."""
     sub = select(g, train, method, finetune)
@@ -84,7 +150,8 @@ def _no_data(ax, title: str) -> None:
 
 def _panel(ax, g: pd.DataFrame, method: str, finetune: str, trains: tuple[str, ...],
            title: str) -> list[int]:
-    """Draw one panel (accuracy vs compression level); returns the seed counts of the points."""
+    """Draw one panel (accuracy vs compression level) with its legend below it; returns the seed
+    counts of the points."""
     curves = {train: _curve(g, train, method, finetune) for train in trains}
     if all(c.empty for c in curves.values()):
         _no_data(ax, title)
@@ -92,90 +159,117 @@ def _panel(ax, g: pd.DataFrame, method: str, finetune: str, trains: tuple[str, .
     if method in _QUANT_XLABEL:  # categorical bit widths (INT16 ... INT1), most bits on the left
         bits = sorted({int(b) for c in curves.values() for b in c["level"]}, reverse=True)
         pos = {b: i for i, b in enumerate(bits)}
-        xof = lambda levels: [pos[int(b)] for b in levels]  # noqa: E731
+        # the models of a bit width side by side around its tick, so that none hides another
+        dodge = {train: 0.08 * (i - (len(trains) - 1) / 2) for i, train in enumerate(trains)}
+        xof = lambda levels, train: [pos[int(b)] + dodge[train] for b in levels]  # noqa: E731
         ax.set_xticks(range(len(bits)), [f"INT{b}" for b in bits])
         ax.set_xlim(-0.5, len(bits) - 0.5)
         ax.set_xlabel(_QUANT_XLABEL[method])
-    else:
-        xof = list
+    else:  # sparsity ratios, on their whole range
+        xof = lambda levels, train: list(levels)  # noqa: E731
+        ax.set_xlim(0.0, 1.0)
         ax.set_xlabel("pruning sparsity ratio")
     ns: list[int] = []
-    for train, key, label, color, marker in _LINES:
-        if train not in trains:
-            continue
+    handles: dict[str, list] = {key: [] for key, _, _, _ in _METRICS}
+    dense_handles = []
+    for train in trains:
         c = curves[train]
+        colour, marker = model_style(train, method, finetune)
+        label = math_model_label(train, method, finetune)
         if not c.empty:
-            ax.errorbar(xof(c["level"]), c[f"{key}_mean"], yerr=c[f"{key}_std"], label=label,
-                        color=color, marker=marker, capsize=3, linewidth=1.5)
-            ns += list(c["n"])
-            for x, diverged, collapsed in zip(xof(c["level"]), c["diverged"], c["collapsed"]):
+            for key, word, linestyle, filled in _METRICS:
+                handles[key].append(draw_accuracy(
+                    ax, xof(c["level"], train), c[f"{key}_mean"], c[f"{key}_std"], colour=colour, marker=marker,
+                    label=f"{label}: {word}", linestyle=linestyle, filled=filled))
+            ns += list(c["n"]) * len(_METRICS)
+            for x, diverged, collapsed in zip(xof(c["level"], train), c["diverged"], c["collapsed"]):
                 if diverged or collapsed:  # no number for such a model: say so where its point would be
-                    ax.annotate("diverged" if diverged else "collapsed", (x, 5), color=color, rotation=90,
+                    ax.annotate("diverged" if diverged else "collapsed", (x, 5), color=colour, rotation=90,
                                 fontsize=8, ha="center")
         dense = select(g, train, DENSE, "none")
         if len(dense):
-            ax.axhline(summarize(dense)[f"{key}_mean"], color=color, linestyle=":",
-                       linewidth=1, alpha=0.8)
-    ax.set_ylabel("accuracy (%)")
+            dense_colour, _ = model_style(train, DENSE, "none")
+            s = summarize(dense)
+            for key, _, _, _ in _METRICS:  # no line for a diverged or collapsed dense model (NaN)
+                ax.axhline(s[f"{key}_mean"], color=dense_colour, linestyle=":", linewidth=1.2)
+            health = health_text(s["diverged"], s["collapsed"], s["n"])
+            dense_handles.append(Line2D([], [], color=dense_colour, linestyle=":", linewidth=1.2,
+                                        label=f"{math_model_label(train)} (dense, no fine-tuning)"
+                                        + (f": {health}" if health else "")))
+    _accuracy_axis(ax)
     ax.set_title(title)
-    ax.grid(True, alpha=0.3)
+    # legend below the panel, filled column by column: one row per model, test on the left, robustness
+    # on the right, then the dense references
+    half = (len(dense_handles) + 1) // 2
+    ax.legend(handles=handles["test"] + dense_handles[:half] + handles["robust"] + dense_handles[half:],
+              loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=9, frameon=False)
     return ns
+
+
+def _where(keys: tuple) -> str:
+    """The title line of one (experiment, dataset, arch) group: ``"Fashion-MNIST, 8-layer CNN\\n"``."""
+    _, dataset, arch = keys
+    return f"{dataset_name(dataset)}, {arch_name(arch)}\n" if dataset else ""
+
+
+def _heading(rows: list, what: str) -> str:
+    """The figure's title: what it shows, after the dataset and architecture when there is one group
+    (several groups name theirs in their panels' titles)."""
+    where = _where(rows[0][0]) if len(rows) == 1 else ""
+    return where + what[0].upper() + what[1:]
 
 
 def _plot_levels(df: pd.DataFrame, path_png, path_pdf, panels: list[tuple[str, str, str]],
                  trains: tuple[str, ...], heading: str) -> list[Path]:
     """One row of ``panels`` (method, finetune, title) per (experiment, dataset, arch)."""
     rows = groups(df) or [(("", "", ""), pd.DataFrame(columns=_USED_COLUMNS))]
-    fig = new_figure(max(5.5 * len(panels), 7.5), 4.2 * len(rows) + 1.5)
+    fig = new_figure(max(5.0 * len(panels), 6.0), 5.0 * len(rows) + 1.0)
+    fig.set_layout_engine("constrained")
     axes = fig.subplots(len(rows), len(panels), squeeze=False)
     ns: list[int] = []
     for (keys, g), row_axes in zip(rows, axes):
-        exp, dataset, arch = keys
-        where = f"{exp}: {dataset_name(dataset)}, {arch_name(arch)}\n" if exp else ""
+        where = _where(keys) if len(rows) > 1 else ""
         for ax, (method, finetune, title) in zip(row_axes, panels):
             ns += _panel(ax, g, method, finetune, trains, where + title)
-    seeds = (f"n = {min(ns)} seeds" if ns and min(ns) == max(ns)
-             else f"n = {min(ns)}-{max(ns)} seeds" if ns else "no data")
-    fig.suptitle(f"{heading}\nmean ± sample std over seeds ({seeds})\n"
-                 "dotted lines: dense model without fine-tuning", fontsize=11)
-    handles = [Line2D([], [], color=c, marker=m, label=lab)
-               for train, _, lab, c, m in _LINES if train in trains]
-    handles.append(Line2D([], [], color="gray", linestyle=":", label="dense reference"))
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    seeds = ("no data" if not ns else f"n = {ns[0]} seed{'s' * (ns[0] != 1)}" if min(ns) == max(ns)
+             else f"n = {min(ns)}-{max(ns)} seeds")
+    fig.suptitle(_heading(rows, heading) + f"\nmean ± sample std over seeds ({seeds})", fontsize=11)
     return save_figure(fig, path_png, path_pdf)
 
 
+@paper_style
 def plot_figure1(df: pd.DataFrame, path_png: str | os.PathLike,
                  path_pdf: str | os.PathLike | None = None) -> list[Path]:
     """Figure 1: test accuracy and robustness of standard and robust models vs compression level
     after adversarial fine-tuning (finetune == "ad"); left pruning sparsity, right PTQ bit width;
     error bars = std over seeds; one panel row per (experiment, dataset, arch)."""
-    panels = [(PRUNE, "ad", "l1-norm pruning, T_ad(f^p)"),
-              (PTQ, "ad", "post-training quantization, T_ad(f^q)")]
+    panels = [(PRUNE, "ad", r"$\ell_1$-norm pruning, $\mathcal{T}_{ad}(f^{p})$"),
+              (PTQ, "ad", r"post-training quantization, $\mathcal{T}_{ad}(f^{q})$")]
     return _plot_levels(df, path_png, path_pdf, panels, ("st", "rb"),
-                        "Figure 1: compressed models after adversarial fine-tuning T_ad(·)")
+                        r"compressed models after adversarial fine-tuning $\mathcal{T}_{ad}(\cdot)$")
 
 
+@paper_style
 def plot_figure3(df: pd.DataFrame, path_png: str | os.PathLike,
                  path_pdf: str | os.PathLike | None = None) -> list[Path]:
     """Figure 3: the same as Figure 1 without fine-tuning (finetune == "none")."""
-    panels = [(PRUNE, "none", "l1-norm pruning (f^p)"),
-              (PTQ, "none", "post-training quantization (f^q)")]
+    panels = [(PRUNE, "none", r"$\ell_1$-norm pruning, $f^{p}$"),
+              (PTQ, "none", r"post-training quantization, $f^{q}$")]
     return _plot_levels(df, path_png, path_pdf, panels, ("st", "rb"),
-                        "Figure 3: compressed models without fine-tuning")
+                        "compressed models without fine-tuning")
 
 
+@paper_style
 def plot_figure4(df: pd.DataFrame, path_png: str | os.PathLike,
                  path_pdf: str | os.PathLike | None = None) -> list[Path]:
     """Figure 4: robust models quantized by quantization-aware training (method "qat", train
     "rb", finetune "none"): test accuracy and robustness vs bit width, one point per bit width."""
-    panels = [(QAT, "none", "quantization-aware training (f_rb^q)")]
+    panels = [(QAT, "none", r"quantization-aware training, $f_{rb}^{q}$")]
     return _plot_levels(df, path_png, path_pdf, panels, ("rb",),
-                        "Figure 4: robust models with quantization-aware training, "
-                        "no fine-tuning")
+                        "robust models with quantization-aware training, no fine-tuning")
 
 
+@paper_style
 def plot_figure5(df: pd.DataFrame, path_png: str | os.PathLike,
                  path_pdf: str | os.PathLike | None = None) -> list[Path]:
     """Figure 5 (not in the paper): robust accuracy against the attack radius (multiples of the
@@ -184,38 +278,39 @@ def plot_figure5(df: pd.DataFrame, path_png: str | os.PathLike,
     columns = sorted((c for c in df.columns if c.startswith("robust_acc_eps_x")),
                      key=lambda c: float(c[len("robust_acc_eps_x"):]))
     rows = groups(df) or [(("", "", ""), pd.DataFrame(columns=_USED_COLUMNS))]
-    fig = new_figure(7.5, 4.6 * len(rows) + 1.0)
+    fig = new_figure(8.0, 4.6 * len(rows) + 1.0)
+    fig.set_layout_engine("constrained")
     axes = fig.subplots(len(rows), 1, squeeze=False)
     for (keys, g), (ax,) in zip(rows, axes):
-        exp, dataset, arch = keys
-        title = f"{exp}: {dataset_name(dataset)}, {arch_name(arch)}" if exp else ""
+        title = _where(keys).strip() if len(rows) > 1 else ""
         measured = g[g[columns].notna().any(axis=1)] if columns else g.iloc[0:0]
         if measured.empty:
             _no_data(ax, title)
             continue
         eps = measured["attack_eps_pixel"].astype(float).dropna()
         unit = float(eps.iloc[0]) if len(eps) else 1.0
-        fractions = [float(c[len("robust_acc_eps_x"):]) for c in columns]
-        for (train, method, level, finetune), sel in measured.groupby(
-                ["train", "method", "level", "finetune"], dropna=False, sort=False):
-            label = model_label(train, method, finetune, quant_kind=True)
+        radii = [float(c[len("robust_acc_eps_x"):]) * unit for c in columns]
+        curves = measured.groupby(["train", "method", "level", "finetune"], dropna=False, sort=False)
+        handles = []
+        for (train, method, level, finetune), sel in sorted(curves, key=lambda kv: _model_order(*kv[0])):
+            label = math_model_label(train, method, finetune)
+            colour, marker = model_style(train, method, finetune)
             collapsed = collapsed_mask(sel)
             if collapsed.any():  # no curve for such a model: its legend entry says so
-                ax.plot([], [], linestyle="none", marker="x", color="gray",
-                        label=f"{label}: collapsed ({int(collapsed.sum())}/{len(sel)})")
+                handles += ax.plot([], [], linestyle="none", marker="x", color=colour,
+                                   label=f"{label}: collapsed ({int(collapsed.sum())}/{len(sel)})")
                 continue
             values = sel[columns].astype(float) * 100.0
-            ax.errorbar([f * unit for f in fractions], values.mean(), yerr=values.std(ddof=1).fillna(0.0),
-                        marker="o", capsize=3, linewidth=1.3, label=f"{label} (n={len(sel)})")
+            handles.append(draw_accuracy(ax, radii, values.mean(), values.std(ddof=1).fillna(0.0), colour=colour,
+                                         marker=marker, label=f"{label} (n = {len(sel)})"))
         ax.axvline(unit, color="gray", linestyle=":", linewidth=1)
-        ax.set_xlabel("attack radius eps (pixel units); dotted: the evaluation's eps")
-        ax.set_ylabel("robust accuracy (%)")
+        ax.set_xlim(left=0.0)
+        ax.set_xlabel(r"attack radius $\epsilon$ (pixel units); dotted: the evaluation's $\epsilon$")
+        _accuracy_axis(ax, "robust accuracy (%)")
         ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="upper right")
-    fig.suptitle("Figure 5: robust accuracy against eps (APGD-CE), models of Table 5\n"
-                 "mean ± sample std over seeds", fontsize=11)
-    fig.tight_layout()
+        ax.legend(handles=handles, fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle(_heading(rows, "robust accuracy against the attack radius (APGD-CE)")
+                 + "\nmean ± sample std over seeds", fontsize=11)
     return save_figure(fig, path_png, path_pdf)
 
 

@@ -2,8 +2,9 @@
 
 * Model labels follow the paper in plain text: ``f_st``, ``f_rb^p``, ``T_ad(f_st^q) (PTQ)``...
   (``^p`` = pruned, ``^q`` = quantized, ``T_st``/``T_ad`` = standard/adversarial fine-tuning),
-  built by ``advfine.vocab.base_label``/``model_label``; LaTeX renders them as math
-  (``latex_model_label``: ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``).
+  built by ``advfine.vocab.base_label``/``model_label``; LaTeX tables and matplotlib figures render
+  them as math (``latex_model_label``, ``mathtext_label``: ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``),
+  and ``math_model_label`` is the figures' label of a model identity (train, method, fine-tuning).
 * A cell is ``"mean ± std"`` with two decimals (``format_cell``); a requested combination with
   no data is shown as ``n/a`` (``NA``), never dropped.
 * Datasets and architectures are named in captions and titles by ``dataset_name``/``arch_name``.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 
-from ..vocab import DENSE, QUANTIZATION_METHODS
+from ..vocab import DENSE, QUANTIZATION_METHODS, model_label
 
 NA = "n/a"
 
@@ -21,6 +22,12 @@ DATASET_NAMES = {"digits": "Digits", "fashion_mnist": "Fashion-MNIST", "cifar10"
 ARCH_NAMES = {"cnn8": "8-layer CNN", "resnet18": "ResNet-18"}
 
 # ----------------------------------------------------------------------------- labels
+
+
+def group_title(keys: tuple) -> str:
+    """The title of one (experiment, dataset, arch) group of a table: ``fmnist: Fashion-MNIST, 8-layer CNN``."""
+    experiment, dataset, arch = keys
+    return f"{experiment}: {dataset_name(dataset)}, {arch_name(arch)}"
 
 
 def level_label(method: str, level: float | None) -> str:
@@ -146,16 +153,34 @@ def latex_escape(text) -> str:
     return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
 
 
-def latex_model_label(label: str) -> str:
-    """``T_ad(f_st^q) (PTQ)`` -> ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``; a label that is not
-    in the paper's notation is escaped as plain text."""
+def _math_notation(label: str) -> str | None:
+    """``T_ad(f_st^q) (PTQ)`` -> ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``, valid LaTeX and matplotlib
+    mathtext; None for a label that is not in the paper's notation."""
     m = _LABEL_RE.match(label)
     base = _BASE_RE.match((m.group("inner") or m.group("plain")) if m else "")
     if not (m and base):
-        return latex_escape(label)
+        return None
     math_label = "f_{" + base.group("train") + "}"
     if base.group("sup"):
         math_label += "^{" + base.group("sup") + "}"
     if m.group("ft"):
         math_label = r"\mathcal{T}_{" + m.group("ft") + "}(" + math_label + ")"
     return f"${math_label}$" + (m.group("kind") or "")
+
+
+def latex_model_label(label: str) -> str:
+    """``T_ad(f_st^q) (PTQ)`` -> ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``; a label that is not
+    in the paper's notation is escaped as plain text."""
+    return _math_notation(label) or latex_escape(label)
+
+
+def mathtext_label(label: str) -> str:
+    """A model label for matplotlib: the paper's notation as mathtext (as ``latex_model_label``); any
+    other label as plain text (its ``$`` escaped, so matplotlib does not read it as math)."""
+    return _math_notation(label) or label.replace("$", r"\$")
+
+
+def math_model_label(train: str, method: str = DENSE, finetune: str = "none") -> str:
+    """The label every figure gives a model: ``("st", "ptq", "ad")`` ->
+    ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)`` (quantized models name their kind, PTQ or QAT)."""
+    return mathtext_label(model_label(train, method, finetune, quant_kind=True))

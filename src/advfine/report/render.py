@@ -9,11 +9,11 @@ cifar10), in every ``TABLE_FORMATS``:
 * ``.md`` and ``.tex`` (booktabs): the paper's layout, with the ``n`` column added, dataset and
   architecture named in the caption; several (experiment, dataset, arch) groups are separated by
   a titled block. LaTeX renders model labels as math and escapes every other cell;
-* ``.html``: the Markdown layout as a standalone page, the version ``snakemake --report`` shows.
+* ``.html``: the Markdown layout as a standalone page, the version ``snakemake --report`` shows; a wide
+  table in parts of a few columns, so that it fits whole beside its caption there (``html_tables``).
 """
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,8 +26,9 @@ from .audit_table import evaluation_audit, format_points
 from .claims import claims_note, claims_table, layout_claims
 from .controls import CONTROLS_NOTE, controls_table, layout_controls
 from .notes import AUDIT_NOTE, GAINS_NOTE, NOTE, TEX_GAINS_NOTE, TEX_NOTE, compute_notes
+from .html_tables import table_page
 from .labels import (COLLAPSED, DIVERGED, NA, arch_name, dataset_name, format_count, format_ratio, format_speedup,
-                     latex_escape, latex_model_label)
+                     group_title, latex_escape, latex_model_label)
 from .stats import GROUP_COLS
 from .tables import FT_KEYS, computational_gains, compute_table, level_for, table2, table3, table5
 
@@ -136,11 +137,6 @@ _TEX_HEADERS = {
 }
 
 
-def _group_title(keys: tuple) -> str:
-    experiment, dataset, arch = keys
-    return f"{experiment}: {dataset_name(dataset)}, {arch_name(arch)}"
-
-
 def _blocks(table: pd.DataFrame, layout) -> list[tuple[tuple, pd.DataFrame]]:
     """[(group keys, paper-layout DataFrame)] per (experiment, dataset, arch) group."""
     if table.empty:
@@ -158,28 +154,8 @@ def _markdown(caption: str, blocks: list, note: str) -> str:
     elif len(blocks) == 1:
         body = md(blocks[0][1])
     else:
-        body = "\n\n".join(f"**{_group_title(keys)}**\n\n{md(b)}" for keys, b in blocks)
+        body = "\n\n".join(f"**{group_title(keys)}**\n\n{md(b)}" for keys, b in blocks)
     return f"{caption}\n\n{body}\n\n{note}\n"
-
-
-_HTML_STYLE = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin:.5em 0 1em}"
-               "th,td{border-bottom:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f3f3f3}"
-               "p.note{color:#555;font-size:90%}")
-
-
-def _html(caption: str, blocks: list, note: str) -> str:
-    """The Markdown table as a standalone HTML page (``snakemake --report`` shows HTML, not CSV)."""
-    def table(block: pd.DataFrame) -> str:
-        return block.to_html(index=False, border=0, escape=True)
-
-    if not blocks:
-        body = "<p>(no data)</p>"
-    elif len(blocks) == 1:
-        body = table(blocks[0][1])
-    else:
-        body = "\n".join(f"<h3>{html.escape(_group_title(keys))}</h3>\n{table(b)}" for keys, b in blocks)
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><style>{_HTML_STYLE}</style></head><body>\n"
-            f"<p>{html.escape(caption)}</p>\n{body}\n<p class=\"note\">{html.escape(note)}</p>\n</body></html>\n")
 
 
 def _latex(caption: str, label: str, blocks: list, header: list[str], colspec: str,
@@ -198,7 +174,7 @@ def _latex(caption: str, label: str, blocks: list, header: list[str], colspec: s
         if len(blocks) > 1:
             if i:
                 lines.append(r"\midrule")
-            title = latex_escape(_group_title(keys))
+            title = latex_escape(group_title(keys))
             lines.append(rf"\multicolumn{{{ncols}}}{{l}}{{\emph{{{title}}}}} \\")
         for _, row in block.iterrows():
             cells = [latex_model_label(v) if col == "Model" and v else _latex_text(v)
@@ -349,7 +325,7 @@ def write_table(out: Path, stem: str, table: pd.DataFrame, layout, tex_key: str,
     files = {
         "csv": table.to_csv(index=False, lineterminator="\n"),
         "md": _markdown(md_caption, blocks, note),
-        "html": _html(md_caption, blocks, note),
+        "html": table_page(md_caption, blocks, note, tex_key),
         "tex": _latex(tex_caption, stem, blocks, header, colspec, tex_note),
     }
     written = []
