@@ -7,7 +7,7 @@ the 80 %-pruned model (filters physically removed), the fake-quant INT8 model an
 Every model runs as the pipeline runs it (cost.inference_costs): float models channels-last
 (runtime.place_model), the fake-quant model as quantize_ptq returns it, the INT8 model as export_int8 returns
 it; all on the same example batch. The baseline is dense fp32 channels-last; dense fp32 in the
-default contiguous layout is shown for reference. Issue 5's targets: pruned 80 % >= 3x faster than
+default contiguous layout is shown for reference. Targets: pruned 80 % >= 3x faster than
 dense, real INT8 >= 4x. Weights are random (He init): latency does not depend on their values;
 accuracy is tested in tests/test_int8_export.py.
 

@@ -1,8 +1,7 @@
 """How much does fake quantization slow an adversarial training step? CNN8, one PGD adversarial
 training step (the attack in eval mode, then one SGD step in train mode), measured side by side in
 one run, rounds interleaved: the dense fp32 model, our fake-quant models (quantize.py: torch's fused
-fake-quantize kernels) and, as the baseline of issue 13, NNI 3.0's PtqQuantizer (the scheme this
-pipeline used before: per-tensor, inputs and outputs of every layer). Also counts the
+fake-quantize kernels) and, as the baseline, NNI 3.0's PtqQuantizer (per-tensor, inputs and outputs of every layer). Also counts the
 ``torch.cuda.empty_cache()`` calls each step makes (NNI's ModuleWrapper calls it after every wrapped
 layer's forward: a device sync per layer on a GPU).
 
@@ -10,7 +9,7 @@ layer's forward: a device sync per layer on a GPU).
 
 Also times, on one activation of CNN8's first layer at batch 256 (256x32x28x28), torch's fused
 per-tensor fake-quantize kernel against ours for the CPU (quantize.FakeQuantizePerTensorCPU) and a ReLU.
-Issue 13's target: a fake-quant adversarial training step <= 1.5x the dense step (NNI: about 4x).
+Target: a fake-quant adversarial training step <= 1.5x the dense step (NNI: about 4x).
 """
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ TARGET = 1.5
 
 
 def nni_ptq(model, bits, calibration):
-    """NNI 3.0's post-training fake quantization as this pipeline ran it before issue 13."""
+    """NNI 3.0's post-training fake quantization (PtqQuantizer), the baseline."""
     import nni
     import torch
     from nni.compression.quantization import PtqQuantizer

@@ -19,7 +19,7 @@ fixed evaluation (advfine's PGD, fp32, same random starts). The loops:
 Also: the FLOPs of one step against the machine's measured matrix-product peak (fp32 and bf16), and
 the cost of advfine's evaluation (misclassified samples not attacked) against attacking everything.
 
-Issue 5's targets: advfine fp32 >= 1.5x the naive reference and >= torchattacks; bf16 >= 3.5x the
+Targets: advfine fp32 >= 1.5x the naive reference and >= torchattacks; bf16 >= 3.5x the
 naive reference with clean and robust accuracy within 1 point of fp32.
 """
 from __future__ import annotations

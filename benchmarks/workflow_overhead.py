@@ -10,9 +10,8 @@
    resident set size (``advfine.job``: "rule R: peak_rss_mb=M"); the largest per rule is reported.
 4. The default run's overhead ratio: its elapsed time (first job start to last job end, from the job
    logs) against the sum of the jobs' in-process times (after their imports) divided by the cores:
-   1.0 would mean no start-up or scheduling cost. Before issue 13 about 29 % of the 12 min 03 s run
-   was start-up and scheduling (a ratio of about 1.4).
-Issue 5's targets: dry run <= 20 s, no-op re-run <= 10 s, every stage <= 2 GB. Best of ``--repeats`` runs.
+   1.0 would mean no start-up or scheduling cost.
+Targets: dry run <= 20 s, no-op re-run <= 10 s, every stage <= 2 GB. Best of ``--repeats`` runs.
 """
 from __future__ import annotations
 
@@ -83,7 +82,7 @@ def main() -> None:
         jobs, elapsed, in_process = overhead
         print(f"\nDefault run: {jobs} jobs, elapsed {elapsed / 60:.1f} min, in-process {in_process / 60:.1f} min "
               f"summed over jobs; overhead ratio elapsed / (in-process / {args.cores} cores) = "
-              f"{elapsed / (in_process / args.cores):.2f} (before issue 13: about 1.4)")
+              f"{elapsed / (in_process / args.cores):.2f}")
     print(f"\nPeak memory (resident set size) of the default experiment's jobs, largest per rule, "
           f"from {sum(len(v) for v in memory.values())} job logs under logs/{default_experiment()}/\n")
     if not memory:

@@ -321,7 +321,7 @@ def test_the_cifar10_resnet18_path_trains_prunes_quantizes_and_evaluates(tmp_pat
                               finetune="ad", seed=0, model=ft / "model.pt", metrics=ft / "metrics.json",
                               out_eval=ft / "eval.json", out_samples=ft / "samples.csv")
         assert record["dataset"] == "cifar10" and record["arch"] == "resnet18"
-        if record["diverged"]:  # known (issue 13): PTQ fine-tuning of this ResNet diverges; said, not scored
+        if record["diverged"]:  # known: PTQ fine-tuning of this ResNet diverges; said, not scored
             assert label == "ptq-int8" and record["clean_acc"] is None and record["robust_acc"] is None
         else:
             assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1

@@ -275,7 +275,7 @@ def test_weight_storage_bytes():
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_adversarial_finetuning_of_a_ptq_resnet18_trains_to_finite_improving_loss(bits):
-    """Issue 13's regression test: with NNI's PTQ (BatchNorm unfolded, in train mode while fine-tuning,
+    """Regression test: with NNI's PTQ (BatchNorm unfolded, in train mode while fine-tuning,
     unclipped STE), adversarial fine-tuning of a quantized CIFAR ResNet-18 gave NaN after one step.
     With BatchNorm folded and a clipped STE it trains: finite weights, the training loss goes down."""
     model = resnet_with_statistics()

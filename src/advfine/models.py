@@ -224,7 +224,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> nn.Module:
     """Load pretrained weights from ``path`` into ``model`` in place (and return it).
 
     Accepts a plain state_dict, a dict holding it under 'state_dict' or 'model' (also our own checkpoints
-    from ``artifacts.save_checkpoint``), with or without DataParallel's 'module.' prefixes; torchvision/timm
+    from ``checkpoints.save_checkpoint``), with or without DataParallel's 'module.' prefixes; torchvision/timm
     and kuangliu-style ResNet-18 names. Loaded with ``weights_only=True``, so no pickled code runs.
     The model keeps its own ``normalize.mean/std`` buffers when the file has none (foreign files): inputs
     stay in [0, 1] and the model normalizes them with the dataset's statistics, which must be those the

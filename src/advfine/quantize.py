@@ -3,7 +3,7 @@ integer model exported from either, all one scheme (torch.ao's FX graph mode, th
 
 * **BatchNorm folded first**: every BatchNorm2d is folded into the conv before it (eval statistics), so
   a quantized model has no BatchNorm. Fine-tuning then never runs BatchNorm in train mode on quantized
-  activations (with NNI's unfolded BN and unclipped estimator this diverged: issue 13).
+  activations (with BatchNorm unfolded and an unclipped estimator, fine-tuning a quantized ResNet diverges).
 * **Weights**: symmetric, one scale per output channel, integers in [-(2^(b-1)-1), 2^(b-1)-1]
   (INT8: [-127, 127]); the scale is always the current weights' (recomputed at every forward).
 * **Activations**: affine, one scale per tensor, from min/max observed on calibration batches (PTQ:
@@ -331,7 +331,7 @@ def restore_quantized(arch: dict, state_dict: dict, quant: dict) -> nn.Module:
         scales = {layer: entry["input_scale"] for layer, entry in quant["calibration"].items()}
         return binary.convert_to_binary(model, scales, track_input_scale=mode == "qat").eval()
     if quant.get("scheme") != SCHEME:
-        raise ValueError(f"this checkpoint's quantization scheme is {quant.get('scheme', 'NNI (before issue 13)')!r}, "
+        raise ValueError(f"this checkpoint's quantization scheme is {quant.get('scheme', 'none recorded')!r}, "
                          f"not {SCHEME!r}: re-run its compress/qat job (delete the file) to rebuild it")
     example = torch.zeros(1, arch["in_channels"], arch["input_size"], arch["input_size"])
     prepared = _prepare(model, bits, mode, quant["quantize_first_input"], example)
