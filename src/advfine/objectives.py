@@ -68,7 +68,7 @@ class NFGSMAttack:
                 x_noisy = x_noisy.clamp(0.0, 1.0)
             x_noisy.requires_grad_(True)
             (grad,) = torch.autograd.grad(F.cross_entropy(model(x_noisy), y), x_noisy)
-            x_adv = x_noisy.detach() + self.step_size * grad.sign()
+            x_adv = x_noisy.detach() + self.threat.ascent_step(grad, self.step_size)
             return (x_adv.clamp(0.0, 1.0) if clamp else x_adv).detach()
         finally:
             model.train(was_training)
