@@ -66,6 +66,7 @@ def main() -> None:
     import torch.nn.functional as F
 
     from advfine.attacks.pgd import PGDAttack
+    from advfine.attacks.threat import ThreatModel
     from advfine.models import build_model, default_arch
     from advfine.quantize import prepare_qat, quantize_ptq
     from advfine.runtime import place_model
@@ -84,7 +85,7 @@ def main() -> None:
         with contextlib.redirect_stdout(sys.stderr):
             models["fake-quant PTQ INT8 (NNI 3.0, before)"] = nni_ptq(dense, 8, calibration)
         logging.disable(logging.NOTSET)
-    attack = PGDAttack(eps=0.1, step_size=0.06, steps=args.pgd_steps, random_start=True)
+    attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.06, steps=args.pgd_steps, random_start=True)
     models = {name: place_model(m, cpu) for name, m in models.items()}  # channels-last, as train_model runs them
     x = torch.rand(args.batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,))

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from advfine.attacks.pgd import PGDAttack
+from advfine.attacks.threat import ThreatModel
 from advfine.config import section_with_defaults
 from advfine.datasets import load_dataset
 from advfine.evaluate import Suite, evaluate_model
@@ -83,7 +84,8 @@ def main() -> None:
         print(f"data: {data.name}, {len(data.train_y)} training and {len(data.test_y)} test images; device {device}")
         torch.manual_seed(0)
         model = build_model(default_arch("cnn8", 1, 10, 28, data.mean, data.std))
-        attack = PGDAttack(eps=0.1, step_size=0.01, steps=20 if not args.cpu else 2, random_start=True)
+        attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.01, steps=20 if not args.cpu else 2,
+                           random_start=True)
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
         t0 = time.perf_counter()

@@ -28,6 +28,7 @@ def pgd20_training_images_per_second(threads: int, batch: int = 128, steps: int 
     import torch
 
     from advfine.attacks.pgd import PGDAttack
+    from advfine.attacks.threat import ThreatModel
     from advfine.models import build_model, default_arch
     from advfine.train import training_step
 
@@ -36,7 +37,7 @@ def pgd20_training_images_per_second(threads: int, batch: int = 128, steps: int 
     model = build_model(default_arch("cnn8", 1, 10, 28, [0.5], [0.5]))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-    attack = PGDAttack(eps=0.1, step_size=0.01, steps=20)
+    attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.01, steps=20)
 
     def step():
         training_step(model, optimizer, x, y, attack, None)

@@ -82,6 +82,7 @@ def torchattacks_loop(model, train_x, train_y, batch, eps, step_size, steps, see
 
 def advfine_loop(model, train_x, train_y, batch, eps, step_size, steps, seed, precision):
     from advfine.attacks.pgd import PGDAttack
+    from advfine.attacks.threat import ThreatModel
     from advfine.runtime import place_model
     from advfine.train import training_step
 
@@ -89,7 +90,7 @@ def advfine_loop(model, train_x, train_y, batch, eps, step_size, steps, seed, pr
     place_model(model, cpu)
     train_x = train_x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    attack = PGDAttack(eps=eps, step_size=step_size, steps=steps)
+    attack = PGDAttack(ThreatModel("linf", eps), step_size=step_size, steps=steps)
     generator = torch.Generator().manual_seed(seed + 1)
     order = torch.Generator().manual_seed(seed)  # the same batches in both sliced loops
     for x, y in iterate_batches(train_x, train_y, batch, shuffle=True, generator=order):
@@ -188,6 +189,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from advfine.attacks.pgd import PGDAttack
+    from advfine.attacks.threat import ThreatModel
     from advfine.config import section_with_defaults
     from advfine.datasets import load_dataset
     from advfine.evaluate import Suite, evaluate_model
@@ -230,7 +232,7 @@ def main() -> None:
     # the first step of each loop is a warm-up (allocations, kernel selection): not timed
     rate = {name: args.batch / statistics.median(t[1:]) for name, t in times.items()}
 
-    evaluation = PGDAttack(eps=EPS, step_size=0.025, steps=10)
+    evaluation = PGDAttack(ThreatModel("linf", EPS), step_size=0.025, steps=10)
     pgd_only = Suite(pgd=evaluation, attacks=("pgd",))
     accuracy = {name: evaluate_model(model.eval(), data.test_x, data.test_y, pgd_only, 256, cpu, seed=7)
                 for name, model in models.items()}

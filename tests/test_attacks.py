@@ -8,14 +8,14 @@ import torch
 import torchattacks
 from torch import nn
 
-from advfine.attacks.apgd import apgd_linf, dlr_loss, dlr_loss_targeted, top_k_targets
+from advfine.attacks.apgd import apgd, dlr_loss, dlr_loss_targeted, top_k_targets
 from advfine.attacks.fab import fab_t
 from advfine.attacks.pgd import PGDAttack
 from advfine.attacks.square import margin, square_linf, window_fraction
+from advfine.attacks.threat import ThreatModel
 from advfine.audit import audit_evaluation, zero_gradient_share
 from advfine.datasets import load_dataset
-from advfine.evaluate import (Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve, run_suite,
-                              within_threat_model)
+from advfine.evaluate import Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve, run_suite
 from advfine.models import build_model, default_arch
 from advfine.train import train_model
 
@@ -43,7 +43,7 @@ def trained(digits):
 
 def suite(eps=0.05, attacks=("pgd", "apgd_ce", "apgd_t", "square"), **over) -> Suite:
     settings = dict(apgd_steps=20, target_classes=3, fab_steps=20, square_queries=300) | over
-    return Suite(pgd=PGDAttack(eps=eps, step_size=eps / 4, steps=20), attacks=attacks, **settings)
+    return Suite(pgd=PGDAttack(ThreatModel("linf", eps), step_size=eps / 4, steps=20), attacks=attacks, **settings)
 
 
 class RoundInput(nn.Module):
@@ -60,14 +60,14 @@ class RoundInput(nn.Module):
 
 def test_every_attack_stays_in_the_eps_ball_and_the_image_range(trained, digits):
     x, y = digits.test_x[:32], digits.test_y[:32]
-    eps = 0.05
+    ball = ThreatModel("linf", 0.05)
     g = torch.Generator().manual_seed(0)
-    outputs = {"apgd_ce": apgd_linf(trained, x, y, eps, 10, "ce", generator=g)[0],
-               "apgd_t": apgd_linf(trained, x, y, eps, 10, "dlr-targeted", top_k_targets(trained(x), 2), generator=g)[0],
-               "square": square_linf(trained, x, y, eps, 50, generator=g)[0],
-               "fab_t": fab_t(trained, x, y, eps, 10, 2, 10, seed=0)}
+    outputs = {"apgd_ce": apgd(trained, x, y, ball, 10, "ce", generator=g)[0],
+               "apgd_t": apgd(trained, x, y, ball, 10, "dlr-targeted", top_k_targets(trained(x), 2), generator=g)[0],
+               "square": square_linf(trained, x, y, ball, 50, generator=g)[0],
+               "fab_t": fab_t(trained, x, y, ball, 10, 2, 10, seed=0)}
     for name, x_adv in outputs.items():
-        assert within_threat_model(x_adv, x, eps, clamp=True).all(), name
+        assert ball.contains(x_adv, x).all(), name
         assert (x_adv - x).abs().max() > 0, name  # they moved
 
 
@@ -90,7 +90,7 @@ def test_apgd_is_at_least_as_strong_as_pgd20_and_agrees_with_torchattacks(traine
     # APGD-CE alone, ours vs torchattacks' at the same settings (20 steps, 1 restart), same model
     alone = []
     g = torch.Generator().manual_seed(1)
-    x_adv, _ = apgd_linf(trained, x, y, eps, 20, "ce", generator=g)
+    x_adv, _ = apgd(trained, x, y, ThreatModel("linf", eps), 20, "ce", generator=g)
     alone.append((trained(x_adv).argmax(1) == y).float().mean().item())
     theirs = torchattacks.APGD(trained, norm="Linf", eps=eps, steps=20, n_restarts=1, loss="ce", seed=1)(x, y)
     alone.append((trained(theirs).argmax(1) == y).float().mean().item())
@@ -162,7 +162,7 @@ def test_a_diverged_model_is_told_apart(trained, digits):
 
 
 def test_suites_refuse_unknown_or_reordered_attacks():
-    attack = PGDAttack(eps=0.1, step_size=0.01, steps=3)
+    attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.01, steps=3)
     for attacks in (("apgd_ce",), ("pgd", "square", "apgd_ce"), ("pgd", "cw")):
         with pytest.raises(ValueError, match="pgd"):
             Suite(pgd=attack, attacks=attacks)

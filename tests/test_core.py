@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from advfine.attacks.pgd import PGDAttack, pgd_linf
+from advfine.attacks.pgd import PGDAttack
+from advfine.attacks.threat import ThreatModel
 from advfine.config import section_with_defaults
 from advfine.data import DataError
 from advfine.datasets import load_dataset, load_fashion_mnist_tensors
@@ -134,7 +135,7 @@ def test_pgd_stays_in_the_eps_ball_and_the_image_range(digits, trained):
     model, _ = trained
     x, y = digits.test_x[:64], digits.test_y[:64]
     model.train()
-    x_adv = pgd_linf(model, x, y, eps=0.1, step_size=0.03, steps=5)
+    x_adv = PGDAttack(ThreatModel("linf", 0.1), step_size=0.03, steps=5)(model, x, y)
     assert model.training  # mode restored
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6
     assert x_adv.min() >= 0 and x_adv.max() <= 1
@@ -151,7 +152,7 @@ def test_skipping_misclassified_samples_does_not_change_robust_accuracy(digits, 
     from advfine.evaluate import start_noise_for
 
     model, _ = trained
-    attack = PGDAttack(eps=0.1, step_size=0.03, steps=5)
+    attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.03, steps=5)
     x, y = digits.test_x, digits.test_y
     seen = []
     hook = model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
@@ -176,7 +177,7 @@ def test_skipping_misclassified_samples_does_not_change_robust_accuracy(digits, 
 def test_a_samples_random_start_does_not_depend_on_its_batch(digits, trained):
     """Two batch sizes, same per-sample random starts: the same per-sample outcome."""
     model, _ = trained
-    attack = PGDAttack(eps=0.1, step_size=0.03, steps=5)
+    attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.03, steps=5)
     suite = Suite(pgd=attack, attacks=("pgd", "apgd_ce"), apgd_steps=5)
     results = [evaluate_model(model, digits.test_x, digits.test_y, suite, batch, CPU, seed=4)
                for batch in (16, 128)]
@@ -187,10 +188,10 @@ def test_a_samples_random_start_does_not_depend_on_its_batch(digits, trained):
 def test_eps_warmup_starts_clean_and_reaches_full_eps():
     from advfine.train import attack_for_epoch
 
-    attack = PGDAttack(eps=0.1, step_size=0.03, steps=5)
+    attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.03, steps=5)
     cfg = {"eps_warmup_epochs": 2}
     assert attack_for_epoch(attack, 0, cfg) is None
-    assert attack_for_epoch(attack, 1, cfg).eps == pytest.approx(0.05)
+    assert attack_for_epoch(attack, 1, cfg).threat.eps == pytest.approx(0.05)
     assert attack_for_epoch(attack, 2, cfg) == attack
     assert attack_for_epoch(attack, 0, {"eps_warmup_epochs": 0}) == attack
 
@@ -200,8 +201,8 @@ def test_stopping_at_the_first_fooling_iterate_is_at_least_as_strong(digits, tra
     x, y = digits.test_x[:128], digits.test_y[:128]
     runs = {}
     for stop in (False, True):
-        x_adv = pgd_linf(model, x, y, eps=0.1, step_size=0.025, steps=10,
-                         generator=torch.Generator().manual_seed(3), stop_on_success=stop)
+        attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.025, steps=10, stop_on_success=stop)
+        x_adv = attack(model, x, y, generator=torch.Generator().manual_seed(3))
         assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
         with torch.no_grad():
             runs[stop] = (model(x_adv).argmax(1) == y, x_adv)
@@ -218,7 +219,9 @@ def test_paper_faithful_eps_is_half_in_pixels_and_unclamped(digits, trained):
     pixels by at most 0.1 and may leave [0, 1]. The pixel default keeps the full eps and the range."""
     model, _ = trained
     x, y = digits.test_x[:64], digits.test_y[:64]
-    faithful = PGDAttack(eps=0.2, step_size=0.05, steps=5, eps_space="paper_faithful")
+    config = {"eps_space": "paper_faithful", "norm": "linf",
+              "eval": {"eps": 0.2, "step_size": 0.05, "steps": 5, "random_start": True}}
+    faithful = PGDAttack.from_config(config, "eval")
     x_adv = faithful(model, x, y, generator=torch.Generator().manual_seed(0))
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6
     assert (x_adv - x).abs().max() > 0.09
@@ -226,10 +229,8 @@ def test_paper_faithful_eps_is_half_in_pixels_and_unclamped(digits, trained):
     info = faithful.describe()
     assert info["eps_space"] == "paper_faithful" and info["eps_pixel"] == pytest.approx(0.1)
     assert not info["clamped_to_valid_range"]
-    pixel = PGDAttack(eps=0.2, step_size=0.05, steps=5)
+    pixel = PGDAttack(ThreatModel("linf", 0.2), step_size=0.05, steps=5)
     assert pixel.describe()["eps_space"] == "pixel" and pixel.describe()["eps_pixel"] == 0.2
-    with pytest.raises(ValueError, match="eps_space"):
-        PGDAttack(eps=0.1, step_size=0.05, steps=5, eps_space="normalized")
 
 
 def test_fashion_mnist_damaged_files_are_named(tmp_path):

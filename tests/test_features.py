@@ -10,10 +10,11 @@ import torch
 
 from advfine import features
 from advfine.attacks.pgd import PGDAttack
+from advfine.attacks.threat import ThreatModel
 from advfine.models import build_model, default_arch, layer_outputs
 from advfine.quantize import is_quantized
 
-ATTACK = PGDAttack(eps=0.1, step_size=0.05, steps=2, random_start=True)
+ATTACK = PGDAttack(ThreatModel("linf", 0.1), step_size=0.05, steps=2, random_start=True)
 N = 20
 PRUNED_CHANNELS = (8, 8, 16, 16, 32, 32)  # the shape a pruned CNN8 is rebuilt with
 
@@ -105,7 +106,7 @@ def test_attack_stays_in_the_pixel_ball(images, quantized):
         diff = (x_adv - x).abs()
         assert diff.max() <= 0.1 + 1e-6 and diff.max() > 0.05
         assert x_adv.min() >= 0 and x_adv.max() <= 1
-    half = dataclasses.replace(ATTACK, eps_space="paper_faithful")
+    half = dataclasses.replace(ATTACK, threat=ThreatModel("linf", 0.05, clamp=False))
     assert (features._attack(cnn8(0), x, y, half, seed=0) - x).abs().max() <= 0.05 + 1e-6
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from advfine import quantize
 from advfine.attacks.pgd import PGDAttack
+from advfine.attacks.threat import ThreatModel
 from advfine.evaluate import clean_accuracy
 from advfine.health import prediction_collapse
 from advfine.cost import measure_latency
@@ -116,7 +117,7 @@ def test_the_deployed_model_is_the_fake_quant_model_also_after_adversarial_finet
     fake = make(trained, 8, list(digits.train_x[:256].split(64)))
     train_model(fake, digits.train_x[:256], digits.train_y[:256], train_settings(
         epochs=1, batch_size=32, lr=0.01, momentum=0.9, lr_drop_epoch=None, lr_after_drop=0.01),
-        PGDAttack(eps=0.1, step_size=0.05, steps=2), 0, CPU)
+        PGDAttack(ThreatModel("linf", 0.1), step_size=0.05, steps=2), 0, CPU)
     fake.eval()
     int8 = export_int8(fake)
     with torch.no_grad():

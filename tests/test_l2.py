@@ -11,11 +11,12 @@ import torch.nn.functional as F
 
 from advfine.attacks.apgd import apgd, top_k_targets
 from advfine.attacks.fab import fab_t
-from advfine.attacks.pgd import PGDAttack, pgd
+from advfine.attacks.pgd import PGDAttack
 from advfine.attacks.square import square_l2
+from advfine.attacks.threat import ThreatModel
 from advfine.audit import audit_evaluation
 from advfine.config import ConfigError, largest_radius, validate_config
-from advfine.evaluate import Suite, evaluate_model, within_threat_model
+from advfine.evaluate import Suite, evaluate_model
 from advfine.objectives import objective_for
 from advfine.train import train_model
 
@@ -24,11 +25,12 @@ from test_attacks import AUDIT, RoundInput, digits, trained  # noqa: F401 (fixtu
 
 CPU = torch.device("cpu")
 EPS = 1.0  # L2 radius in pixel units on 28 x 28 images
+BALL = ThreatModel("l2", EPS)
 
 
 def l2_suite(eps=EPS, attacks=("pgd", "apgd_ce", "apgd_t", "square"), **over) -> Suite:
     settings = dict(apgd_steps=20, target_classes=2, fab_steps=20, square_queries=300) | over
-    return Suite(pgd=PGDAttack(eps=eps, step_size=eps / 4, steps=20, norm="l2"), attacks=attacks, **settings)
+    return Suite(pgd=PGDAttack(ThreatModel("l2", eps), step_size=eps / 4, steps=20), attacks=attacks, **settings)
 
 
 def test_every_l2_attack_stays_in_the_l2_ball_and_the_image_range(trained, digits):
@@ -37,19 +39,20 @@ def test_every_l2_attack_stays_in_the_l2_ball_and_the_image_range(trained, digit
     # Square (torchattacks) returns the clean image of every sample it does not fool, so at 50 queries and this
     # radius it moved none on one CPU; at twice the radius and 300 queries it moved 12 to 22 of these 32 (over
     # seeds 0-5 of the fixture, AVX-512 and AVX2 kernels); FAB-T moved 8 to 14 further than eps / 2
-    outputs = {"pgd": (EPS, pgd(trained, x, y, EPS, 0.25, 10, "l2", generator=g)),
-               "apgd_ce": (EPS, apgd(trained, x, y, EPS, 10, "ce", generator=g, norm="l2")[0]),
-               "apgd_t": (EPS, apgd(trained, x, y, EPS, 10, "dlr-targeted", top_k_targets(trained(x), 2),
-                                    generator=g, norm="l2")[0]),
-               "square": (2 * EPS, square_l2(trained, x, y, 2 * EPS, 300, seed=0)),
-               "fab_t": (EPS, fab_t(trained, x, y, EPS, 10, 2, 10, seed=0, norm="l2"))}
-    for name, (eps, x_adv) in outputs.items():
-        assert within_threat_model(x_adv, x, eps, clamp=True, norm="l2").all(), name
+    wide = BALL.scaled(2)
+    outputs = {"pgd": (BALL, PGDAttack(BALL, 0.25, 10)(trained, x, y, generator=g)),
+               "apgd_ce": (BALL, apgd(trained, x, y, BALL, 10, "ce", generator=g)[0]),
+               "apgd_t": (BALL, apgd(trained, x, y, BALL, 10, "dlr-targeted", top_k_targets(trained(x), 2),
+                                     generator=g)[0]),
+               "square": (wide, square_l2(trained, x, y, wide, 300, seed=0)),
+               "fab_t": (BALL, fab_t(trained, x, y, BALL, 10, 2, 10, seed=0))}
+    for name, (threat, x_adv) in outputs.items():
+        assert threat.contains(x_adv, x).all(), name
         distance = (x_adv - x).flatten(1)
-        assert distance.norm(dim=1).max() > 0.5 * eps, name  # they moved, far
+        assert distance.norm(dim=1).max() > 0.5 * threat.eps, name  # they moved, far
         assert distance.abs().amax(1).max() > 0.1, name  # an L2 step is not an L-inf one: pixels move a lot
     # the L-inf check would reject these points: the two threat models differ
-    assert not within_threat_model(outputs["pgd"][1], x, 0.1, clamp=True, norm="linf").all()
+    assert not ThreatModel("linf", 0.1).contains(outputs["pgd"][1], x).all()
 
 
 def test_apgd_l2_is_at_least_as_strong_as_pgd_l2_and_agrees_with_torchattacks(trained, digits):
@@ -58,7 +61,8 @@ def test_apgd_l2_is_at_least_as_strong_as_pgd_l2_and_agrees_with_torchattacks(tr
     both = evaluate_model(trained, x, y, l2_suite(eps, attacks=("pgd", "apgd_ce")), 100, CPU, seed=0)
     assert both["robust_acc"] <= pgd_only and both["suite"]["norm"] == "l2"
     g = torch.Generator().manual_seed(1)
-    ours = (trained(apgd(trained, x, y, eps, 20, "ce", generator=g, norm="l2")[0]).argmax(1) == y).float().mean()
+    x_adv = apgd(trained, x, y, ThreatModel("l2", eps), 20, "ce", generator=g)[0]
+    ours = (trained(x_adv).argmax(1) == y).float().mean()
     theirs_x = torchattacks.APGD(trained, norm="L2", eps=eps, steps=20, n_restarts=1, loss="ce", seed=1)(x, y)
     theirs = (trained(theirs_x).argmax(1) == y).float().mean()
     assert 0.05 < ours.item() < 0.95  # a radius where the comparison means something
@@ -81,12 +85,12 @@ def test_the_l2_suite_and_audit_pass_a_normal_model_and_flag_a_masking_one(train
 
 
 def test_adversarial_training_in_l2_and_l_inf_only_methods_refused(trained, digits):
-    pgd_l2 = PGDAttack(eps=EPS, step_size=0.25, steps=3, norm="l2")
-    assert pgd_l2.describe()["name"] == "pgd_l2" and pgd_l2.scaled(0.5).eps == EPS / 2
+    pgd_l2 = PGDAttack(BALL, step_size=0.25, steps=3)
+    assert pgd_l2.describe()["name"] == "pgd_l2" and pgd_l2.scaled(0.5).threat.eps == EPS / 2
     trades = objective_for("trades", pgd_l2, {"trades_beta": 6.0})
     x = digits.test_x[:32]
     x_adv = trades.perturb(trained, x, torch.Generator().manual_seed(0))
-    assert within_threat_model(x_adv, x, EPS, clamp=True, norm="l2").all()
+    assert BALL.contains(x_adv, x).all()
     for mode in ("fgsm", "nfgsm"):
         with pytest.raises(ValueError, match="L-inf method"):
             objective_for(mode, pgd_l2, {"fgsm_step_factor": 1.25, "nfgsm_step_factor": 1.0, "nfgsm_noise_factor": 2})
@@ -96,7 +100,7 @@ def test_adversarial_training_in_l2_and_l_inf_only_methods_refused(trained, digi
     train_model(standard, digits.train_x, digits.train_y, schedule, None, 0, CPU)  # the same epochs, no attack
     assert history[-1]["eps"] == EPS
     x, y = digits.test_x, digits.test_y
-    evaluation = PGDAttack(eps=EPS, step_size=0.25, steps=10, norm="l2")
+    evaluation = PGDAttack(BALL, step_size=0.25, steps=10)
 
     def robust(m):
         x_adv = evaluation(m.eval(), x, y, generator=torch.Generator().manual_seed(1))

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from advfine.attacks.pgd import PGDAttack
+from advfine.attacks.threat import ThreatModel
 from advfine.checkpoints import load_model
 from advfine.datasets import load_dataset
 from advfine.models import build_model, default_arch
@@ -46,8 +47,9 @@ def loss_at(model, x, y):
 
 def test_fgsm_rs_is_one_projected_step_that_raises_the_loss(trained, digits):
     x, y = digits.test_x[:64], digits.test_y[:64]
-    attack = objective_for("fgsm", PGDAttack(eps=EPS, step_size=0.025, steps=10), SETTINGS)
-    assert attack == fgsm_rs(EPS) and attack.steps == 1 and attack.step_size == pytest.approx(1.25 * EPS)
+    attack = objective_for("fgsm", PGDAttack(ThreatModel("linf", EPS), step_size=0.025, steps=10), SETTINGS)
+    assert attack == fgsm_rs(ThreatModel("linf", EPS))
+    assert attack.steps == 1 and attack.step_size == pytest.approx(1.25 * EPS)
     x_adv = attack(trained, x, y, generator=torch.Generator().manual_seed(0))
     assert (x_adv - x).abs().max() <= EPS + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     assert loss_at(trained, x_adv, y) > loss_at(trained, x, y) + 0.1
@@ -55,7 +57,7 @@ def test_fgsm_rs_is_one_projected_step_that_raises_the_loss(trained, digits):
 
 def test_n_fgsm_leaves_the_eps_ball_but_not_the_image_range(trained, digits):
     x, y = digits.test_x[:64], digits.test_y[:64]
-    attack = objective_for("nfgsm", PGDAttack(eps=EPS, step_size=0.025, steps=10), SETTINGS)
+    attack = objective_for("nfgsm", PGDAttack(ThreatModel("linf", EPS), step_size=0.025, steps=10), SETTINGS)
     assert isinstance(attack, NFGSMAttack) and attack.noise_factor == 2.0 and attack.step_size == pytest.approx(EPS)
     x_adv = attack(trained, x, y, generator=torch.Generator().manual_seed(0))
     distance = (x_adv - x).abs()
@@ -63,14 +65,18 @@ def test_n_fgsm_leaves_the_eps_ball_but_not_the_image_range(trained, digits):
     assert distance.max() <= 3 * EPS + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     assert loss_at(trained, x_adv, y) > loss_at(trained, x, y) + 0.1
     half = attack.scaled(0.5)
-    assert half.eps == pytest.approx(EPS / 2) and half.step_size == pytest.approx(EPS / 2)
-    unclamped = NFGSMAttack(eps=EPS, step_size=EPS, eps_space="paper_faithful")
-    assert unclamped.describe()["eps_pixel"] == pytest.approx(EPS / 2)
+    assert half.threat.eps == pytest.approx(EPS / 2) and half.step_size == pytest.approx(EPS / 2)
+    unclamped = NFGSMAttack(ThreatModel("linf", EPS / 2, clamp=False), step_size=EPS / 2)
+    record = unclamped.describe()
+    assert record["eps"] == EPS and record["eps_pixel"] == EPS / 2 and record["step_size"] == EPS
+    assert record["eps_space"] == "paper_faithful" and not record["clamped_to_valid_range"] and "norm" not in record
+    with pytest.raises(ValueError, match="L-inf method"):
+        NFGSMAttack(ThreatModel("l2", EPS), step_size=EPS)
 
 
 def test_trades_maximizes_the_kl_inside_the_ball_and_reduces_to_cross_entropy_at_beta_zero(trained, digits):
     x, y = digits.test_x[:64], digits.test_y[:64]
-    trades = objective_for("trades", PGDAttack(eps=EPS, step_size=0.025, steps=5), SETTINGS)
+    trades = objective_for("trades", PGDAttack(ThreatModel("linf", EPS), step_size=0.025, steps=5), SETTINGS)
     assert isinstance(trades, TradesObjective) and trades.beta == 6.0 and trades.steps == 5
     x_adv = trades.perturb(trained, x, torch.Generator().manual_seed(0))
     assert (x_adv - x).abs().max() <= EPS + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
@@ -87,7 +93,7 @@ def test_trades_maximizes_the_kl_inside_the_ball_and_reduces_to_cross_entropy_at
     assert full.item() > loss.item()
     trained.eval()
     assert attack_for_epoch(trades, 0, {"eps_warmup_epochs": 2}) is None
-    assert attack_for_epoch(trades, 1, {"eps_warmup_epochs": 2}).inner.eps == pytest.approx(EPS / 2)
+    assert attack_for_epoch(trades, 1, {"eps_warmup_epochs": 2}).threat.eps == pytest.approx(EPS / 2)
     with pytest.raises(ValueError, match="known: ad, fgsm, nfgsm, trades"):
         objective_for("scratch", trades.inner, SETTINGS)
 
@@ -98,14 +104,14 @@ def test_fast_and_trades_fine_tuning_make_a_standard_model_more_robust(trained, 
     TRADES at beta 3: at beta 6 this short fine-tuning from a non-robust model went astray for one data order in
     three (clean accuracy down to 48 %, robust +0.01), at beta 3 it gained +0.28 to +0.52 over seeds."""
     from copy import deepcopy
-    pgd = PGDAttack(eps=EPS, step_size=0.025, steps=3)
+    pgd = PGDAttack(ThreatModel("linf", EPS), step_size=0.025, steps=3)
     model = deepcopy(trained)
     history = train_model(model, digits.train_x, digits.train_y, train_settings(
         epochs=3, batch_size=32, lr=0.01, momentum=0.9, lr_drop_epoch=None, lr_after_drop=0.01),
         objective_for(mode, pgd, SETTINGS | {"trades_beta": 3.0}), 0, torch.device("cpu"))
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history) and history[-1]["eps"] == EPS
     x, y = digits.test_x, digits.test_y
-    evaluation = PGDAttack(eps=EPS, step_size=0.025, steps=10)
+    evaluation = PGDAttack(ThreatModel("linf", EPS), step_size=0.025, steps=10)
 
     def robust(m):
         x_adv = evaluation(m.eval(), x, y, generator=torch.Generator().manual_seed(1))

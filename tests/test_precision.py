@@ -5,6 +5,7 @@ import torch
 
 from advfine import runtime
 from advfine.attacks.pgd import PGDAttack
+from advfine.attacks.threat import ThreatModel
 from advfine.datasets import load_dataset
 from advfine.evaluate import Suite, evaluate_model
 from advfine.models import build_model, default_arch
@@ -36,7 +37,8 @@ def test_pgd_under_bf16_keeps_an_fp32_perturbation_in_the_ball():
     model = build_model(default_arch("cnn8", 1, 10, 28, [0.5], [0.5])).eval()
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     with runtime.autocast(CPU, "bf16"):
-        x_adv = PGDAttack(eps=0.1, step_size=0.03, steps=3)(model, x, y, generator=torch.Generator().manual_seed(0))
+        attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.03, steps=3)
+        x_adv = attack(model, x, y, generator=torch.Generator().manual_seed(0))
     assert x_adv.dtype == torch.float32
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     assert not torch.equal(x_adv, x)
@@ -54,7 +56,7 @@ def trained(digits):
 def test_bf16_evaluation_matches_fp32(digits, trained):
     """The same model evaluated in bf16 and fp32 (same random starts): clean and PGD accuracy agree
     to within a few of the 128 test images."""
-    attack = PGDAttack(eps=0.1, step_size=0.04, steps=5)
+    attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.04, steps=5)
     suite = Suite(pgd=attack, attacks=("pgd",))
     fp32, bf16 = (evaluate_model(trained, digits.test_x, digits.test_y, suite, 64, CPU, 0, precision=p)
                   for p in ("fp32", "bf16"))
@@ -72,7 +74,7 @@ def test_bf16_adversarial_training_learns(digits):
     model = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
     cfg = tiny_config(**{"train.epochs": 3, "train.eps_warmup_epochs": 1})["train"]
     history = train_model(model, digits.train_x[:256], digits.train_y[:256], cfg,
-                          PGDAttack(eps=0.1, step_size=0.05, steps=1), 0, CPU, precision="bf16")
+                          PGDAttack(ThreatModel("linf", 0.1), step_size=0.05, steps=1), 0, CPU, precision="bf16")
     assert history[-1]["loss"] < history[0]["loss"]
     assert all(p.dtype == torch.float32 for p in model.parameters())
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from advfine import binary, checkpoints, quantize
 from advfine.attacks.pgd import PGDAttack
+from advfine.attacks.threat import ThreatModel
 from advfine.datasets import load_dataset, load_digits_tensors
 from advfine.evaluate import Suite, clean_accuracy, evaluate_model
 from advfine.models import build_model, default_arch
@@ -253,7 +254,7 @@ def test_finetuning_a_restored_qat_model(parent, data, tmp_path, bits):
     checkpoints.save_model(tmp_path / "q.pt", q, small_arch())
     model, _ = checkpoints.load_model(tmp_path / "q.pt")
     weights, before = parameters(model), ranges(model)
-    attack = PGDAttack(eps=0.1, step_size=0.05, steps=2)
+    attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.05, steps=2)
     history = train_model(model, data["x"], data["y"], settings(), attack, 0, CPU)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     after = parameters(model)
@@ -268,7 +269,8 @@ def test_finetuning_a_restored_qat_model(parent, data, tmp_path, bits):
 
 def test_the_suite_attacks_qat_and_int1_models_and_keeps_their_clean_accuracy(parent, data, int1):
     models = [quantize.prepare_qat(parent, 4, data["calib"]), int1["ptq"], int1["qat"]]
-    suite = Suite(pgd=PGDAttack(0.1, 0.05, 3), attacks=("pgd", "apgd_ce", "square"), apgd_steps=3, square_queries=10)
+    suite = Suite(pgd=PGDAttack(ThreatModel("linf", 0.1), 0.05, 3), attacks=("pgd", "apgd_ce", "square"), apgd_steps=3,
+                  square_queries=10)
     for q in models:
         result = evaluate_model(q, data["x"], data["y"], suite, 16, CPU, seed=0)
         assert result["clean_acc"] == clean_accuracy(q, data["x"], data["y"], 16, CPU)
@@ -298,7 +300,7 @@ def test_adversarial_qat_runs(digits):
     torch.manual_seed(0)
     q = quantize.prepare_qat(build_model(arch), 8, [digits.train_x[:64]])
     before = ranges(q)
-    attack = PGDAttack(eps=0.1, step_size=0.05, steps=2)
+    attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.05, steps=2)
     history = train_model(q, digits.train_x[:128], digits.train_y[:128], settings(batch_size=32), attack, 0, CPU)
     assert history[0]["eps"] == 0.1 and torch.isfinite(torch.tensor(history[0]["loss"]))
     assert changed_ranges(before, ranges(q))

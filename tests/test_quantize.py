@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from advfine import quantize
 from advfine.attacks.pgd import PGDAttack
+from advfine.attacks.threat import ThreatModel
 from advfine.checkpoints import load_model, save_model
 from advfine.cost import model_cost, weight_storage_bytes
 from advfine.models import build_model, default_arch
@@ -173,7 +174,7 @@ def test_no_empty_cache_on_the_hot_path(small_parent, data, monkeypatch):
     """NNI 3.0 called torch.cuda.empty_cache() after every wrapped layer's forward (a device sync)."""
     calls = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(1))
-    attack = PGDAttack(eps=0.1, step_size=0.05, steps=2, random_start=True)
+    attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.05, steps=2, random_start=True)
     for make in (quantize.quantize_ptq, quantize.prepare_qat):
         q = make(small_parent, 4, data["calib"])
         train_model(q, data["x"], data["y"], train_settings(epochs=1, batch_size=8, lr=0.01, momentum=0.9,
@@ -283,7 +284,7 @@ def test_adversarial_finetuning_of_a_ptq_resnet18_trains_to_finite_improving_los
     x = torch.rand(64, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (64,), generator=g)
     q = quantize.quantize_ptq(model, bits, list(x.split(32)))
-    attack = PGDAttack(eps=8 / 255, step_size=2 / 255, steps=3, random_start=True)
+    attack = PGDAttack(ThreatModel("linf", 8 / 255), step_size=2 / 255, steps=3, random_start=True)
     history = train_model(q, x, y, train_settings(epochs=6, batch_size=16, lr=0.01, momentum=0.9,
                           lr_drop_epoch=None, lr_after_drop=0.01), attack, 0, CPU)
     losses = [h["loss"] for h in history]

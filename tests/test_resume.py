@@ -8,6 +8,7 @@ import torch
 
 from advfine import quantize, train
 from advfine.attacks.pgd import PGDAttack
+from advfine.attacks.threat import ThreatModel
 from advfine.train import resume_path_for, train_model
 
 from conftest import small_cnn8_arch, train_settings
@@ -15,7 +16,7 @@ from conftest import small_cnn8_arch, train_settings
 CPU = torch.device("cpu")
 SETTINGS = train_settings(epochs=4, batch_size=16, lr=0.05, momentum=0.9, lr_drop_epoch=2, lr_after_drop=0.01,
                           eps_warmup_epochs=1, augment=True)
-ATTACK = PGDAttack(eps=0.1, step_size=0.05, steps=2, random_start=True)
+ATTACK = PGDAttack(ThreatModel("linf", 0.1), step_size=0.05, steps=2, random_start=True)
 
 
 class Interrupted(Exception):

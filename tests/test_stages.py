@@ -286,12 +286,12 @@ def test_the_evaluate_stage_attacks_in_l2_everywhere_under_attack_norm_l2(data_p
 
     def spy_craft(name, suite, model, source, xb, yb, noise, seed, num_classes):
         x_adv = craft(name, suite, model, source, xb, yb, noise, seed, num_classes)
-        crafted.append(("suite", name, suite.eps, suite.norm, (x_adv - xb).flatten(1).norm(dim=1)))
+        crafted.append(("suite", name, suite.threat.eps, suite.threat.norm, (x_adv - xb).flatten(1).norm(dim=1)))
         return x_adv
 
-    def spy_apgd(model, x, y, eps, steps, loss, *args, norm="linf", **kwargs):
-        x_adv, fooled = audit_apgd(model, x, y, eps, steps, loss, *args, norm=norm, **kwargs)
-        crafted.append(("audit", "apgd_ce", eps, norm, (x_adv - x).flatten(1).norm(dim=1)))
+    def spy_apgd(model, x, y, threat, steps, loss, *args, **kwargs):
+        x_adv, fooled = audit_apgd(model, x, y, threat, steps, loss, *args, **kwargs)
+        crafted.append(("audit", "apgd_ce", threat.eps, threat.norm, (x_adv - x).flatten(1).norm(dim=1)))
         return x_adv, fooled
 
     craft, audit_apgd = advfine.evaluate._craft, advfine.audit.apgd

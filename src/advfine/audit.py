@@ -19,31 +19,33 @@ check measures one number and raises a flag when it crosses its threshold (confi
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
 from .attacks.apgd import apgd
 from .attacks.square import margin
-from .evaluate import WHITE_BOX, Suite, start_noise_for, within_threat_model
+from .attacks.threat import ThreatModel
+from .evaluate import WHITE_BOX, Suite, start_noise_for
 from .runtime import make_generator, to_device
 from .vocab import AUDIT_CHECKS
 
 CHECKS = AUDIT_CHECKS
 
 
-def _apgd_survivors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidates: torch.Tensor, eps: float,
-                    steps: int, restarts: int, clamp: bool, batch_size: int, device: torch.device,
-                    generator: torch.Generator, norm: str = "linf") -> torch.Tensor:
-    """Candidates still classified correctly after APGD-CE (``restarts`` runs) at radius ``eps``."""
+def _apgd_survivors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidates: torch.Tensor,
+                    threat: ThreatModel, steps: int, restarts: int, batch_size: int, device: torch.device,
+                    generator: torch.Generator) -> torch.Tensor:
+    """Candidates still classified correctly after APGD-CE (``restarts`` runs) in ``threat``."""
     standing = candidates.clone()
     for _ in range(restarts):
         noise = start_noise_for(x, generator)
         for part in standing.nonzero().flatten().split(batch_size):
             xb, yb = to_device(x[part], device), to_device(y[part], device)
-            x_adv, _ = apgd(model, xb, yb, eps, steps, "ce", start_noise=to_device(noise[part], device),
-                            clamp=clamp, norm=norm)
+            x_adv, _ = apgd(model, xb, yb, threat, steps, "ce", start_noise=to_device(noise[part], device))
             with torch.no_grad():
-                fooled = (model(x_adv).argmax(1) != yb) & within_threat_model(x_adv, xb, eps, clamp, norm)
+                fooled = (model(x_adv).argmax(1) != yb) & threat.contains(x_adv, xb)
             standing[part[fooled.cpu()]] = False
     return standing
 
@@ -74,15 +76,16 @@ def audit_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result:
     attacks = result["attacks"]
     generator = make_generator(seed, torch.device("cpu"))
     gradient_free = sum(record["broken"] for name, record in attacks.items() if name not in WHITE_BOX)
-    large_eps = float(settings["large_eps"] if suite.norm == "linf" else settings["large_eps_l2"])
-    standing_large = _apgd_survivors(model, x, y, robust_ok, large_eps, suite.apgd_steps, 1, suite.clamp,
-                                     batch_size, device, generator, suite.norm)
+    threat = suite.threat
+    large_eps = float(settings["large_eps"] if threat.norm == "linf" else settings["large_eps_l2"])
+    standing_large = _apgd_survivors(model, x, y, robust_ok, replace(threat, eps=large_eps), suite.apgd_steps, 1,
+                                     batch_size, device, generator)
     survivors = robust_ok.nonzero().flatten()
     picked = survivors[torch.randperm(len(survivors), generator=generator)[: settings["more_effort_samples"]]]
     subset = torch.zeros_like(robust_ok)
     subset[picked] = True
-    harder = _apgd_survivors(model, x, y, subset, suite.eps, suite.apgd_steps * settings["more_steps_factor"],
-                             settings["more_restarts"], suite.clamp, batch_size, device, generator, suite.norm)
+    harder = _apgd_survivors(model, x, y, subset, threat, suite.apgd_steps * settings["more_steps_factor"],
+                             settings["more_restarts"], batch_size, device, generator)
     broken_share = (subset & ~harder).float().sum().item() / max(len(picked), 1)
     checks = {"gradient_free_gain": gradient_free / n,
               "large_eps_standing": standing_large.float().mean().item(),
@@ -90,5 +93,5 @@ def audit_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result:
               "zero_gradient_share": zero_gradient_share(model, x, y, clean_ok, batch_size, device)}
     thresholds = {"gradient_free_gain": settings["tolerance"], "large_eps_standing": settings["large_eps_max_standing"],
                   "more_effort_gain": settings["tolerance"], "zero_gradient_share": settings["zero_gradient_max_share"]}
-    return {"checks": checks, "thresholds": thresholds, "large_eps": large_eps, "norm": suite.norm,
+    return {"checks": checks, "thresholds": thresholds, "large_eps": large_eps, "norm": threat.norm,
             "flags": [name for name in CHECKS if checks[name] > thresholds[name]]}

@@ -28,6 +28,7 @@ from .attacks.apgd import apgd, n_target_classes, top_k_targets
 from .attacks.fab import fab_t
 from .attacks.pgd import PGDAttack
 from .attacks.square import square_l2, square_linf
+from .attacks.threat import ThreatModel
 from .data import iterate_batches
 from .runtime import autocast, make_generator, place_model, to_device
 from .vocab import ATTACKS, WHITE_BOX_ATTACKS
@@ -35,13 +36,12 @@ from .vocab import ATTACKS, WHITE_BOX_ATTACKS
 log = logging.getLogger("advfine")
 
 WHITE_BOX = WHITE_BOX_ATTACKS
-BOUND_TOLERANCE = 1e-5  # float slack when checking that a point lies in the eps-ball
 
 
 @dataclass(frozen=True)
 class Suite:
     """The attacks of an evaluation and their settings. ``pgd`` is the paper's attack (the config's
-    ``attack.eval``); its eps and eps space serve every attack."""
+    ``attack.eval``); its threat model serves every attack."""
 
     pgd: PGDAttack
     attacks: tuple[str, ...] = ("pgd", "transfer")
@@ -70,24 +70,16 @@ class Suite:
                    square_p_init=square["p_init"])
 
     @property
-    def eps(self) -> float:
-        """The radius in pixel units (``paper_faithful`` halves the configured eps)."""
-        return self.pgd.eps * self.pgd.pixel_scale
-
-    @property
-    def clamp(self) -> bool:
-        return self.pgd.eps_space == "pixel"
-
-    @property
-    def norm(self) -> str:
-        """The threat model's norm (``attack.norm``): every attack of the suite runs in it."""
-        return self.pgd.norm
+    def threat(self) -> ThreatModel:
+        """The threat model every attack of the suite runs in: the paper's attack's."""
+        return self.pgd.threat
 
     def describe(self) -> dict:
-        return {"attacks": list(self.attacks), "pgd": self.pgd.describe(), "eps_pixel": self.eps,
+        return {"attacks": list(self.attacks), "pgd": self.pgd.describe(), "eps_pixel": self.threat.eps,
                 "apgd": {"steps": self.apgd_steps, "restarts": self.apgd_restarts, "rho": 0.75},
                 "target_classes": self.target_classes, "fab": {"steps": self.fab_steps},
-                "square": {"queries": self.square_queries, "p_init": self.square_p_init}, "norm": self.norm}
+                "square": {"queries": self.square_queries, "p_init": self.square_p_init},
+                "norm": self.threat.norm}
 
 
 @torch.no_grad()
@@ -116,33 +108,22 @@ def start_noise_for(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return torch.rand(x.shape, generator=generator, dtype=x.dtype)
 
 
-def within_threat_model(x_adv: torch.Tensor, x: torch.Tensor, eps: float, clamp: bool,
-                        norm: str = "linf") -> torch.Tensor:
-    """Per sample: does ``x_adv`` lie in the eps-ball of ``norm`` around ``x`` (and in [0, 1] when clamped)?"""
-    delta = (x_adv - x).flatten(1)
-    distance = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
-    inside = distance <= eps + BOUND_TOLERANCE
-    if clamp:
-        inside &= (x_adv.flatten(1).amin(1) >= -BOUND_TOLERANCE) & (x_adv.flatten(1).amax(1) <= 1 + BOUND_TOLERANCE)
-    return inside
-
-
 def _craft(name: str, suite: Suite, model: nn.Module, source: nn.Module | None, xb, yb, noise, seed: int,
            num_classes: int) -> torch.Tensor:
     """The adversarial points of attack ``name`` for one batch (not yet checked or judged)."""
-    eps, clamp = suite.eps, suite.clamp
+    threat = suite.threat
     if name == "pgd":
         return replace(suite.pgd, stop_on_success=True)(model, xb, yb, start_noise=noise[0])
     if name == "transfer":  # crafted on the float twin, run to the last step: fooling it says nothing
         return replace(suite.pgd, stop_on_success=False)(source, xb, yb, start_noise=noise[0])
     if name == "square":
-        if suite.norm == "l2":
-            return square_l2(model, xb, yb, eps, suite.square_queries, suite.square_p_init, seed)
+        if threat.norm == "l2":
+            return square_l2(model, xb, yb, threat, suite.square_queries, suite.square_p_init, seed)
         generator = make_generator(seed, xb.device)
-        return square_linf(model, xb, yb, eps, suite.square_queries, suite.square_p_init, generator, clamp)[0]
+        return square_linf(model, xb, yb, threat, suite.square_queries, suite.square_p_init, generator)[0]
     if name == "fab_t":
         targets = n_target_classes(suite.target_classes, num_classes)
-        return fab_t(model, xb, yb, eps, suite.fab_steps, targets, num_classes, seed, norm=suite.norm)
+        return fab_t(model, xb, yb, threat, suite.fab_steps, targets, num_classes, seed)
     x_adv, standing = xb.clone(), torch.ones(len(yb), dtype=torch.bool, device=xb.device)
     if name == "apgd_ce":
         runs = [("ce", None)] * suite.apgd_restarts
@@ -156,8 +137,8 @@ def _craft(name: str, suite: Suite, model: nn.Module, source: nn.Module | None, 
         if len(idx) == 0:
             break
         start = noise[run % len(noise)][idx]
-        found, fooled = apgd(model, xb[idx], yb[idx], eps, suite.apgd_steps, loss,
-                             None if target is None else target[idx], start_noise=start, clamp=clamp, norm=suite.norm)
+        found, fooled = apgd(model, xb[idx], yb[idx], threat, suite.apgd_steps, loss,
+                             None if target is None else target[idx], start_noise=start)
         x_adv[idx[fooled]] = found[fooled]
         standing[idx[fooled]] = False
     return x_adv
@@ -194,7 +175,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidates: to
             with autocast(device, precision):
                 x_adv = _craft(name, suite, model, float_twin, xb, yb, noise, seed + 1000 * position + b, num_classes)
             with torch.no_grad():
-                inside = within_threat_model(x_adv, xb, suite.eps, suite.clamp, suite.norm)
+                inside = suite.threat.contains(x_adv, xb)
                 fooled = (model(x_adv).argmax(1) != yb) & inside
             if (~inside).any():
                 log.warning("%s returned %d point(s) outside the threat model; they do not count", name,
@@ -204,7 +185,8 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidates: to
             broken_by[broken] = position
         records[name] = {"attacked": attacked, "broken": int((broken_by == position).sum()),
                          "robust_acc_after": standing.float().mean().item(),
-                         "wall_time_s": time.perf_counter() - start, "norm": suite.norm, "eps_pixel": suite.eps}
+                         "wall_time_s": time.perf_counter() - start, "norm": suite.threat.norm,
+                         "eps_pixel": suite.threat.eps}
         log.info("%s: %d attacked, %d broken, robust accuracy now %.4f", name, attacked, records[name]["broken"],
                  records[name]["robust_acc_after"])
     return broken_by, records
@@ -259,15 +241,14 @@ def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_o
     standing, at = clean_ok.clone(), {}
     for fraction in sorted(set(fractions)):
         if fraction == 0:
-            at[fraction] = {"eps_fraction": 0.0, "eps_pixel": 0.0, "norm": suite.norm,
+            at[fraction] = {"eps_fraction": 0.0, "eps_pixel": 0.0, "norm": suite.threat.norm,
                             "robust_acc": clean_ok.float().mean().item()}
             continue
-        pgd = replace(suite.pgd, eps=suite.pgd.eps * fraction, step_size=suite.pgd.step_size * fraction)
-        scaled = replace(suite, pgd=pgd, apgd_restarts=1)
+        scaled = replace(suite, pgd=suite.pgd.scaled(fraction), apgd_restarts=1)
         broken_by, _ = run_suite(model, x, y, standing, scaled, batch_size, device, seed, precision=precision,
                                  num_classes=num_classes, names=("apgd_ce",))
         standing &= broken_by < 0
-        at[fraction] = {"eps_fraction": float(fraction), "eps_pixel": scaled.eps, "norm": scaled.norm,
+        at[fraction] = {"eps_fraction": float(fraction), "eps_pixel": scaled.threat.eps, "norm": scaled.threat.norm,
                         "robust_acc": standing.float().mean().item()}
     return [at[fraction] for fraction in fractions]
 

@@ -5,7 +5,7 @@
     pairs = [("f_st", f_st, "f_rb", f_rb),
              ("T_st(f_st^q)", t_st_q, "T_ad(f_st^q)", t_ad_q),
              ("T_st(f_st^p)", t_st_p, "T_ad(f_st^p)", t_ad_p)]
-    df = figure2_embeddings(pairs, x, y, PGDAttack(eps=0.1, step_size=0.01, steps=20), seed=0)
+    df = figure2_embeddings(pairs, x, y, PGDAttack(ThreatModel("linf", 0.1), step_size=0.01, steps=20), seed=0)
     plot_figure2(df, "figure2_tsne.png", "figure2_tsne.pdf")
 
 One figure row per model pair (A, B), four columns:

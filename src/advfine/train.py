@@ -238,7 +238,8 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
             seen += len(y)
         model.eval()
         record = {"epoch": epoch + 1, "lr": lr, "loss": loss_sum / seen, "train_acc": correct / seen,
-                  "eps": epoch_attack.eps if epoch_attack else 0.0, "wall_time_s": time.perf_counter() - start}
+                  "eps": epoch_attack.threat.config_eps if epoch_attack else 0.0,
+                  "wall_time_s": time.perf_counter() - start}
         history.append(record)
         tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: lr {lr:g} loss {record['loss']:.4f} "
                    f"acc {record['train_acc']:.4f} ({record['wall_time_s']:.1f}s)")

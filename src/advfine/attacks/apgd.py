@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pgd import NORMS, ascent_step, project, random_start
+from .threat import ThreatModel, per_sample
 
 RHO = 0.75  # a checkpoint halves the step when the loss rose in fewer than rho of the steps since the last
 
@@ -45,30 +45,19 @@ def _checkpoint_lengths(steps: int) -> tuple[int, int, int]:
     return max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
 
 
-def apgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, loss: str = "ce",
-              y_target: torch.Tensor | None = None, generator: torch.Generator | None = None,
-              clamp: bool = True, rho: float = RHO,
-              start_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """APGD in the L-inf ball (``apgd`` with ``norm="linf"``)."""
-    return apgd(model, x, y, eps, steps, loss, y_target, generator, clamp, rho, start_noise, "linf")
-
-
-def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, loss: str = "ce",
-         y_target: torch.Tensor | None = None, generator: torch.Generator | None = None,
-         clamp: bool = True, rho: float = RHO, start_noise: torch.Tensor | None = None,
-         norm: str = "linf") -> tuple[torch.Tensor, torch.Tensor]:
-    """One APGD run from a random start in the eps-ball of ``norm`` (linf or l2). ``loss`` is ``ce``, ``dlr``
-    or ``dlr-targeted`` (then ``y_target`` per sample). The start is drawn from ``generator``, or taken from
-    ``start_noise`` (uniform in [0, 1), shaped like ``x``: an evaluation draws it once per test sample).
+def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int, loss: str = "ce",
+         y_target: torch.Tensor | None = None, generator: torch.Generator | None = None, rho: float = RHO,
+         start_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run from a random start in ``threat``'s ball. ``loss`` is ``ce``, ``dlr`` or ``dlr-targeted``
+    (then ``y_target`` per sample). The start is drawn from ``generator``, or taken from ``start_noise``
+    (uniform in [0, 1), shaped like ``x``: an evaluation draws it once per test sample).
     Returns ``(x_adv, fooled)``: for a fooled sample the first iterate that fooled the model, else the
     point of highest loss; ``fooled`` is a boolean per sample. The model is evaluated in eval mode;
-    x_adv lies within eps of x in ``norm`` and in [0, 1] (unless not ``clamp``)."""
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    x_adv lies in the threat model."""
     was_training = model.training
     model.eval()
     try:
-        return _apgd(model, x.detach(), y, eps, steps, loss, y_target, generator, clamp, rho, start_noise, norm)
+        return _apgd(model, x.detach(), y, threat, steps, loss, y_target, generator, rho, start_noise)
     finally:
         model.train(was_training)
 
@@ -83,7 +72,7 @@ def _loss_fn(loss: str):
     raise ValueError(f"unknown APGD loss {loss!r}; known: ce, dlr, dlr-targeted")
 
 
-def _apgd(model, x, y, eps, steps, loss, y_target, generator, clamp, rho, start_noise, norm):
+def _apgd(model, x, y, threat, steps, loss, y_target, generator, rho, start_noise):
     criterion = _loss_fn(loss)
     if loss == "dlr-targeted" and y_target is None:
         raise ValueError("APGD with the targeted DLR loss needs y_target")
@@ -91,13 +80,13 @@ def _apgd(model, x, y, eps, steps, loss, y_target, generator, clamp, rho, start_
     target = y_target if y_target is not None else y
     u = start_noise if start_noise is not None else torch.rand(x.shape, generator=generator, device=x.device,
                                                                 dtype=x.dtype)
-    if norm == "linf":
+    eps = threat.eps
+    if threat.norm == "linf":
         # start at a random point of the ball's surface region: t scaled so that max |t| = 1 per sample
         t = 2 * u - 1
-        x_adv = project(x + eps * t / t.flatten(1).abs().amax(1).clamp(min=1e-12).view(-1, *[1] * (x.dim() - 1)),
-                        x, eps, norm, clamp)
+        x_adv = threat.project(x + eps * t / per_sample(t.flatten(1).abs().amax(1).clamp(min=1e-12), x), x)
     else:  # on the sphere of radius eps (the reference code draws a Gaussian direction; any random one will do)
-        x_adv = project(random_start(x, eps, norm, u), x, eps, norm, clamp)
+        x_adv = threat.random_start(x, u)
     result = x_adv.clone()
     fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
 
@@ -130,8 +119,8 @@ def _apgd(model, x, y, eps, steps, loss, y_target, generator, clamp, rho, start_
             step = state["step"].view(-1, *[1] * (x.dim() - 1))
             x_cur, x_old = state["x_adv"], state["x_old"]
             momentum = 0.75 if i > 0 else 1.0
-            z = project(x_cur + ascent_step(state["grad"], step, norm), x0, eps, norm, clamp)
-            x_new = project(x_cur + (z - x_cur) * momentum + (x_cur - x_old) * (1 - momentum), x0, eps, norm, clamp)
+            z = threat.project(x_cur + threat.ascent_step(state["grad"], step), x0)
+            x_new = threat.project(x_cur + (z - x_cur) * momentum + (x_cur - x_old) * (1 - momentum), x0)
         state["x_old"] = x_cur
         state["x_adv"] = x_new
         loss_now, grad, wrong = loss_and_grad(x_new, idx)

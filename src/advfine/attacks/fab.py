@@ -13,15 +13,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .threat import ThreatModel
 
-def fab_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, target_classes: int,
-               num_classes: int, seed: int, restarts: int = 1, norm: str = "linf") -> torch.Tensor:
-    """FAB-T's adversarial points for ``x`` (the clean point where it found none), in ``norm`` (linf, l2)."""
+
+def fab_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, steps: int, target_classes: int,
+          num_classes: int, seed: int, restarts: int = 1) -> torch.Tensor:
+    """FAB-T's adversarial points for ``x`` (the clean point where it found none) in ``threat``'s norm and
+    radius (torchattacks keeps them in [0, 1] whether or not the threat model does)."""
     # deferred: torchattacks is slow to import and only FAB-T and Square-L2 need it
     import torchattacks
 
-    attack = torchattacks.FAB(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, steps=steps, n_restarts=restarts, multi_targeted=True,
-                              n_classes=num_classes, seed=seed)
+    attack = torchattacks.FAB(model, norm={"linf": "Linf", "l2": "L2"}[threat.norm], eps=threat.eps, steps=steps,
+                              n_restarts=restarts, multi_targeted=True, n_classes=num_classes, seed=seed)
     attack.n_target_classes = target_classes  # torchattacks tries every wrong class; AutoAttack the top 9
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # FAB reseeds torch's global generator

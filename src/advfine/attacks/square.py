@@ -16,6 +16,8 @@ import math
 import torch
 from torch import nn
 
+from .threat import ThreatModel
+
 P_INIT = 0.8  # the fraction of the image the first windows cover (the reference's p_init for L-inf)
 # (query index out of 10,000, divisor of p_init from there on): the reference's schedule
 _SCHEDULE = ((8000, 512), (6000, 256), (4000, 128), (2000, 64), (1000, 32), (500, 16), (200, 8), (50, 4), (10, 2))
@@ -40,15 +42,16 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def square_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n_queries: int,
-                p_init: float = P_INIT, generator: torch.Generator | None = None,
-                clamp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns ``(x_adv, fooled)``: the best point found per sample (|x_adv - x| <= eps, in [0, 1]) and
+def square_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, n_queries: int,
+                p_init: float = P_INIT, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``(x_adv, fooled)``: the best point found per sample (in ``threat``, an L-inf threat model) and
     whether it is misclassified. ``n_queries`` counts the initial stripes as the first query."""
+    if threat.norm != "linf":
+        raise ValueError(f"square_linf attacks in an L-inf threat model, got norm {threat.norm!r}")
     was_training = model.training
     model.eval()
     try:
-        return _square(model, x.detach(), y, eps, n_queries, p_init, generator, clamp)
+        return _square(model, x.detach(), y, threat, n_queries, p_init, generator)
     finally:
         model.train(was_training)
 
@@ -57,14 +60,10 @@ def _signs(shape, generator, device, dtype) -> torch.Tensor:
     return torch.randint(0, 2, shape, generator=generator, device=device).to(dtype) * 2 - 1
 
 
-def _bound(x_new, x, eps, clamp):
-    x_new = torch.min(torch.max(x_new, x - eps), x + eps)
-    return x_new.clamp(0.0, 1.0) if clamp else x_new
-
-
-def _square(model, x, y, eps, n_queries, p_init, generator, clamp):
+def _square(model, x, y, threat, n_queries, p_init, generator):
     n, c, h, w = x.shape
-    x_best = _bound(x + eps * _signs((n, c, 1, w), generator, x.device, x.dtype), x, eps, clamp)
+    eps = threat.eps
+    x_best = threat.project(x + eps * _signs((n, c, 1, w), generator, x.device, x.dtype), x)
     margin_min = margin(model(x_best), y)
     for query in range(1, n_queries):
         todo = (margin_min > 0).nonzero().flatten()
@@ -77,7 +76,7 @@ def _square(model, x, y, eps, n_queries, p_init, generator, clamp):
         left = int(torch.randint(0, w - side + 1, (1,), generator=generator, device=x.device))
         delta = torch.zeros((c, h, w), device=x.device, dtype=x.dtype)
         delta[:, top:top + side, left:left + side] = 2.0 * eps * _signs((c, 1, 1), generator, x.device, x.dtype)
-        x_new = _bound(x_best_cur + delta, x_cur, eps, clamp)
+        x_new = threat.project(x_best_cur + delta, x_cur)
         new_margin = margin(model(x_new), y[todo])
         better = new_margin < margin_min[todo]
         margin_min[todo] = torch.where(better, new_margin, margin_min[todo])
@@ -85,15 +84,18 @@ def _square(model, x, y, eps, n_queries, p_init, generator, clamp):
     return x_best, margin_min <= 0
 
 
-def square_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n_queries: int,
+def square_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, n_queries: int,
               p_init: float = P_INIT, seed: int = 0) -> torch.Tensor:
-    """The Square attack in the L2 ball: torchattacks 3.5.1's port of the reference code (its L2 branch, with
-    the reference's centred windows), driven at our settings; the L2 proposal distribution is intricate
-    and torchattacks carries it faithfully, so it is not rewritten here. Returns the points it found
-    (the caller checks the threat model and the prediction)."""
+    """The Square attack in an L2 threat model: torchattacks 3.5.1's port of the reference code (its L2 branch,
+    with the reference's centred windows), driven at our settings; the L2 proposal distribution is intricate
+    and torchattacks carries it faithfully, so it is not rewritten here. torchattacks keeps images in [0, 1]
+    whether or not the threat model does. Returns the points it found (the caller checks the threat model
+    and the prediction)."""
+    if threat.norm != "l2":
+        raise ValueError(f"square_l2 attacks in an L2 threat model, got norm {threat.norm!r}")
     import torchattacks  # deferred: slow to import, and only Square-L2 and FAB-T need it
 
-    attack = torchattacks.Square(model, norm="L2", eps=eps, n_queries=n_queries, n_restarts=1, p_init=p_init,
+    attack = torchattacks.Square(model, norm="L2", eps=threat.eps, n_queries=n_queries, n_restarts=1, p_init=p_init,
                                  loss="margin", resc_schedule=True, seed=seed)
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # torchattacks reseeds torch's global generator
