@@ -123,15 +123,15 @@ def test_radii_are_validated_in_the_norm_of_the_threat_model():
     l2 = {"attack.norm": "l2", "attack.eval.step_size": 0.375, "attack.eval.steps": 10}
     config = validate_config(tiny_config(validate=False, **l2, **{"attack.eval.eps": 1.5}))  # the README's example
     assert config["attack"]["eval"]["eps"] == 1.5 and largest_radius(config) == 28.0  # sqrt(1 x 28 x 28)
-    with pytest.raises(ConfigError, match=r"attack.eval.eps: 1.5 is larger .* linf \(1,"):
+    with pytest.raises(ConfigError, match=r"attack.eval.eps: 1.5 pixels is larger .* linf norm \(1,"):
         validate_config(tiny_config(validate=False, **{"attack.eval.eps": 1.5, "attack.eval.step_size": 0.375,
                                                        "attack.eval.steps": 10}))
-    with pytest.raises(ConfigError, match=r"attack.eval.eps: 30 is larger .* l2 \(28,"):
+    with pytest.raises(ConfigError, match=r"attack.eval.eps: 30 pixels is larger .* l2 norm \(28,"):
         validate_config(tiny_config(validate=False, **(l2 | {"attack.eval.eps": 30, "attack.eval.step_size": 3})))
-    with pytest.raises(ConfigError, match=r"attack.train.step_size: 9 is larger .* l2 \(8,"):  # digits at 8 x 8
+    with pytest.raises(ConfigError, match=r"attack.train.step_size: 9 pixels is larger .* l2 norm \(8,"):  # digits at 8 x 8
         validate_config(tiny_config(validate=False, **l2, **{"data.image_size": 8, "attack.train.step_size": 9}))
     assert largest_radius(tiny_config(**l2, **{"data.name": "cifar10"})) == pytest.approx(3072 ** 0.5)
     large = {"evaluate.audit": {"large_eps_l2": 30.0}}
-    with pytest.raises(ConfigError, match="evaluate.audit.large_eps_l2: 30 is larger"):
+    with pytest.raises(ConfigError, match="evaluate.audit.large_eps_l2: 30 pixels is larger"):
         validate_config(tiny_config(validate=False, **l2, **large))
     assert validate_config(tiny_config(validate=False, **large))  # not used, so not checked, under L-inf

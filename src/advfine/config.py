@@ -18,6 +18,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from .attacks.threat import ThreatModel
 from .vocab import ATTACKS, NUM_CLASSES
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
@@ -267,15 +268,11 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"config key sweep.control_base_models: {sweep['control_base_models']} has none of "
                           f"sweep.base_models {sweep['base_models']}, so sweep.controls would make no node")
     fast = [c for c in sweep["controls"] if c.split("-")[0] in ("fgsm", "nfgsm")]
-    if config["attack"]["norm"] != "linf" and fast:
+    norm = threat_models(config)["train"].norm
+    if norm != "linf" and fast:
         raise ConfigError(f"config key sweep.controls: {fast} are L-inf methods (single signed-gradient steps); "
-                          f"attack.norm is {config['attack']['norm']}: drop them or use norm linf")
+                          f"attack.norm is {norm}: drop them or use norm linf")
     check_radii(config)
-    for which in ("train", "eval"):
-        pgd = config["attack"][which]
-        if pgd["steps"] > 0 and pgd["step_size"] * pgd["steps"] < pgd["eps"]:
-            raise ConfigError(f"config key attack.{which}: step_size x steps = "
-                              f"{pgd['step_size'] * pgd['steps']:g} cannot reach eps {pgd['eps']}")
     _check_schedules(config)
     figure2, dataset = config["figure2"], config["data"]["name"]
     if figure2["enabled"] and figure2["class_index"] >= NUM_CLASSES[dataset]:
@@ -336,28 +333,39 @@ def check_device(device: str) -> None:
 IMAGE_SHAPES = {"digits": (1, None), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
 
 
+def threat_models(config: dict) -> dict[str, ThreatModel]:
+    """The threat models of training and evaluation (``attack.train``, ``attack.eval``)."""
+    return {which: ThreatModel.from_config(config["attack"], which) for which in ("train", "eval")}
+
+
 def largest_radius(config: dict) -> float:
-    """The largest radius that means something in ``attack.norm``: the diameter of the image cube [0, 1]^(C H W),
-    1 in L-inf (the pixel range), sqrt(C H W) in L2 (every image is within that of every other)."""
-    if config["attack"]["norm"] == "linf":
-        return 1.0
+    """The largest radius that means something in the config's norm, in pixels: the diameter of the image
+    cube of the dataset's images (``ThreatModel.diameter``)."""
     channels, side = IMAGE_SHAPES[config["data"]["name"]]
     side = side or config["data"]["image_size"]
-    return float(channels * side * side) ** 0.5
+    return threat_models(config)["eval"].diameter(channels * side * side)
 
 
 def check_radii(config: dict) -> None:
-    """The attacks' radii and step sizes, and the audit's large L2 radius, are at most ``largest_radius``."""
-    norm, bound = config["attack"]["norm"], largest_radius(config)
-    radii = {f"attack.{which}.{key}": config["attack"][which][key]
-             for which in ("train", "eval") for key in ("eps", "step_size")}
+    """The attacks' radii and step sizes (in pixels), and the audit's large L2 radius, are at most
+    ``largest_radius``; PGD's steps can reach its radius."""
+    bound = largest_radius(config)
+    radii = {}
+    for which, threat in threat_models(config).items():
+        pgd = config["attack"][which]
+        radii[f"attack.{which}.eps"] = threat.eps
+        radii[f"attack.{which}.step_size"] = threat.to_pixels(pgd["step_size"])
+        if pgd["steps"] > 0 and pgd["step_size"] * pgd["steps"] < threat.config_eps:
+            raise ConfigError(f"config key attack.{which}: step_size x steps = "
+                              f"{pgd['step_size'] * pgd['steps']:g} cannot reach eps {threat.config_eps:g}")
+    norm = threat.norm
     if norm == "l2":
         radii["evaluate.audit.large_eps_l2"] = config["evaluate"]["audit"]["large_eps_l2"]
     for key, value in radii.items():
         if value > bound:
             shape = "the pixel range" if norm == "linf" else f"sqrt(C H W) of {config['data']['name']}'s images"
-            raise ConfigError(f"config key {key}: {value:g} is larger than the diameter of the image cube in "
-                              f"attack.norm {norm} ({bound:g}, {shape}): no image is that far from another")
+            raise ConfigError(f"config key {key}: {value:g} pixels is larger than the diameter of the image cube "
+                              f"in the {norm} norm ({bound:g}, {shape}): no image is that far from another")
 
 
 def stage_config(config: dict, stage: str) -> dict:

@@ -4,8 +4,10 @@ the config's ``attack.norm``, ``attack.eps_space`` and ``attack.<train|eval>.eps
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # tensor methods only: the config checks build threat models at parse time, without torch
+    import torch
 
 NORMS = ("linf", "l2")
 EPS_SPACES = ("pixel", "paper_faithful")
@@ -71,6 +73,11 @@ class ThreatModel:
         """eps in the config's units, as the records report it."""
         return self.to_config_units(self.eps)
 
+    def diameter(self, image_numel: int) -> float:
+        """The largest radius that means something in this norm, in pixels: the diameter of the image cube
+        [0, 1]^n of ``image_numel`` = C H W pixels (1 in L-inf, sqrt(n) in L2)."""
+        return 1.0 if self.norm == "linf" else float(image_numel) ** 0.5
+
     def scaled(self, factor: float) -> "ThreatModel":
         """The same threat model with eps times ``factor`` (training's eps warm-up, the robustness curve)."""
         return replace(self, eps=self.eps * factor)
@@ -86,10 +93,10 @@ class ThreatModel:
         """``x_adv`` projected onto the eps-ball around ``x`` and, when ``clamp``, into [0, 1] (clamping after
         the projection keeps the point in the ball: it only moves coordinates towards x)."""
         if self.norm == "linf":  # min and max select values exactly: no rounding from computing x + delta
-            out = torch.min(torch.max(x_adv, x - self.eps), x + self.eps)
+            out = x_adv.maximum(x - self.eps).minimum(x + self.eps)
         else:
             delta = x_adv - x
-            out = x + delta * per_sample(torch.clamp(self.eps / l2_norms(delta), max=1.0), delta)
+            out = x + delta * per_sample((self.eps / l2_norms(delta)).clamp(max=1.0), delta)
         return out.clamp(0.0, 1.0) if self.clamp else out
 
     def random_start(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
