@@ -27,14 +27,16 @@ from advfine.checkpoints import load_model
 from advfine.config import validate_config
 from advfine.data import load_prepared
 from advfine.evaluate import Suite, evaluate_model, robustness_curve
+from advfine.nodes import Node
 from advfine.quantize import float_twin
 
 REPO = Path(__file__).resolve().parents[1]
 
-NODES = {"dense f_st": "base-st/model.pt", "dense f_rb": "base-rb/model.pt",
-         "T_ad(f_st^p) 80 %": "base-st/prune-0.8/ft-ad/model.pt",
-         "T_ad(f_rb^q) PTQ INT8": "base-rb/ptq-int8/ft-ad/model.pt",
-         "T_ad(f_st^q) PTQ INT4": "base-st/ptq-int4/ft-ad/model.pt"}
+# (train, compression, fine-tuning) of each model, seed 0
+NODES = {"dense f_st": ("st", "dense", "none"), "dense f_rb": ("rb", "dense", "none"),
+         "T_ad(f_st^p) 80 %": ("st", "prune-0.8", "ad"),
+         "T_ad(f_rb^q) PTQ INT8": ("rb", "ptq-int8", "ad"),
+         "T_ad(f_st^q) PTQ INT4": ("st", "ptq-int4", "ad")}
 
 
 def timed(fn):
@@ -50,9 +52,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
-    root = REPO / "results" / config["experiment"]
-    data = load_prepared(root / "data" / f"{config['data']['name']}.pt")
-    node_dir = root / f"{config['data']['name']}-{config['model']['arch']}" / "seed0"
+    nodes = {name: Node(config["experiment"], config["data"]["name"], config["model"]["arch"], 0, *identity)
+             for name, identity in NODES.items()}
+    data = load_prepared(REPO / next(iter(nodes.values())).data)
     light = Suite.from_config(config["attack"], config["evaluate"])
     pgd_only = replace(light, attacks=("pgd", "transfer"))
     standard = Suite(pgd=light.pgd, attacks=("pgd", "apgd_ce", "apgd_t", "fab_t", "transfer", "square"))
@@ -60,8 +62,8 @@ def main() -> None:
     x, y, cpu = data.test_x, data.test_y, torch.device("cpu")
     xs, ys = x[: args.subset], y[: args.subset]
     rows, totals = [], {"pgd": 0.0, "light": 0.0}
-    for name, rel in NODES.items():
-        model, ckpt = load_model(node_dir / rel)
+    for name, node in nodes.items():
+        model, ckpt = load_model(REPO / node.model)
         twin = float_twin(model) if ckpt["quant"] is not None else None
         with contextlib.redirect_stderr(io.StringIO()):  # the attacks' progress bars are not results
             before, t_pgd = timed(lambda: evaluate_model(model, x, y, pgd_only, 256, cpu, 2000, twin))

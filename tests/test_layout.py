@@ -99,9 +99,9 @@ def test_imports_are_at_the_top_unless_deferred_on_purpose():
     assert unexplained == []
 
 
-def test_the_vocabulary_and_config_import_without_torch():
+def test_the_vocabulary_nodes_and_config_import_without_torch():
     """The Snakefile imports them at parse time, and every job parses the workflow."""
-    code = ("import sys, advfine.vocab, advfine.config, advfine.fingerprint\n"
+    code = ("import sys, advfine.vocab, advfine.nodes, advfine.config, advfine.fingerprint\n"
             "[advfine.fingerprint.code_fingerprint(stage) for stage in advfine.vocab.STAGES]\n"
             "assert 'torch' not in sys.modules and 'pandas' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -279,20 +279,20 @@ def test_latex_labels_and_escaping():
 
 
 def test_figure_labels_are_mathtext_of_the_paper_notation():
-    assert labels.math_model_label("st") == "$f_{st}$"
-    assert labels.math_model_label("rb", "prune") == "$f_{rb}^{p}$"
-    assert labels.math_model_label("st", "ptq", "ad") == r"$\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)"
-    assert labels.math_model_label("rb", "qat", "st") == r"$\mathcal{T}_{st}(f_{rb}^{q})$ (QAT)"
+    assert vocab.math_model_label("st") == "$f_{st}$"
+    assert vocab.math_model_label("rb", "prune") == "$f_{rb}^{p}$"
+    assert vocab.math_model_label("st", "ptq", "ad") == r"$\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)"
+    assert vocab.math_model_label("rb", "qat", "st") == r"$\mathcal{T}_{st}(f_{rb}^{q})$ (QAT)"
     # a label outside the notation stays plain text, its $ escaped
-    assert labels.mathtext_label("S_ad^ft(arch f^p)") == "S_ad^ft(arch f^p)"
-    assert labels.mathtext_label("model $1") == r"model \$1"
+    assert vocab.mathtext_label("S_ad^ft(arch f^p)") == "S_ad^ft(arch f^p)"
+    assert vocab.mathtext_label("model $1") == r"model \$1"
     # matplotlib parses every label the figures use
     from matplotlib.mathtext import MathTextParser
     parser = MathTextParser("path")
     for train in ("st", "rb"):
         for method in ("dense", "prune", "ptq", "qat"):
             for finetune in ("none", "st", "ad"):
-                math = labels.math_model_label(train, method, finetune).split(" (")[0]
+                math = vocab.math_model_label(train, method, finetune).split(" (")[0]
                 parser.parse(math)
 
 

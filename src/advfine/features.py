@@ -39,8 +39,7 @@ from torch import nn
 from .attacks.pgd import PGDAttack
 from .models import layer_outputs
 from .report.figures import model_style, new_figure, paper_style, save_figure
-from .report.labels import mathtext_label
-from .vocab import FIGURE2_MODELS, figure2_label
+from .vocab import FIGURE2_MODELS, figure2_label, mathtext_label
 
 BAG_LABEL = 8  # Fashion-MNIST class "bag", the class the paper's Figure 2 shows
 FIGURE2_LAYERS = (6, 7, 8)  # the paper's "last three hidden layers"

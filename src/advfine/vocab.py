@@ -1,5 +1,5 @@
-"""The workflow's vocabulary, in one place: stage (rule) names, node paths and wildcard patterns, the
-compression-label grammar, the paper's model notation, table and figure names, Figure 2's model
+"""The workflow's vocabulary, in one place: stage (rule) names, wildcard patterns, the compression-label
+grammar, the paper's model notation (plain text and math), table and figure names, Figure 2's model
 pairs and the seed offsets of the stages.
 
 Pure Python, no torch or pandas: the Snakefile imports it at parse time, and every job parses the
@@ -77,11 +77,7 @@ WILDCARDS = {
 # What each rule makes: compress the prune-* and ptq-int* nodes, qat the qat-int* ones, finetune st/ad.
 COMPRESS_OUTPUTS = f"{PRUNE_LABEL}|{PTQ_LABEL}"
 FINETUNE_OUTPUTS = "|".join([*(m for m in FINETUNE_MODES if m != "none"), *CONTROLS])
-
-# Paths: every wildcard is visible, so a user can `ls` a result and know what it is.
-DATA = "results/{experiment}/data/{dataset}.pt"
-NODE = "results/{experiment}/{dataset}-{arch}/seed{seed}/base-{train}"
-LOGS = "logs/{experiment}/{dataset}-{arch}/seed{seed}/base-{train}"
+# The paths of a node (its folders, files and logs) are advfine.nodes'.
 
 
 def parse_compression(label: str) -> tuple[str, float | int | None]:
@@ -130,6 +126,38 @@ def model_label(train: str, method: str = DENSE, finetune: str = "none", quant_k
     if quant_kind and method in QUANTIZATION_METHODS:
         label += f" ({method.upper()})"
     return label
+
+
+_LABEL_RE = re.compile(r"^(?:T_(?P<ft>[a-z]+)\((?P<inner>[^()\s]+)\)|(?P<plain>[^()\s]+))"
+                       r"(?P<kind> \((?:PTQ|QAT)\))?$")
+_BASE_RE = re.compile(r"^f_(?P<train>[a-z]+)(?:\^(?P<sup>[a-z]+))?$")
+
+
+def math_notation(label: str) -> str | None:
+    """``T_ad(f_st^q) (PTQ)`` -> ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``, valid LaTeX and matplotlib
+    mathtext; None for a label that is not in the paper's notation."""
+    m = _LABEL_RE.match(label)
+    base = _BASE_RE.match((m.group("inner") or m.group("plain")) if m else "")
+    if not (m and base):
+        return None
+    math_label = "f_{" + base.group("train") + "}"
+    if base.group("sup"):
+        math_label += "^{" + base.group("sup") + "}"
+    if m.group("ft"):
+        math_label = r"\mathcal{T}_{" + m.group("ft") + "}(" + math_label + ")"
+    return f"${math_label}$" + (m.group("kind") or "")
+
+
+def mathtext_label(label: str) -> str:
+    """A model label for matplotlib: the paper's notation as mathtext (``math_notation``); any other label
+    as plain text (its ``$`` escaped, so matplotlib does not read it as math)."""
+    return math_notation(label) or label.replace("$", r"\$")
+
+
+def math_model_label(train: str, method: str = DENSE, finetune: str = "none") -> str:
+    """The label every figure gives a model: ``("st", "ptq", "ad")`` ->
+    ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)`` (quantized models name their kind, PTQ or QAT)."""
+    return mathtext_label(model_label(train, method, finetune, quant_kind=True))
 
 
 def table5_models(prune_sparsity: float, ptq_bits: int) -> list[tuple[str, str, str]]:

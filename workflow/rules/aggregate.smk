@@ -4,7 +4,7 @@ rule aggregate:
     table reads the per-sample outcomes)."""
     input:
         evals=eval_targets(),
-        samples=[p.replace("eval.json", vocab.SAMPLES) for p in eval_targets()],
+        samples=sample_targets(),
     output:
         csv=in_report(
             f"results/{{experiment}}/{vocab.ALL_METRICS}", "all_metrics", "Metrics"

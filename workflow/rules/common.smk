@@ -1,5 +1,6 @@
 # The experiment config, wildcard constraints, input functions and target lists. Every name (stages,
-# paths, compression labels, tables, figures) comes from advfine.vocab, the package's vocabulary.
+# compression labels, tables, figures) comes from advfine.vocab, the package's vocabulary; every node's
+# identity and paths from advfine.nodes.Node.
 import os
 import re
 
@@ -22,6 +23,8 @@ except ModuleNotFoundError as err:
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
     os.environ.update(PYTHONPATH=os.path.dirname(os.path.dirname(vocab.__file__)))
 
+from advfine import nodes
+from advfine.nodes import Node
 from advfine.config import (
     ConfigError,
     check_device,
@@ -60,11 +63,8 @@ onstart:
 
 EXPERIMENT = config["experiment"]
 DATASET = config["data"]["name"]
-ARCH = config["model"]["arch"]
 SWEEP = config["sweep"]
-DATA = vocab.DATA
-NODE = vocab.NODE
-LOGS = vocab.LOGS
+DATA = nodes.DATA
 RESULTS = f"results/{EXPERIMENT}"
 RESOLVED = f"{RESULTS}/{vocab.RESOLVED_CONFIG}"
 
@@ -81,24 +81,14 @@ def rule_resources(rule_name):
     return res[group] | res["rules"].get(rule_name, {})
 
 
-def compression_labels(train):
-    """The compressed nodes under base model ``train``; QAT only under sweep.qat_base_models."""
-    labels = [
-        vocab.compression_label(vocab.PRUNE, s) for s in SWEEP["prune_sparsities"]
-    ]
-    labels += [vocab.compression_label(vocab.PTQ, b) for b in SWEEP["ptq_bits"]]
-    if train in SWEEP["qat_base_models"]:
-        labels += [vocab.compression_label(vocab.QAT, b) for b in SWEEP["qat_bits"]]
-    return labels
-
-
 def model_files(folder):
-    return {"model": f"{folder}/model.pt", "metrics": f"{folder}/metrics.json"}
+    """A checkpoint's files in ``folder`` (a path template of advfine.nodes), by the names the scripts read."""
+    return {"model": f"{folder}/{nodes.MODEL}", "metrics": f"{folder}/{nodes.METRICS}"}
 
 
 def train_base_input(wildcards):
     """train_base reads the prepared data, and a user's pretrained checkpoint when one is set."""
-    inputs = {"data": DATA.format(**wildcards)}
+    inputs = {"data": Node.from_wildcards(wildcards).data}
     if config["model"]["pretrained"]:
         inputs["pretrained"] = config["model"]["pretrained"]
     return inputs
@@ -106,26 +96,21 @@ def train_base_input(wildcards):
 
 def qat_input(wildcards):
     """QAT from the trained base model reads it; QAT from scratch needs only the data."""
-    inputs = {"data": DATA.format(**wildcards)}
+    node = Node.from_wildcards(wildcards)
+    inputs = {"data": node.data}
     if config["qat"]["init"] == "parent":
-        inputs |= model_files(NODE.format(**wildcards))
+        inputs |= node.parent().model_files()
     return inputs
 
 
 def finetune_input(wildcards):
     """The checkpoint a fine-tuning job starts from: the compressed model, or the base model."""
-    node = NODE.format(**wildcards)
-    if wildcards.compression == vocab.DENSE:
-        return model_files(node)
-    return model_files(f"{node}/{wildcards.compression}")
+    return Node.from_wildcards(wildcards).parent().model_files()
 
 
 def evaluate_input(wildcards):
-    """The checkpoint an evaluation measures (ft-none evaluates the parent itself)."""
-    if wildcards.finetune == "none":
-        return finetune_input(wildcards)
-    node = NODE.format(**wildcards)
-    return model_files(f"{node}/{wildcards.compression}/ft-{wildcards.finetune}")
+    """The checkpoint an evaluation measures: the node's own."""
+    return Node.from_wildcards(wildcards).model_files()
 
 
 TABLE5_MODELS = vocab.table5_models(
@@ -135,47 +120,18 @@ TABLE5_MODELS = vocab.table5_models(
 
 def is_table5_model(wildcards):
     """Whether the evaluated node is one of Table 5's models (its evaluation measures a robustness curve)."""
-    return (wildcards.train, wildcards.compression, wildcards.finetune) in TABLE5_MODELS
+    node = Node.from_wildcards(wildcards)
+    return (node.train, node.compression, node.finetune) in TABLE5_MODELS
 
 
 def eval_targets():
     """Every eval.json of the sweep."""
-    paths = []
-    for seed in SWEEP["seeds"]:
-        for train in SWEEP["base_models"]:
-            node = NODE.format(
-                experiment=EXPERIMENT,
-                dataset=DATASET,
-                arch=ARCH,
-                seed=seed,
-                train=train,
-            )
-            paths.append(f"{node}/{vocab.DENSE}/ft-none/eval.json")
-            if train == "st":
-                paths += [
-                    f"{node}/{vocab.DENSE}/ft-{ft}/eval.json"
-                    for ft in SWEEP["dense_finetune"]
-                ]
-            for comp in compression_labels(train):
-                paths += [
-                    f"{node}/{comp}/ft-{ft}/eval.json"
-                    for ft in SWEEP["finetune"] + controls_under(train)
-                ]
-    return paths
+    return [node.eval for node in nodes.sweep_nodes(config)]
 
 
-def controls_under(train):
-    """The control arms (sweep.controls) under base model ``train``, if it is in sweep.control_base_models:
-    the from-scratch ones only under the first of those (they use its compressed architecture, never its
-    weights)."""
-    bases = [b for b in SWEEP["base_models"] if b in SWEEP["control_base_models"]]
-    if train not in bases:
-        return []
-    return [
-        c
-        for c in SWEEP["controls"]
-        if train == bases[0] or c not in vocab.SCRATCH_CONTROLS
-    ]
+def sample_targets():
+    """Every samples.csv of the sweep (beside its eval.json)."""
+    return [node.samples for node in nodes.sweep_nodes(config)]
 
 
 TABLES = vocab.table_names(DATASET)
@@ -198,27 +154,9 @@ def figure_targets():
 def figure2_input(wildcards):
     """The models of Figure 2's three pairs (vocab.FIGURE2_MODELS), first seed, at the report's
     compression levels, and the prepared data."""
-    levels = {
-        vocab.DENSE: vocab.DENSE,
-        vocab.PRUNE: vocab.compression_label(
-            vocab.PRUNE, config["report"]["prune_sparsity"]
-        ),
-        vocab.PTQ: vocab.compression_label(vocab.PTQ, config["report"]["ptq_bits"]),
-    }
-    inputs = {"data": DATA.format(experiment=wildcards.experiment, dataset=DATASET)}
-    for name, (train, method, finetune) in vocab.FIGURE2_MODELS.items():
-        node = NODE.format(
-            experiment=wildcards.experiment,
-            dataset=DATASET,
-            arch=ARCH,
-            seed=SWEEP["seeds"][0],
-            train=train,
-        )
-        folder = (
-            node if method == vocab.DENSE else f"{node}/{levels[method]}/ft-{finetune}"
-        )
-        inputs[name] = f"{folder}/model.pt"
-    return inputs
+    models = nodes.figure2_nodes(config, wildcards.experiment)
+    inputs = {"data": next(iter(models.values())).data}
+    return inputs | {name: node.model for name, node in models.items()}
 
 
 def caption(stem):

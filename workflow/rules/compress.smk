@@ -1,12 +1,12 @@
 rule compress:
     """L1-norm filter pruning (filters removed) or post-training quantization of a base model."""
     input:
-        **model_files(NODE),
+        **model_files(nodes.BASE_FOLDER),
         data=DATA,
     output:
-        **model_files(f"{NODE}/{{compression}}"),
+        **model_files(nodes.COMPRESSED_FOLDER),
     log:
-        f"{LOGS}/{{compression}}/compress.log",
+        f"{nodes.COMPRESSED_LOGS}/compress.log",
     wildcard_constraints:
         compression=vocab.COMPRESS_OUTPUTS,
     conda:

@@ -4,10 +4,10 @@ rule evaluate:
         unpack(evaluate_input),
         data=DATA,
     output:
-        eval=f"{NODE}/{{compression}}/ft-{{finetune}}/eval.json",
-        samples=f"{NODE}/{{compression}}/ft-{{finetune}}/{vocab.SAMPLES}",
+        eval=f"{nodes.FINETUNED_FOLDER}/{nodes.EVAL}",
+        samples=f"{nodes.FINETUNED_FOLDER}/{vocab.SAMPLES}",
     log:
-        f"{LOGS}/{{compression}}/ft-{{finetune}}/evaluate.log",
+        f"{nodes.FINETUNED_LOGS}/evaluate.log",
     conda:
         "../../envs/advfine.yaml"
     threads: config["threads"]

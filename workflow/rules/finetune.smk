@@ -4,9 +4,9 @@ rule finetune:
         unpack(finetune_input),
         data=DATA,
     output:
-        **model_files(f"{NODE}/{{compression}}/ft-{{finetune}}"),
+        **model_files(nodes.FINETUNED_FOLDER),
     log:
-        f"{LOGS}/{{compression}}/ft-{{finetune}}/finetune.log",
+        f"{nodes.FINETUNED_LOGS}/finetune.log",
     wildcard_constraints:
         finetune=vocab.FINETUNE_OUTPUTS,
     conda:

@@ -4,9 +4,9 @@ rule qat:
     input:
         unpack(qat_input),
     output:
-        **model_files(f"{NODE}/qat-int{{bits}}"),
+        **model_files(nodes.QAT_FOLDER),
     log:
-        f"{LOGS}/qat-int{{bits}}/qat.log",
+        f"{nodes.QAT_LOGS}/qat.log",
     conda:
         "../../envs/advfine.yaml"
     threads: config["threads"]

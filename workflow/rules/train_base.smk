@@ -3,9 +3,9 @@ rule train_base:
     input:
         unpack(train_base_input),
     output:
-        **model_files(NODE),
+        **model_files(nodes.BASE_FOLDER),
     log:
-        f"{LOGS}/train_base.log",
+        f"{nodes.BASE_LOGS}/train_base.log",
     conda:
         "../../envs/advfine.yaml"
     threads: config["threads"]

@@ -19,8 +19,8 @@ Modules (import from them; this package re-exports nothing):
 * ``stats``: the rows of one model (``select``) and their mean and sample std over seeds
   (``summarize``), per (experiment, dataset, arch) group;
 * ``labels``: display names and cell text (``format_cell``, ``level_label``, ``dataset_name``,
-  ``latex_model_label``, the figures' ``math_model_label``...); the paper's model notation is
-  ``advfine.vocab.model_label``;
+  ``latex_model_label``...); the paper's model notation is ``advfine.vocab.model_label`` (the figures':
+  ``math_model_label``), a node's ``advfine.nodes.Node.label``;
 * ``tables``: the tables as DataFrames (``table2``, ``table3``, ``table5``,
   ``computational_gains``, ``compute_table``);
 * ``render``: the tables as CSV, Markdown, LaTeX and HTML files (``write_tables``); ``html_tables`` writes

@@ -12,7 +12,7 @@ accuracy is a solid line with filled markers, robustness a dashed line with open
 lines are the dense models without fine-tuning; one panel row per (experiment, dataset, arch),
 titled by dataset and architecture. A model with a diverged or collapsed seed (``stats``) has no
 point: the figure writes "diverged" or "collapsed" where it would be (Figure 5: in the legend, no
-curve). Every model is labelled in the paper's notation (``labels.math_model_label``) and drawn in
+curve). Every model is labelled in the paper's notation (``vocab.math_model_label``) and drawn in
 its own colour and marker (``model_style``) in every figure. Each ``plot_*`` function writes a PNG to
 ``path_png`` and, when ``path_pdf`` is given, the same figure as PDF, and returns the written paths;
 ``plot_figures`` writes both for figures named by their stems (``FIGURES``).
@@ -34,8 +34,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..files import atomic_path
-from ..vocab import DENSE, FIGURE1, FIGURE3, FIGURE4, FIGURE5, FIGURE_FORMATS, PRUNE, PTQ, QAT
-from .labels import arch_name, dataset_name, health_text, math_model_label
+from ..vocab import DENSE, FIGURE1, FIGURE3, FIGURE4, FIGURE5, FIGURE_FORMATS, PRUNE, PTQ, QAT, math_model_label
+from .labels import arch_name, dataset_name, health_text
 from .stats import GROUP_COLS, collapsed_mask, groups, select, summarize
 
 ACCURACY_LIMITS = (0.0, 100.0)  # every accuracy axis, in %

@@ -2,9 +2,9 @@
 
 * Model labels follow the paper in plain text: ``f_st``, ``f_rb^p``, ``T_ad(f_st^q) (PTQ)``...
   (``^p`` = pruned, ``^q`` = quantized, ``T_st``/``T_ad`` = standard/adversarial fine-tuning),
-  built by ``advfine.vocab.base_label``/``model_label``; LaTeX tables and matplotlib figures render
-  them as math (``latex_model_label``, ``mathtext_label``: ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``),
-  and ``math_model_label`` is the figures' label of a model identity (train, method, fine-tuning).
+  built by ``advfine.vocab.base_label``/``model_label`` (a node's: ``advfine.nodes.Node.label``); LaTeX
+  tables render them as math (``latex_model_label``: ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``), figures
+  by ``advfine.vocab.math_model_label``/``mathtext_label``.
 * A cell is ``"mean ± std"`` with two decimals (``format_cell``); a requested combination with
   no data is shown as ``n/a`` (``NA``), never dropped.
 * Datasets and architectures are named in captions and titles by ``dataset_name``/``arch_name``.
@@ -12,9 +12,8 @@
 from __future__ import annotations
 
 import math
-import re
 
-from ..vocab import DENSE, QUANTIZATION_METHODS, model_label
+from ..vocab import DENSE, QUANTIZATION_METHODS, math_notation
 
 NA = "n/a"
 
@@ -143,9 +142,6 @@ def format_count(n: float) -> str:
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                   "^": r"\textasciicircum{}", FLAG_MARK: r"$^{\dagger}$"}
-_LABEL_RE = re.compile(r"^(?:T_(?P<ft>[a-z]+)\((?P<inner>[^()\s]+)\)|(?P<plain>[^()\s]+))"
-                       r"(?P<kind> \((?:PTQ|QAT)\))?$")
-_BASE_RE = re.compile(r"^f_(?P<train>[a-z]+)(?:\^(?P<sup>[a-z]+))?$")
 
 
 def latex_escape(text) -> str:
@@ -171,16 +167,4 @@ def _math_notation(label: str) -> str | None:
 def latex_model_label(label: str) -> str:
     """``T_ad(f_st^q) (PTQ)`` -> ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``; a label that is not
     in the paper's notation is escaped as plain text."""
-    return _math_notation(label) or latex_escape(label)
-
-
-def mathtext_label(label: str) -> str:
-    """A model label for matplotlib: the paper's notation as mathtext (as ``latex_model_label``); any
-    other label as plain text (its ``$`` escaped, so matplotlib does not read it as math)."""
-    return _math_notation(label) or label.replace("$", r"\$")
-
-
-def math_model_label(train: str, method: str = DENSE, finetune: str = "none") -> str:
-    """The label every figure gives a model: ``("st", "ptq", "ad")`` ->
-    ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)`` (quantized models name their kind, PTQ or QAT)."""
-    return mathtext_label(model_label(train, method, finetune, quant_kind=True))
+    return math_notation(label) or latex_escape(label)
