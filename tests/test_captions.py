@@ -12,11 +12,12 @@ from advfine.report.captions import Caption
 
 def test_markup_with_math_and_special_characters_in_each_format():
     text = r"Accuracy in % of A & B on fashion_mnist: $\mathcal{T}_{ad}(f_{st}^{q})$ and $f^p$, 1 ± 2 · A ≈ B, † #1"
-    assert captions.markdown(text) == "Accuracy in % of A & B on fashion_mnist: T_ad(f_st^q) and f^p, 1 ± 2 · A ≈ B, † #1"
+    assert captions.markdown(text) == ("Accuracy in % of A & B on fashion_mnist: T_ad(f_st^q) and f^p, 1 ± 2 · A ≈ B, "
+                                       "† #1")
     assert captions.html(text) == ("Accuracy in % of A &amp; B on fashion_mnist: T_ad(f_st^q) and f^p, 1 ± 2 · "
                                    "A ≈ B, † #1")
-    assert captions.latex(text) == (r"Accuracy in \% of A \& B on fashion\_mnist: $\mathcal{T}_{ad}(f_{st}^{q})$ and "
-                                    r"$f^p$, 1 $\pm$ 2 $\cdot$ A $\approx$ B, $^{\dagger}$ \#1")
+    assert captions.latex(text) == (r"Accuracy in \% of A \& B on fashion\_mnist: $\mathcal{T}_{ad}(f_{st}^{q})$ "
+                                    r"and $f^p$, 1 $\pm$ 2 $\cdot$ A $\approx$ B, $^{\dagger}$ \#1")
     assert captions.html("a < b > c") == "a &lt; b &gt; c" and captions.latex("a < b") == "a $<$ b"
     assert captions.markdown("$n = 1$, $10^6$ bytes, $\\ell_1$") == "n = 1, 10^6 bytes, ℓ_1"
 

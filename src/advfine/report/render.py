@@ -32,8 +32,8 @@ from .captions import Caption
 from .claims import claims_table, layout_claims
 from .controls import controls_table, layout_controls
 from .html_tables import block_html, table_page
-from .labels import (COLLAPSED, DIVERGED, dataset_name, format_count, format_ratio, format_speedup, group_title, latex_escape,
-                     latex_model_label)
+from .labels import (COLLAPSED, DIVERGED, dataset_name, format_count, format_ratio, format_speedup, group_title,
+                     latex_escape, latex_model_label)
 from .stats import GROUP_COLS
 from .tables import FT_KEYS, computational_gains, compute_table, table2, table3, table5
 
