@@ -753,7 +753,7 @@ def test_write_tables_fashion_mnist(df_qat, tmp_path):
     assert list(t3.columns[:3]) == ["experiment", "dataset", "arch"]
 
     md3 = (out / "table3_compressed.md").read_text(encoding="utf-8")
-    assert md3.startswith("Table 3:") and "0.8" in md3.splitlines()[0] and "INT8" in md3
+    assert md3.startswith("Table 3:") and "80% sparsity" in md3.splitlines()[0] and "INT8" in md3
     assert "Fashion-MNIST (8-layer CNN)" in md3.splitlines()[0]
     assert "82.00 ± 2.83" in md3 and "n/a" in md3 and "T_st(·)" in md3
     assert "2/0/2" in md3 and "1/2/2" in md3  # per-column seed counts where they differ
@@ -793,7 +793,7 @@ def test_write_tables_cifar10_names_tables_4_and_6(tmp_path):
     assert {p.stem for p in written} == set(vocab.table_names("cifar10"))
     md4 = (out / "table4_compressed.md").read_text(encoding="utf-8")
     md6 = (out / "table6_adversarial_finetuning.md").read_text(encoding="utf-8")
-    assert md4.startswith("Table 4:") and "CIFAR10 (ResNet-18)" in md4 and "0.5" in md4
+    assert md4.startswith("Table 4:") and "CIFAR10 (ResNet-18)" in md4 and "50% sparsity" in md4
     assert md6.startswith("Table 6:")
     tex4 = (out / "table4_compressed.tex").read_text(encoding="utf-8")
     check_latex_table(tex4)
@@ -865,7 +865,7 @@ def test_the_reports_html_tables_fit_beside_their_caption(df_qat, tmp_path):
 def test_an_html_table_whose_layout_lost_a_column_is_refused():
     block = pd.DataFrame({"Claim": ["C1"], "Statement": ["s"]})
     with pytest.raises(ValueError, match="HTML parts of table layout 'claims'"):
-        html_tables.table_page("caption", [(("e", "digits", "cnn8"), block)], "note", "claims")
+        html_tables.block_html(block, "claims")
 
 
 def test_write_tables_empty(tmp_path):

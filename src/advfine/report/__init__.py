@@ -24,7 +24,8 @@ Modules (import from them; this package re-exports nothing):
 * ``tables``: the tables as DataFrames (``table2``, ``table3``, ``table5``,
   ``computational_gains``, ``compute_table``);
 * ``render``: the tables as CSV, Markdown, LaTeX and HTML files (``write_tables``); ``html_tables`` writes
-  the HTML page the Snakemake report shows, a wide table in parts that fit beside its caption;
+  the HTML page the Snakemake report shows, a wide table in parts that fit beside its caption; ``captions``
+  holds each table's title and notes, written once and turned into every format;
 * ``figures``: Figures 1, 3, 4 and 5 (``plot_figure1``/``3``/``4``/``5``, ``plot_figures``) and the
   helpers Figure 2 (``advfine.features``) shares (``new_figure``, ``save_figure``, the palette
   ``model_style``); it needs only ``stats`` and ``labels``, so importing it loads no table code.

@@ -193,14 +193,3 @@ def _verdict_text(row: pd.Series) -> str:
     verdict, n = row["verdict"], int(row["n_seeds"])
     return f"{verdict} (A {int(row['a_' + verdict])}/{n}, B {int(row['b_' + verdict])}/{n})"
 
-
-def claims_note(margin: float) -> str:
-    return (f"A - B: difference of mean accuracy in points over the seeds both models have (n) and the test "
-            f"samples, paired; 95 % CI: two-level bootstrap (seeds, then samples; 2,000 replicates). Verdict "
-            f"from the CI alone: A > B (A < B) confirmed when the CI lies above (below) 0, refuted when it lies "
-            f"on the other side; A ≈ B confirmed when the CI lies within ±{margin:g} points, refuted when it "
-            f"lies outside; otherwise inconclusive. McNemar p: exact test on the pooled pairs (seeds stacked), "
-            f"shown beside. Robust = per-sample worst case over the attack suite. not run = a model of the "
-            f"claim is not in this experiment. diverged / collapsed (A k/n, B k/n) = k of the n seeds of A or "
-            f"B diverged, or were trained into a (near-)constant classifier (the model itself or a model it was "
-            f"built from): no statistic is computed, the comparison is not evidence either way.")

@@ -10,7 +10,6 @@ import pandas as pd
 
 from ..vocab import ADVERSARIAL_FINETUNING, BASE_MODELS, CONTROLS, EQUAL_COST_SUFFIX, SCRATCH_CONTROLS, model_label
 from .labels import format_macs, format_minutes, stat_cell
-from .notes import HEALTH_NOTE
 from .stats import GROUP_COLS, groups, mean_std, summarize
 from .tables import compression_level_text, model_sort_key
 
@@ -74,11 +73,3 @@ def layout_controls(rows: pd.DataFrame) -> pd.DataFrame:
         "Training MACs (est.)": rows["train_macs"],
     }).reset_index(drop=True)
 
-
-CONTROLS_NOTE = (
-    "Accuracy in %, mean ± sample std (ddof=1) over seeds; n = number of seeds. Robustness: per-sample worst "
-    "case over the evaluation's attack suite († = flagged by the evaluation audit). Start: the compressed "
-    "model's trained weights, or random initialization of the same (compressed) architecture. Budget: the "
-    "fine-tuning settings (epochs, lr, momentum of the compression method) or the base-training settings. "
-    "Training time and MACs: the arm's own training stage (not the base model's). The from-scratch arms "
-    "are run under the first base model; they do not depend on its weights. " + HEALTH_NOTE)

@@ -1,4 +1,4 @@
-"""The HTML page of a table, the version ``snakemake --report`` shows (``table_page``).
+"""The HTML of a table, the version ``snakemake --report`` shows (``block_html``, ``table_page``).
 
 The report shows a table's page beside its caption, in about half a screen (650 px): a table wider than that
 is shown in parts of a few columns (``HTML_PARTS``), each part repeating the columns that name a row, so that
@@ -11,7 +11,6 @@ import re
 
 import pandas as pd
 
-from .labels import group_title
 
 # Per table layout (the keys of render's LaTeX headers): (the columns that name a row, [(part title, its
 # columns)]); a layout not named here fits whole. Every column of the layout is in one part (``table_parts``).
@@ -77,18 +76,14 @@ def table_html(block: pd.DataFrame) -> str:
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
 
 
-def table_page(caption: str, blocks: list, note: str, layout: str) -> str:
-    """The Markdown layout (``blocks``: [(group keys, layout DataFrame)]) as a standalone HTML page, a wide table
-    in parts (``HTML_PARTS``); ``layout``: the table's layout key."""
-    def tables(block: pd.DataFrame) -> str:
-        return "\n".join((f"<h4>{html.escape(title)}</h4>\n" if title else "") + table_html(part)
-                         for title, part in table_parts(block, layout))
+def block_html(block: pd.DataFrame, layout: str) -> str:
+    """One group of a table (a layout DataFrame) as HTML: in the parts of ``HTML_PARTS``, each under its title;
+    ``layout``: the table's layout key."""
+    return "\n".join((f"<h4>{html.escape(title)}</h4>\n" if title else "") + table_html(part)
+                     for title, part in table_parts(block, layout))
 
-    if not blocks:
-        body = "<p>(no data)</p>"
-    elif len(blocks) == 1:
-        body = tables(blocks[0][1])
-    else:
-        body = "\n".join(f"<h3>{html.escape(group_title(keys))}</h3>\n{tables(b)}" for keys, b in blocks)
+
+def table_page(title: str, body: str, notes: str) -> str:
+    """A standalone HTML page: ``title`` (HTML text) above ``body`` (HTML), ``notes`` (HTML text) below."""
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><style>{_STYLE}</style></head><body>\n"
-            f"<p>{html.escape(caption)}</p>\n{body}\n<p class=\"note\">{html.escape(note)}</p>\n</body></html>\n")
+            f"<p>{title}</p>\n{body}\n<p class=\"note\">{notes}</p>\n</body></html>\n")

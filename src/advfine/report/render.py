@@ -11,10 +11,14 @@ cifar10), in every ``TABLE_FORMATS``:
   a titled block. LaTeX renders model labels as math and escapes every other cell;
 * ``.html``: the Markdown layout as a standalone page, the version ``snakemake --report`` shows; a wide
   table in parts of a few columns, so that it fits whole beside its caption there (``html_tables``).
+
+Every format is one caption of ``captions`` (title above, notes below) around one body (``_body``: the
+groups' tables, each after its group title when there are several).
 """
 from __future__ import annotations
 
 import os
+from html import escape
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,15 +26,16 @@ import pandas as pd
 
 from ..files import write_text
 from ..vocab import TABLE_FORMATS, table_names
+from . import captions
 from .audit_table import evaluation_audit, format_points
-from .claims import claims_note, claims_table, layout_claims
-from .controls import CONTROLS_NOTE, controls_table, layout_controls
-from .notes import AUDIT_NOTE, GAINS_NOTE, NOTE, TEX_GAINS_NOTE, TEX_NOTE, compute_notes
-from .html_tables import table_page
-from .labels import (COLLAPSED, DIVERGED, NA, arch_name, dataset_name, format_count, format_ratio, format_speedup,
-                     group_title, latex_escape, latex_model_label)
+from .captions import Caption
+from .claims import claims_table, layout_claims
+from .controls import controls_table, layout_controls
+from .html_tables import block_html, table_page
+from .labels import (COLLAPSED, DIVERGED, dataset_name, format_count, format_ratio, format_speedup, group_title,
+                     latex_escape, latex_model_label)
 from .stats import GROUP_COLS
-from .tables import FT_KEYS, computational_gains, compute_table, level_for, table2, table3, table5
+from .tables import FT_KEYS, computational_gains, compute_table, table2, table3, table5
 
 
 def _latex_text(cell) -> str:
@@ -144,44 +149,49 @@ def _blocks(table: pd.DataFrame, layout) -> list[tuple[tuple, pd.DataFrame]]:
     return [(keys, layout(rows)) for keys, rows in table.groupby(GROUP_COLS, sort=True)]
 
 
-def _markdown(caption: str, blocks: list, note: str) -> str:
+def _body(blocks: list, table, heading, separator: str, no_data: str) -> str:
+    """The body of a table in one format: ``table(block)`` of each group, after ``heading(its title)`` and
+    between ``separator`` when there are several groups; ``no_data`` when there is none."""
+    if not blocks:
+        return no_data
+    if len(blocks) == 1:
+        return table(blocks[0][1])
+    return separator.join(heading(group_title(keys)) + table(block) for keys, block in blocks)
+
+
+def _markdown(caption: Caption, blocks: list) -> str:
     def md(block: pd.DataFrame) -> str:
         # disable_numparse: cells are final text ("1.00" must not become "1")
         return block.to_markdown(index=False, disable_numparse=True)
 
-    if not blocks:
-        body = "(no data)"
-    elif len(blocks) == 1:
-        body = md(blocks[0][1])
-    else:
-        body = "\n\n".join(f"**{group_title(keys)}**\n\n{md(b)}" for keys, b in blocks)
-    return f"{caption}\n\n{body}\n\n{note}\n"
+    body = _body(blocks, md, lambda title: f"**{title}**\n\n", "\n\n", "(no data)")
+    return f"{captions.markdown(caption.numbered_title)}\n\n{body}\n\n{captions.markdown(caption.notes)}\n"
 
 
-def _latex(caption: str, label: str, blocks: list, header: list[str], colspec: str,
-           note: str) -> str:
+def _html(caption: Caption, blocks: list, layout: str) -> str:
+    body = _body(blocks, lambda block: block_html(block, layout), lambda title: f"<h3>{escape(title)}</h3>\n",
+                 "\n", "<p>(no data)</p>")
+    return table_page(captions.html(caption.numbered_title), body, captions.html(caption.notes))
+
+
+def _latex(caption: Caption, label: str, blocks: list, header: list[str], colspec: str) -> str:
     """A booktabs table float (needs ``\\usepackage{booktabs}``). Model labels become math,
     other cells are escaped; several groups are separated by a titled ``\\midrule``."""
     ncols = len(colspec)
+
+    def rows(block: pd.DataFrame) -> str:
+        return "\n".join(" & ".join(latex_model_label(v) if col == "Model" and v else _latex_text(v)
+                                    for col, v in row.items()) + r" \\" for _, row in block.iterrows())
+
+    def heading(title: str) -> str:
+        return rf"\multicolumn{{{ncols}}}{{l}}{{\emph{{{latex_escape(title)}}}}} \\" + "\n"
+
+    body = _body(blocks, rows, heading, "\n\\midrule\n", rf"\multicolumn{{{ncols}}}{{c}}{{no data}} \\")
     lines = ["% Written by advfine.report; needs \\usepackage{booktabs}.",
-             r"\begin{table}[htbp]", r"\centering", rf"\caption{{{caption}}}",
-             rf"\label{{tab:{label}}}", rf"\begin{{tabular}}{{{colspec}}}", r"\toprule"]
-    lines += header
-    lines.append(r"\midrule")
-    if not blocks:
-        lines.append(rf"\multicolumn{{{ncols}}}{{c}}{{no data}} \\")
-    for i, (keys, block) in enumerate(blocks):
-        if len(blocks) > 1:
-            if i:
-                lines.append(r"\midrule")
-            title = latex_escape(group_title(keys))
-            lines.append(rf"\multicolumn{{{ncols}}}{{l}}{{\emph{{{title}}}}} \\")
-        for _, row in block.iterrows():
-            cells = [latex_model_label(v) if col == "Model" and v else _latex_text(v)
-                     for col, v in row.items()]
-            lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", "",
-              rf"\par\smallskip{{\footnotesize {note}}}", r"\end{table}", ""]
+             r"\begin{table}[htbp]", r"\centering", rf"\caption{{{captions.latex(caption.title)}}}",
+             rf"\label{{tab:{label}}}", rf"\begin{{tabular}}{{{colspec}}}", r"\toprule", *header, r"\midrule",
+             body, r"\bottomrule", r"\end{tabular}", "",
+             rf"\par\smallskip{{\footnotesize {captions.latex(caption.notes)}}}", r"\end{table}", ""]
     return "\n".join(lines)
 
 
@@ -230,103 +240,34 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
     are one value or a {dataset: value} mapping; ``margin``: the claims table's equivalence margin in
     points. Returns the written paths."""
     dataset = _single_dataset(df, dataset)
-    stems = table_names(dataset)
-    p_lev, q_bits = level_for(prune_level, dataset), level_for(ptq_bits, dataset)
-    p_txt = NA if p_lev is None else f"{p_lev:g}"
-    p_pct = NA if p_lev is None else f"{100 * p_lev:g}\\%"
-    q_txt = NA if q_bits is None else f"INT{int(q_bits)}"
-    archs = ", ".join(arch_name(a) for a in sorted(df["arch"].dropna().unique())) if len(df) else ""
-    on = f"{dataset_name(dataset)} ({archs})" if archs else dataset_name(dataset)
-    on_tex = latex_escape(on)
-    num3, num5 = (4, 6) if dataset == "cifar10" else (3, 5)
-    specs = [  # (stem, CSV table, layout, LaTeX header key, md caption, tex caption, notes)
-        (stems[0], table2(df), _layout_table2, "table2",
-         f"Table 2: Baseline performance of the dense standard (f_st) and robust (f_rb) models on "
-         f"{on}, test accuracy and robustness (accuracy under PGD); T_ad(f_st) = the standard model "
-         "with adversarial fine-tuning.",
-         rf"Baseline performance of the dense standard ($f_{{st}}$) and robust ($f_{{rb}}$) models on "
-         rf"{on_tex}, test accuracy and robustness (accuracy under PGD); $\mathcal{{T}}_{{ad}}(f_{{st}})$ "
-         "is the standard model with adversarial fine-tuning.", NOTE, TEX_NOTE),
-        (stems[1], table3(df, prune_level, ptq_bits), _layout_table3, "table3",
-         f"Table {num3}: Performance of compressed standard and robust models on {on}: l1-norm "
-         f"filter pruning with sparsity {p_txt} (^p) and {q_txt} post-training quantization (^q), "
-         "without fine-tuning (None), with standard (T_st) and adversarial (T_ad) fine-tuning.",
-         rf"Performance of compressed standard and robust models on {on_tex}: $\ell_1$-norm filter "
-         rf"pruning with {p_pct} sparsity ratio ($f^p$) and {q_txt} post-training quantization "
-         rf"($f^q$), without fine-tuning (None), with standard fine-tuning {_T_ST} and adversarial "
-         rf"fine-tuning {_T_AD}.", NOTE, TEX_NOTE),
-        (stems[2], table5(df, prune_level, ptq_bits), _layout_table5, "table5",
-         f"Table {num5}: Performance on {on} of the dense models f_st, f_rb and of compressed models "
-         f"after adversarial fine-tuning T_ad(·): pruning with sparsity {p_txt} (^p), {q_txt} "
-         "post-training quantization (PTQ) and quantization-aware training (QAT) (^q).",
-         rf"Performance on {on_tex} of the dense models $f_{{st}}$, $f_{{rb}}$ and of compressed "
-         rf"models after adversarial fine-tuning {_T_AD}: pruning with {p_pct} sparsity ratio "
-         rf"($f^p$), {q_txt} post-training quantization (PTQ) and quantization-aware training "
-         rf"(QAT) ($f^q$).", NOTE, TEX_NOTE),
-        (stems[3], computational_gains(df, prune_level, ptq_bits), _layout_gains, "gains",
-         f"Computational gains on {on}: the adversarial stage of full adversarial training (f_rb) "
-         f"vs adversarial fine-tuning of the dense (T_ad(f_st)), pruned (sparsity {p_txt}) and "
-         f"quantized ({q_txt} PTQ) standard models, with its wall time and estimated MACs, and the "
-         "wall time of each model's whole lineage (standard training + compression + "
-         "fine-tuning); ratios to f_rb.",
-         rf"Computational gains on {on_tex}: the adversarial stage of full adversarial training "
-         rf"($f_{{rb}}$) vs adversarial fine-tuning of the dense ($\mathcal{{T}}_{{ad}}(f_{{st}})$), "
-         rf"pruned ({p_pct} sparsity) and quantized ({q_txt} PTQ) standard models, with its wall "
-         r"time and estimated multiply-accumulates (MACs), and the wall time of each model's "
-         r"whole lineage (standard training + compression + fine-tuning).",
-         GAINS_NOTE, TEX_GAINS_NOTE),
-        (stems[4], compute_table(df), _layout_compute, "compute",
-         f"Compute and memory on {on}: every model of the experiment with its size (parameters, "
-         "MACs per input, weight and checkpoint size), its CPU inference latency and speed-up over "
-         "the dense model of the same base training, the real INT8 model of the PTQ INT8 node "
-         "(latency, speed-up, clean accuracy beside the fake-quant model's), the wall time and "
-         "estimated MACs of its whole training lineage, and the peak memory of its jobs.",
-         rf"Compute and memory on {on_tex}: every model of the experiment with its size "
-         r"(parameters, multiply-accumulates (MACs) per input, weight and checkpoint size), its "
-         r"CPU inference latency and speed-up over the dense model of the same base training, "
-         r"the real INT8 model of the PTQ INT8 node (latency, speed-up, clean accuracy beside the "
-         r"fake-quant model's), the wall time and estimated MACs of its whole training lineage, "
-         r"and the peak memory of its jobs.", *compute_notes(df)),
-        (stems[5], evaluation_audit(df), _layout_audit, "audit",
-         f"Evaluation audit on {on}: per model, the robust accuracy under the paper's PGD and the "
-         "per-sample worst case over the attack suite, the attack that made the difference, and the "
-         "attack-failure checks (gradient masking) with the seeds each flagged.",
-         rf"Evaluation audit on {on_tex}: per model, the robust accuracy under the paper's PGD and the "
-         r"per-sample worst case over the attack suite, the attack that made the difference, and the "
-         r"attack-failure checks (gradient masking) with the seeds each flagged.",
-         AUDIT_NOTE, latex_escape(AUDIT_NOTE).replace("±", r"$\pm$")),
-    ]
-    specs += [
-        (stems[6], controls_table(df), layout_controls, "controls",
-         f"Controls on {on}: adversarial fine-tuning T_ad of each compressed model beside FGSM-RS, N-FGSM and "
-         "TRADES fine-tuning at the same budget and PGD training of the same architecture from random "
-         "initialization (fine-tuning and base-training budgets).",
-         rf"Controls on {on_tex}: adversarial fine-tuning of each compressed model beside FGSM-RS, N-FGSM and "
-         r"TRADES fine-tuning at the same budget and PGD training of the same architecture from random "
-         r"initialization (fine-tuning and base-training budgets).",
-         CONTROLS_NOTE, _latex_text(CONTROLS_NOTE)),
-        (stems[7], claims_table(df, prune_level, ptq_bits, margin), layout_claims, "claims",
-         f"The paper's claims on {on}, each decided by a paired statistic over seeds and test samples.",
-         rf"The paper's claims on {on_tex}, each decided by a paired statistic over seeds and test samples.",
-         claims_note(margin), _latex_text(claims_note(margin))),
-    ]
+    table_captions = captions.table_captions(df, dataset, prune_level, ptq_bits, margin)
+    tables = {  # by layout key, in the order of table_names(dataset): (CSV table, layout)
+        "table2": (table2(df), _layout_table2),
+        "table3": (table3(df, prune_level, ptq_bits), _layout_table3),
+        "table5": (table5(df, prune_level, ptq_bits), _layout_table5),
+        "gains": (computational_gains(df, prune_level, ptq_bits), _layout_gains),
+        "compute": (compute_table(df), _layout_compute),
+        "audit": (evaluation_audit(df), _layout_audit),
+        "controls": (controls_table(df), layout_controls),
+        "claims": (claims_table(df, prune_level, ptq_bits, margin), layout_claims),
+    }
     out = Path(out_dir)
     written = []
-    for stem, table, layout, tex_key, md_caption, tex_caption, note, tex_note in specs:
-        written += write_table(out, stem, table, layout, tex_key, md_caption, tex_caption, note, tex_note)
+    for stem, (key, (table, layout)) in zip(table_names(dataset), tables.items(), strict=True):
+        written += write_table(out, stem, table, layout, key, table_captions[key])
     return written
 
 
-def write_table(out: Path, stem: str, table: pd.DataFrame, layout, tex_key: str, md_caption: str,
-                tex_caption: str, note: str, tex_note: str) -> list[Path]:
-    """One table in every ``TABLE_FORMATS`` (atomically): the CSV as is, the others in ``layout``."""
+def write_table(out: Path, stem: str, table: pd.DataFrame, layout, key: str, caption: Caption) -> list[Path]:
+    """One table in every ``TABLE_FORMATS`` (atomically): the CSV as is, the others in ``layout`` (``key``: its
+    LaTeX header and HTML parts) with ``caption``."""
     blocks = _blocks(table, layout)
-    header, colspec = _TEX_HEADERS[tex_key]
+    header, colspec = _TEX_HEADERS[key]
     files = {
         "csv": table.to_csv(index=False, lineterminator="\n"),
-        "md": _markdown(md_caption, blocks, note),
-        "html": table_page(md_caption, blocks, note, tex_key),
-        "tex": _latex(tex_caption, stem, blocks, header, colspec, tex_note),
+        "md": _markdown(caption, blocks),
+        "html": _html(caption, blocks, key),
+        "tex": _latex(caption, stem, blocks, header, colspec),
     }
     written = []
     for ext in TABLE_FORMATS:
