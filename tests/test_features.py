@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from advfine import features
+from advfine.report.figure2 import plot_figure2
 from advfine.attacks.pgd import PGDAttack
 from advfine.attacks.threat import ThreatModel
 from advfine.models import build_model, default_arch, layer_outputs
@@ -166,7 +167,7 @@ def test_figure2_needs_models_of_the_same_width(images):
 
 
 def test_plot_figure2_png_and_pdf(embeddings, tmp_path):
-    written = features.plot_figure2(embeddings, tmp_path / "f2.png", tmp_path / "f2.pdf")
+    written = plot_figure2(embeddings, tmp_path / "f2.png", tmp_path / "f2.pdf")
     assert [p.name for p in written] == ["f2.png", "f2.pdf"]
     png, pdf = (p.read_bytes() for p in written)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

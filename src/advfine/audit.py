@@ -29,7 +29,7 @@ from .attacks.square import margin
 from .attacks.threat import ThreatModel
 from .evaluate import WHITE_BOX, Suite, start_noise_for
 from .runtime import make_generator, to_device
-from .vocab import AUDIT_CHECKS
+from .catalog import AUDIT_CHECKS
 
 CHECKS = AUDIT_CHECKS
 

@@ -19,7 +19,7 @@ import jsonschema
 import yaml
 
 from .attacks.threat import ThreatModel
-from .vocab import ATTACKS, NUM_CLASSES
+from .catalog import ATTACKS, NUM_CLASSES
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 

@@ -16,7 +16,7 @@ from sklearn.model_selection import train_test_split
 from torchvision.datasets import CIFAR10, FashionMNIST
 
 from .data import DataError, Dataset
-from .vocab import NUM_CLASSES
+from .catalog import NUM_CLASSES
 
 
 def load_digits_tensors(image_size: int, test_fraction: float, split_seed: int):

@@ -31,7 +31,7 @@ from .attacks.square import square_l2, square_linf
 from .attacks.threat import ThreatModel
 from .data import iterate_batches
 from .runtime import autocast, make_generator, place_model, to_device
-from .vocab import ATTACKS, WHITE_BOX_ATTACKS
+from .catalog import ATTACKS, WHITE_BOX_ATTACKS
 
 log = logging.getLogger("advfine")
 

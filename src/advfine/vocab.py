@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 
+# The datasets, the attacks of the suite and the audit's checks are the core's names (advfine.catalog).
+from .catalog import ATTACKS, AUDIT_CHECKS, NUM_CLASSES, WHITE_BOX_ATTACKS  # noqa: F401
+
 # ------------------------------------------------------------------------------ stages (rules)
 # Each stage has one name end to end: rule <name> in workflow/rules/<name>.smk, script
 # workflow/scripts/<name>.py, entry point advfine.stages.<name>.run, config slice
@@ -28,12 +31,6 @@ SEED_OFFSETS = {"prepare_data": 0, "train_base": 0, "compress": 0, "qat": 3000, 
 def stage_seed(stage: str, seed: int) -> int:
     """The seed ``stage`` draws from for a node of seed ``seed``."""
     return int(seed) + SEED_OFFSETS[stage]
-
-
-# ------------------------------------------------------------------------------ datasets
-# The datasets of config key data.name and their number of classes (datasets.load_dataset builds each
-# with it; the config checks class indices against it at parse time).
-NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10}
 
 
 # ------------------------------------------------------------------------------ models and nodes
@@ -173,11 +170,6 @@ def table5_models(prune_sparsity: float, ptq_bits: int) -> list[tuple[str, str, 
 
 
 # ------------------------------------------------------------------------------ attacks
-# The attack suite of an evaluation, in the order it runs: white-box attacks on the model, the transfer
-# attack from a fake-quantized model's float twin, the black-box Square attack (advfine.evaluate).
-ATTACKS = ("pgd", "apgd_ce", "apgd_t", "fab_t", "transfer", "square")
-WHITE_BOX_ATTACKS = ("pgd", "apgd_ce", "apgd_t", "fab_t")
-AUDIT_CHECKS = ("gradient_free_gain", "large_eps_standing", "more_effort_gain", "zero_gradient_share")
 SAMPLES = "samples.csv"  # beside each eval.json: the per-sample outcome
 
 

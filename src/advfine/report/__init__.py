@@ -27,6 +27,7 @@ Modules (import from them; this package re-exports nothing):
   the HTML page the Snakemake report shows, a wide table in parts that fit beside its caption; ``captions``
   holds each table's title and notes, written once and turned into every format;
 * ``figures``: Figures 1, 3, 4 and 5 (``plot_figure1``/``3``/``4``/``5``, ``plot_figures``) and the
-  helpers Figure 2 (``advfine.features``) shares (``new_figure``, ``save_figure``, the palette
-  ``model_style``); it needs only ``stats`` and ``labels``, so importing it loads no table code.
+  helpers every figure shares (``new_figure``, ``save_figure``, the palette ``model_style``); it needs
+  only ``stats`` and ``labels``, so importing it loads no table code;
+* ``figure2``: Figure 2 drawn from the t-SNE embeddings ``advfine.features`` computes (``plot_figure2``).
 """

@@ -6,8 +6,9 @@ import logging
 
 from ..checkpoints import load_model
 from ..data import load_prepared
-from ..features import figure2_embeddings, plot_figure2
+from ..features import figure2_embeddings
 from ..files import atomic_path
+from ..report.figure2 import plot_figure2
 from ..vocab import FIGURE2_MODELS, FIGURE2_PAIRS, figure2_label, stage_seed
 from .common import attack_from_config, setup
 
