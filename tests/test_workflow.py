@@ -9,7 +9,7 @@ import pytest
 import yaml
 from record_factory import stage_record
 
-from advfine.records import write_stage_record
+from advfine.records import read_eval_record, write_stage_record
 from conftest import REPO, planned_outputs, snakemake, tiny_config, workflow_config, write_config
 
 
@@ -21,6 +21,7 @@ def test_the_whole_dag_produces_tables_and_figures(finished_run):
     # the 5 compressed nodes, from scratch under the 2 of base st
     assert len(evals) == 2 + 1 + 2 * 2 * 3 + 3 + 5 + 2
     for path in evals:
+        read_eval_record(path)  # valid for the reader the report uses
         record = json.loads(path.read_text())
         assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1
         first_stage = "finetune" if "/ft-scratch/" in str(path) else "train_base"
