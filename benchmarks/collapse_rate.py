@@ -99,8 +99,8 @@ def untrained_parent(config: dict, data: str, compression: str, seed: int, threa
     its architecture only): (model path, metrics path)."""
     from advfine.checkpoints import save_model
     from advfine.data import load_prepared
-    from advfine.files import write_json
     from advfine.models import build_model
+    from advfine.records import write_stage_record
     from advfine.stages import compress
     from advfine.stages.common import dataset_arch, metrics_record, setup
 
@@ -108,7 +108,7 @@ def untrained_parent(config: dict, data: str, compression: str, seed: int, threa
     arch = dataset_arch(config, load_prepared(data))
     base_model, base_metrics = folder / "base.pt", folder / "base.json"
     save_model(base_model, build_model(arch), arch)
-    write_json(base_metrics, metrics_record(config, seed, device, "train_base", 0.0, None))
+    write_stage_record(base_metrics, metrics_record(config, seed, device, "train_base", 0.0, None))
     out_model, out_metrics = folder / "compressed.pt", folder / "compressed.json"
     compress.run(job_config(config, "compress"), data=data, compression=compression, seed=seed,
                  model=str(base_model), metrics=str(base_metrics), out_model=str(out_model),
@@ -131,8 +131,8 @@ def train_arm(config: dict, arm: str, compression: str | None, data: str, seed: 
         metrics = finetune.run(job_config(config, "finetune"), data=data, compression=compression, mode=arm,
                                seed=seed, model=parent_model, metrics=parent_metrics, out_model=out_model,
                                out_metrics=out_metrics, threads=threads)
-    return {"history": metrics["history"], "model": out_model, "wall_time_s": metrics["wall_time_s"],
-            "collapsed_reason": metrics["collapsed_reason"]}
+    return {"history": metrics.details["history"], "model": out_model, "wall_time_s": metrics.wall_time_s,
+            "collapsed_reason": metrics.collapsed_reason}
 
 
 def evaluate_seed(config: dict, data: str, model_path: str, seed: int) -> dict:

@@ -163,9 +163,9 @@ def test_a_from_scratch_control_owes_nothing_to_its_parents_weights(tmp_path, co
 
     from advfine.checkpoints import load_model, save_model
     from advfine.data import load_prepared
-    from advfine.files import write_json
     from advfine.models import build_model
     from advfine.stages import compress, finetune, prepare_data, train_base
+    from advfine.records import write_stage_record
     from advfine.stages.common import dataset_arch, metrics_record
     from conftest import stage_settings, tiny_config
 
@@ -176,7 +176,8 @@ def test_a_from_scratch_control_owes_nothing_to_its_parents_weights(tmp_path, co
                    out_model=str(tmp_path / "trained.pt"), out_metrics=str(tmp_path / "trained.json"))
     arch = dataset_arch(tiny_config(**small), load_prepared(data))
     save_model(tmp_path / "untrained.pt", build_model(arch), arch)
-    write_json(tmp_path / "untrained.json", metrics_record(tiny_config(**small), 0, "cpu", "train_base", 0.0, None))
+    write_stage_record(tmp_path / "untrained.json",
+                       metrics_record(tiny_config(**small), 0, "cpu", "train_base", 0.0, None))
 
     def scratch_control_of(parent: str) -> dict:
         node = {"data": data, "compression": compression, "seed": 0}

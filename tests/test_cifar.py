@@ -306,7 +306,7 @@ def test_the_cifar10_resnet18_path_trains_prunes_quantizes_and_evaluates(tmp_pat
     parent = {"model": base / "model.pt", "metrics": base / "metrics.json"}
     m = train_base.run(slice_("train_base"), data=data, train="rb", seed=0, out_model=parent["model"],
                        out_metrics=parent["metrics"])
-    assert m["params"] == 11_173_962 and m["stages"][0]["adversarial"]
+    assert m.details["params"] == 11_173_962 and m.stages[0].adversarial
     for label in ("prune-0.5", "ptq-int8", "qat-int8"):
         node = base / label
         made = {"out_model": node / "model.pt", "out_metrics": node / "metrics.json"}
@@ -320,23 +320,23 @@ def test_the_cifar10_resnet18_path_trains_prunes_quantizes_and_evaluates(tmp_pat
         record = evaluate.run(slice_("evaluate"), data=data, experiment="tiny", train="rb", compression=label,
                               finetune="ad", seed=0, model=ft / "model.pt", metrics=ft / "metrics.json",
                               out_eval=ft / "eval.json", out_samples=ft / "samples.csv")
-        assert record["dataset"] == "cifar10" and record["arch"] == "resnet18"
-        if record["diverged"]:  # known: PTQ fine-tuning of this ResNet diverges; said, not scored
-            assert label == "ptq-int8" and record["clean_acc"] is None and record["robust_acc"] is None
+        assert record.dataset == "cifar10" and record.arch == "resnet18"
+        if record.diverged:  # known: PTQ fine-tuning of this ResNet diverges; said, not scored
+            assert label == "ptq-int8" and record.clean_acc is None and record.robust_acc is None
         else:
-            assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1
-        assert record["n_test"] == 4
-        assert [s["stage"] for s in record["stages"]] == ["train_base", "compress", "finetune"]
-        assert record["latency_ms"] > 0 and record["latency_batch"] == 8
+            assert 0 <= record.robust_acc <= record.clean_acc <= 1
+        assert record.n_test == 4
+        assert [s.stage for s in record.stages] == ["train_base", "compress", "finetune"]
+        assert record.latency_ms > 0 and record.latency_batch == 8
         if label == "ptq-int8":  # the residual network exports to a real integer model too
             model, _ = checkpoints.load_model(ft / "model.pt")
             if all(torch.isfinite(p).all() for p in model.parameters()):
-                assert record["int8"]["latency_ms"] > 0 and 0 <= record["int8"]["clean_acc"] <= 1
+                assert record.int8["latency_ms"] > 0 and 0 <= record.int8["clean_acc"] <= 1
             else:  # known: fake-quant fine-tuning of this 15-image ResNet can diverge; said, not hidden
-                assert record["int8"] is None and "diverged" in record["int8_skipped"]
+                assert record.int8 is None and "diverged" in record.int8_skipped
         else:
-            assert record["int8"] is None
+            assert record.int8 is None
         if label == "prune-0.5":
-            assert record["params"] == 2_797_610
+            assert record.params == 2_797_610
         else:
-            assert record["weight_bytes"] < 11_173_962 * 4 / 3  # 8-bit weights
+            assert record.weight_bytes < 11_173_962 * 4 / 3  # 8-bit weights

@@ -137,9 +137,10 @@ def nodes(tmp_path_factory):
 
 def run_finetune(d, compression, mode, **over):
     out = d / f"{compression}-{mode}"
-    return finetune_stage.run(stage_settings("finetune", **over), data=d / "digits.pt", compression=compression,
-                              mode=mode, seed=0, model=d / f"{compression}.pt", metrics=d / f"{compression}.json",
-                              out_model=out.with_suffix(".pt"), out_metrics=out.with_suffix(".json")), out
+    finetune_stage.run(stage_settings("finetune", **over), data=d / "digits.pt", compression=compression,
+                       mode=mode, seed=0, model=d / f"{compression}.pt", metrics=d / f"{compression}.json",
+                       out_model=out.with_suffix(".pt"), out_metrics=out.with_suffix(".json"))
+    return json.loads(out.with_suffix(".json").read_text()), out  # the metrics.json it wrote
 
 
 def test_scratch_control_trains_the_pruned_architecture_from_random_weights(nodes):
@@ -178,11 +179,11 @@ def test_the_robust_base_model_can_be_trained_with_trades(nodes, tmp_path):
     record = train_base.run(stage_settings("train_base", **ONE_EPOCH, **{"adversarial.base_objective": "trades"}),
                             data=nodes / "digits.pt", train="rb", seed=0, out_model=tmp_path / "model.pt",
                             out_metrics=tmp_path / "metrics.json")
-    assert record["attack"]["name"] == "trades" and record["stages"][0]["adversarial"]
+    assert record.details["attack"]["name"] == "trades" and record.stages[0].adversarial
     standard = train_base.run(stage_settings("train_base", **ONE_EPOCH, **{"adversarial.base_objective": "trades"}),
                               data=nodes / "digits.pt", train="st", seed=0, out_model=tmp_path / "st.pt",
                               out_metrics=tmp_path / "st.json")
-    assert standard["attack"] is None  # f_st never trains on attacked points, whatever the objective
+    assert standard.details["attack"] is None  # f_st never trains on attacked points, whatever the objective
 
 
 def test_equal_cost_fast_fine_tuning_gets_the_epochs_pgd_fine_tuning_costs(nodes):

@@ -103,18 +103,18 @@ def test_stages_record_precision_and_keep_fake_quant_models_in_fp32(tmp_path):
     prepare_data.run(stage_settings("prepare_data", **over), out_data=data)
     base = train_base.run(stage_settings("train_base", **over), data=data, train="st", seed=0,
                           out_model=tmp_path / "m.pt", out_metrics=tmp_path / "m.json")
-    assert base["precision"] == "bf16"
+    assert base.details["precision"] == "bf16"
     compress.run(stage_settings("compress", **over), data=data, compression="ptq-int8", seed=0,
                  model=tmp_path / "m.pt", metrics=tmp_path / "m.json", out_model=tmp_path / "q.pt",
                  out_metrics=tmp_path / "q.json")
     ft = finetune.run(stage_settings("finetune", **over), data=data, compression="ptq-int8", mode="st", seed=0,
                       model=tmp_path / "q.pt", metrics=tmp_path / "q.json", out_model=tmp_path / "ft.pt",
                       out_metrics=tmp_path / "ft.json")
-    assert ft["precision"] == "fp32"  # bf16 cannot hold the INT8 grid of a fake-quant model
+    assert ft.details["precision"] == "fp32"  # bf16 cannot hold the INT8 grid of a fake-quant model
     ev = evaluate.run(stage_settings("evaluate", **over), data=data, experiment="tiny", train="st",
                       compression="dense", finetune="none", seed=0, model=tmp_path / "m.pt",
                       metrics=tmp_path / "m.json", out_eval=tmp_path / "e.json", out_samples=tmp_path / "s.csv")
-    assert ev["precision"] == "bf16"
+    assert ev.precision == "bf16"
 
 
 def test_precision_reaches_the_stages_that_compute_in_it():

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from record_factory import eval_record
 
 from advfine import vocab
+from advfine.records import LineageEntry
 from advfine.report import audit_table, collect, figures, html_tables, labels, render, stats, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -40,12 +42,10 @@ def parse_compression(compression):
 FT_MINUTES = {"dense": 14.0, "prune": 10.0, "ptq": 12.0, "qat": 12.0}
 
 
-def make_stages(train, method, finetune, seed, legacy=False):
+def make_stages(train, method, finetune, seed):
     def stage(name, seconds, macs, adversarial):
-        st = {"stage": name, "wall_time_s": seconds}
-        if not legacy:  # eval.json written before the stages carried cost and device
-            st |= {"estimated_macs": macs, "adversarial": adversarial, "device": "cuda"}
-        return st
+        return LineageEntry(stage=name, wall_time_s=seconds, estimated_macs=macs, adversarial=adversarial,
+                            device="cuda", peak_rss_mb=None, collapsed=False, collapsed_reason=None)
 
     if train == "rb":
         stages = [stage("train_base", 60.0 * (118 + 2 * seed), 1e15, True)]
@@ -61,26 +61,26 @@ def make_stages(train, method, finetune, seed, legacy=False):
     return stages
 
 
-def make_record(train, compression, finetune, seed, clean=None, robust=None, legacy=False, **over):
+def make_record(train, compression, finetune, seed, clean=None, robust=None, **over):
+    """The eval.json (as its writer makes it) of one node; ``over``: keys replaced in it."""
     method, level = parse_compression(compression)
     if clean is None:
         clean, robust = FIXED.get((train, compression, finetune, seed), (None, None))
     if clean is None:  # arbitrary but deterministic
         h = sum(map(ord, f"{train}{compression}{finetune}")) % 40
         clean, robust = 0.5 + h / 100 + seed / 100, 0.2 + h / 200 + seed / 50
-    attack = {"eps": 0.1, "step_size": 0.01, "steps": 40}
-    if not legacy:
-        attack |= {"eps_space": "paper_faithful", "eps_pixel": 0.05}
-    rec = {
-        "experiment": "fmnist_cnn8", "dataset": "fashion_mnist", "arch": "cnn8", "seed": seed,
-        "train": train, "compression": compression, "method": method, "level": level,
-        "finetune": finetune, "clean_acc": clean, "robust_acc": robust, "n_test": 10000,
-        "params": 1000, "macs": 5000, "checkpoint_bytes": 4000, "weight_bytes": 3000,
-        "device": "cpu", "eval_wall_time_s": 1.5,
-        "stages": make_stages(train, method, finetune, seed, legacy),
-        "provenance": {"config_hash": "abc123", "git_commit": "deadbeef", "versions": {}},
-        "attack": attack,
-    }
+    attack = {"eps": 0.1, "step_size": 0.01, "steps": 40, "eps_space": "paper_faithful", "eps_pixel": 0.05,
+              "norm": "linf"}
+    rec = eval_record(
+        experiment="fmnist_cnn8", dataset="fashion_mnist", arch="cnn8", seed=seed,
+        train=train, compression=compression, method=method, level=level,
+        finetune=finetune, clean_acc=clean, robust_acc=robust, n_test=10000,
+        params=1000, macs=5000, checkpoint_bytes=4000, weight_bytes=3000,
+        device="cpu", eval_wall_time_s=1.5,
+        stages=make_stages(train, method, finetune, seed),
+        provenance={"config_hash": "abc123", "git_commit": "deadbeef", "versions": {}},
+        attack=attack,
+    ).to_json()
     rec.update(over)
     return rec
 
@@ -178,22 +178,6 @@ def test_collect_metrics_columns_rows_and_sorting(df, paths):
     assert pq["compress_wall_time_s"] == 2.0 and pq["finetune_wall_time_s"] == 720.0
     assert bool(pq["finetune_adversarial"]) and pq["finetune_estimated_macs"] == 1e14
     assert str(df["finetune_adversarial"].dtype) == "boolean"
-
-
-def test_older_eval_files_without_new_keys_still_load(tmp_path):
-    recs = [make_record("rb", "dense", "none", 0, legacy=True),
-            make_record("st", "ptq-int8", "ad", 0, legacy=True)]
-    old = frame(tmp_path, recs)
-    assert len(old) == 2 and list(old.columns) == collect.METRIC_COLUMNS
-    assert old["train_base_estimated_macs"].isna().all()
-    assert old["finetune_adversarial"].isna().all() and old["train_base_device"].isna().all()
-    assert old["attack_eps_space"].isna().all() and old["attack_eps_pixel"].isna().all()
-    assert (old["train_base_wall_time_s"] > 0).all()
-    # no latency / memory / precision / real INT8 keys either (written before they existed)
-    for col in ("latency_ms", "latency_batch", "latency_threads", "peak_rss_mb", "precision",
-                "int8_clean_acc", "int8_latency_ms", "int8_model_bytes", "train_base_peak_rss_mb",
-                "finetune_peak_rss_mb"):
-        assert old[col].isna().all(), col
 
 
 def test_new_method_dataset_arch_values_load(tmp_path):
@@ -417,18 +401,6 @@ def test_computational_gains_from_recorded_stages(df):
     assert _gain(t2, "f_rb")["adv_wall_min"] == "119.00 ± 1.41"
 
 
-def test_computational_gains_with_older_eval_files(tmp_path):
-    recs = [make_record("rb", "dense", "none", 0, legacy=True),
-            make_record("st", "dense", "ad", 0, legacy=True)]
-    t = tables.computational_gains(frame(tmp_path, recs), 0.8, 8)
-    dense = _gain(t, "T_ad(f_st)")
-    assert dense["adv_wall_min"] == "14.00 ± 0.00"
-    assert dense["adv_time_ratio"] == pytest.approx(14 / 118)
-    assert dense["adv_macs"] == "n/a" and math.isnan(dense["adv_macs_ratio"])
-    assert math.isnan(dense["lineage_macs_mean"]) and dense["device"] == "n/a"
-    assert _gain(t, "T_ad(f_st^p)")["n"] == 0
-
-
 def test_table_names_per_dataset():
     assert vocab.table_names("fashion_mnist") == [
         "table2_baselines", "table3_compressed", "table5_adversarial_finetuning",
@@ -445,8 +417,8 @@ def test_table_names_per_dataset():
 
 def with_compute(rec, latency=None, eval_peak=None, stage_peaks=None, int8=None, batch=256,
                  threads=2, precision="fp32"):
-    """A record as the evaluation writes it since it measures latency and memory: ``stage_peaks``
-    = peak_rss_mb of each entry of "stages", in order (None leaves an entry without the key)."""
+    """A record with measured latency and memory: ``stage_peaks`` = peak_rss_mb of each entry of "stages", in
+    order (None: not measured)."""
     rec |= {"latency_ms": latency, "latency_batch": batch, "latency_threads": threads,
             "peak_rss_mb": eval_peak, "precision": precision, "int8": int8}
     for st, peak in zip(rec["stages"], stage_peaks or []):
@@ -533,8 +505,7 @@ def test_mistyped_stage_peak_memory_names_file_and_field(tmp_path):
     p = write_records(tmp_path, [rec])[0]
     with pytest.raises(collect.MetricsFileError) as exc:
         collect.collect_metrics([p])
-    assert str(p) in str(exc.value) and "'peak_rss_mb'" in str(exc.value)
-    assert "'stages'[0]" in str(exc.value)
+    assert str(p) in str(exc.value) and "'stages[0].peak_rss_mb'" in str(exc.value)
 
 
 def test_compute_table_one_row_per_model_in_table_order(df, df_qat):
@@ -619,18 +590,18 @@ def test_compute_table_latency_speedup_int8_and_peak_memory(tmp_path):
     assert math.isnan(_model(alone, "f_st^q (PTQ)")["latency_speedup"])
 
 
-def test_compute_table_mixes_old_and_new_records(tmp_path):
+def test_compute_table_mixes_measured_and_unmeasured_records(tmp_path):
     recs = [with_compute(make_record("st", "dense", "none", 0), 10.0, 300.0, [500.0]),
-            make_record("st", "dense", "none", 1, legacy=True),  # older: no latency, no memory
-            make_record("st", "ptq-int8", "ad", 0, legacy=True)]
+            make_record("st", "dense", "none", 1),  # latency and memory not measured
+            make_record("st", "ptq-int8", "ad", 0)]
     t = tables.compute_table(frame(tmp_path, recs))
     f_st = _model(t, "f_st")
     assert f_st["n"] == 2 and f_st["latency_ms"] == "10.00 ± 0.00"  # over the seeds that have it
     assert f_st["peak_rss_mb"] == "500.00 ± 0.00"
-    old = _model(t, "T_ad(f_st^q) (PTQ)")
-    assert old["latency_ms"] == "n/a" and math.isnan(old["latency_speedup"])
-    assert old["int8_latency_ms"] == "n/a" and old["peak_rss_mb"] == "n/a"
-    assert old["lineage_wall_min"] == "22.03 ± 0.00" and old["lineage_macs"] == "n/a"
+    unmeasured = _model(t, "T_ad(f_st^q) (PTQ)")
+    assert unmeasured["latency_ms"] == "n/a" and math.isnan(unmeasured["latency_speedup"])
+    assert unmeasured["int8_latency_ms"] == "n/a" and unmeasured["peak_rss_mb"] == "n/a"
+    assert unmeasured["lineage_wall_min"] == "22.03 ± 0.00" and unmeasured["lineage_macs"] != "n/a"
 
 
 def test_compute_table_from_all_metrics_csv(tmp_path):

@@ -41,23 +41,31 @@ def base(tmp_path_factory, data_path):
     return d
 
 
+def written(path) -> dict:
+    """The JSON a stage wrote (its metrics.json or eval.json)."""
+    return json.loads(Path(path).read_text())
+
+
 def compress(data_path, base, out, compression, **over):
-    return compress_stage.run(stage_settings("compress", **over), data=data_path, compression=compression, seed=0,
-                              model=base / "model.pt", metrics=base / "metrics.json",
-                              out_model=out / f"{compression}.pt", out_metrics=out / f"{compression}.json")
+    compress_stage.run(stage_settings("compress", **over), data=data_path, compression=compression, seed=0,
+                       model=base / "model.pt", metrics=base / "metrics.json",
+                       out_model=out / f"{compression}.pt", out_metrics=out / f"{compression}.json")
+    return written(out / f"{compression}.json")
 
 
 def finetune(data_path, out, compression, mode, **over):
-    return finetune_stage.run(stage_settings("finetune", **over), data=data_path, compression=compression,
-                              mode=mode, seed=0, model=out / f"{compression}.pt", metrics=out / f"{compression}.json",
-                              out_model=out / "ft.pt", out_metrics=out / "ft.json")
+    finetune_stage.run(stage_settings("finetune", **over), data=data_path, compression=compression,
+                       mode=mode, seed=0, model=out / f"{compression}.pt", metrics=out / f"{compression}.json",
+                       out_model=out / "ft.pt", out_metrics=out / "ft.json")
+    return written(out / "ft.json")
 
 
 def evaluate(data_path, model, metrics, compression="dense", finetune="none", curve=False, **over):
     out = Path(model).parent / f"eval-{compression}-{finetune}.json"
-    return evaluate_stage.run(stage_settings("evaluate", **over), data=data_path, experiment="tiny", train="st",
-                              compression=compression, finetune=finetune, seed=0, model=model, metrics=metrics,
-                              out_eval=out, out_samples=out.with_suffix(".csv"), curve=curve)
+    evaluate_stage.run(stage_settings("evaluate", **over), data=data_path, experiment="tiny", train="st",
+                       compression=compression, finetune=finetune, seed=0, model=model, metrics=metrics,
+                       out_eval=out, out_samples=out.with_suffix(".csv"), curve=curve)
+    return written(out)
 
 
 def test_train_base_writes_checkpoint_and_metrics(base):
@@ -160,8 +168,9 @@ def qat(data_path, base, out, train, init):
     cfg = stage_settings("qat", **{"sweep.qat_bits": [8], "qat": QAT | {"init": init},
                                    "finetune.qat": {"lr": 0.01, "momentum": 0.9}})
     parent = {"model": base / "model.pt", "metrics": base / "metrics.json"} if init == "parent" else {}
-    return qat_stage.run(cfg, data=data_path, bits=8, train=train, seed=0, out_model=out / "qat-int8.pt",
-                         out_metrics=out / "qat-int8.json", **parent)
+    qat_stage.run(cfg, data=data_path, bits=8, train=train, seed=0, out_model=out / "qat-int8.pt",
+                  out_metrics=out / "qat-int8.json", **parent)
+    return written(out / "qat-int8.json")
 
 
 def test_quantization_aware_training_from_the_parent_and_from_scratch(data_path, base, tmp_path):
@@ -242,11 +251,12 @@ def test_a_collapsed_training_is_recorded_and_marks_every_node_built_on_it(data_
     base_dir = tmp_path / "base"
     base_dir.mkdir()
     with caplog.at_level("WARNING", logger="advfine"):
-        metrics = train_base.run(stage_settings("train_base", **COLLAPSING), data=data_path, train="st", seed=seed,
-                                 out_model=base_dir / "model.pt", out_metrics=base_dir / "metrics.json")
+        record = train_base.run(stage_settings("train_base", **COLLAPSING), data=data_path, train="st", seed=seed,
+                                out_model=base_dir / "model.pt", out_metrics=base_dir / "metrics.json")
+    metrics = written(base_dir / "metrics.json")
     assert metrics["collapsed"] is True and "ln 10" in metrics["collapsed_reason"]
     assert metrics["stages"][-1]["collapsed"] is True
-    assert json.loads((base_dir / "metrics.json").read_text())["collapsed_reason"] == metrics["collapsed_reason"]
+    assert record.collapsed_reason == metrics["collapsed_reason"] and record.stages[-1].collapsed
     assert any("COLLAPSED" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     # its own evaluation: the model is scored (finite numbers) and marked by its training and its predictions
     own = evaluate(data_path, base_dir / "model.pt", base_dir / "metrics.json", **FAST_EVAL)
@@ -254,9 +264,10 @@ def test_a_collapsed_training_is_recorded_and_marks_every_node_built_on_it(data_
     assert own["collapsed_upstream"] == [] and not own["diverged"] and 0 <= own["clean_acc"] <= 0.3
     # a node fine-tuned from it carries the mark of the stage that collapsed, whatever its own training did
     def tune(mode):
-        return finetune_stage.run(stage_settings("finetune"), data=data_path, compression="dense", mode=mode,
-                                  seed=seed, model=base_dir / "model.pt", metrics=base_dir / "metrics.json",
-                                  out_model=tmp_path / f"{mode}.pt", out_metrics=tmp_path / f"{mode}.json")
+        finetune_stage.run(stage_settings("finetune"), data=data_path, compression="dense", mode=mode,
+                           seed=seed, model=base_dir / "model.pt", metrics=base_dir / "metrics.json",
+                           out_model=tmp_path / f"{mode}.pt", out_metrics=tmp_path / f"{mode}.json")
+        return written(tmp_path / f"{mode}.json")
 
     tuned = tune("st")
     assert tuned["stages"][0]["collapsed"] is True and tuned["collapsed"] == tuned["stages"][1]["collapsed"]
@@ -303,8 +314,7 @@ def test_the_evaluate_stage_attacks_in_l2_everywhere_under_attack_norm_l2(data_p
             "evaluate.attacks": ["pgd", "apgd_ce", "apgd_t", "fab_t", "transfer", "square"],
             "evaluate.fab": {"steps": 3},
             "evaluate.curve_eps_fractions": [0, 0.5, 1], "evaluate.audit.large_eps_l2": 5.0}
-    record = evaluate(data_path, tmp_path / "ptq-int8.pt", tmp_path / "ptq-int8.json", "ptq-int8", curve=True, **over)
-    written = json.loads((tmp_path / "eval-ptq-int8-none.json").read_text())
+    written = evaluate(data_path, tmp_path / "ptq-int8.pt", tmp_path / "ptq-int8.json", "ptq-int8", curve=True, **over)
     assert written["suite"]["norm"] == written["attack"]["norm"] == "l2" and written["attack"]["name"] == "pgd_l2"
     assert written["attack_order"] == ["pgd", "apgd_ce", "apgd_t", "fab_t", "transfer", "square"]
     assert {name: a["norm"] for name, a in written["attacks"].items()} == dict.fromkeys(written["attack_order"], "l2")
@@ -321,7 +331,7 @@ def test_the_evaluate_stage_attacks_in_l2_everywhere_under_attack_norm_l2(data_p
     for where, name, radius, _, distance in crafted:
         assert distance.max() <= radius * (1 + 1e-5) + 1e-6, (where, name, radius, distance.max())
     assert max(d.max().item() / radius for _, _, radius, _, d in crafted) > 0.9
-    assert record["robust_acc"] <= record["robust_acc_pgd"] <= record["clean_acc"]
+    assert written["robust_acc"] <= written["robust_acc_pgd"] <= written["clean_acc"]
 
 
 def test_only_the_from_scratch_control_takes_finetune_scratch_settings():

@@ -7,7 +7,9 @@ import sys
 import pandas as pd
 import pytest
 import yaml
+from record_factory import stage_record
 
+from advfine.records import read_eval_record, write_stage_record
 from conftest import REPO, planned_outputs, snakemake, tiny_config, workflow_config, write_config
 
 
@@ -19,6 +21,7 @@ def test_the_whole_dag_produces_tables_and_figures(finished_run):
     # the 5 compressed nodes, from scratch under the 2 of base st
     assert len(evals) == 2 + 1 + 2 * 2 * 3 + 3 + 5 + 2
     for path in evals:
+        read_eval_record(path)  # valid for the reader the report uses
         record = json.loads(path.read_text())
         assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1
         first_stage = "finetune" if "/ft-scratch/" in str(path) else "train_base"
@@ -228,8 +231,8 @@ def test_the_end_of_a_run_names_a_collapsed_model(tmp_path):
     write_config(tmp_path, workflow_config())
     metrics = tmp_path / "results/tiny/digits-cnn8/seed0/base-rb/metrics.json"
     metrics.parent.mkdir(parents=True)
-    metrics.write_text(json.dumps({"stage": "train_base", "collapsed": True,
-                                   "collapsed_reason": "epoch 2: training loss 2.3026 >= ln 10 = 2.3026"}))
+    write_stage_record(metrics, stage_record("train_base", ["train_base"], collapsed=True,
+                                             collapsed_reason="epoch 2: training loss 2.3026 >= ln 10 = 2.3026"))
     result = snakemake(tmp_path, "results/tiny/data/digits.pt", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "TRAINING HEALTH: 1 model(s)" in result.stderr

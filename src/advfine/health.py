@@ -22,18 +22,22 @@ evaluated model itself and ``collapsed_upstream``, the earlier stages of its lin
 collapsed. A node built on a collapsed model carries that mark: its numbers are kept but never averaged.
 ``health_banner`` reads these records back from a run's results folder for the end-of-run banner.
 
-No torch import: these take plain numbers, sequences and JSON files, so the workflow's end-of-run
+No torch import: these take plain numbers, sequences and records (``records``), so the workflow's end-of-run
 handlers, the report and tests use them freely.
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from .records import EvalRecord, LineageEntry, read_eval_record, read_stage_record
+
+R = TypeVar("R")
 
 # Clean accuracy this close to chance (1 / C) counts as chance: a model that learned anything at all is
 # far above it.
@@ -81,23 +85,23 @@ def collapse_record(reason: str | None) -> dict:
     return {"collapsed": reason is not None, "collapsed_reason": reason}
 
 
-def model_collapse(stages: Sequence[dict], predictions: Iterable[int] | None, num_classes: int,
+def model_collapse(stages: Sequence[LineageEntry], predictions: Iterable[int] | None, num_classes: int,
                    trained: bool = True) -> dict:
     """The collapse keys of an eval.json. ``stages``: the evaluated model's lineage (oldest first, the
     stage that made it last); ``predictions``: its predicted classes on the test set (None for a
     diverged model); ``trained``: whether the stage that made it trained it (train_base, finetune, QAT).
     ``collapsed``/``collapsed_reason``: a training outcome, of the model's own training (its stage's
     record) or of its predictions when its stage trained it; ``collapsed_upstream``: the earlier stages
-    whose training collapsed (entries written before the key count as healthy). ``constant_predictions``:
-    why a model its stage did not train (pruned or PTQ without fine-tuning) predicts (nearly) one class.
+    whose training collapsed. ``constant_predictions``: why a model its stage did not train (pruned or PTQ
+    without fine-tuning) predicts (nearly) one class.
     That is a measurement, the paper's "pruning without fine-tuning destroys accuracy", not a failed
     recipe: its numbers are kept and averaged."""
-    *earlier, own = stages or [{}]
+    *earlier, own = stages
     constant = None if predictions is None else prediction_collapse(predictions, num_classes)
-    reasons = [own.get("collapsed_reason") if own.get("collapsed") else None, constant if trained else None]
+    reasons = [own.collapsed_reason if own.collapsed else None, constant if trained else None]
     reasons = [r for r in reasons if r]
     return {"collapsed": bool(reasons), "collapsed_reason": "; ".join(reasons) or None,
-            "collapsed_upstream": [st["stage"] for st in earlier if st.get("collapsed")],
+            "collapsed_upstream": [st.stage for st in earlier if st.collapsed],
             "constant_predictions": None if trained else constant}
 
 
@@ -116,17 +120,15 @@ class UnhealthyModel:
     built_on: int
 
 
-def _records(results: Path, name: str) -> list[tuple[Path, dict]]:
-    """(file, record) of every readable ``name`` under ``results``; a file being written or broken is
-    skipped (the banner runs after failed runs too and must never fail itself)."""
+def _records(results: Path, name: str, read: Callable[[Path], R]) -> list[tuple[Path, R]]:
+    """(file, record) of every readable ``name`` under ``results``; a file being written, broken or of another
+    format is skipped (the banner runs after failed runs too and must never fail itself)."""
     found = []
     for path in sorted(results.rglob(name)):
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            found.append((path, read(path)))
         except (OSError, ValueError):
             continue
-        if isinstance(record, dict):
-            found.append((path, record))
     return found
 
 
@@ -136,25 +138,25 @@ def unhealthy_models(results: str | Path) -> list[UnhealthyModel]:
     evaluated nodes built on it that carry its mark (``collapsed_upstream`` names its stage; a node
     under a diverged model that diverged too). Sorted by folder."""
     results = Path(results)
-    evals = [(Path(rec.get("model_path") or path).resolve().parent, rec)
-             for path, rec in _records(results, "eval.json")]
+    evals = [(Path(rec.model_path).resolve().parent, rec)
+             for path, rec in _records(results, "eval.json", read_eval_record)]
     found: dict[tuple[Path, str], tuple[str, str]] = {}
-    for path, rec in _records(results, "metrics.json"):
-        if rec.get("collapsed"):
-            found[path.parent.resolve(), "collapsed"] = (str(rec.get("stage")), str(rec.get("collapsed_reason")))
+    for path, stage_rec in _records(results, "metrics.json", read_stage_record):
+        if stage_rec.collapsed:
+            found[path.parent.resolve(), "collapsed"] = (stage_rec.stage, str(stage_rec.collapsed_reason))
     for folder, rec in evals:
-        stage = str((rec.get("stages") or [{}])[-1].get("stage"))
-        if rec.get("diverged"):
-            found[folder, "diverged"] = (stage, str(rec.get("diverged_reason")))
-        elif rec.get("collapsed") and (folder, "collapsed") not in found:
-            found[folder, "collapsed"] = (stage, str(rec.get("collapsed_reason")))
+        stage = rec.stages[-1].stage
+        if rec.diverged:
+            found[folder, "diverged"] = (stage, str(rec.diverged_reason))
+        elif rec.collapsed and (folder, "collapsed") not in found:
+            found[folder, "collapsed"] = (stage, str(rec.collapsed_reason))
 
     for folder, outcome in list(found):  # a training loss gone non-finite is a divergence: say it once
         if outcome == "collapsed" and (folder, "diverged") in found:
             del found[folder, outcome]
 
-    def carries_mark(rec: dict, outcome: str, stage: str) -> bool:
-        return bool(rec.get("diverged")) if outcome == "diverged" else stage in (rec.get("collapsed_upstream") or [])
+    def carries_mark(rec: EvalRecord, outcome: str, stage: str) -> bool:
+        return rec.diverged if outcome == "diverged" else stage in rec.collapsed_upstream
 
     models = []
     for (folder, outcome), (stage, reason) in found.items():

@@ -16,6 +16,7 @@ from ..models import default_arch
 from ..objectives import objective_for
 from ..train import TrainingAttack
 from ..provenance import provenance
+from ..records import LineageEntry, StageRecord
 from ..runtime import (check_precision, configure_backends, cpu_has_native_bf16, peak_rss_mb, resolve_device,
                        seed_everything, set_threads)
 
@@ -81,16 +82,15 @@ def training_health(model: torch.nn.Module, data: Dataset, device, desc: str) ->
     return reason
 
 
-def metrics_record(config: dict, seed: int, device, stage: str, wall: float, parent: dict | None,
+def metrics_record(config: dict, seed: int, device, stage: str, wall: float, parent: StageRecord | None,
                    estimated_macs: int = 0, adversarial: bool = False, collapsed_reason: str | None = None,
-                   **fields) -> dict:
-    """A stage's metrics: its own fields, whether its training collapsed (``collapsed_reason`` from
+                   **details) -> StageRecord:
+    """A stage's metrics: its own ``details``, whether its training collapsed (``collapsed_reason`` from
     ``training_health``), provenance, and ``stages``: the lineage of every stage that produced this model
     (wall time, estimated MACs, adversarial or not, device, collapsed or not), oldest first."""
-    stages = list(parent["stages"]) if parent else []
     peak = peak_rss_mb()
     health = collapse_record(collapsed_reason)
-    stages.append({"stage": stage, "wall_time_s": wall, "estimated_macs": int(estimated_macs),
-                   "adversarial": bool(adversarial), "device": str(device), "peak_rss_mb": peak, **health})
-    return {"stage": stage, "wall_time_s": wall, "stages": stages, **fields, **health, "peak_rss_mb": peak,
-            "provenance": provenance(config, seed, device)}
+    own = LineageEntry(stage=stage, wall_time_s=wall, estimated_macs=int(estimated_macs),
+                       adversarial=bool(adversarial), device=str(device), peak_rss_mb=peak, **health)
+    return StageRecord(stage=stage, wall_time_s=wall, stages=[*(parent.stages if parent else []), own],
+                       **health, peak_rss_mb=peak, provenance=provenance(config, seed, device), details=details)

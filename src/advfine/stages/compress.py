@@ -9,14 +9,14 @@ from ..prune import prune_filters_l1
 from ..quantize import calibration_batches, quantize_ptq
 from ..cost import model_cost
 from ..data import load_prepared
-from ..files import read_json, write_json
 from ..models import count_parameters
+from ..records import StageRecord, read_stage_record, write_stage_record
 from ..vocab import PRUNE, PTQ, parse_compression, stage_seed
 from .common import metrics_record, setup
 
 
 def run(config: dict, *, data: str, compression: str, seed: int, model: str, metrics: str, out_model: str,
-        out_metrics: str, threads: int = 1) -> dict:
+        out_metrics: str, threads: int = 1) -> StageRecord:
     """Compress the model at ``model`` (its metrics at ``metrics``) to ``compression`` (prune-<s> or
     ptq-int<b>); dense needs no job and QAT is stage ``qat``."""
     method, level = parse_compression(compression)
@@ -24,7 +24,7 @@ def run(config: dict, *, data: str, compression: str, seed: int, model: str, met
         raise ValueError(f"stage compress makes prune-* and ptq-int* nodes, not {compression!r} "
                          "(dense needs no job; QAT is stage qat)")
     device = setup(config, seed, threads)
-    parent = read_json(metrics)
+    parent = read_stage_record(metrics)
     parent_model, ckpt = load_model(model)
     dataset = load_prepared(data)
     start = time.perf_counter()
@@ -43,5 +43,5 @@ def run(config: dict, *, data: str, compression: str, seed: int, model: str, met
     record = metrics_record(config, seed, device, "compress", wall, parent, macs_spent, False,
                             compression=compression, method=method, level=level, arch=arch,
                             parent_params=count_parameters(parent_model), **cost)
-    write_json(out_metrics, record)
+    write_stage_record(out_metrics, record)
     return record

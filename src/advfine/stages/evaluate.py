@@ -15,11 +15,12 @@ from ..checkpoints import load_model
 from ..cost import inference_costs, model_cost, weight_storage_bytes
 from ..data import load_prepared
 from ..evaluate import ATTACKS, Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve
-from ..files import atomic_path, read_json, write_json
+from ..files import atomic_path
 from ..health import model_collapse
 from ..int8_export import export_int8
 from ..provenance import provenance
 from ..quantize import float_twin
+from ..records import EvalRecord, read_stage_record, write_eval_record
 from ..runtime import peak_rss_mb
 from ..vocab import PTQ, QUANTIZATION_METHODS, parse_compression, stage_seed
 from .common import precision_for, setup
@@ -28,12 +29,13 @@ log = logging.getLogger("advfine")
 
 
 def run(config: dict, *, data: str, experiment: str, train: str, compression: str, finetune: str, seed: int,
-        model: str, metrics: str, out_eval: str, out_samples: str, curve: bool = False, threads: int = 1) -> dict:
+        model: str, metrics: str, out_eval: str, out_samples: str, curve: bool = False,
+        threads: int = 1) -> EvalRecord:
     """Evaluate the model at ``model`` (its metrics, with the lineage, at ``metrics``); write ``out_eval``
     and the per-sample outcome ``out_samples`` (CSV). ``curve``: also measure the robustness curve
     (the workflow asks for it for the models of Table 5)."""
     device = setup(config, seed, threads)
-    upstream = read_json(metrics)
+    upstream = read_stage_record(metrics)
     evaluated, ckpt = load_model(model)
     dataset = load_prepared(data)
     method, level = parse_compression(compression)
@@ -69,8 +71,8 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
         log.info("clean %.4f, PGD %.4f, worst case %.4f, audit flags %s", result["clean_acc"], result["robust_acc_pgd"],
                  result["robust_acc"], result["audit"]["flags"] or "none")
     # a model its stage trained has a history (train_base, finetune, QAT); pruning and PTQ train nothing
-    collapse = model_collapse(upstream["stages"], None if outcome is None else outcome["predictions"].tolist(),
-                              num_classes, trained="history" in upstream)
+    collapse = model_collapse(upstream.stages, None if outcome is None else outcome["predictions"].tolist(),
+                              num_classes, trained=upstream.trained)
     if collapse["constant_predictions"]:
         log.info("compression without training left a constant classifier (%s): a measurement, kept in the means",
                  collapse["constant_predictions"])
@@ -98,19 +100,19 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
         inference["int8"] |= {"robust_acc": deployed["robust_acc"], "attacks": deployed["attacks"]}
     _write_samples(out_samples, dataset.test_y, outcome, deployed)
     bits = int(level) if method in QUANTIZATION_METHODS else None
-    record = {
-        "experiment": experiment, "dataset": dataset.name, "arch": ckpt["arch"]["name"],
-        "seed": seed, "train": train, "compression": compression, "method": method, "level": level,
-        "finetune": finetune, **result, "diverged": diverged is not None, "diverged_reason": diverged,
+    record = EvalRecord(
+        experiment=experiment, dataset=dataset.name, arch=ckpt["arch"]["name"],
+        seed=seed, train=train, compression=compression, method=method, level=level,
+        finetune=finetune, **result, diverged=diverged is not None, diverged_reason=diverged,
         **collapse,
-        "params": cost["params"], "macs": cost["macs"],
-        "checkpoint_bytes": Path(model).stat().st_size,
-        "weight_bytes": weight_storage_bytes(evaluated, bits),
-        **inference, "device": str(device), "eval_wall_time_s": wall, "stages": upstream["stages"],
-        "model_path": str(model), "peak_rss_mb": peak_rss_mb(),
-        "provenance": provenance(config, seed, device),
-    }
-    write_json(out_eval, record)
+        params=cost["params"], macs=cost["macs"],
+        checkpoint_bytes=Path(model).stat().st_size,
+        weight_bytes=weight_storage_bytes(evaluated, bits),
+        **inference, device=str(device), eval_wall_time_s=wall, stages=upstream.stages,
+        model_path=str(model), peak_rss_mb=peak_rss_mb(),
+        provenance=provenance(config, seed, device),
+    )
+    write_eval_record(out_eval, record)
     return record
 
 

@@ -14,8 +14,8 @@ from torch import nn
 from ..checkpoints import load_model, save_model
 from ..cost import model_cost, training_macs
 from ..data import load_prepared
-from ..files import read_json, write_json
 from ..models import build_model
+from ..records import StageRecord, read_stage_record, write_stage_record
 from ..quantize import calibration_batches, is_quantized, prepare_qat
 from ..train import restored_wall_time, resume_path_for, train_model
 from ..vocab import (ADVERSARIAL_FINETUNING, CONTROLS, EQUAL_COST_SUFFIX, FINETUNE_MODES, QUANTIZATION_METHODS,
@@ -61,14 +61,14 @@ def reinitialized(compression: str, arch: dict, config: dict, train_x: torch.Ten
 
 
 def run(config: dict, *, data: str, compression: str, mode: str, seed: int, model: str, metrics: str,
-        out_model: str, out_metrics: str, threads: int = 1) -> dict:
+        out_model: str, out_metrics: str, threads: int = 1) -> StageRecord:
     """Fine-tune the model at ``model`` (node ``compression``) in ``mode`` (see the module docstring); the
     from-scratch modes read it for its architecture only."""
     if mode not in MODES:
         raise ValueError(f"unknown fine-tuning mode {mode!r}; expected one of {list(MODES)} ('none' needs no job)")
     method, _ = parse_compression(compression)
     device = setup(config, seed, threads)
-    parent = read_json(metrics)
+    parent = read_stage_record(metrics)
     start_model, ckpt = load_model(model)
     dataset = load_prepared(data)
     settings = config["train"] if mode == "scratch-full" else finetune_settings(config, method, mode)
@@ -101,6 +101,6 @@ def run(config: dict, *, data: str, compression: str, mode: str, seed: int, mode
                             finetune=mode, init="random" if scratch else "parent",
                             settings=settings, history=history, attack=attack.describe() if attack else None,
                             precision=precision)
-    write_json(out_metrics, record)
+    write_stage_record(out_metrics, record)
     resume.unlink(missing_ok=True)
     return record

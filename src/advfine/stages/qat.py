@@ -8,15 +8,15 @@ from ..checkpoints import load_model, save_model
 from ..quantize import calibration_batches, prepare_qat
 from ..cost import model_cost, training_macs
 from ..data import load_prepared
-from ..files import read_json, write_json
 from ..models import build_model
+from ..records import StageRecord, read_stage_record, write_stage_record
 from ..train import restored_wall_time, resume_path_for, train_model
 from ..vocab import BASE_MODELS, compression_label, stage_seed
 from .common import attack_from_config, dataset_arch, metrics_record, setup, training_health
 
 
 def run(config: dict, *, data: str, bits: int, train: str, seed: int, out_model: str, out_metrics: str,
-        model: str | None = None, metrics: str | None = None, threads: int = 1) -> dict:
+        model: str | None = None, metrics: str | None = None, threads: int = 1) -> StageRecord:
     """QAT of base model ``train`` at ``bits``. ``compress.qat.init`` says where it starts: the trained
     base model at ``model`` (``parent``: the paper's CIFAR-10 protocol) or a fresh random init
     (``scratch``: its Fashion-MNIST protocol; then no parent is read)."""
@@ -29,7 +29,7 @@ def run(config: dict, *, data: str, bits: int, train: str, seed: int, out_model:
     if qat_cfg["init"] == "parent":
         if model is None or metrics is None:
             raise ValueError("config key qat.init is 'parent' but no parent model was given")
-        parent = read_json(metrics)
+        parent = read_stage_record(metrics)
         start_model, ckpt = load_model(model)
         arch = ckpt["arch"]
     else:
@@ -55,6 +55,6 @@ def run(config: dict, *, data: str, bits: int, train: str, seed: int, out_model:
                             compression=compression, method="qat", level=bits, init=qat_cfg["init"], arch=arch,
                             history=history, attack=attack.describe() if attack else None, precision="fp32",
                             **model_cost(qmodel, dataset.input_shape))
-    write_json(out_metrics, record)
+    write_stage_record(out_metrics, record)
     resume.unlink(missing_ok=True)
     return record

@@ -8,8 +8,8 @@ import time
 from ..checkpoints import save_model
 from ..cost import model_cost, training_macs
 from ..data import load_prepared
-from ..files import write_json
 from ..models import build_model, count_parameters, load_pretrained
+from ..records import StageRecord, write_stage_record
 from ..train import restored_wall_time, resume_path_for, train_model
 from ..vocab import BASE_MODELS, stage_seed
 from .common import dataset_arch, metrics_record, precision_for, setup, training_health, training_objective
@@ -18,7 +18,7 @@ log = logging.getLogger("advfine")
 
 
 def run(config: dict, *, data: str, train: str, seed: int, out_model: str, out_metrics: str,
-        threads: int = 1) -> dict:
+        threads: int = 1) -> StageRecord:
     """Train base model ``train`` of seed ``seed`` on the prepared dataset ``data``; write its checkpoint
     and metrics. Starts from ``model.pretrained`` when the config names a checkpoint."""
     if train not in BASE_MODELS:
@@ -48,6 +48,6 @@ def run(config: dict, *, data: str, train: str, seed: int, out_model: str, out_m
                              train=train, history=history, params=count_parameters(model),
                              n_train=len(dataset.train_y), precision=precision, pretrained=pretrained,
                              attack=attack.describe() if attack else None)
-    write_json(out_metrics, metrics)
+    write_stage_record(out_metrics, metrics)
     resume.unlink(missing_ok=True)
     return metrics
