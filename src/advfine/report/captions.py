@@ -113,8 +113,8 @@ AUDIT_NOTE = ("Clean, PGD (the paper's attack) and worst case (per-sample, over 
               "gradient. INT8 robust = the deployed integer model under the transfer and Square attacks. "
               + HEALTH_NOTE)
 GAINS_NOTE = ("Wall times in minutes, mean ± sample std over seeds; MACs: mean over seeds of the estimated "
-              f"multiply-accumulates recorded for each stage; ratios: ratio of means to {_F_RB}'s; n/a = no data "
-              "(or an eval.json written before MACs were recorded). Wall times depend on the machine and on how "
+              f"multiply-accumulates recorded for each stage; ratios: ratio of means to {_F_RB}'s; n/a = no data. "
+              "Wall times depend on the machine and on how "
               "many jobs shared it.")
 CONTROLS_NOTE = (
     "Accuracy in %, mean ± sample std (ddof=1) over seeds; $n$ = number of seeds. Robustness: per-sample worst "
@@ -144,8 +144,7 @@ def compute_note(df: pd.DataFrame) -> str:
             "(mean ± std) and estimated MACs (mean) of every stage that produced the model (training + "
             "compression + fine-tuning). Peak memory: peak resident set size of the job process, the maximum "
             "over the lineage's stages and the evaluation, in MB (mean ± std). Evaluation: seconds of the "
-            "attack suite, the audit and the robustness curve (mean ± std); n/a = no data (or an eval.json "
-            "written before it was recorded).")
+            "attack suite, the audit and the robustness curve (mean ± std); n/a = no data.")
 
 
 def claims_note(margin: float) -> str:

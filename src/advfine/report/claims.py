@@ -154,7 +154,7 @@ def claims_table(df: pd.DataFrame, prune_level: float | Mapping[str, float], ptq
                 continue
             files_a, files_b = _samples_files(sel_a), _samples_files(sel_b)
             missing = [str(f) for s in seeds for f in (files_a[s], files_b[s]) if not f.is_file()]
-            if missing:  # results written before evaluations kept their per-sample outcome
+            if missing:  # a results folder read outside the workflow, whose rules make samples.csv beside eval.json
                 rows.append(row | {"verdict": f"{NO_SAMPLES} ({missing[0]})"})
                 continue
             collapsed_a, collapsed_b = _collapsed_by_seed(sel_a), _collapsed_by_seed(sel_b)
