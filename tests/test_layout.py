@@ -88,6 +88,9 @@ def test_imports_are_at_the_top_unless_deferred_on_purpose():
         lines = path.read_text().splitlines()
         tree = ast.parse(path.read_text())
         top_level = {id(node) for node in tree.body}
+        # imports for type annotations only (under "if TYPE_CHECKING:") are module-level too
+        top_level |= {id(inner) for node in tree.body if isinstance(node, ast.If)
+                      and getattr(node.test, "id", None) == "TYPE_CHECKING" for inner in node.body}
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top_level:
                 if isinstance(node, ast.ImportFrom) and node.module == "__future__":

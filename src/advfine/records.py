@@ -187,6 +187,7 @@ class StageRecord:
 
 
 def write_stage_record(path: str | Path, record: StageRecord) -> None:
+    # deferred: advfine.files imports torch; reading records (the end-of-run banner) must not
     from .files import write_json
 
     write_json(path, record.to_json())
@@ -277,6 +278,7 @@ class EvalRecord:
 
 
 def write_eval_record(path: str | Path, record: EvalRecord) -> None:
+    # deferred: advfine.files imports torch; reading records (the end-of-run banner) must not
     from .files import write_json
 
     write_json(path, record.to_json())
