@@ -6,7 +6,7 @@
 # base it names (extends:); see workflow/rules/common.smk. What a run used: results/<experiment>/
 # config.resolved.yaml. One stage = one name: rule <name>, workflow/rules/<name>.smk,
 # workflow/scripts/<name>.py, advfine.stages.<name>.run, its config slice <name>
-# (advfine.config.STAGE_SECTIONS) and <name>.log.
+# (advfine.pipeline.config.STAGE_SECTIONS) and <name>.log.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -69,12 +69,12 @@ rule all_figures:
 
 # Loud at the end of a run, finished or failed: every collapsed or diverged model and the nodes built on it.
 onsuccess:
-    from advfine.health import announce_health
+    from advfine.pipeline.run_health import announce_health
 
     announce_health(RESULTS)
 
 
 onerror:
-    from advfine.health import announce_health
+    from advfine.pipeline.run_health import announce_health
 
     announce_health(RESULTS)

@@ -6,7 +6,7 @@
 Trains seeds 0..N-1 of one arm through the pipeline's own stage functions (advfine.stages: prepare_data,
 train_base, compress, finetune), each with the config slice and the per-stage seeds its Snakemake job
 gets, then prints per seed the last epoch's training loss and accuracy, the test set's most-predicted
-class share, whether it collapsed (advfine.health: the stage's ``training_collapse`` or the test set's
+class share, whether it collapsed (advfine.core.health: the stage's ``training_collapse`` or the test set's
 ``prediction_collapse``), its clean test accuracy and its PGD robust accuracy (``attack.eval``, the
 evaluation stage's first attack and seed), then "k of N collapsed". Arms:
 
@@ -41,9 +41,9 @@ from pathlib import Path
 
 import yaml
 
-from advfine.config import ConfigError, resolve_config, stage_config, validate_config
-from advfine.health import prediction_collapse
-from advfine.vocab import SCRATCH_CONTROLS, parse_compression
+from advfine.pipeline.config import ConfigError, resolve_config, stage_config, validate_config
+from advfine.core.health import prediction_collapse
+from advfine.pipeline.vocab import SCRATCH_CONTROLS, parse_compression
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def merged_config(paths: list[str], settings: list[str], data_root: str | None) -> dict:
-    """The config a run with ``--configfile paths...`` gets (advfine.config.resolve_config: complete
+    """The config a run with ``--configfile paths...`` gets (advfine.pipeline.config.resolve_config: complete
     configs, overlays after their base, the schema's defaults), then ``settings`` (``dotted.key=yaml
     value``) and ``data_root``, validated again."""
     config = resolve_config([Path(p).resolve() for p in paths], {}, REPO, default=REPO / "config.yaml")
@@ -97,10 +97,10 @@ def prepare(config: dict, work: Path) -> str:
 def untrained_parent(config: dict, data: str, compression: str, seed: int, threads: int, folder: Path) -> tuple:
     """The compress stage's output for an untrained f_st of ``seed`` (the from-scratch controls read it for
     its architecture only): (model path, metrics path)."""
-    from advfine.checkpoints import save_model
-    from advfine.data import load_prepared
-    from advfine.models import build_model
-    from advfine.records import write_stage_record
+    from advfine.pipeline.checkpoints import save_model
+    from advfine.core.data import load_prepared
+    from advfine.core.models import build_model
+    from advfine.pipeline.records import write_stage_record
     from advfine.stages import compress
     from advfine.stages.common import dataset_arch, metrics_record, setup
 
@@ -138,12 +138,12 @@ def train_arm(config: dict, arm: str, compression: str | None, data: str, seed: 
 def evaluate_seed(config: dict, data: str, model_path: str, seed: int) -> dict:
     """Clean accuracy, PGD robust accuracy (``attack.eval`` with the evaluation stage's seed; the pipeline's
     ``robust_acc_pgd``) and the predicted classes on the test set."""
-    from advfine.checkpoints import load_model
-    from advfine.data import load_prepared
-    from advfine.evaluate import Suite, evaluate_model, predict
-    from advfine.runtime import resolve_device
+    from advfine.pipeline.checkpoints import load_model
+    from advfine.core.data import load_prepared
+    from advfine.core.evaluate import Suite, evaluate_model, predict
+    from advfine.core.runtime import resolve_device
     from advfine.stages.common import attack_from_config
-    from advfine.vocab import stage_seed
+    from advfine.pipeline.vocab import stage_seed
 
     device = resolve_device(config["device"])
     model, _ = load_model(model_path)
@@ -170,7 +170,7 @@ def run_seed(config: dict, arm: str, compression: str | None, data: str, seed: i
     num_classes = evaluated.pop("num_classes")
     history = trained["history"]
     top_class, top = Counter(classes).most_common(1)[0]
-    # the stage's own verdict (advfine.health.training_collapse, on clean training images), then the test set's
+    # the stage's own verdict (advfine.core.health.training_collapse, on clean training images), then the test set's
     why = trained["collapsed_reason"] or prediction_collapse(classes, num_classes)
     return {"seed": seed, "history": [{k: r[k] for k in ("epoch", "lr", "eps", "loss", "train_acc")} for r in history],
             "loss": history[-1]["loss"], "train_acc": history[-1]["train_acc"], "top_class": top_class,
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = parse_seeds(args.seeds)
 
     isa = " ".join(f"{k}={os.environ[k]}" for k in ISA_VARIABLES if k in os.environ) or "the machine's own kernels"
-    from advfine.runtime import cpu_model
+    from advfine.core.runtime import cpu_model
 
     print(f"$ {' '.join(shlex.quote(a) for a in ['benchmarks/collapse_rate.py', *(argv or sys.argv[1:])])}")
     print(f"{config['experiment']}: arm {args.arm}{' under ' + args.compression if args.compression else ''}, "

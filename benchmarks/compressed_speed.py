@@ -35,12 +35,12 @@ def main() -> None:
 
     import torch
 
-    from advfine.prune import prune_filters_l1
-    from advfine.quantize import quantize_ptq
-    from advfine.cost import measure_latency
-    from advfine.int8_export import export_int8
-    from advfine.models import build_model, default_arch
-    from advfine.runtime import cpu_flags, place_model
+    from advfine.core.prune import prune_filters_l1
+    from advfine.core.quantize import quantize_ptq
+    from advfine.core.cost import measure_latency
+    from advfine.core.int8_export import export_int8
+    from advfine.core.models import build_model, default_arch
+    from advfine.core.runtime import cpu_flags, place_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

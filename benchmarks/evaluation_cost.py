@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from advfine.audit import audit_evaluation
-from advfine.checkpoints import load_model
-from advfine.config import validate_config
-from advfine.data import load_prepared
-from advfine.evaluate import Suite, evaluate_model, robustness_curve
-from advfine.nodes import Node
-from advfine.quantize import float_twin
+from advfine.core.audit import audit_evaluation
+from advfine.pipeline.checkpoints import load_model
+from advfine.pipeline.config import validate_config
+from advfine.core.data import load_prepared
+from advfine.core.evaluate import Suite, evaluate_model, robustness_curve
+from advfine.pipeline.nodes import Node
+from advfine.core.quantize import float_twin
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -65,11 +65,11 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from advfine.attacks.pgd import PGDAttack
-    from advfine.attacks.threat import ThreatModel
-    from advfine.models import build_model, default_arch
-    from advfine.quantize import prepare_qat, quantize_ptq
-    from advfine.runtime import place_model
+    from advfine.core.attacks.pgd import PGDAttack
+    from advfine.core.attacks.threat import ThreatModel
+    from advfine.core.models import build_model, default_arch
+    from advfine.core.quantize import prepare_qat, quantize_ptq
+    from advfine.core.runtime import place_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -144,7 +144,7 @@ def main() -> None:
 def kernel_times(rounds: int) -> dict[str, float]:
     import torch
 
-    from advfine.quantize import FakeQuantizePerTensorCPU
+    from advfine.core.quantize import FakeQuantizePerTensorCPU
 
     x = torch.randn(256, 32, 28, 28).contiguous(memory_format=torch.channels_last)
     kernels = {"torch.fake_quantize_per_tensor_affine (fused)":

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import torch
 
-from advfine.attacks.pgd import PGDAttack
-from advfine.attacks.threat import ThreatModel
-from advfine.config import section_with_defaults
-from advfine.datasets import load_dataset
-from advfine.evaluate import Suite, evaluate_model
-from advfine.gpu_pool import job_device
-from advfine.models import build_model, default_arch
-from advfine.quantize import calibration_batches, float_twin, quantize_ptq
-from advfine.train import train_model
+from advfine.core.attacks.pgd import PGDAttack
+from advfine.core.attacks.threat import ThreatModel
+from advfine.pipeline.config import section_with_defaults
+from advfine.core.datasets import load_dataset
+from advfine.core.evaluate import Suite, evaluate_model
+from advfine.pipeline.gpu_pool import job_device
+from advfine.core.models import build_model, default_arch
+from advfine.core.quantize import calibration_batches, float_twin, quantize_ptq
+from advfine.core.train import train_model
 
 CHECKS: list[tuple[str, bool, str]] = []
 

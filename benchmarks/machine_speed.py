@@ -27,10 +27,10 @@ def import_seconds(statement: str, repeats: int = 3) -> float:
 def pgd20_training_images_per_second(threads: int, batch: int = 128, steps: int = 4) -> float:
     import torch
 
-    from advfine.attacks.pgd import PGDAttack
-    from advfine.attacks.threat import ThreatModel
-    from advfine.models import build_model, default_arch
-    from advfine.train import training_step
+    from advfine.core.attacks.pgd import PGDAttack
+    from advfine.core.attacks.threat import ThreatModel
+    from advfine.core.models import build_model, default_arch
+    from advfine.core.train import training_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ import pandas as pd
 
 from advfine.report.labels import format_cell, health_text
 from advfine.report.stats import collapsed_mask, diverged_mask, mean_std
-from advfine.vocab import CONTROLS, model_label
+from advfine.pipeline.vocab import CONTROLS, model_label
 
 REPO = Path(__file__).resolve().parents[1]
 

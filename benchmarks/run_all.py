@@ -40,7 +40,7 @@ def main() -> None:
 
     import os
 
-    from advfine.runtime import cpu_model
+    from advfine.core.runtime import cpu_model
 
     sections, started = [], time.perf_counter()
     for script, title, extra in BENCHMARKS:

@@ -13,7 +13,7 @@ fixed evaluation (advfine's PGD, fp32, same random starts). The loops:
   default memory format, the attack run with the model in train mode and ``loss.backward()``
   (which also computes weight gradients it throws away);
 - torchattacks: ``torchattacks.PGD`` for the attack, batches sliced from one tensor, default format;
-- advfine fp32 / bf16: ``advfine.train.training_step`` (channels-last, gradients to the input only,
+- advfine fp32 / bf16: ``advfine.core.train.training_step`` (channels-last, gradients to the input only,
   bf16 autocast for the second).
 
 Also: the FLOPs of one step against the machine's measured matrix-product peak (fp32 and bf16), and
@@ -34,7 +34,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from advfine.data import iterate_batches
+from advfine.core.data import iterate_batches
 
 EPS, STEP_SIZE_FRACTION = 0.1, 2.5  # step size = 2.5 * eps / steps (Madry et al.'s rule of thumb)
 
@@ -81,10 +81,10 @@ def torchattacks_loop(model, train_x, train_y, batch, eps, step_size, steps, see
 
 
 def advfine_loop(model, train_x, train_y, batch, eps, step_size, steps, seed, precision):
-    from advfine.attacks.pgd import PGDAttack
-    from advfine.attacks.threat import ThreatModel
-    from advfine.runtime import place_model
-    from advfine.train import training_step
+    from advfine.core.attacks.pgd import PGDAttack
+    from advfine.core.attacks.threat import ThreatModel
+    from advfine.core.runtime import place_model
+    from advfine.core.train import training_step
 
     cpu = torch.device("cpu")
     place_model(model, cpu)
@@ -146,7 +146,7 @@ def evaluation_cost(model, x, y, attack, seed: int) -> dict:
     against attacking every sample for every step, from the same per-sample random starts."""
     from dataclasses import replace
 
-    from advfine.evaluate import Suite, evaluate_model, start_noise_for
+    from advfine.core.evaluate import Suite, evaluate_model, start_noise_for
 
     cpu = torch.device("cpu")
     start = time.perf_counter()
@@ -169,7 +169,7 @@ def evaluation_cost(model, x, y, attack, seed: int) -> dict:
 def machine_line() -> str:
     import platform
 
-    from advfine.runtime import cpu_flags, cpu_has_native_bf16, cpu_model
+    from advfine.core.runtime import cpu_flags, cpu_has_native_bf16, cpu_model
 
     flags = cpu_flags()
     model = cpu_model()
@@ -188,14 +188,14 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=None, help="evaluation images (default: all 450)")
     args = parser.parse_args()
 
-    from advfine.attacks.pgd import PGDAttack
-    from advfine.attacks.threat import ThreatModel
-    from advfine.config import section_with_defaults
-    from advfine.datasets import load_dataset
-    from advfine.evaluate import Suite, evaluate_model
-    from advfine.models import build_model, default_arch
-    from advfine.runtime import cpu_has_native_bf16
-    from advfine.train import train_model
+    from advfine.core.attacks.pgd import PGDAttack
+    from advfine.core.attacks.threat import ThreatModel
+    from advfine.pipeline.config import section_with_defaults
+    from advfine.core.datasets import load_dataset
+    from advfine.core.evaluate import Suite, evaluate_model
+    from advfine.core.models import build_model, default_arch
+    from advfine.core.runtime import cpu_has_native_bf16
+    from advfine.core.train import train_model
 
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")

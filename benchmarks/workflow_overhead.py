@@ -7,7 +7,7 @@
 2. A no-op re-run of the default experiment (`snakemake --cores 2 all` in this checkout) once
    `make run` has finished it; skipped with a message otherwise.
 3. The peak memory of every rule of the default experiment: each job logs its process's peak
-   resident set size (``advfine.job``: "rule R: peak_rss_mb=M"); the largest per rule is reported.
+   resident set size (``advfine.pipeline.job``: "rule R: peak_rss_mb=M"); the largest per rule is reported.
 4. The default run's overhead ratio: its elapsed time (first job start to last job end, from the job
    logs) against the sum of the jobs' in-process times (after their imports) divided by the cores:
    1.0 would mean no start-up or scheduling cost.

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from advfine.config import section_with_defaults, stage_config, validate_config
+from advfine.pipeline.config import section_with_defaults, stage_config, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FMNIST = REPO.parent / "shared" / "data" / "FashionMNIST" / "raw"
@@ -45,7 +45,7 @@ def one_torch_thread():
 
 def small_cnn8_arch(mean=(0.5,), std=(0.5,)) -> dict:
     """A narrow CNN8 (8-8-16-16-16-16 filters, 32 hidden) for fast compression tests."""
-    from advfine.models import default_arch
+    from advfine.core.models import default_arch
 
     arch = default_arch("cnn8", 1, 10, 28, list(mean), list(std))
     arch["conv_channels"] = [8, 8, 16, 16, 16, 16]
@@ -56,7 +56,7 @@ def small_cnn8_arch(mean=(0.5,), std=(0.5,)) -> dict:
 @pytest.fixture(scope="module")
 def small_parent():
     """An untrained small CNN8 in eval mode, the same weights in every module that asks."""
-    from advfine.models import build_model
+    from advfine.core.models import build_model
 
     torch.manual_seed(0)
     return build_model(small_cnn8_arch()).eval()

@@ -2,7 +2,7 @@
 what a test is about, the rest is a healthy, plausible default."""
 from __future__ import annotations
 
-from advfine.records import EvalRecord, LineageEntry, StageRecord
+from advfine.pipeline.records import EvalRecord, LineageEntry, StageRecord
 
 
 def lineage_entry(stage: str, **over) -> LineageEntry:

@@ -8,16 +8,16 @@ import torch
 import torchattacks
 from torch import nn
 
-from advfine.attacks.apgd import apgd, dlr_loss, dlr_loss_targeted, top_k_targets
-from advfine.attacks.fab import fab_t
-from advfine.attacks.pgd import PGDAttack
-from advfine.attacks.square import margin, square_linf, window_fraction
-from advfine.attacks.threat import ThreatModel
-from advfine.audit import audit_evaluation, zero_gradient_share
-from advfine.datasets import load_dataset
-from advfine.evaluate import Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve, run_suite
-from advfine.models import build_model, default_arch
-from advfine.train import train_model
+from advfine.core.attacks.apgd import apgd, dlr_loss, dlr_loss_targeted, top_k_targets
+from advfine.core.attacks.fab import fab_t
+from advfine.core.attacks.pgd import PGDAttack
+from advfine.core.attacks.square import margin, square_linf, window_fraction
+from advfine.core.attacks.threat import ThreatModel
+from advfine.core.audit import audit_evaluation, zero_gradient_share
+from advfine.core.datasets import load_dataset
+from advfine.core.evaluate import Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve, run_suite
+from advfine.core.models import build_model, default_arch
+from advfine.core.train import train_model
 
 from conftest import FIXTURE_SEED, FIXTURE_TRAINING, tiny_config, train_settings
 

@@ -161,11 +161,11 @@ def test_a_from_scratch_control_owes_nothing_to_its_parents_weights(tmp_path, co
     with the same weights whether its parent was trained or not (the same architecture either way)."""
     import torch
 
-    from advfine.checkpoints import load_model, save_model
-    from advfine.data import load_prepared
-    from advfine.models import build_model
+    from advfine.pipeline.checkpoints import load_model, save_model
+    from advfine.core.data import load_prepared
+    from advfine.core.models import build_model
     from advfine.stages import compress, finetune, prepare_data, train_base
-    from advfine.records import write_stage_record
+    from advfine.pipeline.records import write_stage_record
     from advfine.stages.common import dataset_arch, metrics_record
     from conftest import stage_settings, tiny_config
 

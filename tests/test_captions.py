@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from advfine import vocab
+from advfine.pipeline import vocab
 from advfine.report import captions, collect, render
 from advfine.report.captions import Caption
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from advfine import vocab
-from advfine.config import (EXTENDS, STAGE_SECTIONS, WORKFLOW_KEYS, ConfigError, check_device, config_files,
+from advfine.pipeline import vocab
+from advfine.pipeline.config import (EXTENDS, STAGE_SECTIONS, WORKFLOW_KEYS, ConfigError, check_device, config_files,
                             load_schema, resolve_config, section_with_defaults, stage_config, validate_config)
 
 from conftest import REPO, tiny_config
@@ -426,7 +426,7 @@ def test_mps_without_mps_is_refused():
 def test_a_cuda_index_beyond_the_visible_gpus_is_refused(monkeypatch):
     """On a machine with one visible GPU (torch's view, faked here): cuda:0 and cuda pass, cuda:1 is refused
     naming the key and the count, before jobs run here and again when a (cluster) job starts."""
-    from advfine.runtime import resolve_device
+    from advfine.core.runtime import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -439,12 +439,12 @@ def test_a_cuda_index_beyond_the_visible_gpus_is_refused(monkeypatch):
 
 
 def test_the_configuration_reference_is_rendered_from_the_schema():
-    """docs/configuration.md is what advfine.config_reference renders: regenerate it after a schema change."""
-    from advfine.config_reference import render
+    """docs/configuration.md is what advfine.pipeline.config_reference renders: regenerate it after a schema change."""
+    from advfine.pipeline.config_reference import render
 
     text = render()
     assert (REPO / "docs" / "configuration.md").read_text() == text, (
-        "docs/configuration.md is stale: .venv/bin/python -m advfine.config_reference > docs/configuration.md")
+        "docs/configuration.md is stale: .venv/bin/python -m advfine.pipeline.config_reference > docs/configuration.md")
     schema = load_schema()
     for section in schema["required"]:
         assert f"`{section}" in text

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from advfine.attacks.pgd import PGDAttack
-from advfine.attacks.threat import ThreatModel
-from advfine.config import section_with_defaults
-from advfine.data import DataError
-from advfine.datasets import load_dataset, load_fashion_mnist_tensors
-from advfine.evaluate import Suite, clean_accuracy, evaluate_model
-from advfine.models import build_model, count_parameters, default_arch
-from advfine.train import learning_rate, train_model, training_step
+from advfine.core.attacks.pgd import PGDAttack
+from advfine.core.attacks.threat import ThreatModel
+from advfine.pipeline.config import section_with_defaults
+from advfine.core.data import DataError
+from advfine.core.datasets import load_dataset, load_fashion_mnist_tensors
+from advfine.core.evaluate import Suite, clean_accuracy, evaluate_model
+from advfine.core.models import build_model, count_parameters, default_arch
+from advfine.core.train import learning_rate, train_model, training_step
 
 from conftest import FIXTURE_SEED, FIXTURE_TRAIN_CONFIG, SHARED_FMNIST, tiny_config, train_settings
 
@@ -149,7 +149,7 @@ def test_skipping_misclassified_samples_does_not_change_robust_accuracy(digits, 
     attack."""
     from dataclasses import replace
 
-    from advfine.evaluate import start_noise_for
+    from advfine.core.evaluate import start_noise_for
 
     model, _ = trained
     attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.03, steps=5)
@@ -186,7 +186,7 @@ def test_a_samples_random_start_does_not_depend_on_its_batch(digits, trained):
 
 
 def test_eps_warmup_starts_clean_and_reaches_full_eps():
-    from advfine.train import attack_for_epoch
+    from advfine.core.train import attack_for_epoch
 
     attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.03, steps=5)
     cfg = {"eps_warmup_epochs": 2}

@@ -1,4 +1,4 @@
-"""Figure 2 (advfine.features) on tiny untrained CNN8s, including NNI fake-quantized ones."""
+"""Figure 2 (advfine.core.features) on tiny untrained CNN8s, including NNI fake-quantized ones."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from advfine import features
+from advfine.core import features
 from advfine.report.figure2 import plot_figure2
-from advfine.attacks.pgd import PGDAttack
-from advfine.attacks.threat import ThreatModel
-from advfine.models import build_model, default_arch, layer_outputs
-from advfine.quantize import is_quantized
+from advfine.core.attacks.pgd import PGDAttack
+from advfine.core.attacks.threat import ThreatModel
+from advfine.core.models import build_model, default_arch, layer_outputs
+from advfine.core.quantize import is_quantized
 
 ATTACK = PGDAttack(ThreatModel("linf", 0.1), step_size=0.05, steps=2, random_start=True)
 N = 20
@@ -37,7 +37,7 @@ def images():
 @pytest.fixture(scope="module")
 def quantized(images):
     """Two PTQ INT8 models as quantize.quantize_ptq makes them (ReLUs fused into their layers)."""
-    from advfine.quantize import quantize_ptq
+    from advfine.core.quantize import quantize_ptq
 
     return [quantize_ptq(cnn8(seed), 8, [images[0][:10]]) for seed in (2, 3)]
 

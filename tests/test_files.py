@@ -5,8 +5,10 @@ import pickle
 import pytest
 import torch
 
-from advfine import checkpoints, files
-from advfine.models import build_model, default_arch
+from advfine.core import files
+
+from advfine.pipeline import checkpoints
+from advfine.core.models import build_model, default_arch
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -59,7 +61,7 @@ def test_json_errors_name_the_file(tmp_path):
 
 
 def test_a_missing_or_damaged_prepared_dataset_names_the_file(tmp_path):
-    from advfine.data import DataError, load_prepared
+    from advfine.core.data import DataError, load_prepared
 
     with pytest.raises(DataError, match="digits.pt not found"):
         load_prepared(tmp_path / "digits.pt")

@@ -1,4 +1,4 @@
-"""The cache follows the code: each rule's param ``code`` (advfine.fingerprint) changes when the package
+"""The cache follows the code: each rule's param ``code`` (advfine.pipeline.fingerprint) changes when the package
 code its job runs changes, and not when a comment or docstring does."""
 import ast
 import importlib.util
@@ -10,8 +10,8 @@ import sys
 import pytest
 import yaml
 
-from advfine import vocab
-from advfine.fingerprint import code_fingerprint, stage_modules
+from advfine.pipeline import vocab
+from advfine.pipeline.fingerprint import code_fingerprint, stage_modules
 
 from conftest import REPO, tiny_config
 from test_workflow import snakemake
@@ -42,7 +42,7 @@ def test_a_comment_or_docstring_edit_keeps_every_fingerprint(tmp_path):
     copy_of_the_code(tmp_path)
     before = fingerprints(tmp_path)
     assert before == {stage: code_fingerprint(stage) for stage in vocab.STAGES}  # the copy hashes like the repo
-    train = tmp_path / "src" / "advfine" / "train.py"
+    train = tmp_path / "src" / "advfine" / "core" / "train.py"
     edit(train, '"""', '"""An edited docstring. ')
     edit(train, "\ndef ", "\n# a new comment\n\n\ndef ")
     train.write_text(train.read_text() + "\n# a trailing comment\n")
@@ -52,11 +52,11 @@ def test_a_comment_or_docstring_edit_keeps_every_fingerprint(tmp_path):
 def test_a_code_edit_changes_the_fingerprint_of_exactly_the_stages_that_import_it(tmp_path):
     copy_of_the_code(tmp_path)
     before = fingerprints(tmp_path)
-    train = tmp_path / "src" / "advfine" / "train.py"
+    train = tmp_path / "src" / "advfine" / "core" / "train.py"
     train.write_text(train.read_text() + "\nEXTRA_STATEMENT = 1\n")
     after = fingerprints(tmp_path)
     changed = {stage for stage in vocab.STAGES if after[stage] != before[stage]}
-    assert changed == {stage for stage in vocab.STAGES if "advfine.train" in stage_modules(stage)}
+    assert changed == {stage for stage in vocab.STAGES if "advfine.core.train" in stage_modules(stage)}
     assert set(TRAINING) <= changed and not {"prepare_data", "aggregate", "plot"} & changed
     render = tmp_path / "src" / "advfine" / "report" / "render.py"
     render.write_text(render.read_text() + "\nEXTRA_STATEMENT = 1\n")
@@ -64,7 +64,7 @@ def test_a_code_edit_changes_the_fingerprint_of_exactly_the_stages_that_import_i
 
 
 def load_fingerprint_module(root):
-    spec = importlib.util.spec_from_file_location("fingerprint_copy", root / "src" / "advfine" / "fingerprint.py")
+    spec = importlib.util.spec_from_file_location("fingerprint_copy", root / "src" / "advfine" / "pipeline" / "fingerprint.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -74,26 +74,27 @@ def test_the_stage_module_its_deferred_imports_and_the_package_inits_count(tmp_p
     copy_of_the_code(tmp_path)
     before = fingerprints(tmp_path)
     # a module of the package that plot does not import yet, imported inside a function
-    other = sorted(p.stem for p in (REPO / "src" / "advfine").glob("*.py")
-                   if f"advfine.{p.stem}" not in stage_modules("plot") and p.stem != "__init__")[0]
+    other = sorted(p.stem for p in (REPO / "src" / "advfine" / "core").glob("*.py")
+                   if f"advfine.core.{p.stem}" not in stage_modules("plot") and p.stem != "__init__")[0]
     plot = tmp_path / "src" / "advfine" / "stages" / "plot.py"
-    plot.write_text(plot.read_text() + f"\n\ndef unused():\n    from .. import {other}\n")
+    plot.write_text(plot.read_text() + f"\n\ndef unused():\n    from ..core import {other}\n")
     after = fingerprints(tmp_path)
     assert {stage for stage in vocab.STAGES if after[stage] != before[stage]} == {"plot"}
-    assert f"advfine.{other}" in load_fingerprint_module(tmp_path).stage_modules("plot")
+    assert f"advfine.core.{other}" in load_fingerprint_module(tmp_path).stage_modules("plot")
     edit(tmp_path / "src" / "advfine" / "stages" / "__init__.py", '"""\n', '"""\nPACKAGE_CONSTANT = 1\n')
     assert all(fingerprints(tmp_path)[stage] != after[stage] for stage in vocab.STAGES)  # all import advfine.stages
 
 
 @pytest.mark.parametrize("stage", vocab.STAGES)
 def test_a_stage_script_imports_only_modules_its_fingerprint_covers(stage):
-    """The fingerprint walks from the job's entry points (advfine.job, advfine.stages.<stage>), not from the
-    script, which is no part of the package: a script importing more would run code the cache ignores."""
+    """The fingerprint walks from the job's entry points (advfine.pipeline.job, advfine.stages.<stage>), not
+    from the script, which is no part of the package: a script importing more would run code the cache
+    ignores."""
     tree = ast.parse((REPO / "workflow" / "scripts" / f"{stage}.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     advfine_modules = {name for name in imported if name.split(".")[0] == "advfine"}
-    assert {"advfine.job", "advfine.stages"} <= advfine_modules
+    assert {"advfine.pipeline.job", "advfine.stages"} <= advfine_modules
     assert advfine_modules <= stage_modules(stage), advfine_modules - stage_modules(stage)
 
 
@@ -101,13 +102,13 @@ def test_a_stage_script_imports_only_modules_its_fingerprint_covers(stage):
 @pytest.mark.parametrize("stage", vocab.STAGES)
 def test_the_fingerprint_covers_every_advfine_module_a_job_imports(stage):
     """What the ast walk finds is at least what a job's imports load (a fresh interpreter's sys.modules)."""
-    code = (f"import sys\nimport advfine.job\nfrom advfine.stages import {stage}\n"
+    code = (f"import sys\nimport advfine.pipeline.job\nfrom advfine.stages import {stage}\n"
             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'advfine')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = set(result.stdout.split())
-    assert "advfine.job" in loaded and loaded <= stage_modules(stage), loaded - stage_modules(stage)
+    assert "advfine.pipeline.job" in loaded and loaded <= stage_modules(stage), loaded - stage_modules(stage)
 
 
 def planned_rules(result) -> dict:
@@ -129,7 +130,7 @@ def test_editing_the_package_reruns_the_stages_that_run_it(tmp_path):
     run = snakemake(work, "all", snakefile=repo / "Snakefile")
     assert run.returncode == 0, run.stderr[-3000:]
 
-    train = repo / "src" / "advfine" / "train.py"
+    train = repo / "src" / "advfine" / "core" / "train.py"
     original = train.read_text()
     train.write_text(original + "\nEXTRA_STATEMENT = 1\n")
     planned = snakemake(work, "all", "-n", snakefile=repo / "Snakefile")

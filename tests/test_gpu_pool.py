@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from advfine import gpu_pool
-from advfine.gpu_pool import gpu_slot, job_device, needs_pool, visible_gpu_ids
+from advfine.pipeline import gpu_pool
+from advfine.pipeline.gpu_pool import gpu_slot, job_device, needs_pool, visible_gpu_ids
 
 from conftest import REPO
 
@@ -19,7 +19,7 @@ from conftest import REPO
 HOLDER = """
 import sys, time
 sys.path.insert(0, {src!r})
-from advfine.gpu_pool import gpu_slot
+from advfine.pipeline.gpu_pool import gpu_slot
 with gpu_slot({ids!r}, {lock_dir!r}, poll_s=0.05) as (index, gpu_id):
     print(index, gpu_id, flush=True)
     time.sleep({hold})
@@ -112,7 +112,7 @@ def test_a_gpu_job_gets_the_free_gpu_as_its_device(tmp_path, monkeypatch):
     """snakemake_job hands a rule with ``resources: gpu`` the index of a free visible GPU."""
     import torch
 
-    from advfine.job import snakemake_job
+    from advfine.pipeline.job import snakemake_job
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,6")
@@ -139,7 +139,7 @@ def test_a_gpu_job_gets_the_free_gpu_as_its_device(tmp_path, monkeypatch):
 
 
 def test_provenance_names_the_physical_gpu_and_slurm_job(monkeypatch):
-    from advfine.provenance import provenance
+    from advfine.pipeline.provenance import provenance
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,6")
     monkeypatch.setenv("SLURM_JOB_ID", "1234")

@@ -4,8 +4,9 @@ from pathlib import Path
 
 from record_factory import eval_record, lineage_entry, stage_record
 
-from advfine.health import prediction_collapse, training_collapse
-from advfine.records import MetricsFileError, read_eval_record, read_stage_record, write_eval_record, write_stage_record
+from advfine.core.health import prediction_collapse, training_collapse
+from advfine.pipeline.records import (MetricsFileError, read_eval_record, read_stage_record, write_eval_record,
+                                      write_stage_record)
 
 
 def test_a_model_at_chance_on_clean_training_images_or_predicting_one_class_collapsed():
@@ -28,7 +29,8 @@ def test_a_constant_classifier_is_caught_and_a_poor_but_varied_one_is_not():
 
 
 def test_an_evaluated_model_is_marked_by_its_own_training_its_predictions_and_its_lineage():
-    from advfine.health import collapse_record, model_collapse
+    from advfine.core.health import collapse_record
+    from advfine.pipeline.run_health import model_collapse
 
     base = lineage_entry("train_base", **collapse_record("epoch 2: training loss 2.3026 >= ln 10"))
     pruned = lineage_entry("compress", **collapse_record(None))
@@ -92,7 +94,7 @@ def run_results(root):
 
 
 def test_the_end_of_run_banner_names_every_collapsed_or_diverged_model(tmp_path, monkeypatch, capsys):
-    from advfine.health import announce_health, unhealthy_models
+    from advfine.pipeline.run_health import announce_health, unhealthy_models
 
     monkeypatch.chdir(tmp_path)
     results, reason = run_results(tmp_path)
@@ -108,7 +110,7 @@ def test_the_end_of_run_banner_names_every_collapsed_or_diverged_model(tmp_path,
 
 
 def test_the_banner_is_silent_when_every_model_is_healthy(tmp_path, monkeypatch, capsys):
-    from advfine.health import announce_health
+    from advfine.pipeline.run_health import announce_health
 
     monkeypatch.chdir(tmp_path)
     results, _ = run_results(tmp_path)

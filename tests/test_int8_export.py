@@ -7,15 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from advfine import quantize
-from advfine.attacks.pgd import PGDAttack
-from advfine.attacks.threat import ThreatModel
-from advfine.evaluate import clean_accuracy
-from advfine.health import prediction_collapse
-from advfine.cost import measure_latency
-from advfine.int8_export import export_int8
-from advfine.models import build_model, default_arch
-from advfine.train import train_model
+from advfine.core import quantize
+from advfine.core.attacks.pgd import PGDAttack
+from advfine.core.attacks.threat import ThreatModel
+from advfine.core.evaluate import clean_accuracy
+from advfine.core.health import prediction_collapse
+from advfine.core.cost import measure_latency
+from advfine.core.int8_export import export_int8
+from advfine.core.models import build_model, default_arch
+from advfine.core.train import train_model
 
 from conftest import FIXTURE_SEED, FIXTURE_TRAINING, train_settings
 
@@ -33,8 +33,8 @@ def trained(digits):
 
 @pytest.fixture(scope="module")
 def digits():
-    from advfine.config import section_with_defaults
-    from advfine.datasets import load_dataset
+    from advfine.pipeline.config import section_with_defaults
+    from advfine.core.datasets import load_dataset
 
     return load_dataset(section_with_defaults("data", {"name": "digits"}))
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from advfine.train import resume_path_for
+from advfine.core.train import resume_path_for
 
 from conftest import REPO, tiny_config
 from test_workflow import snakemake, write_config

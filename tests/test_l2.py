@@ -9,16 +9,16 @@ import torch
 import torchattacks
 import torch.nn.functional as F
 
-from advfine.attacks.apgd import apgd, top_k_targets
-from advfine.attacks.fab import fab_t
-from advfine.attacks.pgd import PGDAttack
-from advfine.attacks.square import square_l2
-from advfine.attacks.threat import ThreatModel
-from advfine.audit import audit_evaluation
-from advfine.config import ConfigError, largest_radius, validate_config
-from advfine.evaluate import Suite, evaluate_model
-from advfine.objectives import objective_for
-from advfine.train import train_model
+from advfine.core.attacks.apgd import apgd, top_k_targets
+from advfine.core.attacks.fab import fab_t
+from advfine.core.attacks.pgd import PGDAttack
+from advfine.core.attacks.square import square_l2
+from advfine.core.attacks.threat import ThreatModel
+from advfine.core.audit import audit_evaluation
+from advfine.pipeline.config import ConfigError, largest_radius, validate_config
+from advfine.core.evaluate import Suite, evaluate_model
+from advfine.core.objectives import objective_for
+from advfine.core.train import train_model
 
 from conftest import tiny_config, train_settings
 from test_attacks import AUDIT, RoundInput, digits, trained  # noqa: F401 (fixtures)
@@ -128,7 +128,8 @@ def test_radii_are_validated_in_the_norm_of_the_threat_model():
                                                        "attack.eval.steps": 10}))
     with pytest.raises(ConfigError, match=r"attack.eval.eps: 30 pixels is larger .* l2 norm \(28,"):
         validate_config(tiny_config(validate=False, **(l2 | {"attack.eval.eps": 30, "attack.eval.step_size": 3})))
-    with pytest.raises(ConfigError, match=r"attack.train.step_size: 9 pixels is larger .* l2 norm \(8,"):  # digits at 8 x 8
+    # digits at 8 x 8
+    with pytest.raises(ConfigError, match=r"attack.train.step_size: 9 pixels is larger .* l2 norm \(8,"):
         validate_config(tiny_config(validate=False, **l2, **{"data.image_size": 8, "attack.train.step_size": 9}))
     assert largest_radius(tiny_config(**l2, **{"data.name": "cifar10"})) == pytest.approx(3072 ** 0.5)
     large = {"evaluate.audit": {"large_eps_l2": 30.0}}

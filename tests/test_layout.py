@@ -1,5 +1,6 @@
-"""The house rules: one name per stage end to end, small modules, no import cycle, imports at the top
-of modules (a deferred import says why), and a vocabulary the Snakefile can import without torch."""
+"""The house rules: one name per stage end to end, a package in one-way layers (core, pipeline, report,
+stages), no import cycle, imports at the top of modules (a deferred import says why), and a vocabulary the
+Snakefile can import without torch."""
 from __future__ import annotations
 
 import ast
@@ -11,14 +12,15 @@ from graphlib import CycleError, TopologicalSorter
 import pytest
 import yaml
 
-from advfine import vocab
-from advfine.config import STAGE_SECTIONS, load_schema
+from advfine.pipeline import vocab
+from advfine.pipeline.config import STAGE_SECTIONS, load_schema
 
 from conftest import REPO
 
 PACKAGE = REPO / "src" / "advfine"
 MODULES = sorted(PACKAGE.rglob("*.py"))
-MAX_LINES = 400
+# The package's layers, bottom up: each imports only from itself and the layers below it.
+LAYERS = ("core", "pipeline", "report", "stages")
 
 
 def module_name(path) -> str:
@@ -26,11 +28,12 @@ def module_name(path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def package_imports(path) -> list[tuple[str, ast.AST, bool]]:
-    """(imported advfine module, node, at module level) for every import of the package in ``path``."""
+def package_imports(path, text: str | None = None) -> list[tuple[str, ast.AST, bool]]:
+    """(imported advfine module, node, at module level) for every import of the package in ``path`` (whose
+    source is ``text`` when given)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text() if text is None else text)
     top_level = {id(node) for node in tree.body}
     found = []
     for node in ast.walk(tree):
@@ -51,9 +54,36 @@ def package_imports(path) -> list[tuple[str, ast.AST, bool]]:
     return found
 
 
-def test_no_module_is_over_400_lines():
-    sizes = {module_name(p): len(p.read_text().splitlines()) for p in MODULES}
-    assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}
+def layer_of(module: str) -> str | None:
+    """``advfine.core.attacks.pgd`` -> "core"; the package's own __init__ belongs to no layer."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_every_module_sits_in_a_layer():
+    assert {module_name(p) for p in MODULES if layer_of(module_name(p)) not in LAYERS} == {"advfine"}
+
+
+def test_the_layers_import_one_way():
+    """The core (pure torch: attacks, models, compression, training, evaluation) imports nothing from the
+    pipeline (config, vocabulary, nodes, records), the report or the stages; the pipeline nothing from the
+    report or the stages; the report nothing from the stages. Deferred imports count too."""
+    upward = []
+    for path in MODULES:
+        layer = layer_of(module_name(path))
+        allowed = set(LAYERS[: LAYERS.index(layer) + 1]) if layer in LAYERS else set()
+        upward += [f"{module_name(path)}:{node.lineno} imports {target}" for target, node, _ in package_imports(path)
+                   if layer_of(target) is not None and layer_of(target) not in allowed]
+    assert upward == []
+
+
+def test_the_layering_test_sees_an_upward_import():
+    """A core module importing the pipeline or the report is caught, however it spells the import."""
+    probe = PACKAGE / "core" / "probe.py"
+    for text in ("from advfine.pipeline.vocab import ATTACKS\n", "from ..pipeline import vocab\n",
+                 "def f():\n    import advfine.report.render\n"):
+        targets = [t for t, _, _ in package_imports(probe, text)]
+        assert any(layer_of(t) in ("pipeline", "report") for t in targets), (text, targets)
 
 
 def test_the_package_has_no_import_cycle():
@@ -65,11 +95,10 @@ def test_the_package_has_no_import_cycle():
         order = list(TopologicalSorter(graph).static_order())
     except CycleError as err:
         pytest.fail(f"import cycle: {' -> '.join(err.args[1])}")
-    # the layers of the design: pure I/O at the bottom, checkpoints of whole models above models and
-    # compression, the stages on top
-    assert order.index("advfine.files") < order.index("advfine.models") < order.index("advfine.checkpoints")
-    assert order.index("advfine.models") < order.index("advfine.quantize") < order.index("advfine.checkpoints")
-    assert order.index("advfine.prune") < order.index("advfine.stages.compress")
+    # pure I/O below the models; checkpoints of whole models above models and compression
+    assert order.index("advfine.core.files") < order.index("advfine.core.models") < order.index("advfine.core.quantize")
+    assert order.index("advfine.core.quantize") < order.index("advfine.pipeline.checkpoints")
+    assert order.index("advfine.core.prune") < order.index("advfine.stages.compress")
 
 
 def test_every_module_imports_in_one_fresh_interpreter_in_dependency_order():
@@ -104,8 +133,8 @@ def test_imports_are_at_the_top_unless_deferred_on_purpose():
 
 def test_the_vocabulary_nodes_and_config_import_without_torch():
     """The Snakefile imports them at parse time, and every job parses the workflow."""
-    code = ("import sys, advfine.vocab, advfine.nodes, advfine.config, advfine.fingerprint\n"
-            "[advfine.fingerprint.code_fingerprint(stage) for stage in advfine.vocab.STAGES]\n"
+    code = ("import sys\nfrom advfine.pipeline import config, fingerprint, nodes, run_health, vocab\n"
+            "[fingerprint.code_fingerprint(stage) for stage in vocab.STAGES]\n"
             "assert 'torch' not in sys.modules and 'pandas' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
@@ -120,7 +149,7 @@ def test_one_name_per_stage_from_rule_to_code(stage):
     text = rule_file.read_text()
     assert re.findall(r"^rule (\w+):", text, flags=re.M) == [stage]
     assert f'stage_config(config, "{stage}")' in text
-    assert f'code=code_fingerprint("{stage}")' in text  # the cache follows the code (advfine.fingerprint)
+    assert f'code=code_fingerprint("{stage}")' in text  # the cache follows the code (advfine.pipeline.fingerprint)
     assert f'rule_resources("{stage}")' in text
     log = re.search(r"^    log:\n\s+(.+)$", text, flags=re.M).group(1)
     assert log.rstrip(",").strip("f\"'").endswith(f"/{stage}.log")

@@ -1,11 +1,11 @@
-"""advfine.nodes: a node's identity, paths, wildcards, parent and labels, and the sweep's nodes."""
+"""advfine.pipeline.nodes: a node's identity, paths, wildcards, parent and labels, and the sweep's nodes."""
 import shutil
 
 import pytest
 
-from advfine import nodes, vocab
-from advfine.config import resolve_config
-from advfine.nodes import Node, figure2_nodes, sweep_nodes
+from advfine.pipeline import nodes, vocab
+from advfine.pipeline.config import resolve_config
+from advfine.pipeline.nodes import Node, figure2_nodes, sweep_nodes
 from conftest import REPO, planned_outputs, snakemake, workflow_config, write_config
 
 ROOT = "results/exp/fashion_mnist-cnn8/seed3/base-st"

@@ -7,17 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advfine.attacks.pgd import PGDAttack
-from advfine.attacks.threat import ThreatModel
-from advfine.checkpoints import load_model
-from advfine.datasets import load_dataset
-from advfine.models import build_model, default_arch
-from advfine.objectives import NFGSMAttack, TradesObjective, fgsm_rs, objective_for
-from advfine.quantize import is_quantized, quant_info
+from advfine.core.attacks.pgd import PGDAttack
+from advfine.core.attacks.threat import ThreatModel
+from advfine.pipeline.checkpoints import load_model
+from advfine.core.datasets import load_dataset
+from advfine.core.models import build_model, default_arch
+from advfine.core.objectives import NFGSMAttack, TradesObjective, fgsm_rs, objective_for
+from advfine.core.quantize import is_quantized, quant_info
 from advfine.stages import compress as compress_stage
 from advfine.stages import finetune as finetune_stage
 from advfine.stages import prepare_data, train_base
-from advfine.train import attack_for_epoch, train_model
+from advfine.core.train import attack_for_epoch, train_model
 
 from conftest import FIXTURE_SEED, FIXTURE_TRAINING, stage_settings, tiny_config, train_settings
 
@@ -193,6 +193,6 @@ def test_equal_cost_fast_fine_tuning_gets_the_epochs_pgd_fine_tuning_costs(nodes
     record, _ = run_finetune(nodes, "prune-0.5", "fgsm-eqcost", **{"finetune.epochs": 3})
     assert len(record["history"]) == 4 and record["settings"]["epochs"] == 4
     assert record["attack"]["steps"] == 1 and record["finetune"] == "fgsm-eqcost"
-    from advfine.cost import training_macs
+    from advfine.core.cost import training_macs
     pgd_macs = training_macs([{"eps": 0.1}] * 3, 1, 1, 2)
     assert abs(training_macs(record["history"], 1, 1, 1) - pgd_macs) / pgd_macs < 0.2  # the same compute, +-rounding

@@ -10,9 +10,9 @@ import tomllib
 
 import yaml
 
-from advfine import vocab
-from advfine.config import SCHEMA_PATH
-from advfine.fingerprint import code_fingerprint
+from advfine.pipeline import vocab
+from advfine.pipeline.config import SCHEMA_PATH
+from advfine.pipeline.fingerprint import code_fingerprint
 
 from conftest import REPO
 
@@ -34,13 +34,13 @@ def test_every_file_of_the_package_that_is_not_python_is_package_data():
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["advfine"]
     data = sorted(path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*")
                   if path.is_file() and path.suffix not in (".py", ".pyc"))
-    assert data == sorted(declared) and "config.schema.yaml" in data
+    assert data == sorted(declared) and "pipeline/config.schema.yaml" in data
 
 
 def test_the_workflow_schema_is_the_package_schema():
     """workflow/schemas/ (where Snakemake workflows keep their schema) links to the one the package reads."""
     link = REPO / "workflow" / "schemas" / "config.schema.yaml"
-    assert link.is_symlink() and link.resolve() == SCHEMA_PATH.resolve() == (PACKAGE / "config.schema.yaml")
+    assert link.is_symlink() and link.resolve() == SCHEMA_PATH.resolve() == (PACKAGE / "pipeline" / "config.schema.yaml")
 
 
 def test_the_citation_names_this_version():
@@ -58,10 +58,10 @@ import json, sys
 from pathlib import Path
 import yaml
 import advfine
-from advfine import vocab
-from advfine.config import load_schema, validate_config
-from advfine.fingerprint import code_fingerprint
-from advfine.provenance import git_commit
+from advfine.pipeline import vocab
+from advfine.pipeline.config import load_schema, validate_config
+from advfine.pipeline.fingerprint import code_fingerprint
+from advfine.pipeline.provenance import git_commit
 load_schema()
 validate_config(yaml.safe_load(Path(sys.argv[1]).read_text()))
 print(json.dumps({"file": advfine.__file__, "commit": git_commit(),
@@ -81,7 +81,7 @@ def test_an_installed_copy_outside_the_repository_finds_everything_it_needs(tmp_
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                               "--target", str(target), str(source)], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr[-3000:]
-    assert (target / "advfine" / "config.schema.yaml").is_file()
+    assert (target / "advfine" / "pipeline" / "config.schema.yaml").is_file()
 
     elsewhere.mkdir()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(target), "HOME": str(tmp_path)}

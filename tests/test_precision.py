@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from advfine import runtime
-from advfine.attacks.pgd import PGDAttack
-from advfine.attacks.threat import ThreatModel
-from advfine.datasets import load_dataset
-from advfine.evaluate import Suite, evaluate_model
-from advfine.models import build_model, default_arch
-from advfine.train import train_model
+from advfine.core import runtime
+from advfine.core.attacks.pgd import PGDAttack
+from advfine.core.attacks.threat import ThreatModel
+from advfine.core.datasets import load_dataset
+from advfine.core.evaluate import Suite, evaluate_model
+from advfine.core.models import build_model, default_arch
+from advfine.core.train import train_model
 
 from conftest import FIXTURE_SEED, FIXTURE_TRAIN_CONFIG, stage_settings, tiny_config
 
@@ -118,7 +118,7 @@ def test_stages_record_precision_and_keep_fake_quant_models_in_fp32(tmp_path):
 
 
 def test_precision_reaches_the_stages_that_compute_in_it():
-    from advfine.config import stage_config
+    from advfine.pipeline.config import stage_config
 
     for stage in ("train_base", "finetune", "evaluate"):
         assert stage_config(tiny_config(), stage)["precision"] == "fp32"  # the schema's default

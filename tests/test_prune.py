@@ -1,4 +1,4 @@
-"""Tests of advfine.prune (NNI pruning), pinned by golden values on the paper's CNN8 and ResNet-18, and the
+"""Tests of advfine.core.prune (NNI pruning), pinned by golden values on the paper's CNN8 and ResNet-18, and the
 model costs of dense and pruned models."""
 import copy
 import hashlib
@@ -11,9 +11,9 @@ from nni.compression.pruning import L1NormPruner
 from nni.compression.utils.counter import count_flops_params
 from torch import nn
 
-from advfine.cost import model_cost
-from advfine.models import build_model, count_parameters, default_arch
-from advfine.prune import prune_filters_l1
+from advfine.core.cost import model_cost
+from advfine.core.models import build_model, count_parameters, default_arch
+from advfine.core.prune import prune_filters_l1
 
 from conftest import random_images, small_cnn8_arch
 

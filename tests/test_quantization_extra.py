@@ -1,5 +1,5 @@
 """Tests of quantization-aware training (quantize.prepare_qat) and the 1-bit
-scheme (advfine.binary), with their checkpoints, training, attacks and costs."""
+scheme (advfine.core.binary), with their checkpoints, training, attacks and costs."""
 import copy
 
 import pytest
@@ -7,14 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advfine import binary, checkpoints, quantize
-from advfine.attacks.pgd import PGDAttack
-from advfine.attacks.threat import ThreatModel
-from advfine.datasets import load_dataset, load_digits_tensors
-from advfine.evaluate import Suite, clean_accuracy, evaluate_model
-from advfine.models import build_model, default_arch
-from advfine.train import train_model
-from advfine.cost import model_cost, weight_storage_bytes
+from advfine.core import binary, quantize
+
+from advfine.pipeline import checkpoints
+from advfine.core.attacks.pgd import PGDAttack
+from advfine.core.attacks.threat import ThreatModel
+from advfine.core.datasets import load_dataset, load_digits_tensors
+from advfine.core.evaluate import Suite, clean_accuracy, evaluate_model
+from advfine.core.models import build_model, default_arch
+from advfine.core.train import train_model
+from advfine.core.cost import model_cost, weight_storage_bytes
 
 from conftest import FIXTURE_SEED, small_cnn8_arch, train_settings, random_images
 from conftest import tiny_config

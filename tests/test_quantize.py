@@ -1,4 +1,4 @@
-"""Tests of advfine.quantize: the one fake-quant scheme of PTQ and QAT (BatchNorm folded, per-channel
+"""Tests of advfine.core.quantize: the one fake-quant scheme of PTQ and QAT (BatchNorm folded, per-channel
 symmetric weights, per-tensor affine activations, fused kernels, clipped STE), its checkpoints, and
 its behaviour in training (no divergence, no empty_cache on the hot path)."""
 import copy
@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advfine import quantize
-from advfine.attacks.pgd import PGDAttack
-from advfine.attacks.threat import ThreatModel
-from advfine.checkpoints import load_model, save_model
-from advfine.cost import model_cost, weight_storage_bytes
-from advfine.models import build_model, default_arch
-from advfine.train import train_model
+from advfine.core import quantize
+from advfine.core.attacks.pgd import PGDAttack
+from advfine.core.attacks.threat import ThreatModel
+from advfine.pipeline.checkpoints import load_model, save_model
+from advfine.core.cost import model_cost, weight_storage_bytes
+from advfine.core.models import build_model, default_arch
+from advfine.core.train import train_model
 
 from conftest import small_cnn8_arch, train_settings, random_images
 
@@ -312,7 +312,7 @@ def test_the_cpu_fake_quantizer_equals_torchs_fused_kernel(bits):
 
 
 def test_a_checkpoint_of_the_old_scheme_names_its_file(small_parent, tmp_path):
-    from advfine.checkpoints import save_checkpoint
+    from advfine.pipeline.checkpoints import save_checkpoint
 
     path = tmp_path / "old.pt"
     save_checkpoint(path, small_parent.state_dict(), small_cnn8_arch(), {"mode": "ptq", "bits": 8, "calibration": {}})

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from record_factory import eval_record
 
-from advfine import vocab
-from advfine.records import LineageEntry
+from advfine.pipeline import vocab
+from advfine.pipeline.records import LineageEntry
 from advfine.report import audit_table, collect, figures, html_tables, labels, render, stats, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

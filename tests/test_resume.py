@@ -6,10 +6,10 @@ import copy
 import pytest
 import torch
 
-from advfine import quantize, train
-from advfine.attacks.pgd import PGDAttack
-from advfine.attacks.threat import ThreatModel
-from advfine.train import resume_path_for, train_model
+from advfine.core import quantize, train
+from advfine.core.attacks.pgd import PGDAttack
+from advfine.core.attacks.threat import ThreatModel
+from advfine.core.train import resume_path_for, train_model
 
 from conftest import small_cnn8_arch, train_settings
 
@@ -30,7 +30,7 @@ def data():
 
 
 def fresh_model(kind: str, data):
-    from advfine.models import build_model
+    from advfine.core.models import build_model
 
     torch.manual_seed(0)
     model = build_model(small_cnn8_arch()).eval()

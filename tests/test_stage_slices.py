@@ -1,12 +1,12 @@
-"""Each stage's config slice (advfine.config.STAGE_SECTIONS, its Snakemake params) is exactly what it reads:
+"""Each stage's config slice (advfine.pipeline.config.STAGE_SECTIONS, its Snakemake params) is exactly what it reads:
 every stage function runs on tiny digits with its slice as a dict that records each key read from it,
 over the cases that read different keys (base models, compression methods, fine-tuning modes, QAT inits)."""
 from __future__ import annotations
 
 import pytest
 
-from advfine import vocab
-from advfine.config import STAGE_SECTIONS, stage_config
+from advfine.pipeline import vocab
+from advfine.pipeline.config import STAGE_SECTIONS, stage_config
 from advfine.stages import (aggregate, compress, evaluate, figure2, finetune, plot, prepare_data, qat,
                             train_base)
 
@@ -18,7 +18,7 @@ QAT = {"init": "parent", "epochs": 1, "batch_size": 32, "lr": 0.01, "momentum": 
 OVER = {"train.epochs": 1, "train.lr_drop_epoch": None, "sweep.qat_bits": [8], "qat": QAT,
         "finetune.qat": {"lr": 0.01, "momentum": 0.9}, "figure2": {"enabled": True, "n_images": 10, "perplexity": 3},
         "evaluate.latency_repeats": 1}
-# read by the job glue for every stage (advfine.job adds it to the slice): a workflow key, not a stage's
+# read by the job glue for every stage (advfine.pipeline.job adds it to the slice): a workflow key, not a stage's
 WORKFLOW_READS = {("device",)}
 
 
@@ -44,7 +44,7 @@ READS: dict[str, set] = {stage: set() for stage in vocab.STAGES}
 
 
 def settings(stage: str) -> ReadRecorder:
-    """What the workflow hands ``stage``: its slice of the tiny config, with the device (as advfine.job)."""
+    """What the workflow hands ``stage``: its slice of the tiny config, with the device (as advfine.pipeline.job)."""
     return ReadRecorder(stage_config(tiny_config(**OVER), stage) | {"device": "cpu"}, READS[stage])
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from advfine import vocab
-from advfine.checkpoints import load_model, save_model
-from advfine.cost import training_macs
+from advfine.pipeline import vocab
+from advfine.pipeline.checkpoints import load_model, save_model
+from advfine.core.cost import training_macs
 from advfine.stages import compress as compress_stage
 from advfine.stages import evaluate as evaluate_stage
 from advfine.stages import finetune as finetune_stage
 from advfine.stages import prepare_data, qat as qat_stage, train_base
-from advfine.vocab import compression_label, parse_compression
+from advfine.pipeline.vocab import compression_label, parse_compression
 
 from conftest import FIXTURE_TRAIN_CONFIG, stage_settings
 
@@ -290,8 +290,8 @@ def test_the_evaluate_stage_attacks_in_l2_everywhere_under_attack_norm_l2(data_p
     """attack.norm: l2 reaches every attack of an evaluation: the suite's (transfer included), the audit's,
     the robustness curve's and the real INT8 model's; each crafted point lies in the L2 ball (an L-inf
     attack at that radius moves every pixel by up to eps: about 28 eps in L2 on 28 x 28 images)."""
-    import advfine.audit
-    import advfine.evaluate
+    import advfine.core.audit
+    import advfine.core.evaluate
 
     crafted = []  # (where, attack, radius, norm, L2 distance of each point)
 
@@ -305,9 +305,9 @@ def test_the_evaluate_stage_attacks_in_l2_everywhere_under_attack_norm_l2(data_p
         crafted.append(("audit", "apgd_ce", threat.eps, threat.norm, (x_adv - x).flatten(1).norm(dim=1)))
         return x_adv, fooled
 
-    craft, audit_apgd = advfine.evaluate._craft, advfine.audit.apgd
-    monkeypatch.setattr(advfine.evaluate, "_craft", spy_craft)
-    monkeypatch.setattr(advfine.audit, "apgd", spy_apgd)
+    craft, audit_apgd = advfine.core.evaluate._craft, advfine.core.audit.apgd
+    monkeypatch.setattr(advfine.core.evaluate, "_craft", spy_craft)
+    monkeypatch.setattr(advfine.core.audit, "apgd", spy_apgd)
     compress(data_path, base, tmp_path, "ptq-int8")
     eps = 0.5
     over = {"attack.norm": "l2", "attack.eval.eps": eps, "attack.eval.step_size": eps / 2, "attack.eval.steps": 3,

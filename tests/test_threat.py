@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advfine.attacks.pgd import PGDAttack
-from advfine.attacks.threat import BOUND_TOLERANCE, ThreatModel
+from advfine.core.attacks.pgd import PGDAttack
+from advfine.core.attacks.threat import BOUND_TOLERANCE, ThreatModel
 
 from conftest import tiny_config
 

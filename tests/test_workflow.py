@@ -9,7 +9,7 @@ import pytest
 import yaml
 from record_factory import stage_record
 
-from advfine.records import read_eval_record, write_stage_record
+from advfine.pipeline.records import read_eval_record, write_stage_record
 from conftest import REPO, planned_outputs, snakemake, tiny_config, workflow_config, write_config
 
 
@@ -129,7 +129,7 @@ def test_a_bad_config_fails_before_any_job_naming_the_key(tmp_path, change, key)
 def test_resolved_config_writes_what_the_stages_get(tmp_path):
     """`snakemake resolved_config` writes results/<experiment>/config.resolved.yaml: for a paper config,
     AutoAttack's standard suite from the schema (nothing from config.yaml's light suite)."""
-    from advfine.config import resolve_config
+    from advfine.pipeline.config import resolve_config
 
     paper = REPO / "configs" / "paper-fmnist.yaml"
     result = snakemake(tmp_path, "--configfile", str(paper), "--config", "threads=3", "--", "resolved_config",
@@ -227,7 +227,7 @@ def test_control_base_models_limit_the_controls_to_those_base_models(tmp_path):
 
 
 def test_the_end_of_a_run_names_a_collapsed_model(tmp_path):
-    """The Snakefile's onsuccess handler prints the health banner (advfine.health.announce_health)."""
+    """The Snakefile's onsuccess handler prints the health banner (run_health.announce_health)."""
     write_config(tmp_path, workflow_config())
     metrics = tmp_path / "results/tiny/digits-cnn8/seed0/base-rb/metrics.json"
     metrics.parent.mkdir(parents=True)

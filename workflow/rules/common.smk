@@ -1,6 +1,6 @@
 # The experiment config, wildcard constraints, input functions and target lists. Every name (stages,
-# compression labels, tables, figures) comes from advfine.vocab, the package's vocabulary; every node's
-# identity and paths from advfine.nodes.Node.
+# compression labels, tables, figures) comes from advfine.pipeline.vocab, the package's vocabulary; every node's
+# identity and paths from advfine.pipeline.nodes.Node.
 import os
 import re
 
@@ -8,7 +8,7 @@ from snakemake.settings.types import DeploymentMethod
 
 # The workflow and its jobs run the installed advfine package (`make install` installs this checkout's).
 try:
-    from advfine import vocab
+    from advfine.pipeline import vocab
 except ModuleNotFoundError as err:
     if err.name != "advfine":
         raise
@@ -21,11 +21,11 @@ except ModuleNotFoundError as err:
 # the dependencies but not this workflow's package (a conda env file cannot name a local path): the jobs
 # import it from the package that this Snakemake process runs.
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-    os.environ.update(PYTHONPATH=os.path.dirname(os.path.dirname(vocab.__file__)))
+    os.environ.update(PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(vocab.__file__))))
 
-from advfine import nodes
-from advfine.nodes import Node
-from advfine.config import (
+from advfine.pipeline import nodes
+from advfine.pipeline.nodes import Node
+from advfine.pipeline.config import (
     ConfigError,
     check_device,
     resolve_config,
@@ -33,11 +33,11 @@ from advfine.config import (
     write_resolved_config,
 )
 
-# Every rule's param `code` (advfine.fingerprint) hashes the package code its job runs: a code change reruns
+# Every rule's param `code` (advfine.pipeline.fingerprint) hashes the package code its job runs: a code change reruns
 # the stage (`snakemake -n` says "Params have changed"), a comment or docstring edit does not.
-from advfine.fingerprint import code_fingerprint
+from advfine.pipeline.fingerprint import code_fingerprint
 
-# The config of this run (advfine.config.resolve_config): the --configfile files, each a complete
+# The config of this run (advfine.pipeline.config.resolve_config): the --configfile files, each a complete
 # experiment or an overlay after the base it names (`extends:`), else config.yaml of the working
 # directory; then the --config overrides; validated, with the schema's defaults. It replaces what
 # Snakemake merged, so a key no file sets comes from the schema, never from another experiment. Jobs
@@ -55,7 +55,7 @@ config.update(resolved)
 
 
 # Jobs that run on this machine use its devices: refuse a `device` it lacks before the first job. On a
-# cluster each job checks its node's devices when it starts (advfine.runtime.resolve_device).
+# cluster each job checks its node's devices when it starts (advfine.core.runtime.resolve_device).
 onstart:
     if workflow.local_exec:
         check_device(config["device"])
@@ -82,7 +82,7 @@ def rule_resources(rule_name):
 
 
 def model_files(folder):
-    """A checkpoint's files in ``folder`` (a path template of advfine.nodes), by the names the scripts read."""
+    """A checkpoint's files in ``folder`` (a path template of advfine.pipeline.nodes), by the names the scripts read."""
     return {"model": f"{folder}/{nodes.MODEL}", "metrics": f"{folder}/{nodes.METRICS}"}
 
 

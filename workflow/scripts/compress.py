@@ -1,4 +1,4 @@
-from advfine.job import snakemake_job
+from advfine.pipeline.job import snakemake_job
 from advfine.stages import compress
 
 with snakemake_job(snakemake) as job:

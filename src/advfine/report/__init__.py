@@ -1,7 +1,7 @@
 """Turn per-model ``eval.json`` files into the paper's tables and figures.
 
 Pipeline: collect -> tables -> render, and figures (all pure functions except the ``write_*`` and
-``plot_*`` writers, which write atomically through ``advfine.files``):
+``plot_*`` writers, which write atomically through ``advfine.core.files``):
 
     from advfine.report.collect import collect_metrics, write_metrics_csv
     from advfine.report.render import write_tables
@@ -19,8 +19,8 @@ Modules (import from them; this package re-exports nothing):
 * ``stats``: the rows of one model (``select``) and their mean and sample std over seeds
   (``summarize``), per (experiment, dataset, arch) group;
 * ``labels``: display names and cell text (``format_cell``, ``level_label``, ``dataset_name``,
-  ``latex_model_label``...); the paper's model notation is ``advfine.vocab.model_label`` (the figures':
-  ``math_model_label``), a node's ``advfine.nodes.Node.label``;
+  ``latex_model_label``...); the paper's model notation is ``advfine.pipeline.vocab.model_label`` (the figures':
+  ``math_model_label``), a node's ``advfine.pipeline.nodes.Node.label``;
 * ``tables``: the tables as DataFrames (``table2``, ``table3``, ``table5``,
   ``computational_gains``, ``compute_table``);
 * ``render``: the tables as CSV, Markdown, LaTeX and HTML files (``write_tables``); ``html_tables`` writes
@@ -29,5 +29,5 @@ Modules (import from them; this package re-exports nothing):
 * ``figures``: Figures 1, 3, 4 and 5 (``plot_figure1``/``3``/``4``/``5``, ``plot_figures``) and the
   helpers every figure shares (``new_figure``, ``save_figure``, the palette ``model_style``); it needs
   only ``stats`` and ``labels``, so importing it loads no table code;
-* ``figure2``: Figure 2 drawn from the t-SNE embeddings ``advfine.features`` computes (``plot_figure2``).
+* ``figure2``: Figure 2 drawn from the t-SNE embeddings ``advfine.core.features`` computes (``plot_figure2``).
 """

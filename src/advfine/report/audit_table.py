@@ -1,5 +1,5 @@
 """The ``evaluation_audit`` table (not in the paper): per model, what the attack suite found beyond the
-paper's PGD, which attack made the difference, and the attack-failure checks of ``advfine.audit``
+paper's PGD, which attack made the difference, and the attack-failure checks of ``advfine.core.audit``
 with how many seeds each flagged. A model the audit flags carries the mark ``labels.FLAG_MARK`` in
 the robustness cells of every other table. Its numbers are over the seeds that neither diverged nor
 collapsed; the seeds left out are counted beside."""
@@ -9,11 +9,11 @@ import math
 
 import pandas as pd
 
-from ..vocab import ATTACKS, AUDIT_CHECKS, model_label
-from .collect import METRIC_COLUMNS
-from .labels import NA, format_cell
-from .stats import GROUP_COLS, collapsed_mask, diverged_mask, mean_std
-from .tables import compression_level_text, models_in_order
+from advfine.pipeline.vocab import ATTACKS, AUDIT_CHECKS, model_label
+from advfine.report.collect import METRIC_COLUMNS
+from advfine.report.labels import NA, format_cell
+from advfine.report.stats import GROUP_COLS, collapsed_mask, diverged_mask, mean_std
+from advfine.report.tables import compression_level_text, models_in_order
 
 AUDIT_COLS = GROUP_COLS + [
     "model", "train", "compression", "finetune", "compression_level", "n", "diverged", "collapsed",

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..health import CONSTANT_SHARE
-from .labels import NA, arch_name, dataset_name, latex_escape
-from .stats import joined
-from .tables import level_for
+from advfine.core.health import CONSTANT_SHARE
+from advfine.report.labels import NA, arch_name, dataset_name, latex_escape
+from advfine.report.stats import joined
+from advfine.report.tables import level_for
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..vocab import DENSE, PRUNE, PTQ, QAT, SAMPLES, model_label
-from .paired import COLLAPSED, DIVERGED, compare, read_outcome
-from .stats import GROUP_COLS, collapsed_mask, groups, select
-from .tables import level_for
+from advfine.pipeline.vocab import DENSE, PRUNE, PTQ, QAT, SAMPLES, model_label
+from advfine.report.paired import COLLAPSED, DIVERGED, compare, read_outcome
+from advfine.report.stats import GROUP_COLS, collapsed_mask, groups, select
+from advfine.report.tables import level_for
 
 NOT_RUN = "not run"
 NO_SAMPLES = "no samples.csv"

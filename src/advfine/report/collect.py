@@ -12,7 +12,7 @@ flat DataFrame (``collect_metrics``) and write it as ``all_metrics.csv`` (``writ
   ``diverged`` True, and the tables print "diverged" instead of a number.
 * A collapsed model keeps its (finite) accuracies; ``collapsed``/``collapsed_reason`` say whether and why
   the model itself collapsed, ``collapsed_upstream`` which stages of its lineage did (joined with ";",
-  empty when none; ``advfine.health.model_collapse``); ``stats.collapsed_mask`` reads them.
+  empty when none; ``advfine.pipeline.run_health.model_collapse``); ``stats.collapsed_mask`` reads them.
 * The attack suite's per-attack records become ``robust_acc_after_<attack>`` and
   ``broken_by_<attack>`` columns (NaN/NA for attacks the suite did not run), the audit ``audit_<check>``
   columns and ``audit_flags`` (the flags joined with ";", empty when none); a robustness curve
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..files import write_text
-from ..records import EvalRecord, MetricsFileError, read_eval_record
-from ..vocab import ATTACKS, AUDIT_CHECKS
+from advfine.core.files import write_text
+from advfine.pipeline.records import EvalRecord, MetricsFileError, read_eval_record
+from advfine.pipeline.vocab import ATTACKS, AUDIT_CHECKS
 
 __all__ = ["METRIC_COLUMNS", "MetricsFileError", "collect_metrics", "write_metrics_csv"]
 

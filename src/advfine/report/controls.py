@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..vocab import ADVERSARIAL_FINETUNING, BASE_MODELS, CONTROLS, EQUAL_COST_SUFFIX, SCRATCH_CONTROLS, model_label
-from .labels import format_macs, format_minutes, stat_cell
-from .stats import GROUP_COLS, groups, mean_std, summarize
-from .tables import compression_level_text, model_sort_key
+from advfine.pipeline.vocab import (ADVERSARIAL_FINETUNING, BASE_MODELS, CONTROLS, EQUAL_COST_SUFFIX, SCRATCH_CONTROLS,
+                                    model_label)
+from advfine.report.labels import format_macs, format_minutes, stat_cell
+from advfine.report.stats import GROUP_COLS, groups, mean_std, summarize
+from advfine.report.tables import compression_level_text, model_sort_key
 
 OBJECTIVES = {"ad": "PGD", "fgsm": "FGSM-RS", "nfgsm": "N-FGSM", "trades": "TRADES", "fgsm-eqcost": "FGSM-RS",
               "nfgsm-eqcost": "N-FGSM", "scratch": "PGD", "scratch-full": "PGD"}

@@ -1,4 +1,4 @@
-"""Figure 2 drawn from ``advfine.features.figure2_embeddings``' output: one row per model pair, columns
+"""Figure 2 drawn from ``advfine.core.features.figure2_embeddings``' output: one row per model pair, columns
 input and layers 6-8, each model in its colour of every figure (``figures.model_style``)."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..features import COLUMNS
-from ..vocab import FIGURE2_MODELS, figure2_label, mathtext_label
-from .figures import model_style, new_figure, paper_style, save_figure
+from advfine.core.features import COLUMNS
+from advfine.pipeline.vocab import FIGURE2_MODELS, figure2_label, mathtext_label
+from advfine.report.figures import model_style, new_figure, paper_style, save_figure
 
 # The paper's models by their labels, for their colours (``report.figures.model_style``, the same in every
 # figure); models under other labels are blue (A) and red (B) of their pair.

@@ -1,7 +1,7 @@
 """The paper's Figures 1, 3 and 4 (and our Figure 5, robustness curves) from the per-model DataFrame
 (``collect_metrics`` or all_metrics.csv), and the figure helpers the other figures share (``new_figure``,
 ``save_figure``, ``paper_style``, ``model_style``, ``draw_accuracy``; Figure 2, the t-SNE of features, is drawn
-by ``advfine.features``).
+by ``advfine.core.features``).
 
 Figures (PNG, and PDF when a PDF path is given): Figure 1 (accuracy vs pruning sparsity and vs
 bit width after adversarial fine-tuning), Figure 3 (the same without fine-tuning), Figure 4
@@ -33,10 +33,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..files import atomic_path
-from ..vocab import DENSE, FIGURE1, FIGURE3, FIGURE4, FIGURE5, FIGURE_FORMATS, PRUNE, PTQ, QAT, math_model_label
-from .labels import arch_name, dataset_name, health_text
-from .stats import GROUP_COLS, collapsed_mask, groups, select, summarize
+from advfine.core.files import atomic_path
+from advfine.pipeline.vocab import (DENSE, FIGURE1, FIGURE3, FIGURE4, FIGURE5, FIGURE_FORMATS, PRUNE, PTQ, QAT,
+                                    math_model_label)
+from advfine.report.labels import arch_name, dataset_name, health_text
+from advfine.report.stats import GROUP_COLS, collapsed_mask, groups, select, summarize
 
 ACCURACY_LIMITS = (0.0, 100.0)  # every accuracy axis, in %
 # The paper's notation set as LaTeX sets it (Computer Modern math); other text in matplotlib's sans serif.

@@ -2,9 +2,10 @@
 
 * Model labels follow the paper in plain text: ``f_st``, ``f_rb^p``, ``T_ad(f_st^q) (PTQ)``...
   (``^p`` = pruned, ``^q`` = quantized, ``T_st``/``T_ad`` = standard/adversarial fine-tuning),
-  built by ``advfine.vocab.base_label``/``model_label`` (a node's: ``advfine.nodes.Node.label``); LaTeX
-  tables render them as math (``latex_model_label``: ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``), figures
-  by ``advfine.vocab.math_model_label``/``mathtext_label``.
+  built by ``advfine.pipeline.vocab.base_label``/``model_label`` (a node's:
+  ``advfine.pipeline.nodes.Node.label``); LaTeX tables render them as math (``latex_model_label``:
+  ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``), figures by
+  ``advfine.pipeline.vocab.math_model_label``/``mathtext_label``.
 * A cell is ``"mean ± std"`` with two decimals (``format_cell``); a requested combination with
   no data is shown as ``n/a`` (``NA``), never dropped.
 * Datasets and architectures are named in captions and titles by ``dataset_name``/``arch_name``.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from ..vocab import DENSE, QUANTIZATION_METHODS, math_notation
+from advfine.pipeline.vocab import DENSE, QUANTIZATION_METHODS, math_notation
 
 NA = "n/a"
 

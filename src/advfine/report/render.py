@@ -1,7 +1,7 @@
 """Write the tables of one experiment as CSV, Markdown, LaTeX and HTML (``write_tables``).
 
 One experiment (one config) holds one dataset. For it ``write_tables`` writes each table of
-``tables`` under its stem from ``advfine.vocab.table_names(dataset)`` (Tables 3/5 become 4/6 on
+``tables`` under its stem from ``advfine.pipeline.vocab.table_names(dataset)`` (Tables 3/5 become 4/6 on
 cifar10), in every ``TABLE_FORMATS``:
 
 * ``.csv``: the table's DataFrame as is (all numbers, the (experiment, dataset, arch) columns
@@ -24,18 +24,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..files import write_text
-from ..vocab import TABLE_FORMATS, table_names
-from . import captions
-from .audit_table import evaluation_audit, format_points
-from .captions import Caption
-from .claims import claims_table, layout_claims
-from .controls import controls_table, layout_controls
-from .html_tables import block_html, table_page
-from .labels import (COLLAPSED, DIVERGED, dataset_name, format_count, format_ratio, format_speedup, group_title,
-                     latex_escape, latex_model_label)
-from .stats import GROUP_COLS
-from .tables import FT_KEYS, computational_gains, compute_table, table2, table3, table5
+from advfine.core.files import write_text
+from advfine.pipeline.vocab import TABLE_FORMATS, table_names
+from advfine.report import captions
+from advfine.report.audit_table import evaluation_audit, format_points
+from advfine.report.captions import Caption
+from advfine.report.claims import claims_table, layout_claims
+from advfine.report.controls import controls_table, layout_controls
+from advfine.report.html_tables import block_html, table_page
+from advfine.report.labels import (COLLAPSED, DIVERGED, dataset_name, format_count, format_ratio, format_speedup,
+                                   group_title, latex_escape, latex_model_label)
+from advfine.report.stats import GROUP_COLS
+from advfine.report.tables import FT_KEYS, computational_gains, compute_table, table2, table3, table5
 
 
 def _latex_text(cell) -> str:

@@ -50,7 +50,7 @@ def diverged_mask(rows: pd.DataFrame) -> pd.Series:
 
 def collapsed_mask(rows: pd.DataFrame) -> pd.Series:
     """Per row: whether its model, or a model it was built from, collapsed to a constant classifier
-    (``advfine.health``), and did not diverge (a diverged model is counted as that). False for files
+    (``advfine.core.health``), and did not diverge (a diverged model is counted as that). False for files
     that predate the keys."""
     own = rows["collapsed"].fillna(False).astype(bool) if "collapsed" in rows else False
     upstream = rows["collapsed_upstream"].fillna("").astype(str) != "" if "collapsed_upstream" in rows else False

@@ -25,11 +25,12 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ..vocab import (BASE_MODELS, COMPRESSION_METHODS, CONTROLS, DENSE, FINETUNE_MODES, PRUNE, PTQ, QAT,
+from advfine.pipeline.vocab import (BASE_MODELS, COMPRESSION_METHODS, CONTROLS, DENSE, FINETUNE_MODES, PRUNE, PTQ, QAT,
                      QUANTIZATION_METHODS, base_label, model_label)
-from .collect import METRIC_COLUMNS, STANDARD_STAGES
-from .labels import NA, format_bytes, format_cell, format_macs, format_minutes, format_percent, level_label, stat_cell
-from .stats import GROUP_COLS, groups, joined, mean_std, select, summarize
+from advfine.report.collect import METRIC_COLUMNS, STANDARD_STAGES
+from advfine.report.labels import (NA, format_bytes, format_cell, format_macs, format_minutes, format_percent,
+                                   level_label, stat_cell)
+from advfine.report.stats import GROUP_COLS, groups, joined, mean_std, select, summarize
 
 # ----------------------------------------------------------------------------- levels and rows
 

@@ -2,8 +2,8 @@
 eval.json files."""
 from __future__ import annotations
 
-from ..report.collect import collect_metrics, write_metrics_csv
-from ..report.render import write_tables
+from advfine.report.collect import collect_metrics, write_metrics_csv
+from advfine.report.render import write_tables
 
 
 def run(config: dict, *, evals: list[str], out_csv: str, out_tables_dir: str) -> None:

@@ -8,16 +8,16 @@ import logging
 
 import torch
 
-from ..attacks.pgd import PGDAttack
-from ..data import Dataset
-from ..evaluate import logits_of
-from ..health import HEALTH_IMAGES, collapse_record, training_collapse
-from ..models import default_arch
-from ..objectives import objective_for
-from ..train import TrainingAttack
-from ..provenance import provenance
-from ..records import LineageEntry, StageRecord
-from ..runtime import (check_precision, configure_backends, cpu_has_native_bf16, peak_rss_mb, resolve_device,
+from advfine.core.attacks.pgd import PGDAttack
+from advfine.core.data import Dataset
+from advfine.core.evaluate import logits_of
+from advfine.core.health import HEALTH_IMAGES, collapse_record, training_collapse
+from advfine.core.models import default_arch
+from advfine.core.objectives import objective_for
+from advfine.core.train import TrainingAttack
+from advfine.pipeline.provenance import provenance
+from advfine.pipeline.records import LineageEntry, StageRecord
+from advfine.core.runtime import (check_precision, configure_backends, cpu_has_native_bf16, peak_rss_mb, resolve_device,
                        seed_everything, set_threads)
 
 log = logging.getLogger("advfine")

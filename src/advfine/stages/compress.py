@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import time
 
-from ..checkpoints import load_model, save_model
-from ..prune import prune_filters_l1
-from ..quantize import calibration_batches, quantize_ptq
-from ..cost import model_cost
-from ..data import load_prepared
-from ..models import count_parameters
-from ..records import StageRecord, read_stage_record, write_stage_record
-from ..vocab import PRUNE, PTQ, parse_compression, stage_seed
-from .common import metrics_record, setup
+from advfine.pipeline.checkpoints import load_model, save_model
+from advfine.core.prune import prune_filters_l1
+from advfine.core.quantize import calibration_batches, quantize_ptq
+from advfine.core.cost import model_cost
+from advfine.core.data import load_prepared
+from advfine.core.models import count_parameters
+from advfine.pipeline.records import StageRecord, read_stage_record, write_stage_record
+from advfine.pipeline.vocab import PRUNE, PTQ, parse_compression, stage_seed
+from advfine.stages.common import metrics_record, setup
 
 
 def run(config: dict, *, data: str, compression: str, seed: int, model: str, metrics: str, out_model: str,

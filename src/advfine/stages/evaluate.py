@@ -2,7 +2,7 @@
 the attack-failure checks, a robustness curve for the models of Table 5, the per-sample outcome, the
 model's size and measured inference cost (and, for PTQ INT8 nodes, the robustness and cost of the real
 integer model), the wall time and cost of every stage that made it, and its health: diverged, or
-collapsed (itself, or a model it was built from; ``health.model_collapse``)."""
+collapsed (itself, or a model it was built from; ``run_health.model_collapse``)."""
 from __future__ import annotations
 
 import csv
@@ -10,20 +10,20 @@ import logging
 import time
 from pathlib import Path
 
-from ..audit import audit_evaluation
-from ..checkpoints import load_model
-from ..cost import inference_costs, model_cost, weight_storage_bytes
-from ..data import load_prepared
-from ..evaluate import ATTACKS, Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve
-from ..files import atomic_path
-from ..health import model_collapse
-from ..int8_export import export_int8
-from ..provenance import provenance
-from ..quantize import float_twin
-from ..records import EvalRecord, read_stage_record, write_eval_record
-from ..runtime import peak_rss_mb
-from ..vocab import PTQ, QUANTIZATION_METHODS, parse_compression, stage_seed
-from .common import precision_for, setup
+from advfine.core.audit import audit_evaluation
+from advfine.pipeline.checkpoints import load_model
+from advfine.core.cost import inference_costs, model_cost, weight_storage_bytes
+from advfine.core.data import load_prepared
+from advfine.core.evaluate import ATTACKS, Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve
+from advfine.core.files import atomic_path
+from advfine.pipeline.run_health import model_collapse
+from advfine.core.int8_export import export_int8
+from advfine.pipeline.provenance import provenance
+from advfine.core.quantize import float_twin
+from advfine.pipeline.records import EvalRecord, read_stage_record, write_eval_record
+from advfine.core.runtime import peak_rss_mb
+from advfine.pipeline.vocab import PTQ, QUANTIZATION_METHODS, parse_compression, stage_seed
+from advfine.stages.common import precision_for, setup
 
 log = logging.getLogger("advfine")
 

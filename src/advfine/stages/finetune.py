@@ -11,16 +11,16 @@ import time
 import torch
 from torch import nn
 
-from ..checkpoints import load_model, save_model
-from ..cost import model_cost, training_macs
-from ..data import load_prepared
-from ..models import build_model
-from ..records import StageRecord, read_stage_record, write_stage_record
-from ..quantize import calibration_batches, is_quantized, prepare_qat
-from ..train import restored_wall_time, resume_path_for, train_model
-from ..vocab import (ADVERSARIAL_FINETUNING, CONTROLS, EQUAL_COST_SUFFIX, FINETUNE_MODES, QUANTIZATION_METHODS,
-                     SCRATCH_CONTROLS, parse_compression, stage_seed)
-from .common import metrics_record, precision_for, setup, training_health, training_objective
+from advfine.pipeline.checkpoints import load_model, save_model
+from advfine.core.cost import model_cost, training_macs
+from advfine.core.data import load_prepared
+from advfine.core.models import build_model
+from advfine.pipeline.records import StageRecord, read_stage_record, write_stage_record
+from advfine.core.quantize import calibration_batches, is_quantized, prepare_qat
+from advfine.core.train import restored_wall_time, resume_path_for, train_model
+from advfine.pipeline.vocab import (ADVERSARIAL_FINETUNING, CONTROLS, EQUAL_COST_SUFFIX, FINETUNE_MODES,
+                                    QUANTIZATION_METHODS, SCRATCH_CONTROLS, parse_compression, stage_seed)
+from advfine.stages.common import metrics_record, precision_for, setup, training_health, training_objective
 
 log = logging.getLogger("advfine")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..report.figures import plot_figures
+from advfine.report.figures import plot_figures
 
 
 def run(config: dict, *, metrics_csv: str, out_dir: str, figures: list[str]) -> None:

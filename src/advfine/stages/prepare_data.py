@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
-from ..data import save_prepared
-from ..datasets import load_dataset
+from advfine.core.data import save_prepared
+from advfine.core.datasets import load_dataset
 
 log = logging.getLogger("advfine")
 

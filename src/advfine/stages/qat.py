@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import time
 
-from ..checkpoints import load_model, save_model
-from ..quantize import calibration_batches, prepare_qat
-from ..cost import model_cost, training_macs
-from ..data import load_prepared
-from ..models import build_model
-from ..records import StageRecord, read_stage_record, write_stage_record
-from ..train import restored_wall_time, resume_path_for, train_model
-from ..vocab import BASE_MODELS, compression_label, stage_seed
-from .common import attack_from_config, dataset_arch, metrics_record, setup, training_health
+from advfine.pipeline.checkpoints import load_model, save_model
+from advfine.core.quantize import calibration_batches, prepare_qat
+from advfine.core.cost import model_cost, training_macs
+from advfine.core.data import load_prepared
+from advfine.core.models import build_model
+from advfine.pipeline.records import StageRecord, read_stage_record, write_stage_record
+from advfine.core.train import restored_wall_time, resume_path_for, train_model
+from advfine.pipeline.vocab import BASE_MODELS, compression_label, stage_seed
+from advfine.stages.common import attack_from_config, dataset_arch, metrics_record, setup, training_health
 
 
 def run(config: dict, *, data: str, bits: int, train: str, seed: int, out_model: str, out_metrics: str,

@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import time
 
-from ..checkpoints import save_model
-from ..cost import model_cost, training_macs
-from ..data import load_prepared
-from ..models import build_model, count_parameters, load_pretrained
-from ..records import StageRecord, write_stage_record
-from ..train import restored_wall_time, resume_path_for, train_model
-from ..vocab import BASE_MODELS, stage_seed
-from .common import dataset_arch, metrics_record, precision_for, setup, training_health, training_objective
+from advfine.pipeline.checkpoints import save_model
+from advfine.core.cost import model_cost, training_macs
+from advfine.core.data import load_prepared
+from advfine.core.models import build_model, count_parameters, load_pretrained
+from advfine.pipeline.records import StageRecord, write_stage_record
+from advfine.core.train import restored_wall_time, resume_path_for, train_model
+from advfine.pipeline.vocab import BASE_MODELS, stage_seed
+from advfine.stages.common import (dataset_arch, metrics_record, precision_for, setup, training_health,
+                                   training_objective)
 
 log = logging.getLogger("advfine")
 

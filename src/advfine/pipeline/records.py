@@ -1,0 +1,312 @@
+"""The result files of a run, typed: ``StageRecord`` (the ``metrics.json`` beside each model.pt) and
+``EvalRecord`` (each node's ``eval.json``), with ``LineageEntry``, one stage of a model's lineage.
+
+Each file is written by one function (``write_stage_record``, ``write_eval_record``) and read by one
+(``read_stage_record``, ``read_eval_record``). Every file carries ``format_version``; the readers accept
+only ``FORMAT_VERSION`` (an older file is re-made by re-running its stage). A file that cannot be read,
+lacks a key, holds a value of the wrong type, or has another ``format_version`` raises
+``MetricsFileError`` (``FileNotFoundError`` when missing) naming the file and the key.
+
+Nested structures that the stages build as plain JSON objects (the attack settings, the attack suite's
+per-attack records, the audit, the robustness curve, the real INT8 model's numbers, provenance) stay
+dicts; the readers check the values in them that the report reads. The readers import no torch (the
+workflow's end-of-run banner reads records); the writers use ``files``, which does.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from advfine.pipeline.vocab import ATTACKS, AUDIT_CHECKS
+
+FORMAT_VERSION = 1
+
+
+class MetricsFileError(ValueError):
+    """A metrics.json or eval.json that cannot be read, lacks or mistypes a key, or has another format."""
+
+
+def _kind(kind: str, nullable: bool = False):
+    """A field whose JSON value has ``kind`` (see ``_KIND_TEXT``); ``nullable``: null is valid."""
+    return field(metadata={"kind": kind, "nullable": nullable})
+
+
+_KIND_TEXT = {"number": "a number >= 0", "fraction": "a fraction in [0, 1]", "int": "an integer",
+              "count": "an integer >= 1", "bytes": "an integer >= 0", "str": "a string", "bool": "true or false",
+              "object": "an object", "list": "a list", "strings": "a list of strings",
+              "level": "a number", "lineage": "a list of stage entries"}
+
+
+def _is_number(value) -> bool:
+    # bool is an int subclass; never accept it for a numeric field.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _kind_ok(value, kind: str) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "object":
+        return isinstance(value, dict)
+    if kind in ("list", "lineage"):
+        return isinstance(value, list)
+    if kind == "strings":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind in ("int", "count", "bytes"):
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        return is_int and (kind == "int" or value >= (1 if kind == "count" else 0))
+    if not _is_number(value) or math.isnan(value):
+        return False
+    return kind == "level" or (value >= 0 and (kind != "fraction" or value <= 1))
+
+
+def _check(path: Path, key: str, value, kind: str, nullable: bool) -> None:
+    if value is None and nullable:
+        return
+    if not _kind_ok(value, kind):
+        raise MetricsFileError(f"{path}: key '{key}' must be {_KIND_TEXT[kind]}{' or null' if nullable else ''}, "
+                               f"got {value!r} ({type(value).__name__})")
+
+
+def _fields_of(cls, path: Path, data: dict, where: str = "") -> dict:
+    """The values of ``cls``'s fields in ``data``, each present and of its kind."""
+    values = {}
+    for f in fields(cls):
+        if "kind" not in f.metadata:
+            continue
+        key = f"{where}{f.name}"
+        if f.name not in data:
+            raise MetricsFileError(f"{path}: missing required key '{key}'")
+        _check(path, key, data[f.name], f.metadata["kind"], f.metadata["nullable"])
+        values[f.name] = data[f.name]
+    return values
+
+
+def _require_keys(path: Path, name: str, obj: dict, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key not in obj:
+            raise MetricsFileError(f"{path}: missing required key '{name}.{key}'")
+
+
+def _nested(path: Path, obj, keys: tuple[str, ...], kind: str) -> None:
+    """A value inside nested objects that may be absent or null (an attack the suite did not run, the
+    INT8 numbers of a node that has no real INT8 model); present, it has ``kind``."""
+    value = obj
+    for depth, key in enumerate(keys):
+        if value is not None and not isinstance(value, dict):
+            raise MetricsFileError(f"{path}: key '{'.'.join(keys[:depth])}' has type "
+                                   f"{type(value).__name__}, expected object or null")
+        value = None if value is None else value.get(key)
+    _check(path, ".".join(keys), value, kind, nullable=True)
+
+
+def _load(path: str | Path) -> tuple[Path, dict]:
+    """The JSON object in ``path``, of format ``FORMAT_VERSION``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"result file not found: {path}; re-run the stage that makes it")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MetricsFileError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise MetricsFileError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
+    version = data.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise MetricsFileError(f"{path}: key 'format_version' is {version!r}, this version of advfine reads "
+                               f"format {FORMAT_VERSION}: delete the file and re-run the stage that makes it")
+    return path, data
+
+
+# ----------------------------------------------------------------------------- the lineage
+
+
+@dataclass(frozen=True)
+class LineageEntry:
+    """One stage that made a model: its wall time, estimated MACs, whether it trained adversarially, the
+    device, its peak memory and whether its training collapsed (``health.collapse_record``)."""
+
+    stage: str = _kind("str")
+    wall_time_s: float = _kind("number")
+    estimated_macs: float = _kind("number")
+    adversarial: bool = _kind("bool")
+    device: str = _kind("str")
+    peak_rss_mb: float | None = _kind("number", nullable=True)
+    collapsed: bool = _kind("bool")
+    collapsed_reason: str | None = _kind("str", nullable=True)
+
+
+def _lineage(path: Path, entries: list) -> list[LineageEntry]:
+    lineage, seen = [], set()
+    for i, entry in enumerate(entries):
+        where = f"stages[{i}]."
+        if not isinstance(entry, dict):
+            raise MetricsFileError(f"{path}: key 'stages[{i}]' must be an object, got {entry!r}")
+        st = LineageEntry(**_fields_of(LineageEntry, path, entry, where))
+        if st.stage in seen:
+            raise MetricsFileError(f"{path}: key 'stages' lists stage '{st.stage}' twice")
+        seen.add(st.stage)
+        lineage.append(st)
+    return lineage
+
+
+# ----------------------------------------------------------------------------- metrics.json
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """A model stage's metrics.json: the stage, its wall time, the model's lineage ``stages`` (oldest
+    first, this stage last), whether its training collapsed, its peak memory and provenance; ``details``:
+    the stage's own fields (its training history, attack, architecture, cost ...)."""
+
+    stage: str = _kind("str")
+    wall_time_s: float = _kind("number")
+    stages: list[LineageEntry] = _kind("lineage")
+    collapsed: bool = _kind("bool")
+    collapsed_reason: str | None = _kind("str", nullable=True)
+    peak_rss_mb: float | None = _kind("number", nullable=True)
+    provenance: dict = _kind("object")
+    details: dict = field(default_factory=dict)
+
+    @property
+    def trained(self) -> bool:
+        """Whether the stage trained the model (train_base, finetune, QAT); pruning and PTQ train nothing."""
+        return "history" in self.details
+
+    def to_json(self) -> dict:
+        """The metrics.json object: ``details`` beside the record's own keys and ``format_version``."""
+        data = asdict(self)
+        details = data.pop("details")
+        clash = details.keys() & (data.keys() | {"format_version"})
+        if clash:
+            raise ValueError(f"a stage record's details repeat its own keys: {sorted(clash)}")
+        return {"format_version": FORMAT_VERSION, **details, **data}
+
+
+def write_stage_record(path: str | Path, record: StageRecord) -> None:
+    # deferred: advfine.core.files imports torch; reading records (the end-of-run banner) must not
+    from advfine.core.files import write_json
+
+    write_json(path, record.to_json())
+
+
+def read_stage_record(path: str | Path) -> StageRecord:
+    path, data = _load(path)
+    values = _fields_of(StageRecord, path, data)
+    values["stages"] = _lineage(path, values["stages"])
+    own = {f.name for f in fields(StageRecord)} | {"format_version"}
+    return StageRecord(**values, details={k: v for k, v in data.items() if k not in own})
+
+
+# ----------------------------------------------------------------------------- eval.json
+
+ATTACK_KEYS = ("eps", "step_size", "steps", "eps_space", "eps_pixel", "norm")
+PROVENANCE_KEYS = ("git_commit", "config_hash")
+# Values inside the nested objects that the report reads: key path -> kind (absent or null: not measured).
+EVAL_NESTED: dict[tuple[str, ...], str] = {
+    **{("attacks", a, "robust_acc_after"): "fraction" for a in ATTACKS},
+    **{("attacks", a, "broken"): "bytes" for a in ATTACKS},
+    **{("audit", "checks", c): "number" for c in AUDIT_CHECKS},
+    ("int8", "robust_acc"): "fraction",
+    ("int8", "clean_acc"): "fraction",
+    ("int8", "fake_quant_clean_acc"): "fraction",
+    ("int8", "agreement"): "fraction",
+    ("int8", "latency_ms"): "number",
+    ("int8", "model_bytes"): "bytes",
+}
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """A node's eval.json: which model (experiment ... finetune, seed), its accuracies (null only for a
+    diverged model), the attack suite's records, the audit, the robustness curve (Table 5's models),
+    its health, size, cost and inference latency, the real INT8 model's numbers (PTQ INT8 nodes), the
+    lineage of the stages that made it, and provenance."""
+
+    experiment: str = _kind("str")
+    dataset: str = _kind("str")
+    arch: str = _kind("str")
+    seed: int = _kind("int")
+    train: str = _kind("str")
+    compression: str = _kind("str")
+    method: str = _kind("str")
+    level: int | float | None = _kind("level", nullable=True)
+    finetune: str = _kind("str")
+    clean_acc: float | None = _kind("fraction", nullable=True)
+    robust_acc: float | None = _kind("fraction", nullable=True)
+    robust_acc_pgd: float | None = _kind("fraction", nullable=True)
+    robust_acc_whitebox: float | None = _kind("fraction", nullable=True)
+    n_test: int = _kind("int")
+    precision: str = _kind("str")
+    attack: dict = _kind("object")
+    suite: dict = _kind("object")
+    attacks: dict = _kind("object")
+    attack_order: list = _kind("strings")
+    audit: dict | None = _kind("object", nullable=True)
+    robustness_curve: list | None = _kind("list", nullable=True)
+    diverged: bool = _kind("bool")
+    diverged_reason: str | None = _kind("str", nullable=True)
+    collapsed: bool = _kind("bool")
+    collapsed_reason: str | None = _kind("str", nullable=True)
+    collapsed_upstream: list = _kind("strings")
+    constant_predictions: str | None = _kind("str", nullable=True)
+    params: int = _kind("int")
+    macs: int = _kind("int")
+    checkpoint_bytes: int = _kind("int")
+    weight_bytes: int = _kind("int")
+    latency_ms: float | None = _kind("number", nullable=True)
+    latency_batch: int = _kind("count")
+    latency_threads: int = _kind("count")
+    int8: dict | None = _kind("object", nullable=True)
+    device: str = _kind("str")
+    eval_wall_time_s: float = _kind("number")
+    stages: list[LineageEntry] = _kind("lineage")
+    model_path: str = _kind("str")
+    peak_rss_mb: float | None = _kind("number", nullable=True)
+    provenance: dict = _kind("object")
+    int8_skipped: str | None = None  # why a PTQ INT8 node has no real INT8 model (it diverged); written when set
+
+    def to_json(self) -> dict:
+        """The eval.json object, with ``format_version``."""
+        data = asdict(self)
+        if data["int8_skipped"] is None:
+            del data["int8_skipped"]
+        return {"format_version": FORMAT_VERSION, **data}
+
+
+def write_eval_record(path: str | Path, record: EvalRecord) -> None:
+    # deferred: advfine.core.files imports torch; reading records (the end-of-run banner) must not
+    from advfine.core.files import write_json
+
+    write_json(path, record.to_json())
+
+
+def read_eval_record(path: str | Path) -> EvalRecord:
+    path, data = _load(path)
+    values = _fields_of(EvalRecord, path, data)
+    own = {f.name for f in fields(EvalRecord)} | {"format_version"}
+    unknown = sorted(set(data) - own)
+    if unknown:
+        raise MetricsFileError(f"{path}: unknown key '{unknown[0]}'")
+    if "int8_skipped" in data:
+        _check(path, "int8_skipped", data["int8_skipped"], "str", nullable=True)
+        values["int8_skipped"] = data["int8_skipped"]
+    for key in ("clean_acc", "robust_acc"):
+        if values[key] is None and not values["diverged"]:
+            raise MetricsFileError(f"{path}: key '{key}' is null but the model is not marked diverged")
+    _require_keys(path, "attack", values["attack"], ATTACK_KEYS)
+    _require_keys(path, "provenance", values["provenance"], PROVENANCE_KEYS)
+    for keys, kind in EVAL_NESTED.items():
+        _nested(path, data, keys, kind)
+    if values["audit"] is not None:
+        _check(path, "audit.flags", values["audit"].get("flags"), "strings", nullable=False)
+    for point in values["robustness_curve"] or []:
+        if not (isinstance(point, dict) and _kind_ok(point.get("eps_fraction"), "number")
+                and _kind_ok(point.get("robust_acc"), "fraction")):
+            raise MetricsFileError(f"{path}: key 'robustness_curve' must be a list of "
+                                   "{'eps_fraction': number, 'robust_acc': fraction, ...}")
+    values["stages"] = _lineage(path, values["stages"])
+    return EvalRecord(**values)
