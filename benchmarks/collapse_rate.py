@@ -41,8 +41,8 @@ from pathlib import Path
 
 import yaml
 
-from advfine.pipeline.config import ConfigError, resolve_config, stage_config, validate_config
 from advfine.core.health import prediction_collapse
+from advfine.pipeline.config import ConfigError, resolve_config, stage_config, validate_config
 from advfine.pipeline.vocab import SCRATCH_CONTROLS, parse_compression
 
 REPO = Path(__file__).resolve().parents[1]

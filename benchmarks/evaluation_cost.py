@@ -23,12 +23,12 @@ import torch
 import yaml
 
 from advfine.core.audit import audit_evaluation
-from advfine.pipeline.checkpoints import load_model
-from advfine.pipeline.config import validate_config
 from advfine.core.data import load_prepared
 from advfine.core.evaluate import Suite, evaluate_model, robustness_curve
-from advfine.pipeline.nodes import Node
 from advfine.core.quantize import float_twin
+from advfine.pipeline.checkpoints import load_model
+from advfine.pipeline.config import validate_config
+from advfine.pipeline.nodes import Node
 
 REPO = Path(__file__).resolve().parents[1]
 

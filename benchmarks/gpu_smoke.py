@@ -23,13 +23,13 @@ import torch
 
 from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.attacks.threat import ThreatModel
-from advfine.pipeline.config import section_with_defaults
 from advfine.core.datasets import load_dataset
 from advfine.core.evaluate import Suite, evaluate_model
-from advfine.pipeline.gpu_pool import job_device
 from advfine.core.models import build_model, default_arch
 from advfine.core.quantize import calibration_batches, float_twin, quantize_ptq
 from advfine.core.train import train_model
+from advfine.pipeline.config import section_with_defaults
+from advfine.pipeline.gpu_pool import job_device
 
 CHECKS: list[tuple[str, bool, str]] = []
 
@@ -99,8 +99,7 @@ def main() -> None:
               device.type != "cuda" or precision == "bf16", precision)
 
         model.eval()
-        quantized = quantize_ptq(model, 8, calibration_batches(data.train_x, {"calibration_batches": 4,
-                                                                              "calibration_batch_size": 64}, 0))
+        quantized = quantize_ptq(model, 8, calibration_batches(data.train_x, 4, 64, 0))
         empty_cache_calls = []
         real_empty_cache = torch.cuda.empty_cache
         torch.cuda.empty_cache = lambda: empty_cache_calls.append(1)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from advfine.pipeline.vocab import CONTROLS, model_label
 from advfine.report.labels import format_cell, health_text
 from advfine.report.stats import collapsed_mask, diverged_mask, mean_std
-from advfine.pipeline.vocab import CONTROLS, model_label
 
 REPO = Path(__file__).resolve().parents[1]
 

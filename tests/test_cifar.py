@@ -11,12 +11,12 @@ import torch
 import torchvision
 from torch import nn
 
-from advfine.pipeline import checkpoints
-from advfine.core.prune import prune_filters_l1
 from advfine.core.data import DataError, augment_batch
 from advfine.core.datasets import load_dataset
 from advfine.core.models import arch_of, build_model, count_parameters, default_arch, load_pretrained
+from advfine.core.prune import prune_filters_l1
 from advfine.core.train import train_model
+from advfine.pipeline import checkpoints
 
 from conftest import train_settings
 

@@ -9,7 +9,7 @@ import yaml
 
 from advfine.pipeline import vocab
 from advfine.pipeline.config import (EXTENDS, STAGE_SECTIONS, WORKFLOW_KEYS, ConfigError, check_device, config_files,
-                            load_schema, resolve_config, section_with_defaults, stage_config, validate_config)
+                                     load_schema, resolve_config, section_with_defaults, stage_config, validate_config)
 
 from conftest import REPO, tiny_config
 

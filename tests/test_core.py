@@ -8,12 +8,12 @@ import torch
 
 from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.attacks.threat import ThreatModel
-from advfine.pipeline.config import section_with_defaults
 from advfine.core.data import DataError
 from advfine.core.datasets import load_dataset, load_fashion_mnist_tensors
 from advfine.core.evaluate import Suite, clean_accuracy, evaluate_model
 from advfine.core.models import build_model, count_parameters, default_arch
 from advfine.core.train import learning_rate, train_model, training_step
+from advfine.pipeline.config import section_with_defaults
 
 from conftest import FIXTURE_SEED, FIXTURE_TRAIN_CONFIG, SHARED_FMNIST, tiny_config, train_settings
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from advfine.core import features
-from advfine.report.figure2 import plot_figure2
 from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.attacks.threat import ThreatModel
 from advfine.core.models import build_model, default_arch, layer_outputs
 from advfine.core.quantize import is_quantized
+from advfine.report.figure2 import plot_figure2
 
 ATTACK = PGDAttack(ThreatModel("linf", 0.1), step_size=0.05, steps=2, random_start=True)
 N = 20

@@ -7,8 +7,8 @@ import torch
 
 from advfine.core import files
 
-from advfine.pipeline import checkpoints
 from advfine.core.models import build_model, default_arch
+from advfine.pipeline import checkpoints
 
 
 def test_checkpoint_round_trip(tmp_path):

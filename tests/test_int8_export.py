@@ -10,9 +10,9 @@ from torch import nn
 from advfine.core import quantize
 from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.attacks.threat import ThreatModel
+from advfine.core.cost import measure_latency
 from advfine.core.evaluate import clean_accuracy
 from advfine.core.health import prediction_collapse
-from advfine.core.cost import measure_latency
 from advfine.core.int8_export import export_int8
 from advfine.core.models import build_model, default_arch
 from advfine.core.train import train_model

@@ -15,10 +15,10 @@ from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.attacks.square import square_l2
 from advfine.core.attacks.threat import ThreatModel
 from advfine.core.audit import audit_evaluation
-from advfine.pipeline.config import ConfigError, largest_radius, validate_config
 from advfine.core.evaluate import Suite, evaluate_model
 from advfine.core.objectives import objective_for
 from advfine.core.train import train_model
+from advfine.pipeline.config import ConfigError, largest_radius, validate_config
 
 from conftest import tiny_config, train_settings
 from test_attacks import AUDIT, RoundInput, digits, trained  # noqa: F401 (fixtures)

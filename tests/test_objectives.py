@@ -9,15 +9,15 @@ import torch.nn.functional as F
 
 from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.attacks.threat import ThreatModel
-from advfine.pipeline.checkpoints import load_model
 from advfine.core.datasets import load_dataset
 from advfine.core.models import build_model, default_arch
 from advfine.core.objectives import NFGSMAttack, TradesObjective, fgsm_rs, objective_for
 from advfine.core.quantize import is_quantized, quant_info
+from advfine.core.train import attack_for_epoch, train_model
+from advfine.pipeline.checkpoints import load_model
 from advfine.stages import compress as compress_stage
 from advfine.stages import finetune as finetune_stage
 from advfine.stages import prepare_data, train_base
-from advfine.core.train import attack_for_epoch, train_model
 
 from conftest import FIXTURE_SEED, FIXTURE_TRAINING, stage_settings, tiny_config, train_settings
 

@@ -9,14 +9,14 @@ from torch import nn
 
 from advfine.core import binary, quantize
 
-from advfine.pipeline import checkpoints
 from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.attacks.threat import ThreatModel
+from advfine.core.cost import model_cost, weight_storage_bytes
 from advfine.core.datasets import load_dataset, load_digits_tensors
 from advfine.core.evaluate import Suite, clean_accuracy, evaluate_model
 from advfine.core.models import build_model, default_arch
 from advfine.core.train import train_model
-from advfine.core.cost import model_cost, weight_storage_bytes
+from advfine.pipeline import checkpoints
 
 from conftest import FIXTURE_SEED, small_cnn8_arch, train_settings, random_images
 from conftest import tiny_config

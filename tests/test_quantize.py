@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from advfine.core import quantize
 from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.attacks.threat import ThreatModel
-from advfine.pipeline.checkpoints import load_model, save_model
 from advfine.core.cost import model_cost, weight_storage_bytes
 from advfine.core.models import build_model, default_arch
 from advfine.core.train import train_model
+from advfine.pipeline.checkpoints import load_model, save_model
 
 from conftest import small_cnn8_arch, train_settings, random_images
 

@@ -7,7 +7,7 @@ import pytest
 from record_factory import eval_record, lineage_entry, stage_record
 
 from advfine.pipeline.records import (FORMAT_VERSION, MetricsFileError, read_eval_record, read_stage_record,
-                             write_eval_record, write_stage_record)
+                                      write_eval_record, write_stage_record)
 
 
 def measured_record():

@@ -7,8 +7,7 @@ import pytest
 
 from advfine.pipeline import vocab
 from advfine.pipeline.config import STAGE_SECTIONS, stage_config
-from advfine.stages import (aggregate, compress, evaluate, figure2, finetune, plot, prepare_data, qat,
-                            train_base)
+from advfine.stages import aggregate, compress, evaluate, figure2, finetune, plot, prepare_data, qat, train_base
 
 from conftest import tiny_config
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from advfine.core.cost import training_macs
 from advfine.pipeline import vocab
 from advfine.pipeline.checkpoints import load_model, save_model
-from advfine.core.cost import training_macs
+from advfine.pipeline.vocab import compression_label, parse_compression
 from advfine.stages import compress as compress_stage
 from advfine.stages import evaluate as evaluate_stage
 from advfine.stages import finetune as finetune_stage
 from advfine.stages import prepare_data, qat as qat_stage, train_base
-from advfine.pipeline.vocab import compression_label, parse_compression
 
 from conftest import FIXTURE_TRAIN_CONFIG, stage_settings
 

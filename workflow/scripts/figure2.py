@@ -1,6 +1,6 @@
 from advfine.pipeline.job import snakemake_job
-from advfine.stages import figure2
 from advfine.pipeline.vocab import FIGURE2_MODELS
+from advfine.stages import figure2
 
 with snakemake_job(snakemake) as job:
     figure2.run(job.config, data=snakemake.input.data,

@@ -27,9 +27,9 @@ from torch import nn
 from advfine.core.attacks.apgd import apgd
 from advfine.core.attacks.square import margin
 from advfine.core.attacks.threat import ThreatModel
+from advfine.core.catalog import AUDIT_CHECKS
 from advfine.core.evaluate import WHITE_BOX, Suite, start_noise_for
 from advfine.core.runtime import make_generator, to_device
-from advfine.core.catalog import AUDIT_CHECKS
 
 CHECKS = AUDIT_CHECKS
 

@@ -15,8 +15,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torchvision.datasets import CIFAR10, FashionMNIST
 
-from advfine.core.data import DataError, Dataset
 from advfine.core.catalog import NUM_CLASSES
+from advfine.core.data import DataError, Dataset
 
 
 def load_digits_tensors(image_size: int, test_fraction: float, split_seed: int):

@@ -29,9 +29,9 @@ from advfine.core.attacks.fab import fab_t
 from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.attacks.square import square_l2, square_linf
 from advfine.core.attacks.threat import ThreatModel
+from advfine.core.catalog import ATTACKS, WHITE_BOX_ATTACKS
 from advfine.core.data import iterate_batches
 from advfine.core.runtime import autocast, make_generator, place_model, to_device
-from advfine.core.catalog import ATTACKS, WHITE_BOX_ATTACKS
 
 log = logging.getLogger("advfine")
 

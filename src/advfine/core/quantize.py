@@ -50,11 +50,9 @@ INFO_KEY = "advfine_quantization"
 QAT_EMA_DECAY = 0.99  # of the tracked activation min/max in QAT (torch.ao's averaging_constant 0.01)
 
 
-def calibration_batches(x: torch.Tensor, settings: dict, seed: int) -> list[torch.Tensor]:
-    """The calibration data of PTQ (and the starting ranges of QAT): ``settings['calibration_batches']``
-    fixed random batches of ``settings['calibration_batch_size']`` training images (no labels), drawn
-    with ``seed``. ``settings`` is the config's ``compress`` section."""
-    n_batches, batch_size = settings["calibration_batches"], settings["calibration_batch_size"]
+def calibration_batches(x: torch.Tensor, n_batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """The calibration data of PTQ (and the starting ranges of QAT): ``n_batches`` fixed random batches of
+    ``batch_size`` training images (no labels), drawn with ``seed``."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(x), generator=g)[: n_batches * batch_size]
     return [x[i] for i in idx.split(batch_size)]

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from advfine.core.files import ArtifactError, config_hash, load_tensor_file, save_tensor_file
 from advfine.core.attacks.pgd import PGDAttack
-from advfine.core.objectives import NFGSMAttack, TradesObjective
 from advfine.core.data import augment_batch, iterate_batches
+from advfine.core.files import ArtifactError, config_hash, load_tensor_file, save_tensor_file
+from advfine.core.objectives import NFGSMAttack, TradesObjective
 from advfine.core.runtime import autocast, check_precision, make_generator, place_model, to_device
 
 log = logging.getLogger("advfine")

@@ -8,8 +8,8 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
-from advfine.pipeline.gpu_pool import job_device
 from advfine.core.runtime import peak_rss_mb
+from advfine.pipeline.gpu_pool import job_device
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from advfine.pipeline.vocab import (BASE_MODELS, COMPRESSION_METHODS, CONTROLS, DENSE, FINETUNE_MODES, PRUNE, PTQ, QAT,
-                     QUANTIZATION_METHODS, base_label, model_label)
+                                    QUANTIZATION_METHODS, base_label, model_label)
 from advfine.report.collect import METRIC_COLUMNS, STANDARD_STAGES
 from advfine.report.labels import (NA, format_bytes, format_cell, format_macs, format_minutes, format_percent,
                                    level_label, stat_cell)

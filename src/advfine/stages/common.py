@@ -14,11 +14,13 @@ from advfine.core.evaluate import logits_of
 from advfine.core.health import HEALTH_IMAGES, collapse_record, training_collapse
 from advfine.core.models import default_arch
 from advfine.core.objectives import objective_for
+from advfine.core.quantize import calibration_batches, prepare_qat, quantize_ptq
+from advfine.core.runtime import (check_precision, configure_backends, cpu_has_native_bf16, peak_rss_mb, resolve_device,
+                                  seed_everything, set_threads)
 from advfine.core.train import TrainingAttack
 from advfine.pipeline.provenance import provenance
 from advfine.pipeline.records import LineageEntry, StageRecord
-from advfine.core.runtime import (check_precision, configure_backends, cpu_has_native_bf16, peak_rss_mb, resolve_device,
-                       seed_everything, set_threads)
+from advfine.pipeline.vocab import PTQ, QAT, stage_seed
 
 log = logging.getLogger("advfine")
 
@@ -55,6 +57,19 @@ def training_objective(config: dict, mode: str) -> TrainingAttack:
     """What adversarial training mode ``mode`` (ad, fgsm, nfgsm, trades) trains on, at ``attack.train``'s eps
     (settings: the config's ``adversarial`` section)."""
     return objective_for(mode, attack_from_config(config, "train"), config["adversarial"])
+
+
+def fake_quantize(model: torch.nn.Module, method: str, bits: int, train_x: torch.Tensor, config: dict,
+                  seed: int) -> tuple[torch.nn.Module, int]:
+    """``model`` fake-quantized at ``bits`` as config section ``compress`` says: post-training quantized
+    (``method`` ptq) or prepared for quantization-aware training (qat), calibrated on training images
+    drawn from the node's compression seed; and how many images calibrated it. The one reader of the
+    section's quantization keys."""
+    settings = config["compress"]
+    batches = calibration_batches(train_x, settings["calibration_batches"], settings["calibration_batch_size"],
+                                  stage_seed("compress", seed))
+    quantize = {PTQ: quantize_ptq, QAT: prepare_qat}[method]
+    return quantize(model, int(bits), batches, settings["quantize_first_input"]), sum(len(b) for b in batches)
 
 
 def dataset_arch(config: dict, data: Dataset) -> dict:

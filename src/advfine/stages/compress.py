@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import time
 
-from advfine.pipeline.checkpoints import load_model, save_model
-from advfine.core.prune import prune_filters_l1
-from advfine.core.quantize import calibration_batches, quantize_ptq
 from advfine.core.cost import model_cost
 from advfine.core.data import load_prepared
 from advfine.core.models import count_parameters
+from advfine.core.prune import prune_filters_l1
+from advfine.pipeline.checkpoints import load_model, save_model
 from advfine.pipeline.records import StageRecord, read_stage_record, write_stage_record
-from advfine.pipeline.vocab import PRUNE, PTQ, parse_compression, stage_seed
-from advfine.stages.common import metrics_record, setup
+from advfine.pipeline.vocab import PRUNE, PTQ, parse_compression
+from advfine.stages.common import fake_quantize, metrics_record, setup
 
 
 def run(config: dict, *, data: str, compression: str, seed: int, model: str, metrics: str, out_model: str,
@@ -32,13 +31,12 @@ def run(config: dict, *, data: str, compression: str, seed: int, model: str, met
         compressed, arch = prune_filters_l1(parent_model, ckpt["arch"], level, dataset.train_x[:2])
         macs_spent = 0  # ranking filters by their L1 norm costs next to nothing
     else:
-        batches = calibration_batches(dataset.train_x, config["compress"], stage_seed("compress", seed))
-        compressed = quantize_ptq(parent_model, int(level), batches, config["compress"]["quantize_first_input"])
+        compressed, calibration_images = fake_quantize(parent_model, PTQ, int(level), dataset.train_x, config, seed)
         arch = ckpt["arch"]
     wall = time.perf_counter() - start
     cost = model_cost(compressed, dataset.input_shape)
     if method == PTQ:  # PTQ's only compute: the calibration forward passes
-        macs_spent = sum(len(b) for b in batches) * cost["macs"]
+        macs_spent = calibration_images * cost["macs"]
     save_model(out_model, compressed, arch, extra={"compression": compression, "parent": str(model)})
     record = metrics_record(config, seed, device, "compress", wall, parent, macs_spent, False,
                             compression=compression, method=method, level=level, arch=arch,

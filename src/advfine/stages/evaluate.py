@@ -11,17 +11,17 @@ import time
 from pathlib import Path
 
 from advfine.core.audit import audit_evaluation
-from advfine.pipeline.checkpoints import load_model
 from advfine.core.cost import inference_costs, model_cost, weight_storage_bytes
 from advfine.core.data import load_prepared
 from advfine.core.evaluate import ATTACKS, Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve
 from advfine.core.files import atomic_path
-from advfine.pipeline.run_health import model_collapse
 from advfine.core.int8_export import export_int8
-from advfine.pipeline.provenance import provenance
 from advfine.core.quantize import float_twin
-from advfine.pipeline.records import EvalRecord, read_stage_record, write_eval_record
 from advfine.core.runtime import peak_rss_mb
+from advfine.pipeline.checkpoints import load_model
+from advfine.pipeline.provenance import provenance
+from advfine.pipeline.records import EvalRecord, read_stage_record, write_eval_record
+from advfine.pipeline.run_health import model_collapse
 from advfine.pipeline.vocab import PTQ, QUANTIZATION_METHODS, parse_compression, stage_seed
 from advfine.stages.common import precision_for, setup
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from advfine.pipeline.checkpoints import load_model
 from advfine.core.data import load_prepared
 from advfine.core.features import figure2_embeddings
 from advfine.core.files import atomic_path
-from advfine.report.figure2 import plot_figure2
+from advfine.pipeline.checkpoints import load_model
 from advfine.pipeline.vocab import FIGURE2_MODELS, FIGURE2_PAIRS, figure2_label, stage_seed
+from advfine.report.figure2 import plot_figure2
 from advfine.stages.common import attack_from_config, setup
 
 log = logging.getLogger("advfine")

@@ -11,16 +11,17 @@ import time
 import torch
 from torch import nn
 
-from advfine.pipeline.checkpoints import load_model, save_model
 from advfine.core.cost import model_cost, training_macs
 from advfine.core.data import load_prepared
 from advfine.core.models import build_model
-from advfine.pipeline.records import StageRecord, read_stage_record, write_stage_record
-from advfine.core.quantize import calibration_batches, is_quantized, prepare_qat
+from advfine.core.quantize import is_quantized
 from advfine.core.train import restored_wall_time, resume_path_for, train_model
-from advfine.pipeline.vocab import (ADVERSARIAL_FINETUNING, CONTROLS, EQUAL_COST_SUFFIX, FINETUNE_MODES,
+from advfine.pipeline.checkpoints import load_model, save_model
+from advfine.pipeline.records import StageRecord, read_stage_record, write_stage_record
+from advfine.pipeline.vocab import (ADVERSARIAL_FINETUNING, CONTROLS, EQUAL_COST_SUFFIX, FINETUNE_MODES, QAT,
                                     QUANTIZATION_METHODS, SCRATCH_CONTROLS, parse_compression, stage_seed)
-from advfine.stages.common import metrics_record, precision_for, setup, training_health, training_objective
+from advfine.stages.common import (fake_quantize, metrics_record, precision_for, setup, training_health,
+                                   training_objective)
 
 log = logging.getLogger("advfine")
 
@@ -56,8 +57,7 @@ def reinitialized(compression: str, arch: dict, config: dict, train_x: torch.Ten
     method, bits = parse_compression(compression)
     if method not in QUANTIZATION_METHODS:
         return fresh
-    batches = calibration_batches(train_x, config["compress"], stage_seed("compress", seed))
-    return prepare_qat(fresh, int(bits), batches, config["compress"]["quantize_first_input"])
+    return fake_quantize(fresh, QAT, int(bits), train_x, config, seed)[0]
 
 
 def run(config: dict, *, data: str, compression: str, mode: str, seed: int, model: str, metrics: str,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import time
 
-from advfine.pipeline.checkpoints import load_model, save_model
-from advfine.core.quantize import calibration_batches, prepare_qat
 from advfine.core.cost import model_cost, training_macs
 from advfine.core.data import load_prepared
 from advfine.core.models import build_model
-from advfine.pipeline.records import StageRecord, read_stage_record, write_stage_record
 from advfine.core.train import restored_wall_time, resume_path_for, train_model
-from advfine.pipeline.vocab import BASE_MODELS, compression_label, stage_seed
-from advfine.stages.common import attack_from_config, dataset_arch, metrics_record, setup, training_health
+from advfine.pipeline.checkpoints import load_model, save_model
+from advfine.pipeline.records import StageRecord, read_stage_record, write_stage_record
+from advfine.pipeline.vocab import BASE_MODELS, QAT, compression_label, stage_seed
+from advfine.stages.common import (attack_from_config, dataset_arch, fake_quantize, metrics_record, setup,
+                                   training_health)
 
 
 def run(config: dict, *, data: str, bits: int, train: str, seed: int, out_model: str, out_metrics: str,
@@ -36,8 +36,7 @@ def run(config: dict, *, data: str, bits: int, train: str, seed: int, out_model:
         parent, arch = None, dataset_arch(config, dataset)
         start_model = build_model(arch)  # seeded by setup
     start = time.perf_counter()
-    qmodel = prepare_qat(start_model, int(bits), calibration_batches(dataset.train_x, config["compress"], seed),
-                         config["compress"]["quantize_first_input"])
+    qmodel, _ = fake_quantize(start_model, QAT, int(bits), dataset.train_x, config, seed)
     forward_macs = model_cost(qmodel, dataset.input_shape)["macs"]
     attack = attack_from_config(config, "train") if train == "rb" else None
     resume = resume_path_for(out_model)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
-from advfine.pipeline.checkpoints import save_model
 from advfine.core.cost import model_cost, training_macs
 from advfine.core.data import load_prepared
 from advfine.core.models import build_model, count_parameters, load_pretrained
-from advfine.pipeline.records import StageRecord, write_stage_record
 from advfine.core.train import restored_wall_time, resume_path_for, train_model
+from advfine.pipeline.checkpoints import save_model
+from advfine.pipeline.records import StageRecord, write_stage_record
 from advfine.pipeline.vocab import BASE_MODELS, stage_seed
 from advfine.stages.common import (dataset_arch, metrics_record, precision_for, setup, training_health,
                                    training_objective)
