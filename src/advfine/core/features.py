@@ -1,7 +1,7 @@
 """Figure 2: t-SNE of inputs and intermediate features, clean vs PGD-attacked (paper Sec. 6,
 "Robust and non-robust features after compression", and Appendix A.2).
 
-    x, y = select_class(test_x, test_y, BAG_LABEL, max_images=200)
+    x, y = select_class(test_x, test_y, 8, max_images=200)   # Fashion-MNIST "bag", as in the paper
     pairs = [("f_st", f_st, "f_rb", f_rb),
              ("T_st(f_st^q)", t_st_q, "T_ad(f_st^q)", t_ad_q),
              ("T_st(f_st^p)", t_st_p, "T_ad(f_st^p)", t_ad_p)]
@@ -37,19 +37,19 @@ from torch import nn
 from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.models import layer_outputs
 
-BAG_LABEL = 8  # Fashion-MNIST class "bag", the class the paper's Figure 2 shows
 FIGURE2_LAYERS = (6, 7, 8)  # the paper's "last three hidden layers"
 COLUMNS = ["input"] + [f"layer {k}" for k in FIGURE2_LAYERS]
 
 
-def select_class(x: torch.Tensor, y: torch.Tensor, label: int,
-                 max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``max_images`` (default: all) images of class ``label``, in dataset order."""
+def select_class(x: torch.Tensor, y: torch.Tensor, label: int, max_images: int | None = None,
+                 min_images: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``max_images`` (default: all) images of class ``label``, in dataset order; a ValueError
+    when there are fewer than ``min_images``."""
     idx = (y == label).nonzero().flatten()
     if max_images is not None:
         idx = idx[:max_images]
-    if len(idx) == 0:
-        raise ValueError(f"no images of class {label}")
+    if len(idx) < min_images:
+        raise ValueError(f"{len(idx)} images of class {label}, fewer than {min_images}")
     return x[idx], y[idx]
 
 

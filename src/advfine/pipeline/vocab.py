@@ -20,7 +20,6 @@ STAGES = ("prepare_data", "train_base", "compress", "qat", "finetune", "evaluate
           "figure2")
 # Stages that train, compress or attack models (a GPU helps); the others are light (no GPU).
 COMPUTE_STAGES = ("train_base", "compress", "qat", "finetune", "evaluate", "figure2")
-LIGHT_STAGES = tuple(s for s in STAGES if s not in COMPUTE_STAGES)
 
 # Each stage draws its random numbers from the node's seed plus its own offset, so fine-tuning,
 # evaluation and QAT of one seed never reuse base training's stream.

@@ -150,21 +150,6 @@ def latex_escape(text) -> str:
     return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
 
 
-def _math_notation(label: str) -> str | None:
-    """``T_ad(f_st^q) (PTQ)`` -> ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``, valid LaTeX and matplotlib
-    mathtext; None for a label that is not in the paper's notation."""
-    m = _LABEL_RE.match(label)
-    base = _BASE_RE.match((m.group("inner") or m.group("plain")) if m else "")
-    if not (m and base):
-        return None
-    math_label = "f_{" + base.group("train") + "}"
-    if base.group("sup"):
-        math_label += "^{" + base.group("sup") + "}"
-    if m.group("ft"):
-        math_label = r"\mathcal{T}_{" + m.group("ft") + "}(" + math_label + ")"
-    return f"${math_label}$" + (m.group("kind") or "")
-
-
 def latex_model_label(label: str) -> str:
     """``T_ad(f_st^q) (PTQ)`` -> ``$\\mathcal{T}_{ad}(f_{st}^{q})$ (PTQ)``; a label that is not
     in the paper's notation is escaped as plain text."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from advfine.core.data import load_prepared
-from advfine.core.features import figure2_embeddings
+from advfine.core.features import figure2_embeddings, select_class
 from advfine.core.files import atomic_path
 from advfine.pipeline.checkpoints import load_model
 from advfine.pipeline.vocab import FIGURE2_MODELS, FIGURE2_PAIRS, figure2_label, stage_seed
@@ -23,15 +23,15 @@ def run(config: dict, *, data: str, models: dict[str, str], seed: int, out_png: 
     dataset = load_prepared(data)
     settings = config["figure2"]
     label = settings["class_index"]
-    chosen = (dataset.test_y == label).nonzero().flatten()[: settings["n_images"]]
-    if len(chosen) < 2:
-        raise ValueError(f"config key figure2.class_index: the test set has {len(chosen)} images of "
-                         f"class {label}; t-SNE needs several")
+    try:
+        x, y = select_class(dataset.test_x, dataset.test_y, label, settings["n_images"], min_images=2)
+    except ValueError as err:
+        raise ValueError(f"config key figure2.class_index: the test set has {err}; t-SNE needs several") from None
     loaded = {name: load_model(models[name])[0].to(device).eval() for name in FIGURE2_MODELS}
     pairs = [(figure2_label(a), loaded[a], figure2_label(b), loaded[b]) for a, b in FIGURE2_PAIRS]
     attack = attack_from_config(config, "eval")
-    log.info("figure 2: %d test images of class %d, %s", len(chosen), label, attack.describe())
-    df = figure2_embeddings(pairs, dataset.test_x[chosen], dataset.test_y[chosen], attack,
+    log.info("figure 2: %d test images of class %d, %s", len(x), label, attack.describe())
+    df = figure2_embeddings(pairs, x, y, attack,
                             stage_seed("figure2", seed), settings["perplexity"])
     with atomic_path(out_embeddings) as tmp:
         df.to_csv(tmp, index=False)
