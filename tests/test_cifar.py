@@ -2,6 +2,7 @@
 format: CIFAR-10 cannot be downloaded here), batch augmentation, the CIFAR ResNet-18, loading pretrained
 weights, and structured pruning of ResNet-18 with NNI dependency groups."""
 import copy
+import dataclasses
 import json
 import pickle
 
@@ -124,7 +125,7 @@ def test_train_model_augment_is_deterministic_and_off_by_default():
     def trained(**over):
         torch.manual_seed(0)
         model = build_model(arch)
-        train_model(model, x, y, cfg | over, None, seed=3, device=torch.device("cpu"))
+        train_model(model, x, y, dataclasses.replace(cfg, **over), None, seed=3, device=torch.device("cpu"))
         return model.state_dict()
 
     def same(a, b):

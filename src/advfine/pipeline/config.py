@@ -20,6 +20,7 @@ import yaml
 
 from advfine.core.attacks.threat import ThreatModel
 from advfine.core.catalog import ATTACKS, NUM_CLASSES
+from advfine.core.schedule import TrainSchedule, finetune_section
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 
@@ -298,20 +299,18 @@ def adversarial_schedules(config: dict) -> dict[str, str]:
 
 def _check_schedules(config: dict) -> None:
     """An lr drop inside the epochs; an eps warm-up that ends before the last epoch where the schedule
-    trains against an attack (epoch e < eps_warmup_epochs attacks at eps * e / eps_warmup_epochs)."""
-    for name in ("train", "qat"):
-        schedule = config.get(name)
-        if schedule and schedule["lr_drop_epoch"] is not None and schedule["lr_drop_epoch"] >= schedule["epochs"]:
-            raise ConfigError(f"config key {name}.lr_drop_epoch: {schedule['lr_drop_epoch']} is not before the end "
-                              f"of training ({name}.epochs: {schedule['epochs']}), so the lr never drops; set it "
-                              f"below {schedule['epochs']}, or null for no drop")
-    for name, who in adversarial_schedules(config).items():
-        schedule = config[name]
-        if schedule["eps_warmup_epochs"] >= schedule["epochs"]:
-            raise ConfigError(f"config key {name}.eps_warmup_epochs: {schedule['eps_warmup_epochs']} is not below "
-                              f"{name}.epochs ({schedule['epochs']}), so {who} never trains at the full eps (epoch "
-                              f"e attacks at eps * e / {schedule['eps_warmup_epochs']}, epoch 0 at none); set it "
-                              f"below {schedule['epochs']}")
+    trains against an attack (``TrainSchedule.check_lr_drop``, ``check_eps_warmup``)."""
+    schedules = {name: TrainSchedule.from_config(config[name]) for name in ("train", "qat") if config.get(name)}
+    # the fine-tuning arms share their epochs and eps warm-up; every compression method has its lr
+    schedules["finetune"] = TrainSchedule.from_config(finetune_section(config["finetune"], "dense"))
+    try:
+        for name in ("train", "qat"):
+            if name in schedules:
+                schedules[name].check_lr_drop()
+        for name, who in adversarial_schedules(config).items():
+            schedules[name].check_eps_warmup(who)
+    except ValueError as err:
+        raise ConfigError(f"config key {name}.{err}") from None
 
 
 def check_device(device: str) -> None:
