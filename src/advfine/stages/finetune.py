@@ -21,8 +21,8 @@ from advfine.pipeline.checkpoints import load_model, save_model
 from advfine.pipeline.records import StageRecord, read_stage_record, write_stage_record
 from advfine.pipeline.vocab import (ADVERSARIAL_FINETUNING, CONTROLS, EQUAL_COST_SUFFIX, FINETUNE_MODES, QAT,
                                     QUANTIZATION_METHODS, SCRATCH_CONTROLS, parse_compression, stage_seed)
-from advfine.stages.common import (fake_quantize, metrics_record, precision_for, setup, training_health,
-                                   training_objective)
+from advfine.stages.common import (attack_from_config, fake_quantize, metrics_record, precision_for, setup,
+                                   training_health, training_objective)
 
 log = logging.getLogger("advfine")
 
@@ -71,7 +71,8 @@ def run(config: dict, *, data: str, compression: str, mode: str, seed: int, mode
     attack = training_objective(config, objective) if adversarial else None
     if mode.endswith(EQUAL_COST_SUFFIX):
         epochs = TrainSchedule.from_config(settings).epochs
-        settings = settings | {"epochs": equal_cost_epochs(epochs, config["attack"]["train"]["steps"], attack.steps)}
+        pgd_steps = attack_from_config(config, "train").steps
+        settings = settings | {"epochs": equal_cost_epochs(epochs, pgd_steps, attack.steps)}
     schedule = TrainSchedule.from_config(settings)
     forward_macs = model_cost(start_model, dataset.input_shape)["macs"]
     start = time.perf_counter()
