@@ -18,6 +18,7 @@ from advfine.core.models import arch_of, build_model, count_parameters, default_
 from advfine.core.prune import prune_filters_l1
 from advfine.core.train import train_model
 from advfine.pipeline import checkpoints
+from advfine.pipeline.config import section_with_defaults
 
 from conftest import train_settings
 
@@ -44,8 +45,9 @@ def write_fake_cifar(root) -> dict:
 
 
 def cifar_cfg(root, **over) -> dict:
-    return {"name": "cifar10", "data_root": str(root), "download": False, "split_seed": 0,
-            "train_subset": None, "test_subset": None} | over
+    """A complete data section (the schema's defaults filled in) of CIFAR-10 under ``root``."""
+    return section_with_defaults("data", {"name": "cifar10", "data_root": str(root), "download": False,
+                                          "split_seed": 0, "train_subset": None, "test_subset": None} | over)
 
 
 # ------------------------------------------------------------------------------------------ data

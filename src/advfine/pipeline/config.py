@@ -19,7 +19,7 @@ import jsonschema
 import yaml
 
 from advfine.core.attacks.threat import ThreatModel
-from advfine.core.catalog import ATTACKS, NUM_CLASSES
+from advfine.core.catalog import ATTACKS, NUM_CLASSES, image_shape
 from advfine.core.schedule import TrainSchedule, finetune_section
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
@@ -328,10 +328,6 @@ def check_device(device: str) -> None:
         raise ConfigError(f"config key {err}") from None
 
 
-# (channels, side) of each dataset's images, for the radius bounds; digits are resized to data.image_size
-IMAGE_SHAPES = {"digits": (1, None), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
-
-
 def threat_models(config: dict) -> dict[str, ThreatModel]:
     """The threat models of training and evaluation (``attack.train``, ``attack.eval``)."""
     return {which: ThreatModel.from_config(config["attack"], which) for which in ("train", "eval")}
@@ -340,9 +336,8 @@ def threat_models(config: dict) -> dict[str, ThreatModel]:
 def largest_radius(config: dict) -> float:
     """The largest radius that means something in the config's norm, in pixels: the diameter of the image
     cube of the dataset's images (``ThreatModel.diameter``)."""
-    channels, side = IMAGE_SHAPES[config["data"]["name"]]
-    side = side or config["data"]["image_size"]
-    return threat_models(config)["eval"].diameter(channels * side * side)
+    channels, height, width = image_shape(config["data"]["name"], config["data"]["image_size"])
+    return threat_models(config)["eval"].diameter(channels * height * width)
 
 
 def check_radii(config: dict) -> None:
