@@ -19,7 +19,7 @@ import jsonschema
 import yaml
 
 from advfine.core.attacks.threat import ThreatModel
-from advfine.core.catalog import ATTACKS, NUM_CLASSES, image_shape
+from advfine.core.catalog import NUM_CLASSES, check_attack_suite, image_shape
 from advfine.core.schedule import TrainSchedule, finetune_section
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
@@ -260,11 +260,10 @@ def check_config(config: dict) -> None:
                                   "set figure2.enabled: false or extend the sweep")
     if len({f"{s:g}" for s in sweep["prune_sparsities"]}) != len(sweep["prune_sparsities"]):
         raise ConfigError("config key sweep.prune_sparsities: two values give the same folder name")
-    attacks = config["evaluate"]["attacks"]
-    order = ATTACKS
-    if attacks[0] != "pgd" or attacks != sorted(attacks, key=order.index):
-        raise ConfigError(f"config key evaluate.attacks: {attacks}: the suite starts with pgd (the paper's attack) "
-                          f"and runs in the order {list(order)}")
+    try:
+        check_attack_suite(config["evaluate"]["attacks"])
+    except ValueError as err:
+        raise ConfigError(f"config key evaluate.attacks: {err}") from None
     if sweep["controls"] and not set(sweep["control_base_models"]) & set(sweep["base_models"]):
         raise ConfigError(f"config key sweep.control_base_models: {sweep['control_base_models']} has none of "
                           f"sweep.base_models {sweep['base_models']}, so sweep.controls would make no node")
