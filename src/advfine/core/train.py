@@ -160,8 +160,8 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.T
     return loss.item(), (logits.argmax(1) == y).sum().item()
 
 
-def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
-                schedule: TrainSchedule, attack: TrainingAttack | None, seed: int, device: torch.device, desc: str = "train",
+def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, schedule: TrainSchedule,
+                attack: TrainingAttack | None, seed: int, device: torch.device, desc: str = "train",
                 resume_path: str | Path | None = None, precision: str = "fp32") -> list[dict]:
     """Train ``model`` in place with SGD as ``schedule`` says (``schedule.TrainSchedule``).
 
