@@ -236,9 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{config['experiment']}: arm {args.arm}{' under ' + args.compression if args.compression else ''}, "
           f"seeds {seeds[0]}..{seeds[-1]} ({len(seeds)}), {cpu_model()}, {isa}")
     if args.arm == "scratch":
-        from advfine.stages.finetune import finetune_settings
+        from advfine.core.schedule import finetune_section
 
-        schedule = finetune_settings(config, parse_compression(args.compression)[0], args.arm)
+        schedule = finetune_section(config["finetune"], parse_compression(args.compression)[0], scratch=True)
     else:
         schedule = config["train"]
     print(f"schedule: {json.dumps(schedule, sort_keys=True)}")

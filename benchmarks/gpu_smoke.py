@@ -27,6 +27,7 @@ from advfine.core.datasets import load_dataset
 from advfine.core.evaluate import Suite, evaluate_model
 from advfine.core.models import build_model, default_arch
 from advfine.core.quantize import calibration_batches, float_twin, quantize_ptq
+from advfine.core.schedule import TrainSchedule
 from advfine.core.train import train_model
 from advfine.pipeline.config import section_with_defaults
 from advfine.pipeline.gpu_pool import job_device
@@ -54,9 +55,10 @@ def load_data(data_root: str, train_images: int, test_images: int):
     return load_dataset(cfg)
 
 
-def schedule(epochs: int, lr: float, momentum: float) -> dict:
-    return section_with_defaults("train", {"epochs": epochs, "batch_size": 128, "lr": lr, "momentum": momentum,
-                                           "lr_drop_epoch": None, "lr_after_drop": lr, "eps_warmup_epochs": 0})
+def schedule(epochs: int, lr: float, momentum: float) -> TrainSchedule:
+    return TrainSchedule.from_config(section_with_defaults(
+        "train", {"epochs": epochs, "batch_size": 128, "lr": lr, "momentum": momentum, "lr_drop_epoch": None,
+                  "lr_after_drop": lr, "eps_warmup_epochs": 0}))
 
 
 def main() -> None:

@@ -195,6 +195,7 @@ def main() -> None:
     from advfine.core.evaluate import Suite, evaluate_model
     from advfine.core.models import build_model, default_arch
     from advfine.core.runtime import cpu_has_native_bf16
+    from advfine.core.schedule import TrainSchedule
     from advfine.core.train import train_model
 
     torch.set_num_threads(args.threads)
@@ -205,8 +206,9 @@ def main() -> None:
     arch = default_arch("cnn8", 1, 10, 28, data.mean, data.std)
     standard = build_model(arch)
     with contextlib.redirect_stdout(sys.stderr):  # the epoch lines are progress, not results
-        schedule = section_with_defaults("train", {"epochs": 4, "batch_size": 32, "lr": 0.1, "momentum": 0.0,
-                                                   "lr_drop_epoch": 3, "lr_after_drop": 0.01})
+        schedule = TrainSchedule.from_config(section_with_defaults(
+            "train", {"epochs": 4, "batch_size": 32, "lr": 0.1, "momentum": 0.0, "lr_drop_epoch": 3,
+                      "lr_after_drop": 0.01}))
         train_model(standard, data.train_x, data.train_y, schedule, None, 0, cpu)
     start_state = {k: v.clone() for k, v in standard.state_dict().items()}
 

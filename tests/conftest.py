@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from advfine.core.schedule import TrainSchedule
 from advfine.pipeline.config import section_with_defaults, stage_config, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,9 +112,9 @@ def stage_settings(stage: str, **over) -> dict:
     return stage_config(tiny_config(**over), stage) | {"device": "cpu"}
 
 
-def train_settings(**values) -> dict:
-    """A training schedule (the config's ``train`` section) with the schema's defaults filled in."""
-    return section_with_defaults("train", values)
+def train_settings(**values) -> TrainSchedule:
+    """The training schedule of a config's ``train`` section of ``values`` with the schema's defaults."""
+    return TrainSchedule.from_config(section_with_defaults("train", values))
 
 
 @pytest.fixture

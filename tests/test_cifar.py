@@ -2,6 +2,7 @@
 format: CIFAR-10 cannot be downloaded here), batch augmentation, the CIFAR ResNet-18, loading pretrained
 weights, and structured pruning of ResNet-18 with NNI dependency groups."""
 import copy
+import dataclasses
 import json
 import pickle
 
@@ -17,6 +18,7 @@ from advfine.core.models import arch_of, build_model, count_parameters, default_
 from advfine.core.prune import prune_filters_l1
 from advfine.core.train import train_model
 from advfine.pipeline import checkpoints
+from advfine.pipeline.config import section_with_defaults
 
 from conftest import train_settings
 
@@ -43,8 +45,9 @@ def write_fake_cifar(root) -> dict:
 
 
 def cifar_cfg(root, **over) -> dict:
-    return {"name": "cifar10", "data_root": str(root), "download": False, "split_seed": 0,
-            "train_subset": None, "test_subset": None} | over
+    """A complete data section (the schema's defaults filled in) of CIFAR-10 under ``root``."""
+    return section_with_defaults("data", {"name": "cifar10", "data_root": str(root), "download": False,
+                                          "split_seed": 0, "train_subset": None, "test_subset": None} | over)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -124,7 +127,7 @@ def test_train_model_augment_is_deterministic_and_off_by_default():
     def trained(**over):
         torch.manual_seed(0)
         model = build_model(arch)
-        train_model(model, x, y, cfg | over, None, seed=3, device=torch.device("cpu"))
+        train_model(model, x, y, dataclasses.replace(cfg, **over), None, seed=3, device=torch.device("cpu"))
         return model.state_dict()
 
     def same(a, b):

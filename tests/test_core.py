@@ -1,4 +1,5 @@
 """Data, models, attacks and the training loop, on tiny real digits."""
+import dataclasses
 import gzip
 import struct
 
@@ -12,12 +13,13 @@ from advfine.core.data import DataError
 from advfine.core.datasets import load_dataset, load_fashion_mnist_tensors
 from advfine.core.evaluate import Suite, clean_accuracy, evaluate_model
 from advfine.core.models import build_model, count_parameters, default_arch
-from advfine.core.train import learning_rate, train_model, training_step
+from advfine.core.schedule import TrainSchedule
+from advfine.core.train import train_model, training_step
 from advfine.pipeline.config import section_with_defaults
 
 from conftest import FIXTURE_SEED, FIXTURE_TRAIN_CONFIG, SHARED_FMNIST, tiny_config, train_settings
 
-TRAIN = tiny_config(**FIXTURE_TRAIN_CONFIG, **{"train.epochs": 3})["train"]  # a config's train section
+TRAIN = TrainSchedule.from_config(tiny_config(**FIXTURE_TRAIN_CONFIG, **{"train.epochs": 3})["train"])
 
 CPU = torch.device("cpu")
 
@@ -106,16 +108,16 @@ def test_training_learns_and_is_seeded(digits, trained):
 
 def test_learning_rate_schedule():
     cfg = train_settings(epochs=6, batch_size=32, lr=0.1, momentum=0.0, lr_drop_epoch=4, lr_after_drop=0.01)
-    assert [learning_rate(e, cfg) for e in range(6)] == [0.1] * 4 + [0.01] * 2
-    assert learning_rate(10, cfg | {"lr_drop_epoch": None}) == 0.1
+    assert [cfg.learning_rate(e) for e in range(6)] == [0.1] * 4 + [0.01] * 2
+    assert dataclasses.replace(cfg, lr_drop_epoch=None).learning_rate(10) == 0.1
 
 
 def test_the_learning_rate_warms_up_linearly_per_step_then_follows_the_schedule():
     cfg = train_settings(epochs=6, batch_size=32, lr=0.1, momentum=0.0, lr_drop_epoch=4, lr_after_drop=0.01,
                          lr_warmup_epochs=2)
-    steps = [learning_rate(e, cfg, b, 4) for e in range(3) for b in range(4)]
+    steps = [cfg.learning_rate(e, b, 4) for e in range(3) for b in range(4)]
     assert steps == pytest.approx([0.1 * k / 8 for k in range(1, 9)] + [0.1] * 4)
-    assert learning_rate(4, cfg, 0, 4) == 0.01
+    assert cfg.learning_rate(4, 0, 4) == 0.01
 
 
 def test_gradient_clipping_bounds_every_step(digits):
@@ -189,11 +191,12 @@ def test_eps_warmup_starts_clean_and_reaches_full_eps():
     from advfine.core.train import attack_for_epoch
 
     attack = PGDAttack(ThreatModel("linf", 0.1), step_size=0.03, steps=5)
-    cfg = {"eps_warmup_epochs": 2}
+    cfg = train_settings(epochs=4, batch_size=8, lr=0.1, momentum=0.0, lr_drop_epoch=None, lr_after_drop=0.01,
+                         eps_warmup_epochs=2)
     assert attack_for_epoch(attack, 0, cfg) is None
     assert attack_for_epoch(attack, 1, cfg).threat.eps == pytest.approx(0.05)
     assert attack_for_epoch(attack, 2, cfg) == attack
-    assert attack_for_epoch(attack, 0, {"eps_warmup_epochs": 0}) == attack
+    assert attack_for_epoch(attack, 0, dataclasses.replace(cfg, eps_warmup_epochs=0)) == attack
 
 
 def test_stopping_at_the_first_fooling_iterate_is_at_least_as_strong(digits, trained):

@@ -92,8 +92,10 @@ def test_trades_maximizes_the_kl_inside_the_ball_and_reduces_to_cross_entropy_at
     full, _ = trades.loss(trained, x, y, torch.Generator().manual_seed(0))
     assert full.item() > loss.item()
     trained.eval()
-    assert attack_for_epoch(trades, 0, {"eps_warmup_epochs": 2}) is None
-    assert attack_for_epoch(trades, 1, {"eps_warmup_epochs": 2}).threat.eps == pytest.approx(EPS / 2)
+    warmup = train_settings(epochs=3, batch_size=8, lr=0.1, momentum=0.0, lr_drop_epoch=None, lr_after_drop=0.01,
+                            eps_warmup_epochs=2)
+    assert attack_for_epoch(trades, 0, warmup) is None
+    assert attack_for_epoch(trades, 1, warmup).threat.eps == pytest.approx(EPS / 2)
     with pytest.raises(ValueError, match="known: ad, fgsm, nfgsm, trades"):
         objective_for("scratch", trades.inner, SETTINGS)
 

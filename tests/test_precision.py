@@ -9,6 +9,7 @@ from advfine.core.attacks.threat import ThreatModel
 from advfine.core.datasets import load_dataset
 from advfine.core.evaluate import Suite, evaluate_model
 from advfine.core.models import build_model, default_arch
+from advfine.core.schedule import TrainSchedule
 from advfine.core.train import train_model
 
 from conftest import FIXTURE_SEED, FIXTURE_TRAIN_CONFIG, stage_settings, tiny_config
@@ -48,7 +49,7 @@ def test_pgd_under_bf16_keeps_an_fp32_perturbation_in_the_ball():
 def trained(digits):
     torch.manual_seed(FIXTURE_SEED)
     model = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
-    settings = tiny_config(**FIXTURE_TRAIN_CONFIG, **{"train.epochs": 3})["train"]
+    settings = TrainSchedule.from_config(tiny_config(**FIXTURE_TRAIN_CONFIG, **{"train.epochs": 3})["train"])
     train_model(model, digits.train_x, digits.train_y, settings, None, FIXTURE_SEED, CPU)
     return model
 
@@ -72,7 +73,7 @@ def test_bf16_adversarial_training_learns(digits):
     stay fp32. (On a CPU without bf16 units this is slow: 256 images only.)"""
     torch.manual_seed(0)
     model = build_model(default_arch("cnn8", 1, 10, 28, digits.mean, digits.std))
-    cfg = tiny_config(**{"train.epochs": 3, "train.eps_warmup_epochs": 1})["train"]
+    cfg = TrainSchedule.from_config(tiny_config(**{"train.epochs": 3, "train.eps_warmup_epochs": 1})["train"])
     history = train_model(model, digits.train_x[:256], digits.train_y[:256], cfg,
                           PGDAttack(ThreatModel("linf", 0.1), step_size=0.05, steps=1), 0, CPU, precision="bf16")
     assert history[-1]["loss"] < history[0]["loss"]

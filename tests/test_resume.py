@@ -2,6 +2,7 @@
 with the same weights, history and metrics as an uninterrupted one (CPU), for plain, fake-quant
 (QAT) and 1-bit models; a checkpoint of another run is never resumed."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -101,7 +102,7 @@ def test_a_checkpoint_of_other_settings_or_weights_is_not_resumed(data, tmp_path
     resume = tmp_path / ".model.resume.pt"
     interrupted_run(monkeypatch, data, resume)
 
-    other_settings = dict(SETTINGS, lr=0.02)
+    other_settings = dataclasses.replace(SETTINGS, lr=0.02)
     history = train_model(fresh_model("plain", data), x, y, other_settings, ATTACK, 7, CPU, resume_path=resume)
     assert not any(r.get("restored") for r in history) and len(history) == 4
     assert "other settings or starting weights" in caplog.text
@@ -138,7 +139,7 @@ def test_the_resume_checkpoint_refuses_pickled_code(data, tmp_path):
 
     torch.save({"format": train.RESUME_FORMAT, "payload": Payload()}, resume, pickle_protocol=pickle.HIGHEST_PROTOCOL)
     x, y = data
-    history = train_model(fresh_model("plain", data), x, y, dict(SETTINGS, epochs=1), None, 7, CPU,
+    history = train_model(fresh_model("plain", data), x, y, dataclasses.replace(SETTINGS, epochs=1), None, 7, CPU,
                           resume_path=resume)
     assert len(history) == 1 and not marker.exists()
 

@@ -337,10 +337,12 @@ def test_the_evaluate_stage_attacks_in_l2_everywhere_under_attack_norm_l2(data_p
 def test_only_the_from_scratch_control_takes_finetune_scratch_settings():
     from conftest import tiny_config
 
+    from advfine.core.schedule import finetune_section
+
     cfg = tiny_config(**{"finetune.scratch": {"eps_warmup_epochs": 1, "grad_clip_norm": 5.0}})
-    scratch = finetune_stage.finetune_settings(cfg, "prune", "scratch")
+    scratch = finetune_section(cfg["finetune"], "prune", scratch=True)
     assert scratch["eps_warmup_epochs"] == 1 and scratch["grad_clip_norm"] == 5.0 and scratch["lr"] == 0.1
     for mode in ("ad", "fgsm", "trades"):
-        shared = finetune_stage.finetune_settings(cfg, "prune", mode)
+        shared = finetune_section(cfg["finetune"], "prune")
         assert shared["eps_warmup_epochs"] == 0 and shared["grad_clip_norm"] is None
         assert scratch == shared | {"eps_warmup_epochs": 1, "grad_clip_norm": 5.0}

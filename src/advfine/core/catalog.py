@@ -1,14 +1,39 @@
-"""The names the core defines and the workflow speaks: the datasets and their classes, the attacks of the
-evaluation suite in the order they run, and the checks of the audit. Pure Python (the Snakefile reads
-them at parse time, through ``advfine.pipeline.vocab``)."""
+"""The names the core defines and the workflow speaks: the datasets, their classes and the shape of their
+images, the attacks of the evaluation suite in the order they run (and the check of a suite), and the checks
+of the audit. Pure Python (the Snakefile reads them at parse time, through ``advfine.pipeline.vocab``)."""
 
 # The datasets of config key data.name and their number of classes (datasets.load_dataset builds each
 # with it; the config checks class indices against it at parse time).
 NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10}
+# (channels, side) of each dataset's images; None: digits are resized to config key data.image_size
+IMAGE_SHAPES = {"digits": (1, None), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
+
+
+def image_shape(name: str, image_size: int) -> tuple[int, int, int]:
+    """(channels, height, width) of the images of dataset ``name`` (config keys data.name, data.image_size:
+    the side digits are resized to)."""
+    if name not in IMAGE_SHAPES:
+        raise ValueError(f"config key data.name: unknown dataset {name!r}; known: {', '.join(IMAGE_SHAPES)}")
+    channels, side = IMAGE_SHAPES[name]
+    side = side or image_size
+    return channels, side, side
+
 
 # The attack suite of an evaluation, in the order it runs: white-box attacks on the model, the transfer
 # attack from a fake-quantized model's float twin, the black-box Square attack (advfine.core.evaluate).
 ATTACKS = ("pgd", "apgd_ce", "apgd_t", "fab_t", "transfer", "square")
 WHITE_BOX_ATTACKS = ("pgd", "apgd_ce", "apgd_t", "fab_t")
+
+
+def check_attack_suite(attacks) -> None:
+    """An evaluation's attacks (config key evaluate.attacks): known ones, each once, starting with pgd (the
+    paper's attack), in the order of ``ATTACKS``. Raises ValueError."""
+    attacks = list(attacks)
+    known = all(a in ATTACKS for a in attacks) and len(set(attacks)) == len(attacks)
+    if not (attacks and attacks[0] == "pgd" and known and attacks == sorted(attacks, key=ATTACKS.index)):
+        raise ValueError(f"{attacks}: the suite starts with pgd (the paper's attack) and runs some of "
+                         f"{list(ATTACKS)} in that order")
+
+
 # The audit's checks for signs of a failed attack (advfine.core.audit).
 AUDIT_CHECKS = ("gradient_free_gain", "large_eps_standing", "more_effort_gain", "zero_gradient_share")

@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torchvision.datasets import CIFAR10, FashionMNIST
 
-from advfine.core.catalog import NUM_CLASSES
+from advfine.core.catalog import NUM_CLASSES, image_shape
 from advfine.core.data import DataError, Dataset
 
 
@@ -164,14 +164,15 @@ def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int):
 def load_dataset(cfg: dict) -> Dataset:
     """Load the dataset described by the config's ``data`` section (complete: the schema fills defaults)."""
     name = cfg["name"]
+    shape = image_shape(name, cfg["image_size"])
     if name == "digits":
-        tx, ty, vx, vy = load_digits_tensors(cfg["image_size"], cfg["test_fraction"], cfg["split_seed"])
+        tx, ty, vx, vy = load_digits_tensors(shape[-1], cfg["test_fraction"], cfg["split_seed"])
     elif name == "fashion_mnist":
         tx, ty, vx, vy = load_fashion_mnist_tensors(cfg["data_root"], cfg["download"])
-    elif name == "cifar10":
-        tx, ty, vx, vy = load_cifar10_tensors(cfg["data_root"], cfg["download"])
     else:
-        raise ValueError(f"config key data.name: unknown dataset {name!r}; known: digits, fashion_mnist, cifar10")
+        tx, ty, vx, vy = load_cifar10_tensors(cfg["data_root"], cfg["download"])
+    if tx.shape[1:] != shape or vx.shape[1:] != shape:
+        raise DataError(f"{name}: the images are {tuple(tx.shape[1:])}, not {shape} (advfine.core.catalog)")
     split_seed = cfg["split_seed"]
     tx, ty = _subset(tx, ty, cfg["train_subset"], split_seed)
     vx, vy = _subset(vx, vy, cfg["test_subset"], split_seed + 1)

@@ -29,7 +29,7 @@ from advfine.core.attacks.fab import fab_t
 from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.attacks.square import square_l2, square_linf
 from advfine.core.attacks.threat import ThreatModel
-from advfine.core.catalog import ATTACKS, WHITE_BOX_ATTACKS
+from advfine.core.catalog import ATTACKS, WHITE_BOX_ATTACKS, check_attack_suite
 from advfine.core.data import iterate_batches
 from advfine.core.runtime import autocast, make_generator, place_model, to_device
 
@@ -53,12 +53,7 @@ class Suite:
     square_p_init: float = 0.8
 
     def __post_init__(self):
-        unknown = [a for a in self.attacks if a not in ATTACKS]
-        if unknown or not self.attacks or self.attacks[0] != "pgd":
-            raise ValueError(f"an attack suite starts with pgd and holds only {ATTACKS}, got {list(self.attacks)}")
-        ordered = sorted(self.attacks, key=ATTACKS.index)
-        if list(self.attacks) != ordered:
-            raise ValueError(f"attacks must come in the order {ATTACKS}, got {list(self.attacks)}")
+        check_attack_suite(self.attacks)
 
     @classmethod
     def from_config(cls, attack_cfg: dict, evaluate_cfg: dict) -> "Suite":

@@ -1,6 +1,7 @@
 """One loop for standard and adversarial training and fine-tuning: the attack is a parameter."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import random
@@ -19,6 +20,7 @@ from advfine.core.data import augment_batch, iterate_batches
 from advfine.core.files import ArtifactError, config_hash, load_tensor_file, save_tensor_file
 from advfine.core.objectives import NFGSMAttack, TradesObjective
 from advfine.core.runtime import autocast, check_precision, make_generator, place_model, to_device
+from advfine.core.schedule import TrainSchedule
 
 log = logging.getLogger("advfine")
 
@@ -27,27 +29,14 @@ RESUME_FORMAT = "advfine-resume-1"
 TrainingAttack = PGDAttack | NFGSMAttack | TradesObjective
 
 
-def learning_rate(epoch: int, cfg: dict, batch: int = 0, n_batches: int = 1) -> float:
-    """Step schedule: ``lr`` for the first ``lr_drop_epoch`` epochs, then ``lr_after_drop``
-    (the paper: 0.1 for four epochs, then 0.01). No drop when lr_drop_epoch is null.
-    With ``lr_warmup_epochs`` W > 0, batch ``batch`` of ``n_batches`` in epoch e < W trains at that lr times
-    (e * n_batches + batch + 1) / (W * n_batches): a linear warm-up per step (Goyal et al. 2017)."""
-    drop = cfg["lr_drop_epoch"]
-    lr = float(cfg["lr_after_drop"]) if drop is not None and epoch >= drop else float(cfg["lr"])
-    warmup = cfg["lr_warmup_epochs"]
-    if epoch >= warmup:
-        return lr
-    return lr * (epoch * n_batches + batch + 1) / (warmup * n_batches)
-
-
-def attack_for_epoch(attack: TrainingAttack | None, epoch: int, cfg: dict) -> TrainingAttack | None:
-    """Linear epsilon warm-up: epoch e < eps_warmup_epochs trains at eps * e / eps_warmup_epochs
-    (epoch 0 clean), then at full eps. Measured on digits: PGD training of the BN-free CNN8 from
-    scratch without it collapses to a constant classifier (loss ln 10) within one epoch."""
-    warmup = cfg["eps_warmup_epochs"]
-    if attack is None or epoch >= warmup:
+def attack_for_epoch(attack: TrainingAttack | None, epoch: int,
+                     schedule: TrainSchedule) -> TrainingAttack | None:
+    """The attack of epoch ``epoch``: ``attack`` at the schedule's ``eps_fraction`` of its eps (None: a clean
+    epoch). Measured on digits: PGD training of the BN-free CNN8 from scratch without an eps warm-up
+    collapses to a constant classifier (loss ln 10) within one epoch."""
+    scale = schedule.eps_fraction(epoch)
+    if attack is None or scale == 1.0:
         return attack
-    scale = epoch / warmup
     if scale == 0:
         return None
     return attack.scaled(scale)
@@ -74,7 +63,7 @@ def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> No
             live[key].copy_(value)
 
 
-def _fingerprint(model: nn.Module, cfg: dict, attack: TrainingAttack | None, seed: int, n_examples: int,
+def _fingerprint(model: nn.Module, schedule: TrainSchedule, attack: TrainingAttack | None, seed: int, n_examples: int,
                  precision: str) -> str:
     """What a resume checkpoint must match: the starting weights, the settings, the attack, the seed
     and the data size. A checkpoint from another config or parent is ignored, never resumed."""
@@ -82,8 +71,8 @@ def _fingerprint(model: nn.Module, cfg: dict, attack: TrainingAttack | None, see
     for key, value in sorted(model_tensors(model).items()):
         digest.update(key.encode())
         digest.update(value.numpy().tobytes())
-    settings = {"cfg": cfg, "attack": attack.describe() if attack else None, "seed": seed, "n": n_examples,
-                "precision": precision}
+    settings = {"cfg": dataclasses.asdict(schedule), "attack": attack.describe() if attack else None, "seed": seed,
+                "n": n_examples, "precision": precision}
     digest.update(config_hash(settings).encode())
     return digest.hexdigest()[:32]
 
@@ -171,19 +160,16 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.T
     return loss.item(), (logits.argmax(1) == y).sum().item()
 
 
-def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, cfg: dict,
+def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, schedule: TrainSchedule,
                 attack: TrainingAttack | None, seed: int, device: torch.device, desc: str = "train",
                 resume_path: str | Path | None = None, precision: str = "fp32") -> list[dict]:
-    """Train ``model`` in place with SGD for ``cfg['epochs']`` epochs.
+    """Train ``model`` in place with SGD as ``schedule`` says (``schedule.TrainSchedule``).
 
     With ``attack`` given, each batch is replaced by its adversarial version computed against the
     current model (in eval mode) before the SGD step: PGD adversarial training (Madry et al.).
-    With ``cfg['augment']`` true, each clean batch is first randomly cropped (4-pixel zero padding) and
+    With ``schedule.augment``, each clean batch is first randomly cropped (4-pixel zero padding) and
     flipped (``augment_batch``). Batch order, augmentation and attack random starts are drawn from
-    generators seeded with ``seed``. ``cfg`` holds epochs, batch_size, lr, momentum, weight_decay,
-    lr_drop_epoch, lr_after_drop, lr_warmup_epochs (``learning_rate``), grad_clip_norm (``training_step``),
-    eps_warmup_epochs (``attack_for_epoch``) and augment (the config's train schedules, whose schema fills
-    the optional ones).
+    generators seeded with ``seed``.
     With ``resume_path``, the model, optimizer, epoch, history and every RNG state are saved there after
     each epoch; a later call with the same starting weights and settings continues from the last
     finished epoch and ends with the same weights as an uninterrupted run (on CPU). The caller deletes
@@ -199,15 +185,15 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     y_all = to_device(train_y, device)
     generators = {"order": torch.Generator().manual_seed(seed),
                   "attack": make_generator(seed + 1, device),
-                  "augment": make_generator(seed + 2, device) if cfg["augment"] else None}
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate(0, cfg),
-                                momentum=float(cfg["momentum"]), weight_decay=float(cfg["weight_decay"]))
+                  "augment": make_generator(seed + 2, device) if schedule.augment else None}
+    optimizer = torch.optim.SGD(model.parameters(), lr=schedule.learning_rate(0),
+                                momentum=schedule.momentum, weight_decay=schedule.weight_decay)
     history: list[dict] = []
-    epochs = int(cfg["epochs"])
+    epochs = schedule.epochs
     first_epoch = 0
     if resume_path is not None:
         resume_path = Path(resume_path)
-        fingerprint = _fingerprint(model, cfg, attack, seed, len(y_all), precision)
+        fingerprint = _fingerprint(model, schedule, attack, seed, len(y_all), precision)
         state = load_resume(resume_path, fingerprint)
         if state is not None:
             load_model_tensors(model, state["model"])
@@ -217,22 +203,22 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
             history = [dict(record, restored=True) for record in state["history"]]
             first_epoch = int(state["epoch"])
             log.info("%s: resuming after epoch %d of %d from %s", desc, first_epoch, epochs, resume_path)
-    n_batches = (len(y_all) + cfg["batch_size"] - 1) // cfg["batch_size"]
+    n_batches = (len(y_all) + schedule.batch_size - 1) // schedule.batch_size
     for epoch in range(first_epoch, epochs):
-        epoch_attack = attack_for_epoch(attack, epoch, cfg)
+        epoch_attack = attack_for_epoch(attack, epoch, schedule)
         start = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        batches = iterate_batches(x_all, y_all, int(cfg["batch_size"]), shuffle=True,
+        batches = iterate_batches(x_all, y_all, schedule.batch_size, shuffle=True,
                                   generator=generators["order"])
         for batch, (x, y) in enumerate(tqdm(batches, total=n_batches, desc=f"{desc} epoch {epoch + 1}/{epochs}",
                                             mininterval=5.0, leave=False)):
-            lr = learning_rate(epoch, cfg, batch, n_batches)
+            lr = schedule.learning_rate(epoch, batch, n_batches)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if generators["augment"] is not None:
                 x = augment_batch(x, generators["augment"])
             loss, n_correct = training_step(model, optimizer, x, y, epoch_attack, generators["attack"], precision,
-                                            cfg["grad_clip_norm"])
+                                            schedule.grad_clip_norm)
             loss_sum += loss * len(y)
             correct += n_correct
             seen += len(y)

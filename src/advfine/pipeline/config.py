@@ -19,7 +19,8 @@ import jsonschema
 import yaml
 
 from advfine.core.attacks.threat import ThreatModel
-from advfine.core.catalog import ATTACKS, NUM_CLASSES
+from advfine.core.catalog import NUM_CLASSES, check_attack_suite, image_shape
+from advfine.core.schedule import TrainSchedule, finetune_section
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 
@@ -259,11 +260,10 @@ def check_config(config: dict) -> None:
                                   "set figure2.enabled: false or extend the sweep")
     if len({f"{s:g}" for s in sweep["prune_sparsities"]}) != len(sweep["prune_sparsities"]):
         raise ConfigError("config key sweep.prune_sparsities: two values give the same folder name")
-    attacks = config["evaluate"]["attacks"]
-    order = ATTACKS
-    if attacks[0] != "pgd" or attacks != sorted(attacks, key=order.index):
-        raise ConfigError(f"config key evaluate.attacks: {attacks}: the suite starts with pgd (the paper's attack) "
-                          f"and runs in the order {list(order)}")
+    try:
+        check_attack_suite(config["evaluate"]["attacks"])
+    except ValueError as err:
+        raise ConfigError(f"config key evaluate.attacks: {err}") from None
     if sweep["controls"] and not set(sweep["control_base_models"]) & set(sweep["base_models"]):
         raise ConfigError(f"config key sweep.control_base_models: {sweep['control_base_models']} has none of "
                           f"sweep.base_models {sweep['base_models']}, so sweep.controls would make no node")
@@ -298,20 +298,18 @@ def adversarial_schedules(config: dict) -> dict[str, str]:
 
 def _check_schedules(config: dict) -> None:
     """An lr drop inside the epochs; an eps warm-up that ends before the last epoch where the schedule
-    trains against an attack (epoch e < eps_warmup_epochs attacks at eps * e / eps_warmup_epochs)."""
-    for name in ("train", "qat"):
-        schedule = config.get(name)
-        if schedule and schedule["lr_drop_epoch"] is not None and schedule["lr_drop_epoch"] >= schedule["epochs"]:
-            raise ConfigError(f"config key {name}.lr_drop_epoch: {schedule['lr_drop_epoch']} is not before the end "
-                              f"of training ({name}.epochs: {schedule['epochs']}), so the lr never drops; set it "
-                              f"below {schedule['epochs']}, or null for no drop")
-    for name, who in adversarial_schedules(config).items():
-        schedule = config[name]
-        if schedule["eps_warmup_epochs"] >= schedule["epochs"]:
-            raise ConfigError(f"config key {name}.eps_warmup_epochs: {schedule['eps_warmup_epochs']} is not below "
-                              f"{name}.epochs ({schedule['epochs']}), so {who} never trains at the full eps (epoch "
-                              f"e attacks at eps * e / {schedule['eps_warmup_epochs']}, epoch 0 at none); set it "
-                              f"below {schedule['epochs']}")
+    trains against an attack (``TrainSchedule.check_lr_drop``, ``check_eps_warmup``)."""
+    schedules = {name: TrainSchedule.from_config(config[name]) for name in ("train", "qat") if config.get(name)}
+    # the fine-tuning arms share their epochs and eps warm-up; every compression method has its lr
+    schedules["finetune"] = TrainSchedule.from_config(finetune_section(config["finetune"], "dense"))
+    try:
+        for name in ("train", "qat"):
+            if name in schedules:
+                schedules[name].check_lr_drop()
+        for name, who in adversarial_schedules(config).items():
+            schedules[name].check_eps_warmup(who)
+    except ValueError as err:
+        raise ConfigError(f"config key {name}.{err}") from None
 
 
 def check_device(device: str) -> None:
@@ -329,10 +327,6 @@ def check_device(device: str) -> None:
         raise ConfigError(f"config key {err}") from None
 
 
-# (channels, side) of each dataset's images, for the radius bounds; digits are resized to data.image_size
-IMAGE_SHAPES = {"digits": (1, None), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
-
-
 def threat_models(config: dict) -> dict[str, ThreatModel]:
     """The threat models of training and evaluation (``attack.train``, ``attack.eval``)."""
     return {which: ThreatModel.from_config(config["attack"], which) for which in ("train", "eval")}
@@ -341,9 +335,8 @@ def threat_models(config: dict) -> dict[str, ThreatModel]:
 def largest_radius(config: dict) -> float:
     """The largest radius that means something in the config's norm, in pixels: the diameter of the image
     cube of the dataset's images (``ThreatModel.diameter``)."""
-    channels, side = IMAGE_SHAPES[config["data"]["name"]]
-    side = side or config["data"]["image_size"]
-    return threat_models(config)["eval"].diameter(channels * side * side)
+    channels, height, width = image_shape(config["data"]["name"], config["data"]["image_size"])
+    return threat_models(config)["eval"].diameter(channels * height * width)
 
 
 def check_radii(config: dict) -> None:

@@ -15,29 +15,18 @@ from advfine.core.cost import model_cost, training_macs
 from advfine.core.data import load_prepared
 from advfine.core.models import build_model
 from advfine.core.quantize import is_quantized
+from advfine.core.schedule import TrainSchedule, finetune_section
 from advfine.core.train import restored_wall_time, resume_path_for, train_model
 from advfine.pipeline.checkpoints import load_model, save_model
 from advfine.pipeline.records import StageRecord, read_stage_record, write_stage_record
 from advfine.pipeline.vocab import (ADVERSARIAL_FINETUNING, CONTROLS, EQUAL_COST_SUFFIX, FINETUNE_MODES, QAT,
                                     QUANTIZATION_METHODS, SCRATCH_CONTROLS, parse_compression, stage_seed)
-from advfine.stages.common import (fake_quantize, metrics_record, precision_for, setup, training_health,
-                                   training_objective)
+from advfine.stages.common import (attack_from_config, fake_quantize, metrics_record, precision_for, setup,
+                                   training_health, training_objective)
 
 log = logging.getLogger("advfine")
 
 MODES = tuple(m for m in [*FINETUNE_MODES, *CONTROLS] if m != "none")
-
-
-def finetune_settings(config: dict, method: str, mode: str) -> dict:
-    """Training settings of fine-tuning mode ``mode`` after ``method`` (dense, prune, ptq, qat): the shared
-    epochs, batch size, warm-ups, gradient clipping and augmentation of ``finetune`` with the method's own lr
-    and momentum; the from-scratch control (``scratch``) with ``finetune.scratch``'s keys over the shared ones."""
-    ft = config["finetune"]
-    if method not in ft:
-        raise ValueError(f"config key finetune.{method}: missing (lr and momentum of fine-tuning after {method})")
-    shared = ("epochs", "batch_size", "eps_warmup_epochs", "lr_warmup_epochs", "grad_clip_norm", "augment")
-    settings = {**{key: ft[key] for key in shared}, "lr_drop_epoch": None, **ft[method]}
-    return settings | ft["scratch"] if mode == "scratch" else settings
 
 
 def equal_cost_epochs(epochs: int, pgd_steps: int, steps: int) -> int:
@@ -71,7 +60,8 @@ def run(config: dict, *, data: str, compression: str, mode: str, seed: int, mode
     parent = read_stage_record(metrics)
     start_model, ckpt = load_model(model)
     dataset = load_prepared(data)
-    settings = config["train"] if mode == "scratch-full" else finetune_settings(config, method, mode)
+    settings = config["train"] if mode == "scratch-full" else finetune_section(config["finetune"], method,
+                                                                                scratch=mode == "scratch")
     scratch = mode in SCRATCH_CONTROLS
     if scratch:
         start_model = reinitialized(compression, ckpt["arch"], config, dataset.train_x, seed)
@@ -80,13 +70,15 @@ def run(config: dict, *, data: str, compression: str, mode: str, seed: int, mode
     objective = "ad" if scratch else mode.removesuffix(EQUAL_COST_SUFFIX)
     attack = training_objective(config, objective) if adversarial else None
     if mode.endswith(EQUAL_COST_SUFFIX):
-        settings = settings | {"epochs": equal_cost_epochs(settings["epochs"], config["attack"]["train"]["steps"],
-                                                           attack.steps)}
+        epochs = TrainSchedule.from_config(settings).epochs
+        pgd_steps = attack_from_config(config, "train").steps
+        settings = settings | {"epochs": equal_cost_epochs(epochs, pgd_steps, attack.steps)}
+    schedule = TrainSchedule.from_config(settings)
     forward_macs = model_cost(start_model, dataset.input_shape)["macs"]
     start = time.perf_counter()
     resume = resume_path_for(out_model)
     precision = precision_for(config, device, fake_quantized=is_quantized(start_model))
-    history = train_model(start_model, dataset.train_x, dataset.train_y, settings, attack,
+    history = train_model(start_model, dataset.train_x, dataset.train_y, schedule, attack,
                           stage_seed("finetune", seed), device, desc=f"finetune {mode} {compression}",
                           resume_path=resume, precision=precision)
     wall = time.perf_counter() - start + restored_wall_time(history)

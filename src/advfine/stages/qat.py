@@ -7,6 +7,7 @@ import time
 from advfine.core.cost import model_cost, training_macs
 from advfine.core.data import load_prepared
 from advfine.core.models import build_model
+from advfine.core.schedule import TrainSchedule
 from advfine.core.train import restored_wall_time, resume_path_for, train_model
 from advfine.pipeline.checkpoints import load_model, save_model
 from advfine.pipeline.records import StageRecord, read_stage_record, write_stage_record
@@ -40,8 +41,8 @@ def run(config: dict, *, data: str, bits: int, train: str, seed: int, out_model:
     forward_macs = model_cost(qmodel, dataset.input_shape)["macs"]
     attack = attack_from_config(config, "train") if train == "rb" else None
     resume = resume_path_for(out_model)
-    history = train_model(qmodel, dataset.train_x, dataset.train_y, qat_cfg, attack, stage_seed("qat", seed),
-                          device, desc=f"QAT int{bits} {train}", resume_path=resume)
+    history = train_model(qmodel, dataset.train_x, dataset.train_y, TrainSchedule.from_config(qat_cfg), attack,
+                          stage_seed("qat", seed), device, desc=f"QAT int{bits} {train}", resume_path=resume)
     wall = time.perf_counter() - start + restored_wall_time(history)
     collapsed = training_health(qmodel, dataset, device, f"QAT {compression} of base model {train}")
     qmodel.cpu()

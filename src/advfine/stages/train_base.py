@@ -8,6 +8,7 @@ import time
 from advfine.core.cost import model_cost, training_macs
 from advfine.core.data import load_prepared
 from advfine.core.models import build_model, count_parameters, load_pretrained
+from advfine.core.schedule import TrainSchedule
 from advfine.core.train import restored_wall_time, resume_path_for, train_model
 from advfine.pipeline.checkpoints import save_model
 from advfine.pipeline.records import StageRecord, write_stage_record
@@ -37,7 +38,7 @@ def run(config: dict, *, data: str, train: str, seed: int, out_model: str, out_m
     attack = training_objective(config, config["adversarial"]["base_objective"]) if train == "rb" else None
     resume = resume_path_for(out_model)
     precision = precision_for(config, device, fake_quantized=False)
-    history = train_model(model, dataset.train_x, dataset.train_y, config["train"], attack,
+    history = train_model(model, dataset.train_x, dataset.train_y, TrainSchedule.from_config(config["train"]), attack,
                           stage_seed("train_base", seed), device,
                           desc=f"train {train}", resume_path=resume, precision=precision)
     wall = time.perf_counter() - start + restored_wall_time(history)
