@@ -31,8 +31,9 @@ def start_holder(ids, lock_dir, hold):
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
 
 
-def read_slot(proc, timeout=30.0):
-    """The "<index> <id>" line of a holder, or None if it has none within ``timeout``."""
+def read_slot(proc, timeout=120.0):
+    """The "<index> <id>" line of a holder, or None if it has none within ``timeout`` (generous: the holder
+    imports torch, which takes long on a loaded machine)."""
     import selectors
 
     sel = selectors.DefaultSelector()
