@@ -28,9 +28,11 @@ class MetricsFileError(ValueError):
     """A metrics.json or eval.json that cannot be read, lacks or mistypes a key, or has another format."""
 
 
-def _kind(kind: str, nullable: bool = False):
-    """A field whose JSON value has ``kind`` (see ``_KIND_TEXT``); ``nullable``: null is valid."""
-    return field(metadata={"kind": kind, "nullable": nullable})
+def _kind(kind: str, nullable: bool = False, omitted_when_null: bool = False):
+    """A field whose JSON value has ``kind`` (see ``_KIND_TEXT``); ``nullable``: null is valid;
+    ``omitted_when_null``: the file has the key only when it is set (absent reads as null)."""
+    metadata = {"kind": kind, "nullable": nullable or omitted_when_null, "omitted_when_null": omitted_when_null}
+    return field(default=None, metadata=metadata) if omitted_when_null else field(metadata=metadata)
 
 
 _KIND_TEXT = {"number": "a number >= 0", "fraction": "a fraction in [0, 1]", "int": "an integer",
@@ -78,6 +80,8 @@ def _fields_of(cls, path: Path, data: dict, where: str = "") -> dict:
         if "kind" not in f.metadata:
             continue
         key = f"{where}{f.name}"
+        if f.metadata["omitted_when_null"] and f.name not in data:
+            continue
         if f.name not in data:
             raise MetricsFileError(f"{path}: missing required key '{key}'")
         _check(path, key, data[f.name], f.metadata["kind"], f.metadata["nullable"])
@@ -267,13 +271,13 @@ class EvalRecord:
     model_path: str = _kind("str")
     peak_rss_mb: float | None = _kind("number", nullable=True)
     provenance: dict = _kind("object")
-    int8_skipped: str | None = None  # why a PTQ INT8 node has no real INT8 model (it diverged); written when set
+    # why a PTQ INT8 node has no real INT8 model (it diverged)
+    int8_skipped: str | None = _kind("str", omitted_when_null=True)
 
     def to_json(self) -> dict:
         """The eval.json object, with ``format_version``."""
-        data = asdict(self)
-        if data["int8_skipped"] is None:
-            del data["int8_skipped"]
+        omitted = {f.name for f in fields(self) if f.metadata.get("omitted_when_null")}
+        data = {k: v for k, v in asdict(self).items() if not (k in omitted and v is None)}
         return {"format_version": FORMAT_VERSION, **data}
 
 
@@ -291,9 +295,6 @@ def read_eval_record(path: str | Path) -> EvalRecord:
     unknown = sorted(set(data) - own)
     if unknown:
         raise MetricsFileError(f"{path}: unknown key '{unknown[0]}'")
-    if "int8_skipped" in data:
-        _check(path, "int8_skipped", data["int8_skipped"], "str", nullable=True)
-        values["int8_skipped"] = data["int8_skipped"]
     for key in ("clean_acc", "robust_acc"):
         if values[key] is None and not values["diverged"]:
             raise MetricsFileError(f"{path}: key '{key}' is null but the model is not marked diverged")
