@@ -157,6 +157,13 @@ def test_lint_passes():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+def test_snakefmt_leaves_the_workflow_unchanged():
+    """`make lint`'s second check, here so that a local test run sees it before CI does."""
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 @pytest.mark.parametrize("name,jobs", [
     ("paper-fmnist", {"train_base": 6, "compress": 84, "qat": 15, "finetune": 201, "evaluate": 306, "figure2": 1}),
     ("paper-cifar10", {"train_base": 6, "compress": 84, "qat": 15, "finetune": 201, "evaluate": 306}),

@@ -21,7 +21,9 @@ except ModuleNotFoundError as err:
 # the dependencies but not this workflow's package (a conda env file cannot name a local path): the jobs
 # import it from the package that this Snakemake process runs.
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-    os.environ.update(PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(vocab.__file__))))
+    os.environ.update(
+        PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(vocab.__file__)))
+    )
 
 from advfine.pipeline import nodes
 from advfine.pipeline.nodes import Node
