@@ -5,12 +5,13 @@ from advfine.core.catalog import ATTACKS, NUM_CLASSES, check_attack_suite, image
 
 
 def test_image_shape_of_each_dataset():
-    assert image_shape("fashion_mnist", 8) == (1, 28, 28)
-    assert image_shape("cifar10", 8) == (3, 32, 32)
-    assert image_shape("digits", 8) == (1, 8, 8) and image_shape("digits", 28) == (1, 28, 28)
-    assert {name for name in NUM_CLASSES if image_shape(name, 16)} == set(NUM_CLASSES)
+    assert image_shape({"name": "fashion_mnist", "image_size": 8}) == (1, 28, 28)
+    assert image_shape({"name": "cifar10", "image_size": 8}) == (3, 32, 32)
+    assert image_shape({"name": "digits", "image_size": 8}) == (1, 8, 8)
+    assert image_shape({"name": "digits", "image_size": 28}) == (1, 28, 28)
+    assert {name for name in NUM_CLASSES if image_shape({"name": name, "image_size": 16})} == set(NUM_CLASSES)
     with pytest.raises(ValueError, match="data.name: unknown dataset 'mnist'"):
-        image_shape("mnist", 28)
+        image_shape({"name": "mnist", "image_size": 28})
 
 
 def test_load_dataset_gives_images_of_the_catalog_shape():
@@ -19,7 +20,8 @@ def test_load_dataset_gives_images_of_the_catalog_shape():
 
     data = load_dataset(section_with_defaults("data", {"name": "digits", "image_size": 12, "train_subset": 16,
                                                        "test_subset": 8}))
-    assert tuple(data.train_x.shape[1:]) == image_shape("digits", 12) == tuple(data.test_x.shape[1:])
+    shape = image_shape({"name": "digits", "image_size": 12})
+    assert tuple(data.train_x.shape[1:]) == shape == tuple(data.test_x.shape[1:])
 
 
 @pytest.mark.parametrize("attacks", [("pgd",), ("pgd", "transfer"), ("pgd", "apgd_ce", "apgd_t", "fab_t", "transfer",

@@ -323,6 +323,12 @@ BAD = [
     ({"qat": {"init": "parent", "epochs": 2, "batch_size": 8, "lr": 0.1, "momentum": 0.0, "lr_drop_epoch": 3,
               "lr_after_drop": 0.01}}, "qat.lr_drop_epoch"),
     ({"figure2": {"enabled": True, "class_index": 10}, "sweep.prune_sparsities": [0.5]}, "figure2.class_index"),
+    # fine-tuning a QAT model needs its own lr and momentum
+    ({"sweep.qat_bits": [8], "qat": {"init": "parent", "epochs": 2, "batch_size": 8, "lr": 0.1, "momentum": 0.0,
+                                      "lr_drop_epoch": None, "lr_after_drop": 0.01},
+      "sweep.qat_base_models": ["st"]}, "finetune.qat"),
+    ({"attack.eval.eps": 0.2, "attack.eval.step_size": 0.01, "attack.eval.steps": 10}, "attack.eval"),
+    ({"sweep.prune_sparsities": [0.5, 0.5000001]}, "sweep.prune_sparsities: two values give the same folder"),
 ]
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from advfine.core.attacks.apgd import apgd
 from advfine.core.attacks.square import margin
 from advfine.core.attacks.threat import ThreatModel
-from advfine.core.catalog import AUDIT_CHECKS
+from advfine.core.catalog import AUDIT_CHECKS, audit_large_eps
 from advfine.core.evaluate import WHITE_BOX, Suite, start_noise_for
 from advfine.core.runtime import make_generator, to_device
 
@@ -77,7 +77,7 @@ def audit_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result:
     generator = make_generator(seed, torch.device("cpu"))
     gradient_free = sum(record["broken"] for name, record in attacks.items() if name not in WHITE_BOX)
     threat = suite.threat
-    large_eps = float(settings["large_eps"] if threat.norm == "linf" else settings["large_eps_l2"])
+    large_eps = audit_large_eps(settings, threat.norm)
     standing_large = _apgd_survivors(model, x, y, robust_ok, replace(threat, eps=large_eps), suite.apgd_steps, 1,
                                      batch_size, device, generator)
     survivors = robust_ok.nonzero().flatten()

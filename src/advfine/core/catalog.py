@@ -1,6 +1,7 @@
 """The names the core defines and the workflow speaks: the datasets, their classes and the shape of their
 images, the attacks of the evaluation suite in the order they run (and the check of a suite), and the checks
-of the audit. Pure Python (the Snakefile reads them at parse time, through ``advfine.pipeline.vocab``)."""
+of the audit (and its large radius). Pure Python (the Snakefile reads them at parse time, through
+``advfine.pipeline.vocab``)."""
 
 # The datasets of config key data.name and their number of classes (datasets.load_dataset builds each
 # with it; the config checks class indices against it at parse time).
@@ -9,13 +10,15 @@ NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10}
 IMAGE_SHAPES = {"digits": (1, None), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
 
 
-def image_shape(name: str, image_size: int) -> tuple[int, int, int]:
-    """(channels, height, width) of the images of dataset ``name`` (config keys data.name, data.image_size:
-    the side digits are resized to)."""
+def image_shape(data: dict) -> tuple[int, int, int]:
+    """(channels, height, width) of the images of the config's ``data`` section: of dataset data.name,
+    digits resized to data.image_size. The one reader of the pair (the dataset loader checks the images it
+    loads against it, the config checks radii against it)."""
+    name = data["name"]
     if name not in IMAGE_SHAPES:
         raise ValueError(f"config key data.name: unknown dataset {name!r}; known: {', '.join(IMAGE_SHAPES)}")
     channels, side = IMAGE_SHAPES[name]
-    side = side or image_size
+    side = side or data["image_size"]
     return channels, side, side
 
 
@@ -37,3 +40,9 @@ def check_attack_suite(attacks) -> None:
 
 # The audit's checks for signs of a failed attack (advfine.core.audit).
 AUDIT_CHECKS = ("gradient_free_gain", "large_eps_standing", "more_effort_gain", "zero_gradient_share")
+
+
+def audit_large_eps(audit_cfg: dict, norm: str) -> float:
+    """The radius, in pixels, of the audit's ``large_eps_standing`` check in ``norm``: config key
+    evaluate.audit.large_eps (L-inf) or large_eps_l2 (L2)."""
+    return float(audit_cfg["large_eps"] if norm == "linf" else audit_cfg["large_eps_l2"])

@@ -164,7 +164,7 @@ def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int):
 def load_dataset(cfg: dict) -> Dataset:
     """Load the dataset described by the config's ``data`` section (complete: the schema fills defaults)."""
     name = cfg["name"]
-    shape = image_shape(name, cfg["image_size"])
+    shape = image_shape(cfg)
     if name == "digits":
         tx, ty, vx, vy = load_digits_tensors(shape[-1], cfg["test_fraction"], cfg["split_seed"])
     elif name == "fashion_mnist":

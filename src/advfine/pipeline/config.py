@@ -18,9 +18,10 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from advfine.core.attacks.threat import ThreatModel
-from advfine.core.catalog import NUM_CLASSES, check_attack_suite, image_shape
+from advfine.core.attacks.threat import PGDSettings, ThreatModel
+from advfine.core.catalog import NUM_CLASSES, audit_large_eps, check_attack_suite, image_shape
 from advfine.core.schedule import TrainSchedule, finetune_section
+from advfine.pipeline.vocab import PRUNE, compression_label
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 
@@ -245,9 +246,12 @@ def check_config(config: dict) -> None:
                           "so sweep.base_models must contain 'st'")
     if sweep["qat_bits"] and "qat" not in config:
         raise ConfigError("config key qat: missing; sweep.qat_bits needs the QAT training settings")
-    if sweep["qat_bits"] and set(sweep["finetune"]) - {"none"} and "qat" not in config["finetune"]:
-        raise ConfigError("config key finetune.qat: missing; fine-tuning QAT models (sweep.qat_bits with "
-                          "sweep.finetune st/ad) needs its lr and momentum")
+    if sweep["qat_bits"] and set(sweep["finetune"]) - {"none"}:
+        try:
+            finetune_section(config["finetune"], "qat")
+        except ValueError as err:
+            raise ConfigError(f"{err}: fine-tuning QAT models (sweep.qat_bits with sweep.finetune st/ad) "
+                              "needs them") from None
     if config["figure2"]["enabled"]:
         needs = {"model.arch": (config["model"]["arch"] == "cnn8", "cnn8 (layers 6-8 of the paper's CNN)"),
                  "sweep.base_models": ("st" in sweep["base_models"] and "rb" in sweep["base_models"], "st and rb"),
@@ -258,7 +262,7 @@ def check_config(config: dict) -> None:
             if not ok:
                 raise ConfigError(f"config key figure2.enabled: Figure 2 needs {key} to contain {what}; "
                                   "set figure2.enabled: false or extend the sweep")
-    if len({f"{s:g}" for s in sweep["prune_sparsities"]}) != len(sweep["prune_sparsities"]):
+    if len({compression_label(PRUNE, s) for s in sweep["prune_sparsities"]}) != len(sweep["prune_sparsities"]):
         raise ConfigError("config key sweep.prune_sparsities: two values give the same folder name")
     try:
         check_attack_suite(config["evaluate"]["attacks"])
@@ -335,25 +339,26 @@ def threat_models(config: dict) -> dict[str, ThreatModel]:
 def largest_radius(config: dict) -> float:
     """The largest radius that means something in the config's norm, in pixels: the diameter of the image
     cube of the dataset's images (``ThreatModel.diameter``)."""
-    channels, height, width = image_shape(config["data"]["name"], config["data"]["image_size"])
+    channels, height, width = image_shape(config["data"])
     return threat_models(config)["eval"].diameter(channels * height * width)
 
 
 def check_radii(config: dict) -> None:
-    """The attacks' radii and step sizes (in pixels), and the audit's large L2 radius, are at most
-    ``largest_radius``; PGD's steps can reach its radius."""
+    """The attacks' radii and step sizes (in pixels), and the audit's large radius, are at most
+    ``largest_radius``; PGD's steps can reach its radius (``PGDSettings.check_reach``)."""
     bound = largest_radius(config)
     radii = {}
-    for which, threat in threat_models(config).items():
-        pgd = config["attack"][which]
-        radii[f"attack.{which}.eps"] = threat.eps
-        radii[f"attack.{which}.step_size"] = threat.to_pixels(pgd["step_size"])
-        if pgd["steps"] > 0 and pgd["step_size"] * pgd["steps"] < threat.config_eps:
-            raise ConfigError(f"config key attack.{which}: step_size x steps = "
-                              f"{pgd['step_size'] * pgd['steps']:g} cannot reach eps {threat.config_eps:g}")
-    norm = threat.norm
-    if norm == "l2":
-        radii["evaluate.audit.large_eps_l2"] = config["evaluate"]["audit"]["large_eps_l2"]
+    for which in ("train", "eval"):
+        pgd = PGDSettings.from_config(config["attack"], which)
+        try:
+            pgd.check_reach()
+        except ValueError as err:
+            raise ConfigError(f"config key attack.{which}: {err}") from None
+        radii[f"attack.{which}.eps"] = pgd.threat.eps
+        radii[f"attack.{which}.step_size"] = pgd.step_size
+    norm = pgd.threat.norm
+    large_key = "evaluate.audit.large_eps" if norm == "linf" else "evaluate.audit.large_eps_l2"
+    radii[large_key] = audit_large_eps(config["evaluate"]["audit"], norm)
     for key, value in radii.items():
         if value > bound:
             shape = "the pixel range" if norm == "linf" else f"sqrt(C H W) of {config['data']['name']}'s images"

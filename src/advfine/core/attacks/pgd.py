@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advfine.core.attacks.threat import ThreatModel
+from advfine.core.attacks.threat import PGDSettings, ThreatModel
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,11 @@ class PGDAttack:
     @classmethod
     def from_config(cls, attack_cfg: dict, which: str) -> "PGDAttack":
         """The attack ``attack.<which>`` (train or eval) of the config's ``attack`` section, in its threat model
-        (``ThreatModel.from_config``): every attack of a run, training's, the suite's, the audit's, the
+        (``PGDSettings.from_config``): every attack of a run, training's, the suite's, the audit's, the
         curve's and Figure 2's, is built here or derived from one built here."""
-        threat = ThreatModel.from_config(attack_cfg, which)
-        cfg = attack_cfg[which]
-        return cls(threat=threat, step_size=threat.to_pixels(float(cfg["step_size"])), steps=int(cfg["steps"]),
-                   random_start=bool(cfg["random_start"]))
+        settings = PGDSettings.from_config(attack_cfg, which)
+        return cls(threat=settings.threat, step_size=settings.step_size, steps=settings.steps,
+                   random_start=settings.random_start)
 
     def scaled(self, factor: float) -> "PGDAttack":
         """The same attack with eps and step size times ``factor`` (training's eps warm-up, the robustness

@@ -1,6 +1,8 @@
 """The threat model: the ball an attacker may move an image in (its norm and radius, in pixel units) and
 whether images stay in [0, 1]. Every attack, training objective and check of an attack's points takes one;
-the config's ``attack.norm``, ``attack.eps_space`` and ``attack.<train|eval>.eps`` are read here only."""
+the config's ``attack.norm``, ``attack.eps_space`` and ``attack.<train|eval>.eps`` are read here only, and
+PGD's ``attack.<train|eval>.steps``, ``step_size`` and ``random_start`` too (``PGDSettings``). Pure Python:
+the config checks build both at parse time, without torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -126,3 +128,31 @@ class ThreatModel:
         return {"norm": self.norm, "eps": self.config_eps,
                 "eps_space": "pixel" if self.clamp else "paper_faithful", "eps_pixel": self.eps,
                 "clamped_to_valid_range": self.clamp}
+
+
+@dataclass(frozen=True)
+class PGDSettings:
+    """The PGD attack of ``attack.<which>`` (train or eval): ``steps`` steps of ``step_size`` pixels inside
+    ``threat``, from a random start when ``random_start``. ``PGDAttack.from_config`` builds the attack from
+    these; the config checks build them without torch."""
+
+    threat: ThreatModel
+    step_size: float
+    steps: int
+    random_start: bool
+
+    @classmethod
+    def from_config(cls, attack_cfg: dict, which: str) -> "PGDSettings":
+        """From the config's ``attack`` section (``ThreatModel.from_config`` reads the threat model)."""
+        threat = ThreatModel.from_config(attack_cfg, which)
+        cfg = attack_cfg[which]
+        return cls(threat=threat, step_size=threat.to_pixels(float(cfg["step_size"])), steps=int(cfg["steps"]),
+                   random_start=bool(cfg["random_start"]))
+
+    def check_reach(self) -> None:
+        """PGD's steps can reach the radius: ``step_size`` x ``steps`` >= eps (no steps: no attack, nothing
+        to reach). Raises ValueError in the config's units."""
+        threat = self.threat
+        if self.steps > 0 and self.step_size * self.steps < threat.eps:
+            reach = threat.to_config_units(self.step_size) * self.steps
+            raise ValueError(f"step_size x steps = {reach:g} cannot reach eps {threat.config_eps:g}")
