@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from advfine.core.data import iterate_batches
+from advfine.core.decision import correct
 
 EPS, STEP_SIZE_FRACTION = 0.1, 2.5  # step size = 2.5 * eps / steps (Madry et al.'s rule of thumb)
 
@@ -160,7 +161,7 @@ def evaluation_cost(model, x, y, attack, seed: int) -> dict:
         xb, yb = x[i:i + 256], y[i:i + 256]
         x_adv = plain(model, xb, yb, start_noise=noise[i:i + 256])
         with torch.no_grad():
-            robust.append((model(xb).argmax(1) == yb) & (model(x_adv).argmax(1) == yb))
+            robust.append(correct(model(xb), yb) & correct(model(x_adv), yb))
     every_s = time.perf_counter() - start
     return {"clean": ours["clean_acc"], "robust": ours["robust_acc"],
             "robust_every": torch.cat(robust).float().mean().item(), "seconds": ours_s, "seconds_every": every_s}

@@ -11,10 +11,11 @@ from torch import nn
 from advfine.core.attacks.apgd import apgd, dlr_loss, dlr_loss_targeted, top_k_targets
 from advfine.core.attacks.fab import fab_t
 from advfine.core.attacks.pgd import PGDAttack
-from advfine.core.attacks.square import margin, square_linf, window_fraction
+from advfine.core.attacks.square import square_linf, window_fraction
 from advfine.core.attacks.threat import ThreatModel
 from advfine.core.audit import audit_evaluation, zero_gradient_share
 from advfine.core.datasets import load_dataset
+from advfine.core.decision import margin
 from advfine.core.evaluate import Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve, run_suite
 from advfine.core.models import build_model, default_arch
 from advfine.core.train import train_model

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from advfine.core.attacks.apgd import apgd
-from advfine.core.attacks.square import margin
 from advfine.core.attacks.threat import ThreatModel
 from advfine.core.catalog import AUDIT_CHECKS, audit_large_eps
+from advfine.core.decision import correct, margin
 from advfine.core.evaluate import WHITE_BOX, Suite, start_noise_for
 from advfine.core.runtime import make_generator, to_device
 
@@ -45,7 +45,7 @@ def _apgd_survivors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidat
             xb, yb = to_device(x[part], device), to_device(y[part], device)
             x_adv, _ = apgd(model, xb, yb, threat, steps, "ce", start_noise=to_device(noise[part], device))
             with torch.no_grad():
-                fooled = (model(x_adv).argmax(1) != yb) & threat.contains(x_adv, xb)
+                fooled = ~correct(model(x_adv), yb) & threat.contains(x_adv, xb)
             standing[part[fooled.cpu()]] = False
     return standing
 

@@ -31,6 +31,7 @@ from advfine.core.attacks.square import square_l2, square_linf
 from advfine.core.attacks.threat import ThreatModel
 from advfine.core.catalog import ATTACKS, WHITE_BOX_ATTACKS, check_attack_suite
 from advfine.core.data import iterate_batches
+from advfine.core.decision import correct
 from advfine.core.runtime import autocast, make_generator, place_model, to_device
 
 log = logging.getLogger("advfine")
@@ -78,24 +79,25 @@ class Suite:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device,
-            precision: str = "fp32") -> torch.Tensor:
+def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device,
+              precision: str = "fp32") -> torch.Tensor:
+    """The model's logits on ``x`` (float32, on the CPU), in eval mode, at ``precision``."""
     model.eval()
     with autocast(device, precision):
-        out = [model(to_device(xb, device)).argmax(1).cpu() for xb, _ in iterate_batches(x, x, batch_size)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
-
-
-@torch.no_grad()
-def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    model.eval()
-    out = [model(to_device(xb, device)).float().cpu() for xb, _ in iterate_batches(x, x, batch_size)]
+        out = [model(to_device(xb, device)).float().cpu() for xb, _ in iterate_batches(x, x, batch_size)]
     return torch.cat(out) if out else torch.empty(0)
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device,
+            precision: str = "fp32") -> torch.Tensor:
+    """The predicted class of each sample (argmax; whether it counts as correct is ``decision.correct``'s)."""
+    logits = logits_of(model, x, batch_size, device, precision)
+    return logits.argmax(1) if len(logits) else torch.empty(0, dtype=torch.long)
 
 
 def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
                    device: torch.device, precision: str = "fp32") -> float:
-    return (predict(model, x, batch_size, device, precision) == y).float().mean().item()
+    return correct(logits_of(model, x, batch_size, device, precision), y).float().mean().item()
 
 
 def start_noise_for(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -171,7 +173,7 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidates: to
                 x_adv = _craft(name, suite, model, float_twin, xb, yb, noise, seed + 1000 * position + b, num_classes)
             with torch.no_grad():
                 inside = suite.threat.contains(x_adv, xb)
-                fooled = (model(x_adv).argmax(1) != yb) & inside
+                fooled = ~correct(model(x_adv), yb) & inside
             if (~inside).any():
                 log.warning("%s returned %d point(s) outside the threat model; they do not count", name,
                             int((~inside).sum()))
@@ -196,8 +198,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: Su
     place_model(model, device)
     if float_twin is not None:
         place_model(float_twin, device).eval()
-    predictions = predict(model, x, batch_size, device, precision)
-    clean_ok = predictions == y
+    logits = logits_of(model, x, batch_size, device, precision)
+    predictions, clean_ok = logits.argmax(1), correct(logits, y)
     broken_by, records = run_suite(model, x, y, clean_ok, suite, batch_size, device, seed, float_twin, precision,
                                    num_classes)
     robust_ok = clean_ok & (broken_by < 0)
@@ -216,7 +218,7 @@ def evaluate_deployed(int8_model: nn.Module, float_twin: nn.Module, x: torch.Ten
     """The robustness of the real integer model a user deploys (CPU, no gradients): the transfer attack
     from its float twin, then the Square attack, in cascade on the samples it classifies correctly."""
     cpu = torch.device("cpu")
-    clean_ok = predict(int8_model, x, batch_size, cpu) == y
+    clean_ok = correct(logits_of(int8_model, x, batch_size, cpu), y)
     names = tuple(name for name in ("transfer", "square") if name in suite.attacks) or ("transfer",)
     broken_by, records = run_suite(int8_model, x, y, clean_ok, suite, batch_size, cpu, seed, float_twin.cpu(),
                                    num_classes=num_classes, names=names)

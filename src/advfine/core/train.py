@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.data import augment_batch, iterate_batches
+from advfine.core.decision import correct
 from advfine.core.files import ArtifactError, config_hash, load_tensor_file, save_tensor_file
 from advfine.core.objectives import NFGSMAttack, TradesObjective
 from advfine.core.runtime import autocast, check_precision, make_generator, place_model, to_device
@@ -157,7 +158,7 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.T
     if grad_clip_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
     optimizer.step()
-    return loss.item(), (logits.argmax(1) == y).sum().item()
+    return loss.item(), int(correct(logits.detach(), y).sum())
 
 
 def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, schedule: TrainSchedule,

@@ -10,6 +10,7 @@ import torch
 
 from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.data import Dataset
+from advfine.core.decision import correct
 from advfine.core.evaluate import logits_of
 from advfine.core.health import HEALTH_IMAGES, collapse_record, training_collapse
 from advfine.core.models import default_arch
@@ -89,7 +90,7 @@ def training_health(model: torch.nn.Module, data: Dataset, device, desc: str) ->
     labels = data.train_y[:n]
     loss = torch.nn.functional.cross_entropy(logits, labels).item()
     predictions = logits.argmax(1)
-    accuracy = (predictions == labels).float().mean().item()
+    accuracy = correct(logits, labels).float().mean().item()
     reason = training_collapse(loss, accuracy, predictions.tolist(), data.num_classes)
     if reason:
         log.warning("COLLAPSED: %s ended as a constant classifier (%s); its model and every node built on it "

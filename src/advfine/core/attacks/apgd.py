@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advfine.core.attacks.threat import ThreatModel, per_sample
+from advfine.core.decision import correct
 
 RHO = 0.75  # a checkpoint halves the step when the loss rose in fewer than rho of the steps since the last
 
@@ -95,7 +96,7 @@ def _apgd(model, x, y, threat, steps, loss, y_target, generator, rho, start_nois
         logits = model(points)
         values = criterion(logits, y[idx], target[idx])
         (grad,) = torch.autograd.grad(values.sum(), points)
-        return values.detach(), grad.detach(), logits.argmax(1) != y[idx]
+        return values.detach(), grad.detach(), ~correct(logits.detach(), y[idx])
 
     idx = torch.arange(n, device=x.device)  # the samples still being attacked
     loss_now, grad, wrong = loss_and_grad(x_adv, idx)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advfine.core.attacks.threat import PGDSettings, ThreatModel
+from advfine.core.decision import correct
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class PGDAttack:
                 logits = model(x_active)
                 (grad,) = torch.autograd.grad(F.cross_entropy(logits, y[active]), x_active)
                 if self.stop_on_success:
-                    standing = logits.argmax(1) == y[active]
+                    standing = correct(logits.detach(), y[active])
                     active, x_active, grad = active[standing], x_active[standing], grad[standing]
                     if len(active) == 0:
                         break

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from advfine.core.attacks.threat import ThreatModel
+from advfine.core.decision import margin
 
 P_INIT = 0.8  # the fraction of the image the first windows cover (the reference's p_init for L-inf)
 # (query index out of 10,000, divisor of p_init from there on): the reference's schedule
@@ -30,15 +31,6 @@ def window_fraction(query: int, n_queries: int, p_init: float = P_INIT) -> float
         if it > start:
             return p_init / divisor
     return p_init
-
-
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """z_y - max_{i != y} z_i per sample: negative when the sample is misclassified."""
-    u = torch.arange(len(y), device=logits.device)
-    true = logits[u, y]
-    other = logits.clone()
-    other[u, y] = -float("inf")
-    return true - other.amax(1)
 
 
 @torch.no_grad()
