@@ -94,7 +94,10 @@ def tiny_config(validate: bool = True, **over) -> dict:
                      "ptq": {"lr": 0.01, "momentum": 0.9}, "dense": {"lr": 0.01, "momentum": 0.0}},
         "evaluate": {"batch_size": 128, "attacks": ["pgd", "apgd_ce", "apgd_t", "transfer", "square"],
                      "apgd": {"steps": 5, "target_classes": 2}, "square": {"queries": 20},
-                     "audit": {"more_steps_factor": 1, "more_restarts": 1}, "curve_eps_fractions": [0, 1]},
+                     "audit": {"more_steps_factor": 1, "more_restarts": 1}, "curve_eps_fractions": [0, 1],
+                     # one light step: the escalation's path runs on every quantized node at little cost
+                     "escalation": {"steps": [{"attacks": ["apgd_ce", "apgd_t"],
+                                               "apgd": {"steps": 5, "target_classes": 2}}]}},
         "report": {"prune_sparsity": 0.5, "ptq_bits": 8},
         "adversarial": {},
     }

@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 from record_factory import eval_record, lineage_entry, stage_record
 
-from advfine.pipeline.records import (FORMAT_VERSION, MetricsFileError, read_eval_record, read_stage_record,
-                                      write_eval_record, write_stage_record)
+from advfine.pipeline.records import (EVAL_FORMAT_VERSION, STAGE_FORMAT_VERSION, MetricsFileError, read_eval_record,
+                                      read_stage_record, write_eval_record, write_stage_record)
 
 
 def measured_record():
@@ -29,7 +29,7 @@ def test_an_eval_record_round_trips_and_carries_its_format(tmp_path):
         write_eval_record(tmp_path / "eval.json", record)
         assert read_eval_record(tmp_path / "eval.json") == record
         written = json.loads((tmp_path / "eval.json").read_text())
-        assert written["format_version"] == FORMAT_VERSION
+        assert written["format_version"] == EVAL_FORMAT_VERSION
         assert ("int8_skipped" in written) == (record.int8_skipped is not None)  # written only when set
 
 
@@ -40,7 +40,7 @@ def test_a_stage_record_round_trips_with_its_own_fields(tmp_path):
     back = read_stage_record(tmp_path / "metrics.json")
     assert back == record and back.trained and [s.stage for s in back.stages] == ["train_base", "finetune"]
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert written["format_version"] == FORMAT_VERSION and written["init"] == "parent"  # details sit at the top
+    assert written["format_version"] == STAGE_FORMAT_VERSION and written["init"] == "parent"  # details sit at the top
     assert not read_stage_record_of(tmp_path, stage_record("compress", ["train_base", "compress"])).trained
     with pytest.raises(ValueError, match="stage"):  # a detail may not shadow the record's own keys
         write_stage_record(tmp_path / "bad.json", replace(record, details={"stage": "x"}))
@@ -99,16 +99,18 @@ def test_a_faulty_stage_file_is_refused_naming_file_and_key(tmp_path, edit, key)
     assert str(path) in str(exc.value) and key in str(exc.value)
 
 
-@pytest.mark.parametrize("version", [None, FORMAT_VERSION - 1, FORMAT_VERSION + 1, str(FORMAT_VERSION), True])
-def test_a_file_of_another_format_is_refused(tmp_path, version):
-    def set_version(data):
-        if version is None:
-            del data["format_version"]  # written before records carried a format
-        else:
-            data["format_version"] = version
+@pytest.mark.parametrize("other", ["missing", "older", "newer", "string", "bool"])
+def test_a_file_of_another_format_is_refused(tmp_path, other):
+    for record, read, name, current in (
+            (eval_record(), read_eval_record, "eval.json", EVAL_FORMAT_VERSION),
+            (stage_record("train_base", ["train_base"]), read_stage_record, "metrics.json", STAGE_FORMAT_VERSION)):
+        def set_version(data):
+            if other == "missing":
+                del data["format_version"]  # written before records carried a format
+            else:
+                data["format_version"] = {"older": current - 1, "newer": current + 1, "string": str(current),
+                                          "bool": True}[other]
 
-    for record, read, name in ((eval_record(), read_eval_record, "eval.json"),
-                               (stage_record("train_base", ["train_base"]), read_stage_record, "metrics.json")):
         path = edited(tmp_path, record, set_version, name)
         with pytest.raises(MetricsFileError, match="'format_version'") as exc:
             read(path)

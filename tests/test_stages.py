@@ -222,9 +222,23 @@ def test_evaluation_writes_the_per_sample_outcome_the_audit_and_a_curve(data_pat
     assert len(rows) == record["n_test"] == 128
     assert sum(int(r["clean_correct"]) for r in rows) / 128 == pytest.approx(record["clean_acc"])
     assert sum(int(r["robust"]) for r in rows) / 128 == pytest.approx(record["robust_acc"])
+    # a quantized node is escalated: each step attacks what the suite (and earlier steps) left standing
+    escalation = record["escalation"]
+    assert escalation["reasons"][0] == "quantized" and len(escalation["steps"]) == 1  # one step configured
+    step = escalation["steps"][0]
+    assert step["suite"]["attacks"] == ["pgd", "apgd_ce", "apgd_t"] and step["suite"]["apgd"]["steps"] == 5
+    assert step["attacked"] == round(escalation["robust_acc_before"] * 128)
+    assert record["robust_acc"] == step["robust_acc_after"] <= escalation["robust_acc_before"]
+    assert set(escalation["audit_before"]["checks"]) == set(record["audit"]["checks"])
     broken = Counter(r["broken_by"] for r in rows if r["broken_by"])
-    assert broken == {name: a["broken"] for name, a in record["attacks"].items() if a["broken"]}
+    expected = Counter({name: a["broken"] for name, a in record["attacks"].items()})
+    for step in escalation["steps"]:
+        expected.update({name: a["broken"] for name, a in step["attacks"].items()})
+    assert broken == +expected
     assert {"int8_clean_correct", "int8_robust", "int8_broken_by"} <= set(rows[0])
+    # not quantized and nothing flagged that escalates: no escalation
+    dense = evaluate(data_path, base / "model.pt", base / "metrics.json", **{"evaluate.escalation.when": ["quantized"]})
+    assert dense["escalation"] is None
 
 
 def test_a_diverged_model_is_reported_as_diverged_not_scored(data_path, base, tmp_path):

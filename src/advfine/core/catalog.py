@@ -38,8 +38,19 @@ def check_attack_suite(attacks) -> None:
                          f"{list(ATTACKS)} in that order")
 
 
+def escalation_step_suite(step: dict) -> list[str]:
+    """The attack list of the suite of an escalation step (config key evaluate.escalation.steps): the step's
+    attacks behind pgd, which carries the threat model and does not run. Checked as a suite's (ValueError)."""
+    attacks = ["pgd", *step["attacks"]]
+    check_attack_suite(attacks)
+    return attacks
+
+
 # The audit's checks for signs of a failed attack (advfine.core.audit).
 AUDIT_CHECKS = ("gradient_free_gain", "large_eps_standing", "more_effort_gain", "zero_gradient_share")
+# What can make the evaluation escalate to stronger attacks (config key evaluate.escalation.when): the
+# model is fake-quantized or binarized (piecewise constant), or an audit check flagged it.
+ESCALATION_TRIGGERS = ("quantized", *AUDIT_CHECKS)
 
 
 def audit_large_eps(audit_cfg: dict, norm: str) -> float:

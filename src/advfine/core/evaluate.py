@@ -29,7 +29,7 @@ from advfine.core.attacks.fab import fab_t
 from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.attacks.square import square_l2, square_linf
 from advfine.core.attacks.threat import ThreatModel
-from advfine.core.catalog import ATTACKS, WHITE_BOX_ATTACKS, check_attack_suite
+from advfine.core.catalog import ATTACKS, WHITE_BOX_ATTACKS, check_attack_suite, escalation_step_suite
 from advfine.core.data import iterate_batches
 from advfine.core.decision import correct
 from advfine.core.runtime import autocast, make_generator, place_model, to_device
@@ -76,6 +76,31 @@ class Suite:
                 "target_classes": self.target_classes, "fab": {"steps": self.fab_steps},
                 "square": {"queries": self.square_queries, "p_init": self.square_p_init},
                 "norm": self.threat.norm}
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """Stronger attacks for the nodes whose evaluation may be too weak: when the model is quantized, or the
+    audit raised one of the checks in ``when``, each suite of ``steps`` in turn attacks the samples still
+    standing, until a step breaks none (or the steps run out). Each step runs its own attacks (``attacks``
+    after the leading ``pgd``, which only carries the threat model) at its own settings."""
+
+    when: tuple[str, ...] = ()
+    steps: tuple[Suite, ...] = ()
+
+    @classmethod
+    def from_config(cls, attack_cfg: dict, evaluate_cfg: dict) -> "Escalation":
+        """From the config's ``evaluate.escalation`` (its ``when`` and ``steps``; each step has the keys of
+        the ``evaluate`` section that set a suite: attacks, apgd, fab, square)."""
+        section = evaluate_cfg["escalation"]
+        steps = tuple(Suite.from_config(attack_cfg, step | {"attacks": escalation_step_suite(step)})
+                      for step in section["steps"])
+        return cls(when=tuple(section["when"]), steps=steps)
+
+    def reasons(self, quantized: bool, flags: list[str]) -> list[str]:
+        """What calls for escalating a node (empty: nothing does, or there are no steps)."""
+        found = (["quantized"] if quantized else []) + list(flags)
+        return [reason for reason in found if reason in self.when] if self.steps else []
 
 
 @torch.no_grad()
@@ -211,6 +236,48 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: Su
             "n_test": len(y), "precision": precision, "attack": suite.pgd.describe(), "suite": suite.describe(),
             "attacks": {name: records[name] for name in ran}, "attack_order": ran,
             "per_sample": {"predictions": predictions, "clean_ok": clean_ok, "broken_by": broken_by}}
+
+
+def escalate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per_sample: dict, steps: tuple[Suite, ...],
+             batch_size: int, device: torch.device, seed: int, float_twin: nn.Module | None = None,
+             precision: str = "fp32", num_classes: int = 10) -> tuple[dict, list[dict]]:
+    """Attack the samples ``per_sample`` (``evaluate_model``'s) left standing with each stronger suite of
+    ``steps`` in turn, until a step breaks none (or none is left standing). Returns the per-sample outcome after escalation (with
+    ``broken_in_step``: 0 for the evaluation's own suite, k for step k, -1 never broken) and one record per
+    step run: its settings, the samples it attacked and broke, the robust accuracy after it, its attacks'
+    records and its wall time."""
+    broken_by = per_sample["broken_by"].clone()
+    broken_in_step = torch.where(broken_by >= 0, 0, -1)
+    standing = per_sample["clean_ok"] & (broken_by < 0)
+    records = []
+    for k, suite in enumerate(steps, start=1):
+        if not standing.any():
+            break
+        start = time.perf_counter()
+        attacked = int(standing.sum())
+        step_broken_by, attacks = run_suite(model, x, y, standing, suite, batch_size, device, seed + 7919 * k,
+                                            float_twin, precision, num_classes, names=suite.attacks[1:])
+        new = step_broken_by >= 0
+        broken_by[new], broken_in_step[new] = step_broken_by[new], k
+        standing &= ~new
+        records.append({"step": k, "suite": suite.describe(), "attacked": attacked, "broken": int(new.sum()),
+                        "robust_acc_after": standing.float().mean().item(), "attacks": attacks,
+                        "wall_time_s": time.perf_counter() - start})
+        log.info("escalation step %d (%s): %d attacked, %d broken, robust accuracy now %.4f", k,
+                 ", ".join(suite.attacks[1:]), attacked, records[-1]["broken"], records[-1]["robust_acc_after"])
+        if not new.any():
+            break
+    return per_sample | {"broken_by": broken_by, "broken_in_step": broken_in_step}, records
+
+
+def broken_per_attack(suites_records: list[dict]) -> dict:
+    """The samples each attack broke, summed over the records of several suites run in cascade (the
+    evaluation's suite and its escalation steps): {attack: {"broken": n}}."""
+    total: dict[str, dict] = {}
+    for records in suites_records:
+        for name, record in records.items():
+            total.setdefault(name, {"broken": 0})["broken"] += record["broken"]
+    return total
 
 
 def evaluate_deployed(int8_model: nn.Module, float_twin: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: Suite,

@@ -19,7 +19,7 @@ import jsonschema
 import yaml
 
 from advfine.core.attacks.threat import PGDSettings, ThreatModel
-from advfine.core.catalog import NUM_CLASSES, audit_large_eps, check_attack_suite, image_shape
+from advfine.core.catalog import NUM_CLASSES, audit_large_eps, check_attack_suite, escalation_step_suite, image_shape
 from advfine.core.schedule import TrainSchedule, finetune_section
 from advfine.pipeline.vocab import PRUNE, compression_label
 
@@ -268,6 +268,11 @@ def check_config(config: dict) -> None:
         check_attack_suite(config["evaluate"]["attacks"])
     except ValueError as err:
         raise ConfigError(f"config key evaluate.attacks: {err}") from None
+    for i, step in enumerate(config["evaluate"]["escalation"]["steps"]):
+        try:
+            escalation_step_suite(step)
+        except ValueError as err:
+            raise ConfigError(f"config key evaluate.escalation.steps.{i}.attacks: {err}") from None
     if sweep["controls"] and not set(sweep["control_base_models"]) & set(sweep["base_models"]):
         raise ConfigError(f"config key sweep.control_base_models: {sweep['control_base_models']} has none of "
                           f"sweep.base_models {sweep['base_models']}, so sweep.controls would make no node")

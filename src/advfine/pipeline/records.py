@@ -2,8 +2,9 @@
 ``EvalRecord`` (each node's ``eval.json``), with ``LineageEntry``, one stage of a model's lineage.
 
 Each file is written by one function (``write_stage_record``, ``write_eval_record``) and read by one
-(``read_stage_record``, ``read_eval_record``). Every file carries ``format_version``; the readers accept
-only ``FORMAT_VERSION`` (an older file is re-made by re-running its stage). A file that cannot be read,
+(``read_stage_record``, ``read_eval_record``). Every file carries ``format_version``; each reader accepts
+only its record's current format (``STAGE_FORMAT_VERSION``, ``EVAL_FORMAT_VERSION``; an older file is
+re-made by re-running its stage). A file that cannot be read,
 lacks a key, holds a value of the wrong type, or has another ``format_version`` raises
 ``MetricsFileError`` (``FileNotFoundError`` when missing) naming the file and the key.
 
@@ -21,7 +22,9 @@ from pathlib import Path
 
 from advfine.pipeline.vocab import ATTACKS, AUDIT_CHECKS
 
-FORMAT_VERSION = 1
+# Each record's format, raised when its fields change: a change to one record refuses only files of that one.
+STAGE_FORMAT_VERSION = 1
+EVAL_FORMAT_VERSION = 2  # 2: the escalation
 
 
 class MetricsFileError(ValueError):
@@ -107,8 +110,8 @@ def _nested(path: Path, obj, keys: tuple[str, ...], kind: str) -> None:
     _check(path, ".".join(keys), value, kind, nullable=True)
 
 
-def _load(path: str | Path) -> tuple[Path, dict]:
-    """The JSON object in ``path``, of format ``FORMAT_VERSION``."""
+def _load(path: str | Path, format_version: int) -> tuple[Path, dict]:
+    """The JSON object in ``path``, of format ``format_version``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"result file not found: {path}; re-run the stage that makes it")
@@ -119,9 +122,9 @@ def _load(path: str | Path) -> tuple[Path, dict]:
     if not isinstance(data, dict):
         raise MetricsFileError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
     version = data.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:
+    if type(version) is not int or version != format_version:
         raise MetricsFileError(f"{path}: key 'format_version' is {version!r}, this version of advfine reads "
-                               f"format {FORMAT_VERSION}: delete the file and re-run the stage that makes it")
+                               f"format {format_version}: delete the file and re-run the stage that makes it")
     return path, data
 
 
@@ -187,7 +190,7 @@ class StageRecord:
         clash = details.keys() & (data.keys() | {"format_version"})
         if clash:
             raise ValueError(f"a stage record's details repeat its own keys: {sorted(clash)}")
-        return {"format_version": FORMAT_VERSION, **details, **data}
+        return {"format_version": STAGE_FORMAT_VERSION, **details, **data}
 
 
 def write_stage_record(path: str | Path, record: StageRecord) -> None:
@@ -198,7 +201,7 @@ def write_stage_record(path: str | Path, record: StageRecord) -> None:
 
 
 def read_stage_record(path: str | Path) -> StageRecord:
-    path, data = _load(path)
+    path, data = _load(path, STAGE_FORMAT_VERSION)
     values = _fields_of(StageRecord, path, data)
     values["stages"] = _lineage(path, values["stages"])
     own = {f.name for f in fields(StageRecord)} | {"format_version"}
@@ -215,6 +218,7 @@ EVAL_NESTED: dict[tuple[str, ...], str] = {
     **{("attacks", a, "broken"): "bytes" for a in ATTACKS},
     **{("audit", "checks", c): "number" for c in AUDIT_CHECKS},
     ("int8", "robust_acc"): "fraction",
+    ("escalation", "robust_acc_before"): "fraction",
     ("int8", "clean_acc"): "fraction",
     ("int8", "fake_quant_clean_acc"): "fraction",
     ("int8", "agreement"): "fraction",
@@ -271,6 +275,9 @@ class EvalRecord:
     model_path: str = _kind("str")
     peak_rss_mb: float | None = _kind("number", nullable=True)
     provenance: dict = _kind("object")
+    # the stronger attacks that re-attacked the node (null: nothing called for them): why, the robust accuracy
+    # and audit before, and each step's settings and what it broke (advfine.core.evaluate.escalate)
+    escalation: dict | None = _kind("object", nullable=True)
     # why a PTQ INT8 node has no real INT8 model (it diverged)
     int8_skipped: str | None = _kind("str", omitted_when_null=True)
 
@@ -278,7 +285,7 @@ class EvalRecord:
         """The eval.json object, with ``format_version``."""
         omitted = {f.name for f in fields(self) if f.metadata.get("omitted_when_null")}
         data = {k: v for k, v in asdict(self).items() if not (k in omitted and v is None)}
-        return {"format_version": FORMAT_VERSION, **data}
+        return {"format_version": EVAL_FORMAT_VERSION, **data}
 
 
 def write_eval_record(path: str | Path, record: EvalRecord) -> None:
@@ -289,7 +296,7 @@ def write_eval_record(path: str | Path, record: EvalRecord) -> None:
 
 
 def read_eval_record(path: str | Path) -> EvalRecord:
-    path, data = _load(path)
+    path, data = _load(path, EVAL_FORMAT_VERSION)
     values = _fields_of(EvalRecord, path, data)
     own = {f.name for f in fields(EvalRecord)} | {"format_version"}
     unknown = sorted(set(data) - own)

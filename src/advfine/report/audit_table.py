@@ -17,7 +17,8 @@ from advfine.report.tables import compression_level_text, models_in_order
 
 AUDIT_COLS = GROUP_COLS + [
     "model", "train", "compression", "finetune", "compression_level", "n", "diverged", "collapsed",
-    "clean", "clean_mean", "pgd", "pgd_mean", "worst_case", "worst_case_mean", "gap_mean", "decisive_attack",
+    "clean", "clean_mean", "pgd", "pgd_mean", "worst_case", "worst_case_mean", "gap_mean",
+    "escalation_gain_mean", "escalated", "decisive_attack",
     *[c for a in ATTACKS if a != "pgd" for c in (f"broken_by_{a}_mean",)],
     *[c for check in AUDIT_CHECKS for c in (f"{check}_mean", f"{check}_flagged")],
     "flags", "int8_robust", "int8_robust_mean",
@@ -37,7 +38,8 @@ def _decisive_attack(rows: pd.DataFrame) -> str:
 
 def evaluation_audit(df: pd.DataFrame) -> pd.DataFrame:
     """One row per model (sorted as the compute table): clean, PGD (the paper's metric) and worst-case
-    robust accuracy in % (mean ± std over seeds), the gap PGD minus worst case (points), the attack that
+    robust accuracy in % (mean ± std over seeds), the gap PGD minus worst case (points), the points the
+    escalation took off the worst case (and the seeds it ran on), the attack that
     made the difference, the mean samples each later attack broke, every check's mean value (as a
     share of the test set, in %) and the seeds it flagged, and the deployed INT8 model's worst case."""
     df = df.reindex(columns=list(dict.fromkeys([*df.columns, *METRIC_COLUMNS])))  # older CSVs
@@ -48,6 +50,9 @@ def evaluation_audit(df: pd.DataFrame) -> pd.DataFrame:
         scored = sel[~diverged & ~collapsed]
         clean, pgd, worst = (_percent(scored, c) for c in ("clean_acc", "robust_acc_pgd", "robust_acc"))
         gap = mean_std((scored["robust_acc_pgd"].astype(float) - scored["robust_acc"].astype(float)) * 100.0)[0]
+        worst_case = scored["robust_acc"].astype(float)
+        before = scored["robust_acc_before_escalation"].astype(float)
+        escalation_gain = mean_std((before.fillna(worst_case) - worst_case) * 100.0)[0]
         int8 = _percent(scored, "int8_robust_acc")
         flags = scored["audit_flags"].fillna("")
         row = {**dict(zip(GROUP_COLS, keys)), "model": model_label(train, method, finetune, quant_kind=True),
@@ -57,6 +62,7 @@ def evaluation_audit(df: pd.DataFrame) -> pd.DataFrame:
                "clean": format_cell(*clean), "clean_mean": clean[0],
                "pgd": format_cell(*pgd), "pgd_mean": pgd[0],
                "worst_case": format_cell(*worst), "worst_case_mean": worst[0], "gap_mean": gap,
+               "escalation_gain_mean": escalation_gain, "escalated": int(before.notna().sum()),
                "decisive_attack": _decisive_attack(scored) if len(scored) else NA,
                "flags": ", ".join(sorted({f for joined in flags for f in joined.split(";") if f})) or "none",
                "int8_robust": format_cell(*int8), "int8_robust_mean": int8[0]}

@@ -101,12 +101,15 @@ HEALTH_NOTE = ("diverged (k/n) = k of n seeds diverged (non-finite weights or lo
                "measurement and is averaged.")
 ACCURACY_NOTE = ("Accuracy in %, mean ± sample std (ddof=1) over seeds; $n$ = number of seeds (std 0.00 when "
                  "$n = 1$); n/a = no data for that combination. Robustness: per-sample worst case over the "
-                 "evaluation's attack suite. † = the evaluation audit flagged a sign of a failed attack on at "
-                 "least one seed (see evaluation_audit). " + HEALTH_NOTE)
+                 "evaluation's attack suite and, where called for, its escalation to stronger attacks. † = the "
+                 "evaluation audit flagged a sign of a failed attack on at least one seed (see "
+                 "evaluation_audit). " + HEALTH_NOTE)
 AUDIT_NOTE = ("Clean, PGD (the paper's attack) and worst case (per-sample, over the whole suite) in %, mean ± "
               "sample std over the seeds that neither diverged nor collapsed (n: all seeds, those left out in "
-              "brackets); gap = PGD minus worst case (points); decisive attack = the attack after PGD that broke "
-              "the most samples. Checks, mean over seeds in % of the test set (flagged seeds in brackets): "
+              "brackets); gap = PGD minus worst case (points); escalation gain = points the escalation's stronger "
+              "attacks (evaluate.escalation) took off the worst case, mean over seeds (seeds escalated in "
+              "brackets); decisive attack = the attack after PGD that broke the most samples. Checks, mean "
+              "over seeds in % of the test set (flagged seeds in brackets): "
               "gradient-free gain = samples only the transfer or black-box attack broke; large-eps standing = "
               "samples APGD-CE leaves at a large radius; more-effort gain = samples broken by APGD-CE with more "
               "steps and restarts after the suite; zero gradients = clean-correct samples with an all-zero input "

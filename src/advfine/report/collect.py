@@ -15,7 +15,8 @@ flat DataFrame (``collect_metrics``) and write it as ``all_metrics.csv`` (``writ
   empty when none; ``advfine.pipeline.run_health.model_collapse``); ``stats.collapsed_mask`` reads them.
 * The attack suite's per-attack records become ``robust_acc_after_<attack>`` and
   ``broken_by_<attack>`` columns (NaN/NA for attacks the suite did not run), the audit ``audit_<check>``
-  columns and ``audit_flags`` (the flags joined with ";", empty when none); a robustness curve
+  columns and ``audit_flags`` (the flags joined with ";", empty when none); ``robust_acc_before_escalation``
+  (NaN: the node was not escalated); a robustness curve
   ``robust_acc_eps_x<fraction>`` columns; the real INT8 model's numbers ``int8_*`` (NaN/NA for every node
   but PTQ INT8).
 """
@@ -54,6 +55,7 @@ RECORD_COLUMNS: dict[str, tuple[str, ...]] = {
     "constant_predictions": ("constant_predictions",),
     "robust_acc_pgd": ("robust_acc_pgd",),
     "robust_acc_whitebox": ("robust_acc_whitebox",),
+    "robust_acc_before_escalation": ("escalation", "robust_acc_before"),
     **{f"robust_acc_after_{a}": ("attacks", a, "robust_acc_after") for a in ATTACKS},
     **{f"broken_by_{a}": ("attacks", a, "broken") for a in ATTACKS},
     **{f"audit_{c}": ("audit", "checks", c) for c in AUDIT_CHECKS},

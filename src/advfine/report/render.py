@@ -124,10 +124,11 @@ _TEX_HEADERS = {
                r"\cmidrule(lr){4-7} \cmidrule(lr){8-9}",
                r"Model & Stage & $n$ & Time (min) & Ratio & MACs (est.) & Ratio & Time (min) & Ratio"
                r" & Device \\"], "llrccccccl"),
-    "audit": ([r" & & & \multicolumn{3}{c}{Robust accuracy (\%)} & & & \multicolumn{4}{c}{Checks (\%, flagged seeds)} & \\",
-               r"\cmidrule(lr){4-6} \cmidrule(lr){9-12}",
-               r"Model & Compression & $n$ & Clean & PGD & Worst case & Gap & Decisive attack & Gradient-free"
-               r" & Large $\epsilon$ & More effort & Zero grad. & INT8 robust \\"], "llrcccclccccc"),
+    "audit": ([r" & & & \multicolumn{3}{c}{Robust accuracy (\%)} & & & &"
+               r" \multicolumn{4}{c}{Checks (\%, flagged seeds)} & \\",
+               r"\cmidrule(lr){4-6} \cmidrule(lr){10-13}",
+               r"Model & Compression & $n$ & Clean & PGD & Worst case & Gap & Escalation & Decisive attack"
+               r" & Gradient-free & Large $\epsilon$ & More effort & Zero grad. & INT8 robust \\"], "llrccccclccccc"),
     "compute": ([r" & & & \multicolumn{4}{c}{Model size} & \multicolumn{2}{c}{Latency (CPU)}"
                  r" & \multicolumn{7}{c}{Real INT8} & \multicolumn{2}{c}{Whole lineage} & & \\",
                  r"\cmidrule(lr){4-7} \cmidrule(lr){8-9} \cmidrule(lr){10-16} \cmidrule(lr){17-18}",
@@ -211,7 +212,10 @@ def _layout_audit(rows: pd.DataFrame) -> pd.DataFrame:
         "Model": rows["model"], "Compression": rows["compression_level"],
         "n": [_audit_seeds(*counts) for counts in zip(rows["n"], rows["diverged"], rows["collapsed"])],
         "Clean": rows["clean"], "PGD": rows["pgd"], "Worst case": rows["worst_case"],
-        "Gap": rows["gap_mean"].map(format_points), "Decisive attack": rows["decisive_attack"],
+        "Gap": rows["gap_mean"].map(format_points),
+        "Escalation gain": [f"{format_points(v)} ({int(k)})" for v, k in zip(rows["escalation_gain_mean"],
+                                                                            rows["escalated"])],
+        "Decisive attack": rows["decisive_attack"],
         "Gradient-free gain": check("gradient_free_gain"), "Large-eps standing": check("large_eps_standing"),
         "More-effort gain": check("more_effort_gain"), "Zero gradients": check("zero_gradient_share"),
         "INT8 robust": rows["int8_robust"],

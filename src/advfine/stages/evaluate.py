@@ -13,7 +13,8 @@ from pathlib import Path
 from advfine.core.audit import audit_evaluation
 from advfine.core.cost import inference_costs, model_cost, weight_storage_bytes
 from advfine.core.data import load_prepared
-from advfine.core.evaluate import ATTACKS, Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve
+from advfine.core.evaluate import (ATTACKS, Escalation, Suite, broken_per_attack, divergence, escalate,
+                                   evaluate_deployed, evaluate_model, robustness_curve)
 from advfine.core.files import atomic_path
 from advfine.core.int8_export import export_int8
 from advfine.core.quantize import float_twin
@@ -41,6 +42,7 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
     method, level = parse_compression(compression)
     ev = config["evaluate"]
     suite = Suite.from_config(config["attack"], ev)
+    escalation = Escalation.from_config(config["attack"], ev)
     batch = ev["batch_size"]
     twin, export = None, False
     if ckpt["quant"] is not None:
@@ -57,7 +59,7 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
         result = {"clean_acc": None, "robust_acc": None, "robust_acc_pgd": None, "robust_acc_whitebox": None,
                   "n_test": len(dataset.test_y), "precision": precision, "attack": suite.pgd.describe(),
                   "suite": suite.describe(), "attacks": {}, "attack_order": [], "audit": None,
-                  "robustness_curve": None}
+                  "robustness_curve": None, "escalation": None}
         outcome = None
     else:
         result = evaluate_model(evaluated, dataset.test_x, dataset.test_y, suite, batch, device, eval_seed,
@@ -65,6 +67,23 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
         outcome = result.pop("per_sample")
         result["audit"] = audit_evaluation(evaluated, dataset.test_x, dataset.test_y, result | {"per_sample": outcome},
                                            suite, ev["audit"], batch, device, eval_seed)
+        result["escalation"] = None
+        reasons = escalation.reasons(ckpt["quant"] is not None, result["audit"]["flags"])
+        if reasons:
+            log.info("escalating (%s): stronger attacks on the %d samples still standing", ", ".join(reasons),
+                     int((outcome["clean_ok"] & (outcome["broken_by"] < 0)).sum()))
+            outcome, steps = escalate(evaluated, dataset.test_x, dataset.test_y, outcome, escalation.steps, batch,
+                                      device, eval_seed, twin, precision, num_classes)
+            strongest = escalation.steps[len(steps) - 1]
+            result["escalation"] = {"reasons": reasons, "robust_acc_before": result["robust_acc"],
+                                    "audit_before": result["audit"], "steps": steps}
+            result["robust_acc"] = (outcome["clean_ok"] & (outcome["broken_by"] < 0)).float().mean().item()
+            # the audit of the reported number: checks run at the strongest suite's settings, the
+            # gradient-free breaks counted over the suite and the escalation together
+            attacks = broken_per_attack([result["attacks"], *(step["attacks"] for step in steps)])
+            result["audit"] = audit_evaluation(evaluated, dataset.test_x, dataset.test_y,
+                                               {"attacks": attacks, "per_sample": outcome}, strongest, ev["audit"],
+                                               batch, device, eval_seed)
         result["robustness_curve"] = (robustness_curve(evaluated, dataset.test_x, dataset.test_y, outcome["clean_ok"],
                                                        suite, ev["curve_eps_fractions"], batch, device, eval_seed,
                                                        precision, num_classes) if curve else None)
