@@ -146,7 +146,7 @@ def test_collect_metrics_columns_rows_and_sorting(df, paths):
                 "finetune", "clean_acc", "robust_acc", "n_test", "params", "macs",
                 "checkpoint_bytes", "weight_bytes", "device", "eval_wall_time_s",
                 "diverged", "collapsed", "collapsed_reason", "constant_predictions", "robust_acc_pgd",
-                "robust_acc_whitebox",
+                "robust_acc_whitebox", "robust_acc_before_escalation",
                 *[f"robust_acc_after_{a}" for a in vocab.ATTACKS], *[f"broken_by_{a}" for a in vocab.ATTACKS],
                 *[f"audit_{c}" for c in vocab.AUDIT_CHECKS], "int8_robust_acc",
                 "precision", "latency_ms", "latency_batch", "latency_threads", "peak_rss_mb",
