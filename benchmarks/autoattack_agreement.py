@@ -37,16 +37,24 @@ still standing (a node with 25 of 100 samples standing: about 4 minutes on one b
 threat model (not clamped to [0, 1]) is attacked with eps in pixels, clamped: AutoAttack always clamps.
 
 Which AutoAttack: ``pyautoattack`` 0.2.0 from the package index (MIT, Croce & Hein), pinned in requirements.txt.
-Its attack code was compared with the reference repository fra31/auto-attack (``autoattack/autopgd_base.py``,
-``autoattack/autoattack.py``, ``autoattack/square.py``, ``autoattack/fab_pt.py``): the same algorithms and the
-same standard-version settings (APGD: 100 iterations, rho 0.75, step size 2 eps, momentum 0.75, checkpoints at
-0.22/0.06/0.03 of the iterations, the DLR and targeted-DLR losses; APGD-T and FAB-T on the 9 top wrong classes,
-1 restart; Square: 5000 queries, p_init 0.8; the cascade over the standing samples and the argmax success
-test). The differences are outside the attacks' arithmetic: a keyword-only ``AutoAttack(model, norm=, eps=,
-seed=, version=, device=)``, messages through the ``logging`` logger ``auto-attack`` instead of print, the
-checks of the repository's later versions (zero gradients, randomized or dynamic models, Square's success
-rate) as warnings, an optional resumable state file, the APGD checkpoint settings computed in ``__init__``, and
-the L1 norm's ``decr_eps_pgd`` start projected as ``x_init - x`` (our threat models are L-inf and L2 only).
+Its attack code was read beside the reference repository fra31/auto-attack (``autoattack/autopgd_base.py``,
+``autoattack.py``, ``square.py``, ``fab_base.py`` as stored for commits 1df1daa, 1b76134, 1706c9b, 0581b8b):
+the same algorithms and the same standard-version settings. APGD: 100 iterations, rho 0.75, first step 2 eps,
+momentum 0.75, checkpoints at 0.22/0.06/0.03 of the iterations, the DLR and targeted-DLR losses, the seed set
+before each run; APGD-T and FAB-T on the 9 top wrong classes, 1 restart; FAB: alpha_max 0.1, eta 1.05, beta 0.9;
+Square: 5000 queries, p_init 0.8, no schedule rescaling; the cascade over the standing samples and the final
+argmax success test. The differences are outside the attacks' arithmetic, and match the repository's later
+revisions: a keyword-only ``AutoAttack(model, norm=, eps=, seed=, version=, device=)`` that always returns
+``(x_adv, y_adv)``, messages through the ``logging`` logger ``auto-attack`` instead of print, the checks
+(zero gradients, randomized or dynamic models, Square's success rate) as warnings, an optional resumable state
+file, APGD's checkpoint settings computed in ``__init__``, Square's window capped at the image side and an L1
+Square, and the L1 APGD start projected as ``x_init - x`` (our threat models are L-inf and L2 only).
+
+What the comparison cannot see: AutoAttack returns the clean image for a sample its argmax rule counts robust,
+so a point where the true logit ties another of a HIGHER class index (argmax: correct; our rule: an error) is
+lost, and Square stops on such a tie (its success test is margin <= 0). The AutoAttack column judged by our rule
+may therefore miss breaks its attacks reached, never invent one: its robust accuracy is an upper bound, and
+``aa_only_ties`` counts only the ties its argmax also counted as breaks (the other class of lower index).
 """
 from __future__ import annotations
 
