@@ -1,7 +1,9 @@
 """What an experiment's evaluations found and cost, per node type (dense, pruned, PTQ/QAT INTb): the
 mean PGD robust accuracy (the paper's metric) beside the mean worst case over the suite, the largest
 drop, the points each later attack of the cascade added, the audit flags, the lowest fake-quant vs
-real-INT8 agreement, and the evaluation seconds (per attack and in all). Reads ``eval.json`` files.
+real-INT8 agreement, and the evaluation seconds (per attack and in all); then what the escalation to
+stronger attacks did per node type (the worst case before and after it, the nodes its audit still flags,
+its share of the evaluation seconds). Reads ``eval.json`` files.
 
     .venv/bin/python benchmarks/evaluation_summary.py [results/digits-default]
 """
@@ -60,6 +62,32 @@ def main() -> None:
               f"| {sum(r['eval_wall_time_s'] for r in ok):.0f} |")
     print(f"\nEvaluation seconds in all: {sum(r['eval_wall_time_s'] for r in records):.0f}; of the suite's attacks: "
           + ", ".join(f"{a} {s:.0f}" for a, s in attack_seconds.most_common()))
+    escalation_table(by_type, sum(r["eval_wall_time_s"] for r in records))
+
+
+def escalation_table(by_type: dict, evaluation_seconds: float) -> None:
+    """Per node type: the nodes escalated, their mean worst case before and after the escalation, the largest
+    drop, the escalated nodes the re-run audit still flags, and the escalation's seconds."""
+    print("\n| node type | escalated | worst case before (%) | after (%) | largest drop (points, node) "
+          "| still flagged | escalation (s) |")
+    print("|---|---|---|---|---|---|---|")
+    total = 0.0
+    for kind, rs in sorted(by_type.items()):
+        escalated = [r for r in rs if r.get("escalation")]
+        seconds = sum(step["wall_time_s"] for r in escalated for step in r["escalation"]["steps"])
+        total += seconds
+        if not escalated:
+            print(f"| {kind} | 0 of {len(rs)} | n/a | n/a | n/a | n/a | 0 |")
+            continue
+        before = [r["escalation"]["robust_acc_before"] for r in escalated]
+        worst = max(escalated, key=lambda r: r["escalation"]["robust_acc_before"] - r["robust_acc"])
+        drop = worst["escalation"]["robust_acc_before"] - worst["robust_acc"]
+        print(f"| {kind} | {len(escalated)} of {len(rs)} | {100 * sum(before) / len(escalated):.1f} "
+              f"| {100 * sum(r['robust_acc'] for r in escalated) / len(escalated):.1f} "
+              f"| {100 * drop:.1f} ({worst['path']}) | {sum(bool(r['audit']['flags']) for r in escalated)} "
+              f"| {seconds:.0f} |")
+    print(f"\nEscalation seconds: {total:.0f} of {evaluation_seconds:.0f} evaluation seconds "
+          f"({100 * total / max(evaluation_seconds, 1e-9):.0f} %)")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,19 @@ def test_evaluation_summary_groups_nodes_by_type(tmp_path):
     assert "apgd_ce 30.00" in out and "Evaluation seconds in all: 20" in out
 
 
+def test_evaluation_summary_says_what_the_escalation_did(tmp_path):
+    base = {"method": "ptq", "level": 4, "diverged": False, "robust_acc_pgd": 0.6, "attack_order": ["pgd"],
+            "eval_wall_time_s": 40.0, "attacks": {"pgd": {"robust_acc_after": 0.5, "wall_time_s": 4.0}}}
+    escalated = base | {"robust_acc": 0.3, "audit": {"flags": ["more_effort_gain"]},
+                        "escalation": {"robust_acc_before": 0.5, "steps": [{"wall_time_s": 30.0}]}}
+    for i, rec in enumerate([escalated, base | {"robust_acc": 0.5, "audit": {"flags": []}, "escalation": None}]):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "eval.json").write_text(json.dumps(rec))
+    out = run("evaluation_summary.py", str(tmp_path))
+    assert "| ptq INT4 | 1 of 2 | 50.0 | 30.0 | 20.0 (0/eval.json) | 1 | 30 |" in out, out
+    assert "Escalation seconds: 30 of 80 evaluation seconds (38 %)" in out
+
+
 def test_reproduction_summary_puts_the_paper_beside_the_run_and_lists_the_claims(tmp_path):
     rows = [{"train": "rb", "method": "dense", "finetune": "none", "seed": s, "clean_acc": 0.8, "robust_acc_pgd": p,
              "robust_acc": w, "git_commit": "abc"} for s, p, w in ((0, 0.62, 0.60), (1, 0.64, 0.58))]

@@ -242,10 +242,10 @@ def escalate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per_sample: dic
              batch_size: int, device: torch.device, seed: int, float_twin: nn.Module | None = None,
              precision: str = "fp32", num_classes: int = 10) -> tuple[dict, list[dict]]:
     """Attack the samples ``per_sample`` (``evaluate_model``'s) left standing with each stronger suite of
-    ``steps`` in turn, until a step breaks none (or none is left standing). Returns the per-sample outcome after escalation (with
-    ``broken_in_step``: 0 for the evaluation's own suite, k for step k, -1 never broken) and one record per
-    step run: its settings, the samples it attacked and broke, the robust accuracy after it, its attacks'
-    records and its wall time."""
+    ``steps`` in turn, until a step breaks none (or none is left standing). Returns the per-sample outcome
+    after escalation (with ``broken_in_step``: 0 for the evaluation's own suite, k for step k, -1 never
+    broken) and one record per step run: its settings, the samples it attacked and broke, the robust
+    accuracy after it, its attacks' records and its wall time."""
     broken_by = per_sample["broken_by"].clone()
     broken_in_step = torch.where(broken_by >= 0, 0, -1)
     standing = per_sample["clean_ok"] & (broken_by < 0)

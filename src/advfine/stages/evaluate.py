@@ -70,20 +70,20 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
         result["escalation"] = None
         reasons = escalation.reasons(ckpt["quant"] is not None, result["audit"]["flags"])
         if reasons:
-            log.info("escalating (%s): stronger attacks on the %d samples still standing", ", ".join(reasons),
-                     int((outcome["clean_ok"] & (outcome["broken_by"] < 0)).sum()))
+            log.info("escalating (%s): stronger attacks on the samples still standing", ", ".join(reasons))
             outcome, steps = escalate(evaluated, dataset.test_x, dataset.test_y, outcome, escalation.steps, batch,
                                       device, eval_seed, twin, precision, num_classes)
-            strongest = escalation.steps[len(steps) - 1]
             result["escalation"] = {"reasons": reasons, "robust_acc_before": result["robust_acc"],
                                     "audit_before": result["audit"], "steps": steps}
-            result["robust_acc"] = (outcome["clean_ok"] & (outcome["broken_by"] < 0)).float().mean().item()
-            # the audit of the reported number: checks run at the strongest suite's settings, the
-            # gradient-free breaks counted over the suite and the escalation together
-            attacks = broken_per_attack([result["attacks"], *(step["attacks"] for step in steps)])
-            result["audit"] = audit_evaluation(evaluated, dataset.test_x, dataset.test_y,
-                                               {"attacks": attacks, "per_sample": outcome}, strongest, ev["audit"],
-                                               batch, device, eval_seed)
+            if steps:  # a step ran (none runs when no sample was left standing): the reported number moved
+                result["robust_acc"] = steps[-1]["robust_acc_after"]
+                # the audit of the reported number: checks run at the strongest step's settings, the
+                # gradient-free breaks counted over the suite and the escalation together
+                attacks = broken_per_attack([result["attacks"], *(step["attacks"] for step in steps)])
+                result["audit"] = audit_evaluation(evaluated, dataset.test_x, dataset.test_y,
+                                                   {"attacks": attacks, "per_sample": outcome},
+                                                   escalation.steps[len(steps) - 1], ev["audit"], batch, device,
+                                                   eval_seed)
         result["robustness_curve"] = (robustness_curve(evaluated, dataset.test_x, dataset.test_y, outcome["clean_ok"],
                                                        suite, ev["curve_eps_fractions"], batch, device, eval_seed,
                                                        precision, num_classes) if curve else None)
