@@ -16,6 +16,7 @@ from advfine.core.attacks.threat import ThreatModel
 from advfine.core.audit import audit_evaluation, zero_gradient_share
 from advfine.core.datasets import load_dataset
 from advfine.core.decision import margin
+from advfine.core.decision import correct
 from advfine.core.evaluate import Suite, divergence, evaluate_deployed, evaluate_model, robustness_curve, run_suite
 from advfine.core.models import build_model, default_arch
 from advfine.core.train import train_model
@@ -133,6 +134,28 @@ def test_the_transfer_attack_runs_only_with_a_float_twin_and_judges_the_model(tr
     assert with_twin["attack_order"] == ["pgd", "transfer"] and with_twin["attacks"]["transfer"]["broken"] > 0
     deployed = evaluate_deployed(RoundInput(trained), trained, x, y, suite(0.05, attacks=("pgd", "transfer")), 64, 0)
     assert 0 <= deployed["robust_acc"] < 1 and set(deployed["attacks"]) == {"transfer"}
+
+
+def test_the_deployed_model_faces_the_points_that_broke_the_model_it_was_converted_from(trained, digits):
+    """The real INT8 model's transfer attack tries the fake-quant model's adversarial points first: with the
+    same model on both sides, every sample the evaluation broke is broken again by its own point, so the
+    deployed number can never read higher than the evaluated one."""
+    x, y = digits.test_x[:64], digits.test_y[:64]
+    s = suite(0.05, attacks=("pgd", "apgd_ce", "transfer"))
+    model = RoundInput(trained)
+    evaluated = evaluate_model(model, x, y, s, 64, CPU, seed=0, float_twin=trained)
+    outcome = evaluated["per_sample"]
+    broken = outcome["broken_by"] >= 0
+    assert broken.any() and s.threat.contains(outcome["points"], x).all()
+    assert torch.equal(outcome["points"][~broken], x[~broken])  # unbroken samples keep their clean image
+    assert not correct(model(outcome["points"][broken]), y[broken]).any()
+    deployed = evaluate_deployed(model, trained, x, y, s, 64, 0, fake_quant_outcome=outcome)
+    transfer = deployed["attacks"]["transfer"]
+    assert transfer["from_fake_quant_points"] == int(broken.sum())
+    assert transfer["attacked"] == int(outcome["clean_ok"].sum())
+    assert deployed["robust_acc"] <= evaluated["robust_acc"]
+    alone = evaluate_deployed(model, trained, x, y, s, 64, 0)  # only PGD on the float twin: never stronger
+    assert deployed["robust_acc"] <= alone["robust_acc"] and "from_fake_quant_points" not in alone["attacks"]["transfer"]
 
 
 def test_the_robustness_curve_falls_with_eps_and_is_no_weaker_than_each_radius_alone(trained, digits):

@@ -169,12 +169,13 @@ def _craft(name: str, suite: Suite, model: nn.Module, source: nn.Module | None, 
 def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidates: torch.Tensor, suite: Suite,
               batch_size: int, device: torch.device, seed: int, float_twin: nn.Module | None = None,
               precision: str = "fp32", num_classes: int = 10,
-              names: tuple[str, ...] | None = None) -> tuple[torch.Tensor, dict]:
+              names: tuple[str, ...] | None = None, points: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Attack the ``candidates`` (boolean per sample, usually the clean-correct ones) with the suite's
     attacks (or only ``names`` of them), in cascade. Returns ``(broken_by, records)``: per sample the
     index in ``ATTACKS`` of the attack that broke it (-1: never broken, or not a candidate), and per
     attack its record (samples attacked, samples broken, seconds, robust accuracy after it over all
-    ``len(y)`` samples)."""
+    ``len(y)`` samples). ``points`` (shaped like ``x``, on the CPU), when given, receives the adversarial
+    point of every sample broken."""
     generator = make_generator(seed, torch.device("cpu"))
     # two uniform starts per sample, drawn once: PGD's (and the transfer attack's second), APGD's
     noise_pgd, noise_transfer = start_noise_for(x, generator), start_noise_for(x, generator)
@@ -205,6 +206,8 @@ def run_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidates: to
             broken = part[fooled.cpu()]
             standing[broken] = False
             broken_by[broken] = position
+            if points is not None:
+                points[broken] = x_adv[fooled].detach().to(points.device, points.dtype)
         records[name] = {"attacked": attacked, "broken": int((broken_by == position).sum()),
                          "robust_acc_after": standing.float().mean().item(),
                          "wall_time_s": time.perf_counter() - start, "norm": suite.threat.norm,
@@ -219,14 +222,15 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: Su
                    precision: str = "fp32", num_classes: int = 10) -> dict:
     """Clean accuracy and the suite's per-sample worst-case robust accuracy, with every attack's
     record. Also returns the per-sample outcome (``predictions``, ``clean_ok``, ``broken_by``) for the
-    caller to save."""
+    caller to save, and ``points``: each broken sample's adversarial point, the clean image elsewhere)."""
     place_model(model, device)
     if float_twin is not None:
         place_model(float_twin, device).eval()
     logits = logits_of(model, x, batch_size, device, precision)
     predictions, clean_ok = logits.argmax(1), correct(logits, y)
+    points = x.clone()
     broken_by, records = run_suite(model, x, y, clean_ok, suite, batch_size, device, seed, float_twin, precision,
-                                   num_classes)
+                                   num_classes, points=points)
     robust_ok = clean_ok & (broken_by < 0)
     ran = list(records)
     white = [name for name in ran if name in WHITE_BOX]
@@ -235,7 +239,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: Su
             "robust_acc_whitebox": records[white[-1]]["robust_acc_after"],
             "n_test": len(y), "precision": precision, "attack": suite.pgd.describe(), "suite": suite.describe(),
             "attacks": {name: records[name] for name in ran}, "attack_order": ran,
-            "per_sample": {"predictions": predictions, "clean_ok": clean_ok, "broken_by": broken_by}}
+            "per_sample": {"predictions": predictions, "clean_ok": clean_ok, "broken_by": broken_by,
+                           "points": points}}
 
 
 def escalate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per_sample: dict, steps: tuple[Suite, ...],
@@ -246,7 +251,7 @@ def escalate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per_sample: dic
     after escalation (with ``broken_in_step``: 0 for the evaluation's own suite, k for step k, -1 never
     broken) and one record per step run: its settings, the samples it attacked and broke, the robust
     accuracy after it, its attacks' records and its wall time."""
-    broken_by = per_sample["broken_by"].clone()
+    broken_by, points = per_sample["broken_by"].clone(), per_sample["points"].clone()
     broken_in_step = torch.where(broken_by >= 0, 0, -1)
     standing = per_sample["clean_ok"] & (broken_by < 0)
     records = []
@@ -256,7 +261,8 @@ def escalate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per_sample: dic
         start = time.perf_counter()
         attacked = int(standing.sum())
         step_broken_by, attacks = run_suite(model, x, y, standing, suite, batch_size, device, seed + 7919 * k,
-                                            float_twin, precision, num_classes, names=suite.attacks[1:])
+                                            float_twin, precision, num_classes, names=suite.attacks[1:],
+                                            points=points)
         new = step_broken_by >= 0
         broken_by[new], broken_in_step[new] = step_broken_by[new], k
         standing &= ~new
@@ -267,7 +273,7 @@ def escalate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, per_sample: dic
                  ", ".join(suite.attacks[1:]), attacked, records[-1]["broken"], records[-1]["robust_acc_after"])
         if not new.any():
             break
-    return per_sample | {"broken_by": broken_by, "broken_in_step": broken_in_step}, records
+    return per_sample | {"broken_by": broken_by, "broken_in_step": broken_in_step, "points": points}, records
 
 
 def broken_per_attack(suites_records: list[dict]) -> dict:
@@ -281,15 +287,42 @@ def broken_per_attack(suites_records: list[dict]) -> dict:
 
 
 def evaluate_deployed(int8_model: nn.Module, float_twin: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: Suite,
-                      batch_size: int, seed: int, num_classes: int = 10) -> dict:
-    """The robustness of the real integer model a user deploys (CPU, no gradients): the transfer attack
-    from its float twin, then the Square attack, in cascade on the samples it classifies correctly."""
+                      batch_size: int, seed: int, num_classes: int = 10,
+                      fake_quant_outcome: dict | None = None) -> dict:
+    """The robustness of the real integer model a user deploys (CPU, no gradients), in cascade on the samples
+    it classifies correctly: the transfer attack, then the Square attack. Its transfer attack first tries
+    each sample's adversarial point on the fake-quantized model it was converted from
+    (``fake_quant_outcome``: ``evaluate_model``'s per-sample outcome, after escalation; the two models agree
+    on nearly every prediction, so what broke one almost always breaks the other), then PGD crafted on the
+    float twin on the samples still standing."""
     cpu = torch.device("cpu")
     clean_ok = correct(logits_of(int8_model, x, batch_size, cpu), y)
+    transfer = ATTACKS.index("transfer")
+    broken_by = torch.full((len(y),), -1, dtype=torch.long)
+    start, reused = time.perf_counter(), 0
+    if fake_quant_outcome is not None:
+        # the fake-quant model's points where it was broken (its clean misclassifications have no point)
+        tried = clean_ok & (fake_quant_outcome["broken_by"] >= 0)
+        idx = tried.nonzero().flatten()
+        if len(idx):
+            adv = fake_quant_outcome["points"][idx]
+            fooled = ~correct(logits_of(int8_model, adv, batch_size, cpu), y[idx]) & suite.threat.contains(adv, x[idx])
+            broken_by[idx[fooled]] = transfer
+            reused = int(fooled.sum())
+    reuse_s = time.perf_counter() - start
+    standing = clean_ok & (broken_by < 0)
     names = tuple(name for name in ("transfer", "square") if name in suite.attacks) or ("transfer",)
-    broken_by, records = run_suite(int8_model, x, y, clean_ok, suite, batch_size, cpu, seed, float_twin.cpu(),
-                                   num_classes=num_classes, names=names)
+    rest, records = run_suite(int8_model, x, y, standing, suite, batch_size, cpu, seed, float_twin.cpu(),
+                              num_classes=num_classes, names=names)
+    broken_by = torch.where(rest >= 0, rest, broken_by)
     robust_ok = clean_ok & (broken_by < 0)
+    if fake_quant_outcome is not None:  # one transfer record for both sources, over every clean-correct sample
+        crafted = records.get("transfer", {"broken": 0, "wall_time_s": 0.0, "norm": suite.threat.norm,
+                                           "eps_pixel": suite.threat.eps,
+                                           "robust_acc_after": standing.float().mean().item()})
+        merged = crafted | {"attacked": int(clean_ok.sum()), "broken": crafted["broken"] + reused,
+                            "from_fake_quant_points": reused, "wall_time_s": crafted["wall_time_s"] + reuse_s}
+        records = {"transfer": merged, **{name: r for name, r in records.items() if name != "transfer"}}
     return {"robust_acc": robust_ok.float().mean().item(), "attacks": records,
             "per_sample": {"clean_ok": clean_ok, "broken_by": broken_by}}
 

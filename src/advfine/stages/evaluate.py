@@ -115,7 +115,7 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
     deployed = None
     if int8_model is not None and inference["int8"] is not None:
         deployed = evaluate_deployed(int8_model, twin, dataset.test_x, dataset.test_y, suite, batch,
-                                     eval_seed, num_classes)
+                                     eval_seed, num_classes, fake_quant_outcome=outcome)
         inference["int8"] |= {"robust_acc": deployed["robust_acc"], "attacks": deployed["attacks"]}
     _write_samples(out_samples, dataset.test_y, outcome, deployed)
     bits = int(level) if method in QUANTIZATION_METHODS else None
