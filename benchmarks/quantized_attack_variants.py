@@ -80,6 +80,9 @@ def main(argv=None) -> int:
         standing = inputs.ours_robust.nonzero().flatten()
         x, y, model = inputs.x[standing], inputs.y[standing], inputs.model.eval()
         line = f"{node_label(inputs.node)}: {len(standing)} of {len(inputs.y)} standing"
+        if len(standing) == 0:  # nothing left to attack (AutoAttack refuses an empty batch)
+            print(line + " | nothing to attack", flush=True)
+            continue
         aa_broken = None
         if args.aa:
             start = time.perf_counter()
