@@ -110,6 +110,15 @@ def test_compare_counts_ties_and_one_sided_breaks():
     assert row["aa_argmax_robust_pct"] == pytest.approx(60.0)
 
 
+def test_a_gap_of_exactly_one_point_is_one_point():
+    # 55 and 53 robust of 200: 27.5 % against 26.5 %, a gap of 1 point that float32 means would make 1.0000002
+    ours = torch.arange(200) < 55
+    judged = {"robust": torch.arange(200) < 53, "robust_argmax": torch.arange(200) < 53,
+              "tie": torch.zeros(200, dtype=torch.bool), "inside": torch.ones(200, dtype=torch.bool),
+              "clean_ok": torch.ones(200, dtype=torch.bool)}
+    assert agreement.compare("n", ours, judged)["gap_points"] == 1.0
+
+
 def test_judge_counts_a_point_outside_the_threat_model_for_the_model():
     """A point outside the ball does not count against the model; an exact tie at a point inside does."""
     model = torch.nn.Flatten()  # logits = the two pixels
@@ -139,16 +148,18 @@ def test_the_benchmark_runs_on_a_results_tree(finished_run, tmp_path):
     out = tmp_path / "agreement.csv"
     nodes = ["ptq-int8/ft-none", "ft-scratch"]  # quantized nodes, and the run's collapsed from-scratch arms
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "autoattack_agreement.py"), str(finished_run),
-                             "--nodes", *nodes, "--n-images", "16", "--out", str(out)],
+                             "--nodes", *nodes, "--n-images", "16", "--attacks", "apgd-ce", "apgd-t",
+                             "--out", str(out)],
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode in (0, 1), result.stderr[-3000:]
-    assert "the first 16" in result.stdout
+    assert "the first 16" in result.stdout and "only apgd-ce + apgd-t" in result.stdout
     assert "skipped" in result.stdout and "collapsed" in result.stdout  # the tiny run's from-scratch arm
     rows = list(csv.DictReader(out.open()))
     evaluated = agreement.evaluated_nodes(finished_run, substrings=nodes)
     assert rows and len(rows) == len(evaluated) - result.stdout.count("skipped ")
     assert list(rows[0]) == agreement.COLUMNS
     assert all(int(row["n_images"]) == 16 and int(row["outside"]) == 0 for row in rows)
+    assert {row["attacks"] for row in rows} == {"apgd-ce+apgd-t"}
     failed = [row["node"] for row in rows if float(row["gap_points"]) > 1.0]
     assert (result.returncode == 1) == bool(failed)
 

@@ -79,6 +79,9 @@ def test_what_calls_for_escalation():
     assert escalation.reasons(quantized=False, flags=[]) == []
     off = Escalation.from_config(attack, evaluate | {"escalation": {"when": ["quantized"], "steps": []}})
     assert off.reasons(quantized=True, flags=["more_effort_gain"]) == []
+    every = Escalation.from_config(attack, evaluate | {"escalation": evaluate["escalation"] | {"when": ["always"]}})
+    assert every.reasons(quantized=False, flags=[]) == ["always"]
+    assert every.reasons(quantized=True, flags=["more_effort_gain"]) == ["always"]
 
 
 @pytest.mark.parametrize("steps", [[{"attacks": ["square", "apgd_ce"]}], [{"attacks": ["pgd"]}], [{"attacks": []}]])

@@ -239,6 +239,13 @@ def test_evaluation_writes_the_per_sample_outcome_the_audit_and_a_curve(data_pat
     # not quantized and nothing flagged that escalates: no escalation
     dense = evaluate(data_path, base / "model.pt", base / "metrics.json", **{"evaluate.escalation.when": ["quantized"]})
     assert dense["escalation"] is None
+    # `always`: every node is escalated, a dense one too
+    dense = evaluate(data_path, base / "model.pt", base / "metrics.json", **{"evaluate.escalation.when": ["always"]})
+    escalation = dense["escalation"]
+    assert escalation["reasons"] == ["always"]
+    assert len(escalation["steps"]) == (1 if escalation["robust_acc_before"] > 0 else 0)  # none when none stands
+    assert dense["robust_acc"] == min([escalation["robust_acc_before"]] +
+                                      [step["robust_acc_after"] for step in escalation["steps"]])
 
 
 def test_a_diverged_model_is_reported_as_diverged_not_scored(data_path, base, tmp_path):

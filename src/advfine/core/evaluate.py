@@ -80,8 +80,9 @@ class Suite:
 
 @dataclass(frozen=True)
 class Escalation:
-    """Stronger attacks for the nodes whose evaluation may be too weak: when the model is quantized, or the
-    audit raised one of the checks in ``when``, each suite of ``steps`` in turn attacks the samples still
+    """Stronger attacks for the nodes whose evaluation may be too weak: on every node (``always`` in ``when``),
+    or when the model is quantized, or the audit raised one of the checks in ``when``, each suite of ``steps`` in
+    turn attacks the samples still
     standing, until a step breaks none (or the steps run out). Each step runs its own attacks (``attacks``
     after the leading ``pgd``, which only carries the threat model) at its own settings."""
 
@@ -99,7 +100,7 @@ class Escalation:
 
     def reasons(self, quantized: bool, flags: list[str]) -> list[str]:
         """What calls for escalating a node (empty: nothing does, or there are no steps)."""
-        found = (["quantized"] if quantized else []) + list(flags)
+        found = ["always"] + (["quantized"] if quantized else []) + list(flags)
         return [reason for reason in found if reason in self.when] if self.steps else []
 
 
