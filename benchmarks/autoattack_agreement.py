@@ -35,10 +35,9 @@ table as CSV (rewritten after every node). Each node takes seconds to minutes on
 version spends 100 APGD steps per target class (9), FAB-T's 9 targets and Square's 5000 queries on every sample
 still standing (a node with 25 of 100 samples standing: about 4 minutes on one busy core). A paper-faithful
 threat model (not clamped to [0, 1]) is attacked with eps in pixels, clamped: AutoAttack always clamps.
-``--attacks apgd-ce apgd-t`` runs only those of the version's attacks, each at the version's settings: about a
-third of the time, for a sweep over many nodes where FAB-T and Square are run on a subset (on the nodes where the
-issue that asked for this benchmark ran both, they broke nothing APGD-CE and APGD-T had left). A row records the
-attacks that produced it.
+``--attacks apgd-ce apgd-t`` runs only those of the version's attacks, each at the version's settings, for a
+sweep over many nodes with FAB-T and Square run on a subset (on the default run's nodes where both were run, they
+broke nothing APGD-CE and APGD-T had left: docs/robustness.md). A row records the attacks that produced it.
 
 Which AutoAttack: ``pyautoattack`` 0.2.0 from the package index (MIT, Croce & Hein), pinned in requirements.txt.
 Its attack code was read beside the reference repository fra31/auto-attack (``autoattack/autopgd_base.py``,

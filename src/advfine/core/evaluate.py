@@ -81,9 +81,8 @@ class Suite:
 @dataclass(frozen=True)
 class Escalation:
     """Stronger attacks for the nodes whose evaluation may be too weak: on every node (``always`` in ``when``),
-    or when the model is quantized, or the audit raised one of the checks in ``when``, each suite of ``steps`` in
-    turn attacks the samples still
-    standing, until a step breaks none (or the steps run out). Each step runs its own attacks (``attacks``
+    or when the model is quantized, or the audit raised one of the checks in ``when``, each suite of ``steps``
+    in turn attacks the samples still standing, until a step breaks none (or the steps run out). Each step runs its own attacks (``attacks``
     after the leading ``pgd``, which only carries the threat model) at its own settings."""
 
     when: tuple[str, ...] = ()
