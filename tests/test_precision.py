@@ -124,3 +124,20 @@ def test_precision_reaches_the_stages_that_compute_in_it():
     for stage in ("train_base", "finetune", "evaluate"):
         assert stage_config(tiny_config(), stage)["precision"] == "fp32"  # the schema's default
         assert stage_config(tiny_config(precision="bf16"), stage)["precision"] == "bf16"
+
+
+def test_square_l2_runs_under_bf16_autocast():
+    """torchattacks' Square writes the model's logits into float32 tensors by index: under bf16
+    autocast the logits must reach it as float32 (otherwise: 'Index put requires the source and
+    destination dtypes match')."""
+    from advfine.core.attacks.square import square_l2
+
+    torch.manual_seed(0)
+    model = build_model(default_arch("cnn8", 1, 10, 28, [0.5], [0.5])).eval()
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every sample correctly classified: Square has something to fool
+    threat = ThreatModel("l2", 1.0)
+    with runtime.autocast(CPU, "bf16"):
+        x_adv = square_l2(model, x, y, threat, n_queries=20, seed=0)
+    assert x_adv.dtype == torch.float32 and threat.contains(x_adv, x).all()

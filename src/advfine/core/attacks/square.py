@@ -76,6 +76,18 @@ def _square(model, x, y, threat, n_queries, p_init, generator):
     return x_best, margin_min <= 0
 
 
+class Float32Logits(nn.Module):
+    """``model`` with its logits cast to float32: under bf16 autocast they are bf16, and torchattacks'
+    Square writes them into float32 tensors by index, which torch refuses for mixed dtypes."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).float()
+
+
 def square_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, n_queries: int,
               p_init: float = P_INIT, seed: int = 0) -> torch.Tensor:
     """The Square attack in an L2 threat model: torchattacks 3.5.1's port of the reference code (its L2 branch,
@@ -87,7 +99,7 @@ def square_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat
         raise ValueError(f"square_l2 attacks in an L2 threat model, got norm {threat.norm!r}")
     import torchattacks  # deferred: slow to import, and only Square-L2 and FAB-T need it
 
-    attack = torchattacks.Square(model, norm="L2", eps=threat.eps, n_queries=n_queries, n_restarts=1, p_init=p_init,
+    attack = torchattacks.Square(Float32Logits(model), norm="L2", eps=threat.eps, n_queries=n_queries, n_restarts=1, p_init=p_init,
                                  loss="margin", resc_schedule=True, seed=seed)
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # torchattacks reseeds torch's global generator
