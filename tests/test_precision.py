@@ -1,5 +1,7 @@
 """bf16 mixed precision and the GPU-facing helpers, on the CPU: the same code paths a GPU takes
 (autocast, pinned copies, cuDNN flags), checked here through their CPU behaviour."""
+import json
+
 import pytest
 import torch
 
@@ -85,15 +87,39 @@ def test_copies_to_the_cpu_are_not_pinned_and_cost_nothing():
     assert runtime.to_device(x, CPU) is x  # the CPU fallback: no pinned staging copy
 
 
-def test_cudnn_autotuning_is_off_when_determinism_is_asked():
-    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+def test_cudnn_autotuning_only_without_determinism_and_with_stable_shapes_and_tf32_starts_off():
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, runtime.tf32_enabled()
     try:
+        runtime.set_tf32(True)
         runtime.configure_backends(CPU, deterministic=True)
         assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert not runtime.tf32_enabled()  # a job computes in full fp32 until its precision says tf32
         runtime.configure_backends(CPU, deterministic=False)
         assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+        runtime.configure_backends(CPU, deterministic=False, stable_shapes=False)  # attacks: shrinking batches
+        assert not torch.backends.cudnn.benchmark
     finally:
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
+        runtime.set_tf32(saved[2])
+
+
+def test_tf32_follows_the_precision_and_fake_quant_models_never_get_it():
+    from advfine.stages.common import precision_for
+
+    saved = runtime.tf32_enabled()
+    try:
+        cfg = {"precision": "tf32"}
+        assert precision_for(cfg, CPU, fake_quantized=False) == "tf32"
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert precision_for(cfg, CPU, fake_quantized=True) == "fp32"  # TF32 cannot hold an INT16 grid
+        assert not runtime.tf32_enabled()
+        assert precision_for({"precision": "fp32"}, CPU, fake_quantized=False) == "fp32"
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        runtime.set_tf32(saved)
+    with runtime.autocast(CPU, "tf32"):  # tf32 is a backend flag, not an autocast dtype
+        assert build_model(default_arch("cnn8", 1, 10, 28, [0.5], [0.5]))(torch.rand(2, 1, 28, 28)).dtype == torch.float32
 
 
 def test_stages_record_precision_and_keep_fake_quant_models_in_fp32(tmp_path):
@@ -105,7 +131,8 @@ def test_stages_record_precision_and_keep_fake_quant_models_in_fp32(tmp_path):
     base = train_base.run(stage_settings("train_base", **over), data=data, train="st", seed=0,
                           out_model=tmp_path / "m.pt", out_metrics=tmp_path / "m.json")
     assert base.details["precision"] == "bf16"
-    compress.run(stage_settings("compress", **over), data=data, compression="ptq-int8", seed=0,
+    # compress runs on the CPU whatever the config's device (its rule asks for no GPU), and says so
+    compress.run(stage_settings("compress", **over) | {"device": "cuda:0"}, data=data, compression="ptq-int8", seed=0,
                  model=tmp_path / "m.pt", metrics=tmp_path / "m.json", out_model=tmp_path / "q.pt",
                  out_metrics=tmp_path / "q.json")
     ft = finetune.run(stage_settings("finetune", **over), data=data, compression="ptq-int8", mode="st", seed=0,
@@ -116,6 +143,11 @@ def test_stages_record_precision_and_keep_fake_quant_models_in_fp32(tmp_path):
                       compression="dense", finetune="none", seed=0, model=tmp_path / "m.pt",
                       metrics=tmp_path / "m.json", out_eval=tmp_path / "e.json", out_samples=tmp_path / "s.csv")
     assert ev.precision == "bf16"
+    for record in (base, ft, ev):  # TF32 off, recorded; no CUDA memory on a CPU run
+        assert record.provenance["tf32"] is False and record.peak_gpu_mb is None
+    q = json.loads((tmp_path / "q.json").read_text())
+    assert q["provenance"]["device"] == "cpu" and q["stages"][-1]["device"] == "cpu"
+    assert "peak_gpu_mb" not in q and all("peak_gpu_mb" not in st for st in q["stages"])
 
 
 def test_precision_reaches_the_stages_that_compute_in_it():

@@ -105,7 +105,7 @@ def test_a_checkpoint_of_other_settings_or_weights_is_not_resumed(data, tmp_path
     other_settings = dataclasses.replace(SETTINGS, lr=0.02)
     history = train_model(fresh_model("plain", data), x, y, other_settings, ATTACK, 7, CPU, resume_path=resume)
     assert not any(r.get("restored") for r in history) and len(history) == 4
-    assert "other settings or starting weights" in caplog.text
+    assert "other settings, starting weights or device type" in caplog.text
 
     interrupted_run(monkeypatch, data, resume)  # a checkpoint of the original settings again
     other_weights = fresh_model("plain", data)
@@ -113,6 +113,44 @@ def test_a_checkpoint_of_other_settings_or_weights_is_not_resumed(data, tmp_path
         next(other_weights.parameters()).add_(1.0)
     history = train_model(other_weights, x, y, SETTINGS, ATTACK, 7, CPU, resume_path=resume)
     assert not any(r.get("restored") for r in history)
+
+
+def test_a_checkpoint_written_on_another_device_type_is_ignored_not_fatal(data, tmp_path, monkeypatch, caplog):
+    """A run resumed on the CPU from a checkpoint a GPU run wrote (same settings, same weights) starts
+    over: a CUDA generator's 16-byte state cannot seed a CPU generator."""
+    from advfine.core.files import load_tensor_file, save_tensor_file
+
+    x, y = data
+    resume = tmp_path / ".model.resume.pt"
+    interrupted_run(monkeypatch, data, resume)
+    payload = load_tensor_file(resume, train.RESUME_FORMAT, "resume checkpoint")
+    cuda = torch.device("cuda")  # only its type is read: no GPU needed
+    payload["fingerprint"] = train._fingerprint(fresh_model("plain", data), SETTINGS, ATTACK, 7, len(y), "fp32", cuda)
+    payload["rng"]["generators"] = {k: torch.zeros(16, dtype=torch.uint8) for k in payload["rng"]["generators"]}
+    save_tensor_file(resume, payload)
+    reference = train_model(fresh_model("plain", data), x, y, SETTINGS, ATTACK, 7, CPU)
+    history = train_model(fresh_model("plain", data), x, y, SETTINGS, ATTACK, 7, CPU, resume_path=resume)
+    assert not any(r.get("restored") for r in history)
+    assert without_timings(history) == without_timings(reference)
+    assert "device type" in caplog.text
+
+
+def test_on_cuda_only_the_training_gpu_rng_is_saved_and_restored(monkeypatch):
+    """A resumed job may see fewer GPUs than the one that saved (``set_rng_state_all`` would fail), or
+    another GPU: one state, the training GPU's, goes onto the GPU the job trains on now."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", str(device))) or
+                        torch.zeros(16, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", str(device))))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("all GPUs' states saved"))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("all GPUs' states restored"))
+    states = train._rng_states({"order": torch.Generator()}, torch.device("cuda:3"))
+    train._set_rng_states(states, {"order": torch.Generator()}, torch.device("cuda:0"))
+    assert calls == [("get", "cuda:3"), ("set", "cuda:0")]
+    cpu_states = train._rng_states({"order": torch.Generator()}, CPU)
+    assert "cuda" not in cpu_states
+    train._set_rng_states(states, {"order": torch.Generator()}, CPU)  # a CUDA state is not for a CPU run
+    assert len(calls) == 2
 
 
 def test_a_truncated_resume_checkpoint_is_ignored_not_fatal(data, tmp_path, monkeypatch, caplog):

@@ -181,7 +181,8 @@ def test_the_paper_configs_plan_the_whole_study(tmp_path, name, jobs):
 
 def test_job_resources_come_from_the_config(tmp_path):
     """compute rules ask for the GPU, memory, time and partition of resources.compute (+ per-rule
-    overrides); the light rules take no GPU. The SLURM profile turns these into sbatch options."""
+    overrides); the light rules take no GPU, nor does compress (it runs on the CPU). The SLURM profile
+    turns these into sbatch options."""
     resources = {"compute": {"gpu": 1, "mem_mb": 3000, "runtime": 30, "slurm_partition": "gpu"},
                  "light": {"gpu": 0, "mem_mb": 1000, "runtime": 5},
                  "rules": {"train_base": {"runtime": 600, "slurm_partition": "gpu-long"}}}
@@ -201,6 +202,8 @@ def test_job_resources_come_from_the_config(tmp_path):
             expected = {"gpu": "1", "mem_mb": "3000", "runtime": "600", "slurm_partition": "gpu-long"}
         elif rule in ("prepare_data", "aggregate", "plot"):
             expected = {"gpu": "0", "mem_mb": "1000", "runtime": "5"}
+        elif rule == "compress":
+            expected = {"gpu": "0", "mem_mb": "3000", "runtime": "30", "slurm_partition": "gpu"}
         else:
             expected = {"gpu": "1", "mem_mb": "3000", "runtime": "30", "slurm_partition": "gpu"}
         assert {k: fields.get(k) for k in expected} == expected, (rule, res)

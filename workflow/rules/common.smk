@@ -77,10 +77,12 @@ wildcard_constraints:
 
 def rule_resources(rule_name):
     """Snakemake resources of ``rule_name`` from config key ``resources``: its group (compute or light),
-    then the rule's own overrides under ``resources.rules``."""
+    then the rule's own overrides under ``resources.rules``; no GPU for the stages that run on the CPU.
+    """
     res = config["resources"]
     group = "compute" if rule_name in vocab.COMPUTE_STAGES else "light"
-    return res[group] | res["rules"].get(rule_name, {})
+    resources = res[group] | res["rules"].get(rule_name, {})
+    return resources | {"gpu": 0} if rule_name in vocab.CPU_STAGES else resources
 
 
 def model_files(folder):

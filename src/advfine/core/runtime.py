@@ -57,9 +57,12 @@ def place_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
     return model.to(device=device, memory_format=torch.channels_last)
 
 
-# fp32: the paper's setting. bf16: mixed precision through autocast (the CPU's AVX-512 bf16 units,
-# a GPU's tensor cores); parameters, optimizer state and the attack's perturbation stay fp32.
-PRECISIONS = ("fp32", "bf16")
+# fp32: the paper's setting, computed in full float32 on every device (TF32 off: see set_tf32).
+# tf32: fp32 tensors, but a GPU's matrix products and convolutions round their inputs to TF32 (10-bit
+# mantissa) on Ampere and newer tensor cores; the same as fp32 on a CPU.
+# bf16: mixed precision through autocast (the CPU's AVX-512 bf16 units, a GPU's tensor cores);
+# parameters, optimizer state and the attack's perturbation stay fp32.
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def check_precision(precision: str) -> str:
@@ -69,11 +72,25 @@ def check_precision(precision: str) -> str:
 
 
 def autocast(device: torch.device, precision: str):
-    """The context forward passes run in: nothing for fp32; bf16 autocast on CPU, CUDA (AMP; bf16
-    needs no gradient scaler, unlike fp16) and MPS."""
-    if check_precision(precision) == "fp32":
+    """The context forward passes run in: nothing for fp32 and tf32 (TF32 is a backend flag, set_tf32);
+    bf16 autocast on CPU, CUDA (AMP; bf16 needs no gradient scaler, unlike fp16) and MPS."""
+    if check_precision(precision) != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def set_tf32(enabled: bool) -> None:
+    """Let a GPU's float32 matrix products and convolutions use TF32 or not. torch's defaults differ
+    (cuDNN convolutions on, matmul off), so fp32 numbers on an Ampere/Hopper GPU would silently differ
+    from the CPU's, and an INT16 fake-quant grid would not survive a convolution: every job sets both,
+    from its precision (the matmul flag also sets torch's ``float32_matmul_precision``)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def tf32_enabled() -> bool:
+    """Whether TF32 is allowed (for convolutions or matrix products) now: recorded in provenance."""
+    return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
 
 
 def cpu_flags() -> set[str]:
@@ -106,11 +123,15 @@ def cpu_has_native_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def configure_backends(device: torch.device, deterministic: bool = True) -> None:
+def configure_backends(device: torch.device, deterministic: bool = True, stable_shapes: bool = True) -> None:
     """cuDNN autotuning picks the fastest convolution per shape, but the pick (and so the result) can
-    change from run to run: it is only on when determinism was not asked for. No effect on a CPU."""
-    torch.backends.cudnn.benchmark = not deterministic
+    change from run to run: it is only on when determinism was not asked for, and only where batch
+    shapes are stable (training): attacks shrink their batch as samples fall, and each new shape
+    would be autotuned again. TF32 is off until a stage's precision asks for it (set_tf32). No
+    effect on a CPU."""
+    torch.backends.cudnn.benchmark = not deterministic and stable_shapes
     torch.backends.cudnn.deterministic = deterministic
+    set_tf32(False)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -119,6 +140,14 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda" or tensor.device.type == "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def peak_gpu_mb(device: torch.device | str) -> float | None:
+    """Peak CUDA memory this process allocated on ``device`` so far, in MB; None off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def peak_rss_mb() -> float:

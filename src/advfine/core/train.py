@@ -65,31 +65,35 @@ def load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> No
 
 
 def _fingerprint(model: nn.Module, schedule: TrainSchedule, attack: TrainingAttack | None, seed: int, n_examples: int,
-                 precision: str) -> str:
-    """What a resume checkpoint must match: the starting weights, the settings, the attack, the seed
-    and the data size. A checkpoint from another config or parent is ignored, never resumed."""
+                 precision: str, device: torch.device) -> str:
+    """What a resume checkpoint must match: the starting weights, the settings, the attack, the seed,
+    the data size and the device type (a CUDA generator's state cannot seed a CPU one, and the two
+    devices' numbers differ anyway). A checkpoint from another config, parent or device type is
+    ignored, never resumed."""
     digest = hashlib.sha256()
     for key, value in sorted(model_tensors(model).items()):
         digest.update(key.encode())
         digest.update(value.numpy().tobytes())
     settings = {"cfg": dataclasses.asdict(schedule), "attack": attack.describe() if attack else None, "seed": seed,
-                "n": n_examples, "precision": precision}
+                "n": n_examples, "precision": precision,
+                "device_type": device.type}
     digest.update(config_hash(settings).encode())
     return digest.hexdigest()[:32]
 
 
-def _rng_states(generators: dict[str, torch.Generator | None]) -> dict:
-    """The state of every random number generator a training run may draw from."""
+def _rng_states(generators: dict[str, torch.Generator | None], device: torch.device) -> dict:
+    """The state of every random number generator a training run may draw from: on CUDA, the default
+    generator of the GPU it trains on only (a resumed job may see fewer GPUs, or get another one)."""
     np_state = np.random.get_state()
     states = {"generators": {k: g.get_state() for k, g in generators.items() if g is not None},
               "torch": torch.get_rng_state(), "python": random.getstate(),
               "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
     return states
 
 
-def _set_rng_states(states: dict, generators: dict[str, torch.Generator | None]) -> None:
+def _set_rng_states(states: dict, generators: dict[str, torch.Generator | None], device: torch.device) -> None:
     for key, generator in generators.items():
         if generator is not None:
             generator.set_state(states["generators"][key])
@@ -97,8 +101,8 @@ def _set_rng_states(states: dict, generators: dict[str, torch.Generator | None])
     random.setstate(states["python"])
     name, keys, *rest = states["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def restored_wall_time(history: list[dict]) -> float:
@@ -129,7 +133,7 @@ def load_resume(path: Path, fingerprint: str) -> dict | None:
         log.warning("ignoring %s and starting from epoch 0: %s", path, err)
         return None
     if payload.get("fingerprint") != fingerprint:
-        log.warning("ignoring %s: it was written by a run with other settings or starting weights", path)
+        log.warning("ignoring %s: it was written by a run with other settings, starting weights or device type", path)
         return None
     return payload
 
@@ -194,12 +198,12 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     first_epoch = 0
     if resume_path is not None:
         resume_path = Path(resume_path)
-        fingerprint = _fingerprint(model, schedule, attack, seed, len(y_all), precision)
+        fingerprint = _fingerprint(model, schedule, attack, seed, len(y_all), precision, device)
         state = load_resume(resume_path, fingerprint)
         if state is not None:
             load_model_tensors(model, state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            _set_rng_states(state["rng"], generators)
+            _set_rng_states(state["rng"], generators, device)
             # restored epochs are marked: an earlier, interrupted attempt computed them
             history = [dict(record, restored=True) for record in state["history"]]
             first_epoch = int(state["epoch"])
@@ -233,6 +237,6 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
         if resume_path is not None:
             save_resume(resume_path, {"fingerprint": fingerprint, "epoch": epoch + 1, "history": history,
                                       "model": model_tensors(model), "optimizer": optimizer.state_dict(),
-                                      "rng": _rng_states(generators)})
+                                      "rng": _rng_states(generators, device)})
     model.eval()
     return history

@@ -1,5 +1,5 @@
 """Where a result came from: the settings' hash, the seed, the code's git commit, package versions,
-the host and the device (with the physical GPU and the SLURM job id when there are)."""
+the host, the device, TF32 (with the physical GPU and the SLURM job id when there are)."""
 from __future__ import annotations
 
 import os
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from advfine.core.files import config_hash
+from advfine.core.runtime import tf32_enabled
 from advfine.pipeline.gpu_pool import visible_gpu_ids
 
 PACKAGES = ("torch", "torchvision", "nni", "numpy", "snakemake", "scikit-learn")
@@ -60,6 +61,7 @@ def provenance(config: dict, seed: int, device: torch.device | str) -> dict:
         "seed": seed,
         "device": device,
         "deterministic": config["deterministic"],  # cuDNN autotuning off (GPU runs repeatable) or on
+        "tf32": tf32_enabled(),  # whether a GPU's float32 convolutions and products ran in TF32
         "git_commit": git_commit(),
         "versions": {name: _version(name) for name in PACKAGES} | {"python": platform.python_version()},
         "host": socket.gethostname(),

@@ -144,6 +144,20 @@ class LineageEntry:
     peak_rss_mb: float | None = _kind("number", nullable=True)
     collapsed: bool = _kind("bool")
     collapsed_reason: str | None = _kind("str", nullable=True)
+    peak_gpu_mb: float | None = _kind("number", omitted_when_null=True)  # CUDA memory; absent off CUDA
+
+
+def _json_of(record) -> dict:
+    """``asdict(record)`` without the ``omitted_when_null`` fields that are null, in the record and in its
+    lineage entries."""
+    def strip(cls, data: dict) -> dict:
+        omitted = {f.name for f in fields(cls) if f.metadata.get("omitted_when_null")}
+        return {k: v for k, v in data.items() if not (k in omitted and v is None)}
+
+    data = strip(type(record), asdict(record))
+    if "stages" in data:
+        data["stages"] = [strip(LineageEntry, entry) for entry in data["stages"]]
+    return data
 
 
 def _lineage(path: Path, entries: list) -> list[LineageEntry]:
@@ -177,6 +191,7 @@ class StageRecord:
     peak_rss_mb: float | None = _kind("number", nullable=True)
     provenance: dict = _kind("object")
     details: dict = field(default_factory=dict)
+    peak_gpu_mb: float | None = _kind("number", omitted_when_null=True)  # CUDA memory; absent off CUDA
 
     @property
     def trained(self) -> bool:
@@ -185,7 +200,7 @@ class StageRecord:
 
     def to_json(self) -> dict:
         """The metrics.json object: ``details`` beside the record's own keys and ``format_version``."""
-        data = asdict(self)
+        data = _json_of(self)
         details = data.pop("details")
         clash = details.keys() & (data.keys() | {"format_version"})
         if clash:
@@ -280,12 +295,11 @@ class EvalRecord:
     escalation: dict | None = _kind("object", nullable=True)
     # why a PTQ INT8 node has no real INT8 model (it diverged)
     int8_skipped: str | None = _kind("str", omitted_when_null=True)
+    peak_gpu_mb: float | None = _kind("number", omitted_when_null=True)  # CUDA memory; absent off CUDA
 
     def to_json(self) -> dict:
         """The eval.json object, with ``format_version``."""
-        omitted = {f.name for f in fields(self) if f.metadata.get("omitted_when_null")}
-        data = {k: v for k, v in asdict(self).items() if not (k in omitted and v is None)}
-        return {"format_version": EVAL_FORMAT_VERSION, **data}
+        return {"format_version": EVAL_FORMAT_VERSION, **_json_of(self)}
 
 
 def write_eval_record(path: str | Path, record: EvalRecord) -> None:

@@ -20,6 +20,9 @@ STAGES = ("prepare_data", "train_base", "compress", "qat", "finetune", "evaluate
           "figure2")
 # Stages that train, compress or attack models (a GPU helps); the others are light (no GPU).
 COMPUTE_STAGES = ("train_base", "compress", "qat", "finetune", "evaluate", "figure2")
+# Compute stages that run on the CPU whatever the config's device, and so ask for no GPU: ranking filters
+# by their L1 norm and PTQ's few calibration batches take seconds, and a GPU job would hold a GPU idle.
+CPU_STAGES = ("compress",)
 
 # Each stage draws its random numbers from the node's seed plus its own offset, so fine-tuning,
 # evaluation and QAT of one seed never reuse base training's stream.

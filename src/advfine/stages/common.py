@@ -16,8 +16,8 @@ from advfine.core.health import HEALTH_IMAGES, collapse_record, training_collaps
 from advfine.core.models import default_arch
 from advfine.core.objectives import objective_for
 from advfine.core.quantize import calibration_batches, prepare_qat, quantize_ptq
-from advfine.core.runtime import (check_precision, configure_backends, cpu_has_native_bf16, peak_rss_mb, resolve_device,
-                                  seed_everything, set_threads)
+from advfine.core.runtime import (check_precision, configure_backends, cpu_has_native_bf16, peak_gpu_mb, peak_rss_mb,
+                                  resolve_device, seed_everything, set_threads, set_tf32)
 from advfine.core.train import TrainingAttack
 from advfine.pipeline.provenance import provenance
 from advfine.pipeline.records import LineageEntry, StageRecord
@@ -26,26 +26,32 @@ from advfine.pipeline.vocab import PTQ, QAT, stage_seed
 log = logging.getLogger("advfine")
 
 
-def setup(config: dict, seed: int, threads: int) -> torch.device:
-    """Threads, global seeds, the device (``config['device']``) and cuDNN's determinism flags."""
+def setup(config: dict, seed: int, threads: int, stable_shapes: bool = True) -> torch.device:
+    """Threads, global seeds, the device (``config['device']``), cuDNN's flags (``stable_shapes``: the
+    stage's batches keep one shape, so autotuning may pay off; ``runtime.configure_backends``) and TF32
+    off until ``precision_for`` says otherwise."""
     set_threads(threads)
     seed_everything(seed)
     device = resolve_device(config["device"])
-    configure_backends(device, config["deterministic"])
+    configure_backends(device, config["deterministic"], stable_shapes)
     log.info("device %s, %d thread(s), seed %d, deterministic %s", device, threads, seed, config["deterministic"])
     return device
 
 
 def precision_for(config: dict, device: torch.device, fake_quantized: bool) -> str:
-    """The precision a stage computes in: config key ``precision``, except for fake-quantized models,
-    which always run in fp32 (bf16 has 8 significant bits: it cannot hold an INT16 or INT8 grid)."""
+    """The precision a stage computes in, with TF32 set to match: config key ``precision``, except for
+    fake-quantized models, which always run in fp32 (bf16 has 8 significant bits and TF32 11: neither
+    holds an INT16 grid, nor an INT8 grid times its scale)."""
     precision = check_precision(config["precision"])
     if fake_quantized and precision != "fp32":
         log.info("precision %s asked for, but this model is fake-quantized: computing in fp32", precision)
-        return "fp32"
+        precision = "fp32"
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         log.warning("precision bf16 on a CPU without AVX-512 BF16 or AMX: bf16 is emulated here and "
                     "slower than fp32 (results are still valid)")
+    if precision == "tf32" and device.type != "cuda":
+        log.info("precision tf32 on %s: TF32 is a GPU tensor-core format, so this computes in fp32", device.type)
+    set_tf32(precision == "tf32")
     return precision
 
 
@@ -106,7 +112,10 @@ def metrics_record(config: dict, seed: int, device, stage: str, wall: float, par
     (wall time, estimated MACs, adversarial or not, device, collapsed or not), oldest first."""
     peak = peak_rss_mb()
     health = collapse_record(collapsed_reason)
+    peak_gpu = peak_gpu_mb(device)
     own = LineageEntry(stage=stage, wall_time_s=wall, estimated_macs=int(estimated_macs),
-                       adversarial=bool(adversarial), device=str(device), peak_rss_mb=peak, **health)
+                       adversarial=bool(adversarial), device=str(device), peak_rss_mb=peak, **health,
+                       peak_gpu_mb=peak_gpu)
     return StageRecord(stage=stage, wall_time_s=wall, stages=[*(parent.stages if parent else []), own],
-                       **health, peak_rss_mb=peak, provenance=provenance(config, seed, device), details=details)
+                       **health, peak_rss_mb=peak, provenance=provenance(config, seed, device), details=details,
+                       peak_gpu_mb=peak_gpu)

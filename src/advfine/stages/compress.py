@@ -22,7 +22,7 @@ def run(config: dict, *, data: str, compression: str, seed: int, model: str, met
     if method not in (PRUNE, PTQ):
         raise ValueError(f"stage compress makes prune-* and ptq-int* nodes, not {compression!r} "
                          "(dense needs no job; QAT is stage qat)")
-    device = setup(config, seed, threads)
+    device = setup(config | {"device": "cpu"}, seed, threads)  # vocab.CPU_STAGES: its rule asks for no GPU
     parent = read_stage_record(metrics)
     parent_model, ckpt = load_model(model)
     dataset = load_prepared(data)

@@ -18,7 +18,7 @@ from advfine.core.evaluate import (ATTACKS, Escalation, Suite, broken_per_attack
 from advfine.core.files import atomic_path
 from advfine.core.int8_export import export_int8
 from advfine.core.quantize import float_twin
-from advfine.core.runtime import peak_rss_mb
+from advfine.core.runtime import peak_gpu_mb, peak_rss_mb
 from advfine.pipeline.checkpoints import load_model
 from advfine.pipeline.provenance import provenance
 from advfine.pipeline.records import EvalRecord, read_stage_record, write_eval_record
@@ -35,7 +35,7 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
     """Evaluate the model at ``model`` (its metrics, with the lineage, at ``metrics``); write ``out_eval``
     and the per-sample outcome ``out_samples`` (CSV). ``curve``: also measure the robustness curve
     (the workflow asks for it for the models of Table 5)."""
-    device = setup(config, seed, threads)
+    device = setup(config, seed, threads, stable_shapes=False)  # attacks shrink their batches
     upstream = read_stage_record(metrics)
     evaluated, ckpt = load_model(model)
     dataset = load_prepared(data)
@@ -128,7 +128,7 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
         checkpoint_bytes=Path(model).stat().st_size,
         weight_bytes=weight_storage_bytes(evaluated, bits),
         **inference, device=str(device), eval_wall_time_s=wall, stages=upstream.stages,
-        model_path=str(model), peak_rss_mb=peak_rss_mb(),
+        model_path=str(model), peak_rss_mb=peak_rss_mb(), peak_gpu_mb=peak_gpu_mb(device),
         provenance=provenance(config, seed, device),
     )
     write_eval_record(out_eval, record)
