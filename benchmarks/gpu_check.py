@@ -34,7 +34,6 @@ import tempfile
 import threading
 import time
 import traceback
-import types
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -49,14 +48,7 @@ if importlib.util.find_spec("jsonschema") is None:
     sys.exit("gpu_check: jsonschema is missing (advfine's config validation needs it): install it or put it "
              "on PYTHONPATH")
 
-HAS_NNI = importlib.util.find_spec("nni") is not None
-if not HAS_NNI:
-    # stages/compress.py imports advfine.core.prune, and so NNI, at module level, also for PTQ: a stand-in
-    # module lets the PTQ path run without NNI (pruning is skipped).
-    def _no_pruning(*args, **kwargs):
-        raise RuntimeError("NNI is not installed")
-
-    sys.modules["advfine.core.prune"] = types.SimpleNamespace(prune_filters_l1=_no_pruning)
+HAS_NNI = importlib.util.find_spec("nni") is not None  # only pruning needs it
 
 import advfine  # noqa: E402
 from advfine.core import evaluate as core_evaluate, runtime, train as core_train  # noqa: E402

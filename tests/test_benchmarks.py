@@ -71,7 +71,6 @@ def test_peak_memory_is_read_back_from_job_logs(tmp_path):
 
 # Checks of gpu_check.py --cpu that fail until their fixes land on main: empty this set as they do.
 KNOWN_BROKEN_UNTIL_FIXED = {
-    "attack square l2 bf16",  # torchattacks' Square-L2 crashes under bf16 autocast (index_put dtypes)
     "syncs: fake-quant adds <= 2 per PGD-10 training step over dense",
 }
 

@@ -8,10 +8,6 @@ import copy
 import logging
 
 import torch
-from nni.compression.pruning import L1NormPruner
-from nni.compression.speedup import ModelSpeedup
-from nni.compression.speedup.error_code import EmptyLayerError
-from nni.compression.utils import auto_set_denpendency_group_ids  # (sic)
 from torch import nn
 
 from advfine.core.models import arch_of, build_model
@@ -33,6 +29,13 @@ def prune_filters_l1(model: nn.Module, arch: dict, sparsity: float,
         raise ValueError(f"sparsity must be a number with 0 < sparsity < 1, got {sparsity!r}")
     if is_quantized(model):
         raise ValueError("prune_filters_l1 needs a plain float model, got one already quantized")
+    # deferred: only pruning needs NNI, and stage compress imports this module for PTQ too (a machine
+    # without NNI can still quantize: benchmarks/gpu_check.py)
+    from nni.compression.pruning import L1NormPruner
+    from nni.compression.speedup import ModelSpeedup
+    from nni.compression.speedup.error_code import EmptyLayerError
+    from nni.compression.utils import auto_set_denpendency_group_ids  # (sic)
+
     work = copy.deepcopy(model).eval()
     device = next(work.parameters()).device
     example_input = example_input.detach().to(device)
