@@ -159,7 +159,7 @@ def fake_gpus(monkeypatch, uuids):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(uuids))
     monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda i: SimpleNamespace(name="fake", uuid=uuids[i]) if uuids[i] else SimpleNamespace(name="fake"))
+                        lambda i: SimpleNamespace(uuid=uuids[i]) if uuids[i] else SimpleNamespace())
 
 
 def test_the_gpus_are_named_by_uuid_in_the_order_of_the_visible_devices(monkeypatch):
