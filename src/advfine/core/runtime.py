@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 import resource
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,23 +14,134 @@ import numpy as np
 import torch
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU; an explicit name is checked to exist here (every job
-    checks when it starts; advfine.pipeline.config.check_device before jobs run on this machine)."""
+# The device node the NVIDIA driver creates for the first GPU (a module constant so tests can point it elsewhere)
+NVIDIA_DEVICE_NODE = Path("/dev/nvidia0")
+
+
+def gpu_expected(env: dict | None = None, device_node: Path | None = None) -> str | None:
+    """Evidence that this process was given an NVIDIA GPU, in words, or None: ``CUDA_VISIBLE_DEVICES`` naming
+    a device, SLURM's GPU variables, or the driver's device node (outside SLURM jobs only: a job given no
+    GPU on a GPU node still sees the node). ``device: auto`` must not quietly run on the CPU where there
+    is such evidence and CUDA does not work."""
+    env = os.environ if env is None else env
+    visible = env.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible and visible not in ("-1", "NoDevFiles"):
+        return f"CUDA_VISIBLE_DEVICES={visible}"
+    for name in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
+        if env.get(name, "").strip():
+            return f"{name}={env[name]}"
+    try:
+        if int(env.get("SLURM_GPUS_ON_NODE", "0")) > 0:
+            return f"SLURM_GPUS_ON_NODE={env['SLURM_GPUS_ON_NODE']}"
+    except ValueError:
+        pass
+    node = NVIDIA_DEVICE_NODE if device_node is None else Path(device_node)
+    if "SLURM_JOB_ID" not in env and node.exists():
+        return f"{node} exists"
+    return None
+
+
+def nvidia_driver() -> str | None:
+    """What the NVIDIA driver says about itself: nvidia-smi's driver version and compute capability per GPU,
+    else the first line of /proc/driver/nvidia/version; None when neither is there."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            gpus = [line.split(",") for line in out.stdout.strip().splitlines()]
+            return "nvidia-smi: " + "; ".join(f"driver {g[0].strip()}, compute capability {g[-1].strip()}"
+                                               for g in gpus)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return Path("/proc/driver/nvidia/version").read_text().splitlines()[0].strip()
+    except (OSError, IndexError):
+        return None
+
+
+def _runs_on(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether a wheel built for ``arch_list`` has kernels a GPU of ``capability`` runs: machine code (sm_XY)
+    runs on the same major version at the same or a later minor one; PTX (compute_XY) is compiled for any
+    later GPU."""
+    device = 10 * capability[0] + capability[1]
+    for arch in arch_list:
+        kind, _, number = arch.partition("_")
+        try:
+            code = int(number.rstrip("af"))
+        except ValueError:
+            continue
+        if kind == "sm" and code // 10 == device // 10 and code <= device:
+            return True
+        if kind == "compute" and code <= device:
+            return True
+    return False
+
+
+def cuda_diagnosis(index: int | None = None) -> str | None:
+    """Why CUDA cannot run this torch's kernels here (on GPU ``index``, default the current one), in words;
+    None when nothing is found wrong."""
+    install = (f"pip install torch=={torch.__version__.split('+')[0]} --index-url "
+               "https://download.pytorch.org/whl/cuXYZ (cuXYZ: a CUDA version the driver supports, e.g. cu126; "
+               "see https://pytorch.org/get-started/locally/)")
+    hip = getattr(torch.version, "hip", None)
+    if torch.version.cuda is None and hip is None:
+        return (f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None); install a CUDA "
+                f"build: {install}")
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else f"ROCm {hip}"
+        driver = nvidia_driver() or "no NVIDIA driver found: no nvidia-smi, no /proc/driver/nvidia/version"
+        return (f"torch {torch.__version__} is built for {build} but finds no usable GPU: the driver is missing "
+                f"or too old for {build}, or no GPU is visible to this process ({driver}); update the driver, "
+                f"or install a build for an older CUDA: {install}")
+    arch_list = torch.cuda.get_arch_list()
+    if torch.version.cuda is None or not arch_list:
+        return None  # ROCm, or a build that does not list its kernels: nothing to compare
+    try:
+        capability = torch.cuda.get_device_capability(index)
+        name = torch.cuda.get_device_name(index)
+    except (RuntimeError, AssertionError):
+        return None  # the GPU cannot be asked; torch's own error comes with its first use
+    if _runs_on(capability, arch_list):
+        return None
+    sm = f"sm_{capability[0]}{capability[1]}"
+    return (f"the GPU ({name}) has compute capability {sm}, but torch {torch.__version__} has kernels for "
+            f"{' '.join(arch_list)} only, so its first kernel would fail; install a torch build whose kernels "
+            f"include {sm} (older releases and CUDA versions cover older GPUs: "
+            "https://pytorch.org/get-started/previous-versions/)")
+
+
+def resolve_device(name: str = "auto", env: dict | None = None) -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU, but refuses the CPU when this process was given an
+    NVIDIA GPU that CUDA cannot use (``gpu_expected``; the error says why, ``cuda_diagnosis``). An explicit
+    name is checked to exist here and, for CUDA, to run this torch's kernels (every job checks when it
+    starts; advfine.pipeline.config.check_device before jobs run on this machine)."""
     if name == "auto":
         if torch.cuda.is_available():
+            problem = cuda_diagnosis()
+            if problem:
+                raise RuntimeError(f"device: 'auto' found a GPU it cannot use: {problem}")
             return torch.device("cuda")
+        evidence = gpu_expected(env)
+        if evidence:
+            raise RuntimeError(f"device: 'auto' found no usable CUDA device, but this job was given a GPU "
+                               f"({evidence}): {cuda_diagnosis()}. Fix that, or set device: cpu to run on the "
+                               "CPU on purpose")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device: {name!r} was asked for but CUDA is not available; use device: auto or cpu")
+        raise RuntimeError(f"device: {name!r} was asked for but CUDA is not available: {cuda_diagnosis()}. "
+                           "Or use device: auto or cpu")
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
         count = torch.cuda.device_count()
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        visible = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
         raise RuntimeError(f"device: {name!r} was asked for but {count} CUDA device(s) are visible here (cuda:0 to "
                            f"cuda:{count - 1}" + (f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "")
                            + "); use device: auto, cuda, or cuda:N with N below that count")
+    if name.startswith("cuda"):
+        problem = cuda_diagnosis(int(name[5:]) if name.startswith("cuda:") else None)
+        if problem:
+            raise RuntimeError(f"device: {name!r} cannot be used: {problem}")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RuntimeError("device: 'mps' was asked for but MPS is not available; use device: auto or cpu")
     return torch.device(name)

@@ -22,8 +22,11 @@ class Job:
 @contextmanager
 def snakemake_job(smk):
     """Inside a ``script:`` job: send stdout, stderr (tqdm progress) and logging to ``smk.log[0]``, and
-    yield the ``Job``. The device is the config's ``device``; a rule declaring ``resources: gpu`` gets
-    its own GPU (``cuda:N``) from the pool when CUDA is there (see gpu_pool)."""
+    yield the ``Job``. A rule declaring ``resources: gpu`` gets a concrete device (``gpu_pool.job_device``):
+    its own GPU (``cuda:N``) from the pool when CUDA is there, else the config's ``device`` resolved (``cpu``,
+    ``mps``, ``cuda:N``). A rule without it keeps the config's ``device`` as written, possibly ``auto``:
+    the light rules use no device, and a model stage resolves it when it starts (``runtime.resolve_device``,
+    which takes a concrete name as well), so a node whose CUDA is broken fails only the jobs that use it."""
     start = time.perf_counter()
     log_path = smk.log[0] if smk.log else None
     stream = open(log_path, "a", buffering=1) if log_path else sys.stderr
