@@ -429,6 +429,21 @@ def test_mps_without_mps_is_refused():
         check_device("mps")
 
 
+def test_auto_on_a_machine_with_a_gpu_cuda_cannot_use_is_refused_before_any_job(monkeypatch):
+    """The driver's device node says a GPU is here, CUDA says it is unusable: ``device: auto`` does not
+    quietly run on the CPU; on a machine with no sign of a GPU it does."""
+    from advfine.core import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setattr(runtime, "NVIDIA_DEVICE_NODE", Path("/nonexistent/nvidia0"))
+    check_device("auto")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(ConfigError, match=r"config key device: 'auto' found no usable CUDA device.*CUDA_VISIBLE"):
+        check_device("auto")
+
+
 def test_a_cuda_index_beyond_the_visible_gpus_is_refused(monkeypatch):
     """On a machine with one visible GPU (torch's view, faked here): cuda:0 and cuda pass, cuda:1 is refused
     naming the key and the count, before jobs run here and again when a (cluster) job starts."""

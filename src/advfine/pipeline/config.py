@@ -323,11 +323,12 @@ def _check_schedules(config: dict) -> None:
 
 def check_device(device: str) -> None:
     """Refuse config key ``device`` when it names a device this machine lacks (CUDA, a CUDA index beyond
-    the visible GPUs, MPS): the workflow asks before jobs run on this machine. A cluster job's node is
-    checked when the job starts (``runtime.resolve_device``, which this calls)."""
-    if device in ("auto", "cpu"):
+    the visible GPUs, MPS), or when it is ``auto`` on a machine with an NVIDIA GPU that CUDA cannot use
+    (``runtime.resolve_device`` says why): the workflow asks before jobs run on this machine. A cluster
+    job's node is checked when the job starts (``runtime.resolve_device``, which this calls)."""
+    if device == "cpu":
         return
-    # deferred: torch takes seconds to import; only an explicit accelerator needs it, the parse never does
+    # deferred: torch takes seconds to import, and the parse never needs it
     from advfine.core.runtime import resolve_device
 
     try:
