@@ -20,6 +20,7 @@ BENCHMARKS = [  # (script, title, extra arguments)
     ("training_speed.py", "Adversarial training speed: naive reference, torchattacks, advfine fp32 and bf16", []),
     ("compressed_speed.py", "Compressed models: inference latency", ["--rounds", "7"]),
     ("fake_quant_speed.py", "Fake quantization: adversarial training step vs dense, ours vs NNI", []),
+    ("sync_count.py", "Fake quantization: device syncs and ATen ops per adversarial training step", []),
     ("workflow_overhead.py", "Workflow overhead and peak memory of the default experiment", []),
     ("machine_speed.py", "Machine speed: start-up and PGD-20 throughput", []),
 ]

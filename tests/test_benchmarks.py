@@ -44,6 +44,19 @@ def test_fake_quant_speed_measures_every_model_and_counts_empty_cache():
     assert float(rows["fake-quant PTQ INT8 (NNI 3.0, before)"][3]) > 0  # NNI's, once per wrapped layer
 
 
+def test_sync_count_finds_no_fake_quant_syncs_per_training_step():
+    out = run("sync_count.py", "--threads", "1", "--batch", "4", "--pgd-steps", "2", "--device", "cpu")
+    rows = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ") for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| model")}
+    assert set(rows) == {"dense fp32", "PTQ INT8", "QAT INT8", "PTQ INT4", "INT1 (binary)"}, out
+    assert rows["dense fp32"][1] == "2"  # the loop's own: loss.item() and the correct count
+    for name, row in rows.items():
+        assert row[2] == "0" and row[1] == "2", out  # none from fake quantization (the target allows 2)
+        assert row[3] == row[4] == "0", out  # eval forward, attack step
+    assert int(rows["PTQ INT8"][8]) > 0  # an attack step reuses the quantized weights
+    assert "target <= 2: met" in out and "on the CUDA code path" in out
+
+
 def test_the_run_overhead_is_read_back_from_job_logs(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     from workflow_overhead import run_overhead

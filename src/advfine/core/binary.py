@@ -5,7 +5,8 @@
   XNOR-Net: the first sees the image (1-bit images would destroy it and the meaning of a pixel-space
   epsilon), the last makes the logits. They hold a small share of the weights and MACs.
 * Weights of every other Conv2d/Linear: ``sign(w) * alpha`` with one ``alpha = mean |w|`` per output
-  channel, recomputed from the float weights at every forward (no stored state). sign(0) counts as +1.
+  channel, computed from the float weights, never saved (kept in memory while they do not change and
+  take no gradient, as in eval forwards and attacks: ``kept.KeptFromWeight``). sign(0) counts as +1.
 * Their inputs take two levels {0, s} (they are ReLU outputs, so non-negative; a negative input maps
   to 0). One ``s`` per layer is the two-level Lloyd-Max level (``two_level_scale``), calibrated layer by
   layer in forward order on the inputs the binary model itself produces (float activations are far
@@ -31,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advfine.core.kept import KeptFromWeight
+
 EMA_DECAY = 0.99  # of the tracked activation level in QAT, as quantize.py tracks min/max
 CALIBRATION_ITERATIONS = 20  # Lloyd iterations per calibration batch (from the mean of the positive values)
 TRACKING_ITERATIONS = 2  # per training batch, warm-started from the current level
@@ -54,6 +57,13 @@ def two_level_scale(x: torch.Tensor, start: torch.Tensor | None = None,
     return s.clamp(min=MIN_SCALE)
 
 
+def _binary_weight(w: torch.Tensor) -> torch.Tensor:
+    alpha = w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
+    sign = torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+    clipped = w.clamp(-1.0, 1.0)
+    return alpha * (sign + (clipped - clipped.detach()))
+
+
 class BinaryLayer:
     """Shared part of BinaryConv2d and BinaryLinear (a mixin before the torch layer class).
 
@@ -66,14 +76,11 @@ class BinaryLayer:
         scale = None if input_scale is None else input_scale.detach().clone().float().reshape(())
         self.register_buffer("input_scale", scale, persistent=False)  # quant_state saves it
         self.track_input_scale = bool(track_input_scale)
+        self.kept_weight = KeptFromWeight()
 
     def binary_weight(self) -> torch.Tensor:
         """sign(w) * (mean |w| per output channel), with straight-through gradients."""
-        w = self.weight
-        alpha = w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
-        sign = torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
-        clipped = w.clamp(-1.0, 1.0)
-        return alpha * (sign + (clipped - clipped.detach()))
+        return self.kept_weight.get(self.weight, _binary_weight)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """Two levels {0, s}; the level is updated first when tracking in train mode."""
@@ -189,7 +196,7 @@ def unbinarize(model: nn.Module) -> nn.Module:
         plain_class = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
         plain = copy.deepcopy(layer)
         plain.__class__ = plain_class  # same parameters, the plain forward
-        del plain.input_scale, plain.track_input_scale
+        del plain.input_scale, plain.track_input_scale, plain.kept_weight
         _replace(model, name, plain)
     return model
 

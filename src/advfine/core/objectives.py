@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advfine.core.attacks.mode import attack_mode
 from advfine.core.attacks.pgd import PGDAttack
 from advfine.core.attacks.threat import ThreatModel
 
@@ -59,9 +60,7 @@ class NFGSMAttack:
                  generator: torch.Generator | None = None) -> torch.Tensor:
         clamp = self.threat.clamp
         x = x.detach()
-        was_training = model.training
-        model.eval()
-        try:
+        with attack_mode(model):
             noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x_noisy = x + (2 * noise - 1) * self.noise_factor * self.threat.eps
             if clamp:
@@ -70,8 +69,6 @@ class NFGSMAttack:
             (grad,) = torch.autograd.grad(F.cross_entropy(model(x_noisy), y), x_noisy)
             x_adv = x_noisy.detach() + self.threat.ascent_step(grad, self.step_size)
             return (x_adv.clamp(0.0, 1.0) if clamp else x_adv).detach()
-        finally:
-            model.train(was_training)
 
     def describe(self) -> dict:
         # the threat model's fields but its norm: N-FGSM is L-inf only
@@ -104,9 +101,7 @@ class TradesObjective:
         reference code)."""
         threat, step = self.inner.threat, self.inner.step_size
         x = x.detach()
-        was_training = model.training
-        model.eval()
-        try:
+        with attack_mode(model):
             with torch.no_grad():
                 clean = F.softmax(model(x), dim=1)
             start = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -117,8 +112,6 @@ class TradesObjective:
                 (grad,) = torch.autograd.grad(kl, x_adv)
                 x_adv = threat.project(x_adv.detach() + threat.ascent_step(grad, step), x)
             return x_adv.detach()
-        finally:
-            model.train(was_training)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

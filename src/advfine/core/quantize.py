@@ -5,7 +5,7 @@ integer model exported from either, all one scheme (torch.ao's FX graph mode, th
   a quantized model has no BatchNorm. Fine-tuning then never runs BatchNorm in train mode on quantized
   activations (with BatchNorm unfolded and an unclipped estimator, fine-tuning a quantized ResNet diverges).
 * **Weights**: symmetric, one scale per output channel, integers in [-(2^(b-1)-1), 2^(b-1)-1]
-  (INT8: [-127, 127]); the scale is always the current weights' (recomputed at every forward).
+  (INT8: [-127, 127]); the scale is always the current weights' (recomputed whenever they change).
 * **Activations**: affine, one scale per tensor, from min/max observed on calibration batches (PTQ:
   then fixed, also during fine-tuning) or tracked as a moving average while training (QAT, decay 0.99,
   torch.ao's default); never moved in eval mode, so attacks cannot move them. Observed where the
@@ -15,8 +15,10 @@ integer model exported from either, all one scheme (torch.ao's FX graph mode, th
   clamped to [0, 255] like the deployed uint8 tensors.
 * **Gradients**: torch's fake-quantize kernels pass the gradient straight through inside the range
   and zero it where a value was clamped (a clipped straight-through estimator), in PTQ fine-tuning
-  and QAT alike. On the CPU, per-tensor activations use ``FakeQuantizePerTensorCPU`` (same values and
-  gradient; torch's CPU kernel is not vectorized); on CUDA torch's fused kernel.
+  and QAT alike. On the CPU, per-tensor activations use ``FakeQuantizePerTensorCPU`` (bitwise the
+  same values and gradient: it rounds ``x * (1.0f / scale)`` as torch's kernels do, not ``x / scale``,
+  which rounds some half-steps the other way; torch's CPU kernel is not vectorized); on CUDA torch's
+  fused kernel.
 * **The deployed model** (``int8_export.export_int8``) is ``convert_fx`` of the fake-quant model: the
   same graph, the same scales and zero points, integer kernels. The tests and the compute table check
   that both agree on at least 99 % of test predictions.
@@ -24,12 +26,19 @@ integer model exported from either, all one scheme (torch.ao's FX graph mode, th
 We subclass torch.ao's FakeQuantize to decide *when* it observes with Python flags (its own forward
 reads a tensor flag, a device sync per layer per step on a GPU), to clamp INT8 activations to the
 deployed range and to use the faster CPU kernel; no ``torch.cuda.empty_cache()`` anywhere (NNI 3.0
-called it after every wrapped layer's forward). INT1 is ``binary.py`` (XNOR-Net): torch's integer kernels stop at INT8 and a
-1-bit affine grid is degenerate.
+called it after every wrapped layer's forward). On a GPU nothing in a fake-quant forward reads a tensor
+on the host (a device sync): the observers' min/max and qparams are torch.ao's formulas without its
+value checks, and weights pass a floating zero point, for which torch skips its per-call range check
+(two ``.item()`` for an int32 one). ``emulate_cuda_path`` runs that code path on the CPU, where
+``advfine.core.syncs`` counts its host reads (``benchmarks/sync_count.py``). A fake-quantized weight is
+computed once while its weight does not change and takes no gradient (eval, attacks), not at every
+forward. INT1 is ``binary.py`` (XNOR-Net): torch's integer kernels stop at INT8 and a 1-bit affine
+grid is degenerate.
 """
 from __future__ import annotations
 
 import copy
+import struct
 import warnings
 from contextlib import contextmanager
 
@@ -41,6 +50,7 @@ from torch.ao.quantization.quantize_fx import prepare_qat_fx
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from advfine.core import binary
+from advfine.core.kept import KeptFromWeight
 from advfine.core.models import build_model
 
 SUPPORTED_BITS = (16, 8, 4, 2, 1)  # 1: the binary scheme of binary.py
@@ -60,6 +70,64 @@ def calibration_batches(x: torch.Tensor, n_batches: int, batch_size: int, seed: 
 
 # ------------------------------------------------------------------------------------ fake quantizer
 
+_emulating_cuda = False  # see emulate_cuda_path
+
+
+@contextmanager
+def emulate_cuda_path():
+    """Within: the fake quantizers run their CUDA code path on CPU tensors too (torch's kernels with
+    tensor qparams instead of ``FakeQuantizePerTensorCPU``'s Python numbers), so that its host reads,
+    device syncs on a GPU, can be counted without one (``advfine.core.syncs``). Same values."""
+    global _emulating_cuda
+    previous, _emulating_cuda = _emulating_cuda, True
+    try:
+        yield
+    finally:
+        _emulating_cuda = previous
+
+
+def _cuda_path(x: torch.Tensor) -> bool:
+    return x.is_cuda or _emulating_cuda
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (as a Python float)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def _observe_min_max(observer: MinMaxObserver, x: torch.Tensor) -> None:
+    """``observer(x)`` for torch.ao's MinMaxObserver and MovingAverageMinMaxObserver, bitwise, without the
+    moving average's host-side test for a first observation (a device sync): a ``where`` instead."""
+    x = x.detach().to(observer.min_val.dtype)
+    if x.numel() == 0:
+        return
+    cur_min, cur_max = torch.aminmax(x)
+    old_min, old_max = observer.min_val, observer.max_val
+    if isinstance(observer, MovingAverageMinMaxObserver):
+        c = observer.averaging_constant
+        first = torch.isposinf(old_min) & torch.isneginf(old_max)
+        new_min = torch.where(first, cur_min, old_min + c * (cur_min - old_min))
+        new_max = torch.where(first, cur_max, old_max + c * (cur_max - old_max))
+    else:
+        new_min, new_max = torch.min(cur_min, old_min), torch.max(cur_max, old_max)
+    observer.min_val.copy_(new_min)
+    observer.max_val.copy_(new_max)
+
+
+def _affine_qparams(observer: MinMaxObserver) -> tuple[torch.Tensor, torch.Tensor]:
+    """``observer.calculate_qparams()`` of a per-tensor affine observer, bitwise, without its host-side
+    checks (device syncs): nothing observed yet gives scale 1 and zero point 0 as torch.ao's does (a
+    ``where``); its min <= max assertion holds by construction (minima and maxima of the same batches)."""
+    qmin, qmax = observer.quant_min, observer.quant_max
+    min_val, max_val = observer.min_val, observer.max_val
+    min_neg = torch.min(min_val, torch.zeros_like(min_val))
+    max_pos = torch.max(max_val, torch.zeros_like(max_val))
+    scale = torch.max((max_pos - min_neg) / float(qmax - qmin), observer.eps)
+    zero_point = torch.clamp(qmin - torch.round(min_neg / scale).to(torch.int), qmin, qmax)
+    unobserved = torch.isposinf(min_val) & torch.isneginf(max_val)
+    return torch.where(unobserved, 1.0, scale), torch.where(unobserved, 0, zero_point)
+
+
 class FakeQuant(FakeQuantize):
     """torch.ao's FakeQuantize (fused kernel, clipped STE) that observes while ``calibrating`` or, when
     ``track``, in train mode; never in eval mode. ``clamp`` overrides the integer range the values are
@@ -73,8 +141,15 @@ class FakeQuant(FakeQuantize):
                                                    self.activation_post_process.quant_max)
 
     def observe(self, x: torch.Tensor) -> None:
-        self.activation_post_process(x.detach())
-        scale, zero_point = self.calculate_qparams()
+        observer = self.activation_post_process
+        if type(observer) in (MinMaxObserver, MovingAverageMinMaxObserver) \
+                and observer.qscheme == torch.per_tensor_affine:
+            with torch.no_grad():
+                _observe_min_max(observer, x)
+                scale, zero_point = _affine_qparams(observer)
+        else:  # torch.ao's own (with its syncs): not used by this module's qconfigs
+            observer(x.detach())
+            scale, zero_point = self.calculate_qparams()
         if self.scale.shape != scale.shape:
             self.scale.resize_(scale.shape)
             self.zero_point.resize_(zero_point.shape)
@@ -87,7 +162,7 @@ class FakeQuant(FakeQuantize):
         if self.is_per_channel:
             return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, self.ch_axis,
                                                           self.clamp_min, self.clamp_max)
-        if x.is_cuda:
+        if _cuda_path(x):  # tensor qparams: the kernel reads them on the device
             return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.clamp_min, self.clamp_max)
         # Python numbers: on the CPU .item() costs nothing, and tensor operands made div and clamp 6x slower
         return FakeQuantizePerTensorCPU.apply(x, self.scale.item(), int(self.zero_point.item()),
@@ -95,18 +170,26 @@ class FakeQuant(FakeQuantize):
 
 
 class FakeQuantizePerTensorCPU(torch.autograd.Function):
-    """torch.fake_quantize_per_tensor_affine (same values, same clipped STE) for the CPU. torch's CPU
-    kernel is slow: on a 256x32x28x28 activation it took 73.5 ms where these in-place passes take
-    9.7 ms, about a ReLU's time (benchmarks/fake_quant_speed.py), so on the CPU it cost as much as all
-    of CNN8's convolutions. On CUDA the fused kernel is fast and is used."""
+    """torch.fake_quantize_per_tensor_affine, bitwise (same values, same clipped STE), for the CPU.
+    torch's CPU kernel is slow: on a 256x32x28x28 activation it took 73.5 ms where these in-place passes
+    take 9.7 ms, about a ReLU's time (benchmarks/fake_quant_speed.py), so on the CPU it cost as much as
+    all of CNN8's convolutions. On CUDA the fused kernel is fast and is used.
+
+    Rounding as torch's kernels (CPU and CUDA): ``nearbyint(x * inv_scale)`` with ``inv_scale = 1.0f /
+    scale`` in float32; ``x / scale`` differs at some half-steps. Unlike the kernels, NaN stays NaN
+    (they map it to the lowest level)."""
 
     @staticmethod
     def forward(ctx, x, scale: float, zero_point: int, qmin: int, qmax: int):
-        steps = torch.div(x, scale).round_()  # round half to even, as the fused kernel's nearbyint
+        scale = _float32(scale)  # the kernels take the scale as a float32
+        # 1/scale in double, then rounded to float32: the same as float32 division (53 >= 2 * 24 + 2 bits)
+        inv_scale = _float32(1.0 / scale)
+        steps = torch.mul(x, inv_scale).round_()  # round half to even, as the kernels' nearbyint
         lo, hi = qmin - zero_point, qmax - zero_point
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward((steps >= lo) & (steps <= hi))
-        return steps.clamp_(lo, hi).mul_(scale)
+        # + 0.0 turns the -0.0 of values rounded up to 0 into +0.0: the kernels multiply an integer by the scale
+        return steps.clamp_(lo, hi).mul_(scale).add_(0.0)
 
     @staticmethod
     def backward(ctx, grad):
@@ -115,13 +198,26 @@ class FakeQuantizePerTensorCPU(torch.autograd.Function):
 
 
 class WeightFakeQuant(FakeQuant):
-    """Per-channel symmetric weights whose range is always the current weights' (every forward, in
-    train and eval mode): a scale fixed at calibration or one step old would clamp weights that moved,
-    and the deployed model, converted from the current weights, would differ (measured: 92 % agreement
-    after one epoch of fine-tuning with a one-step-old scale, 100 % with the current one). Computed as
-    torch.ao's symmetric observer does, without its checks that sync a GPU per layer."""
+    """Per-channel symmetric weights whose range is always the current weights' (in train and eval mode):
+    a scale fixed at calibration or one step old would clamp weights that moved, and the deployed model,
+    converted from the current weights, would differ (measured: 92 % agreement after one epoch of
+    fine-tuning with a one-step-old scale, 100 % with the current one). Computed as torch.ao's symmetric
+    observer does, without its checks that sync a GPU per layer.
+
+    The fake-quantized weight is kept while the weight is unchanged and takes no gradient
+    (``kept.KeptFromWeight``): eval forwards and attack steps (attacks freeze the parameters) compute it
+    once, training forwards at every forward, as the weights change at every step. It is not in the
+    state_dict."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.kept = KeptFromWeight()
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.kept.get(w, self.quantize_weight)
+
+    def quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """The fake-quantized weight, computed (no reuse)."""
         observer = self.activation_post_process
         with torch.no_grad():
             dims = tuple(d for d in range(w.dim()) if d != self.ch_axis)
@@ -136,7 +232,10 @@ class WeightFakeQuant(FakeQuant):
                 self.zero_point.resize_(scale.shape)
                 self.zero_point.zero_()
             self.scale.copy_(scale)
-        return torch.fake_quantize_per_channel_affine(w, self.scale, self.zero_point, self.ch_axis,
+        # A floating zero point (always 0 here, as the int32 ``zero_point`` convert_fx and checkpoints
+        # keep): torch checks an integer one's range with two .item() (device syncs), and with zero point
+        # 0 both compute the same values.
+        return torch.fake_quantize_per_channel_affine(w, self.scale, torch.zeros_like(self.scale), self.ch_axis,
                                                       self.clamp_min, self.clamp_max)
 
 

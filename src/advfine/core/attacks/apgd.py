@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advfine.core.attacks.mode import attack_mode
 from advfine.core.attacks.threat import ThreatModel, per_sample
 from advfine.core.decision import correct
 
@@ -53,14 +54,10 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
     (then ``y_target`` per sample). The start is drawn from ``generator``, or taken from ``start_noise``
     (uniform in [0, 1), shaped like ``x``: an evaluation draws it once per test sample).
     Returns ``(x_adv, fooled)``: for a fooled sample the first iterate that fooled the model, else the
-    point of highest loss; ``fooled`` is a boolean per sample. The model is evaluated in eval mode;
-    x_adv lies in the threat model."""
-    was_training = model.training
-    model.eval()
-    try:
+    point of highest loss; ``fooled`` is a boolean per sample. The model is evaluated in eval mode with
+    its parameters frozen (``attack_mode``); x_adv lies in the threat model."""
+    with attack_mode(model):
         return _apgd(model, x.detach(), y, threat, steps, loss, y_target, generator, rho, start_noise)
-    finally:
-        model.train(was_training)
 
 
 def _loss_fn(loss: str):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from advfine.core.attacks.mode import attack_mode
 from advfine.core.attacks.threat import ThreatModel
 
 
@@ -27,5 +28,5 @@ def fab_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMode
                               n_restarts=restarts, multi_targeted=True, n_classes=num_classes, seed=seed)
     attack.n_target_classes = target_classes  # torchattacks tries every wrong class; AutoAttack the top 9
     devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # FAB reseeds torch's global generator
+    with torch.random.fork_rng(devices=devices), attack_mode(model):  # FAB reseeds torch's global generator
         return attack(x, y).detach()

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advfine.core.attacks.mode import attack_mode
 from advfine.core.attacks.threat import PGDSettings, ThreatModel
 from advfine.core.decision import correct
 
@@ -19,7 +20,8 @@ class PGDAttack:
     inputs.
 
     The model is put in eval mode for the attack (so BatchNorm statistics and dropout do not move,
-    unlike the paper's code) and restored afterwards. Gradients are taken with respect to the input only.
+    unlike the paper's code) with its parameters frozen, and restored afterwards (``attack_mode``).
+    Gradients are taken with respect to the input only.
 
     With ``stop_on_success`` (for evaluation), a sample stops moving at the first iterate the model
     misclassifies, and that iterate is returned: any misclassified point in the ball proves the
@@ -56,9 +58,7 @@ class PGDAttack:
         x = x.detach()
         if threat.eps == 0 or self.steps == 0:
             return x.clone()
-        was_training = model.training
-        model.eval()
-        try:
+        with attack_mode(model):
             if self.random_start:
                 noise = start_noise if start_noise is not None else torch.rand(
                     x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -77,8 +77,6 @@ class PGDAttack:
                         break
                 moved = x_active.detach() + threat.ascent_step(grad, self.step_size)
                 x_adv[active] = threat.project(moved, x[active])
-        finally:
-            model.train(was_training)
         return x_adv.detach()
 
     def describe(self) -> dict:

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from advfine.core.attacks.mode import attack_mode
 from advfine.core.attacks.threat import ThreatModel
 from advfine.core.decision import margin
 
@@ -40,12 +41,8 @@ def square_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thre
     whether it is misclassified. ``n_queries`` counts the initial stripes as the first query."""
     if threat.norm != "linf":
         raise ValueError(f"square_linf attacks in an L-inf threat model, got norm {threat.norm!r}")
-    was_training = model.training
-    model.eval()
-    try:
+    with attack_mode(model):
         return _square(model, x.detach(), y, threat, n_queries, p_init, generator)
-    finally:
-        model.train(was_training)
 
 
 def _signs(shape, generator, device, dtype) -> torch.Tensor:
@@ -102,5 +99,5 @@ def square_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat
     attack = torchattacks.Square(Float32Logits(model), norm="L2", eps=threat.eps, n_queries=n_queries, n_restarts=1, p_init=p_init,
                                  loss="margin", resc_schedule=True, seed=seed)
     devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # torchattacks reseeds torch's global generator
+    with torch.random.fork_rng(devices=devices), attack_mode(model):  # torchattacks reseeds torch's global generator
         return attack(x, y).detach()
