@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: install run test test-fast bench lint clean
+.PHONY: install run test test-fast test-oldest-torch bench lint clean
 
 install: $(VENV)/.installed
 
@@ -40,3 +40,19 @@ lint: install
 
 clean:
 	rm -rf results logs .snakemake
+
+# The oldest torch the code supports (docs/gpu-and-slurm.md): the fast tests in a venv of its own with
+# that torch and its torchvision, everything else at requirements.txt's pins. torch 2.11 refuses
+# setuptools 82 and newer, and our pyproject's license field needs 77 or newer.
+TORCH_OLDEST ?= 2.11.0
+TORCHVISION_OLDEST ?= 0.26.0
+OLDEST := .venv-torch$(TORCH_OLDEST)
+
+test-oldest-torch:
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet "setuptools>=77,<82"
+	grep -v -E '^(torch|torchvision)==' requirements.txt > $(OLDEST)/requirements.txt
+	$(OLDEST)/bin/python -m pip install --quiet -r $(OLDEST)/requirements.txt torch==$(TORCH_OLDEST) \
+		torchvision==$(TORCHVISION_OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --no-deps -e .
+	$(OLDEST)/bin/python -m pytest -q -m "not slow"

@@ -39,7 +39,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("advfine") is None:  # a checkout without an install: use its own src/
@@ -51,15 +50,15 @@ if importlib.util.find_spec("jsonschema") is None:
 HAS_NNI = importlib.util.find_spec("nni") is not None  # only pruning needs it
 
 import advfine  # noqa: E402
-from advfine.core import evaluate as core_evaluate, runtime, train as core_train  # noqa: E402
+from advfine.core import evaluate as core_evaluate, runtime, syncs, train as core_train  # noqa: E402
 from advfine.core.attacks.pgd import PGDAttack  # noqa: E402
 from advfine.core.attacks.threat import ThreatModel  # noqa: E402
 from advfine.core.catalog import ATTACKS  # noqa: E402
 from advfine.core.datasets import load_dataset  # noqa: E402
 from advfine.core.evaluate import Suite, evaluate_model, logits_of  # noqa: E402
 from advfine.core.models import build_model, default_arch  # noqa: E402
-from advfine.core.quantize import (FakeQuantizePerTensorCPU, calibration_batches, float_twin,  # noqa: E402
-                                   prepare_qat, quantize_ptq)
+from advfine.core.quantize import (FakeQuantizePerTensorCPU, calibration_batches, emulate_cuda_path,  # noqa: E402
+                                   float_twin, prepare_qat, quantize_ptq)
 from advfine.core.runtime import autocast, configure_backends, make_generator, place_model  # noqa: E402
 from advfine.core.schedule import TrainSchedule  # noqa: E402
 from advfine.core.train import model_tensors, train_model, training_step  # noqa: E402
@@ -92,13 +91,6 @@ TINY = {
 # The sizes of the GPU run and of --cpu (shared CPUs: smaller batches, fewer timed steps)
 SIZES = {"gpu": {"step_batch": 128, "timed_steps": 5, "attack_images": 16},
          "cpu": {"step_batch": 8, "timed_steps": 1, "attack_images": 8}}
-
-# Known sync ops on the CPU (where nothing syncs, the ops that would on a GPU); boolean-mask indexing
-# is one too (it needs the number of true elements on the host).
-SYNC_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
-            torch.ops.aten.equal.default, torch.ops.aten.masked_select.default}
-MASK_INDEX_OPS = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default}
-
 
 # ------------------------------------------------------------------------------------------- recording
 class Skip(Exception):
@@ -472,15 +464,14 @@ def check_agreement(checks: Checks, run: Run) -> None:
     scale, zero_point = 0.0123, 3
     inputs = {"random": torch.randn(1_000_000, generator=generator) * 2,
               "near ties": (torch.randint(-300, 300, (100_000,), generator=generator) + 0.5) * scale}
-    mismatches = {}
-    for what, values in inputs.items():
-        ours = FakeQuantizePerTensorCPU.apply(values.clone(), scale, zero_point, 0, 255)
-        torch_kernel = torch.fake_quantize_per_tensor_affine(values.to(kernel_device), scale, zero_point, 0, 255)
-        mismatches[what] = int((ours != torch_kernel.cpu()).sum())
-    checks.info(f"fake-quant per-tensor: ours (CPU) vs torch's {kernel_device.type} kernel",
-                ", ".join(f"{n} of {len(inputs[what]):,} {what} values round differently"
-                          for what, n in mismatches.items()), **{f"mismatched_{k.replace(' ', '_')}": v
-                                                                for k, v in mismatches.items()})
+    with checks.check(f"fake-quant per-tensor: ours (CPU) rounds like torch's {kernel_device.type} kernel") as verdict:
+        mismatches = {}
+        for what, values in inputs.items():
+            ours = FakeQuantizePerTensorCPU.apply(values.clone(), scale, zero_point, 0, 255)
+            torch_kernel = torch.fake_quantize_per_tensor_affine(values.to(kernel_device), scale, zero_point, 0, 255)
+            mismatches[what] = int((ours != torch_kernel.cpu()).sum())
+        verdict(not any(mismatches.values()), ", ".join(f"{n} of {len(inputs[what]):,} {what} values round differently"
+                                                        for what, n in mismatches.items()))
 
     with checks.check("CPU vs GPU logits, TF32 off") as verdict:
         gpu_only(run)
@@ -521,22 +512,9 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ------------------------------------------------------------------------------------------- 7. syncs
-class SyncCounter(TorchDispatchMode):
-    """Counts the ops that make a GPU wait for the host to read a value (on the CPU, where they cost nothing)."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in SYNC_OPS or (func in MASK_INDEX_OPS and any(
-                torch.is_tensor(i) and i.dtype == torch.bool for i in (args[1] or []) if i is not None)):
-            self.counts[str(func)] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def count_syncs(step, device: torch.device) -> int:
-    """Device syncs in one call of ``step``: CUDA's sync debug warnings, or the sync ops on the CPU."""
+    """Device syncs in one call of ``step``: CUDA's sync debug warnings; on the CPU, the host reads of the
+    CUDA code path (``quantize.emulate_cuda_path``), counted by ``advfine.core.syncs``."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         with warnings.catch_warnings(record=True) as caught:
@@ -547,9 +525,8 @@ def count_syncs(step, device: torch.device) -> int:
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         return sum("synchroniz" in str(w.message) for w in caught)
-    with SyncCounter() as counter:
-        step()
-    return sum(counter.counts.values())
+    with emulate_cuda_path():
+        return syncs.count(step).syncs
 
 
 def adversarial_step(run: Run, model: torch.nn.Module, precision: str, pgd_steps: int):
@@ -574,7 +551,7 @@ def check_syncs(checks: Checks, run: Run) -> None:
         checks.timings["syncs per step"] = counts
         extra = {name: n - counts["dense fp32"] for name, n in counts.items() if name != "dense fp32"}
         verdict(all(n <= 2 for n in extra.values()),
-                f"{'CUDA sync warnings' if run.device.type == 'cuda' else 'sync ops (CPU)'} per step: "
+                f"{'CUDA sync warnings' if run.device.type == 'cuda' else 'host reads of the CUDA code path, counted on the CPU,'} per step: "
                 + ", ".join(f"{name} {n}" for name, n in counts.items()))
 
 

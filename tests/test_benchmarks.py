@@ -82,12 +82,6 @@ def test_peak_memory_is_read_back_from_job_logs(tmp_path):
     assert peak_memory_by_rule(tmp_path) == {"train_base": [812.0], "evaluate": [1300.0]}  # last run counts
 
 
-# Checks of gpu_check.py --cpu that fail until their fixes land on main: empty this set as they do.
-KNOWN_BROKEN_UNTIL_FIXED = {
-    "syncs: fake-quant adds <= 2 per PGD-10 training step over dense",
-}
-
-
 def test_gpu_check_says_when_there_is_no_gpu_and_its_checks_pass_on_the_cpu(tmp_path):
     import torch
 
@@ -104,9 +98,8 @@ def test_gpu_check_says_when_there_is_no_gpu_and_its_checks_pass_on_the_cpu(tmp_
         assert check.keys() == {"name", "status", "detail", "seconds"}
         assert check["status"] in ("PASS", "FAIL", "SKIP", "INFO")
         assert f"{check['status']} {check['name']}: {check['detail']}" in result.stdout
-    failed = {name for name, status in statuses.items() if status == "FAIL"}
-    assert failed <= KNOWN_BROKEN_UNTIL_FIXED, result.stdout
-    assert result.returncode == (1 if failed else 0), result.stderr[-3000:]
+    assert "FAIL" not in statuses.values(), result.stdout
+    assert result.returncode == 0, result.stderr[-3000:]
     # what --cpu can run ran (pruning needs NNI), and the GPU-only halves say why they did not
     ran = ["stage prepare_data", "stage train_base rb", "stage compress ptq-int8", "stage qat int8",
            "stage finetune ptq-int8 ad", "stage evaluate ptq-int8 ad",

@@ -29,12 +29,13 @@ def prune_filters_l1(model: nn.Module, arch: dict, sparsity: float,
         raise ValueError(f"sparsity must be a number with 0 < sparsity < 1, got {sparsity!r}")
     if is_quantized(model):
         raise ValueError("prune_filters_l1 needs a plain float model, got one already quantized")
-    # deferred: only pruning needs NNI, and stage compress imports this module for PTQ too (a machine
-    # without NNI can still quantize: benchmarks/gpu_check.py)
+    # Only pruning needs NNI, and stage compress imports this module for PTQ too: a machine without NNI
+    # can still quantize (benchmarks/gpu_check.py).
+    # deferred: see above
     from nni.compression.pruning import L1NormPruner
     from nni.compression.speedup import ModelSpeedup
     from nni.compression.speedup.error_code import EmptyLayerError
-    from nni.compression.utils import auto_set_denpendency_group_ids  # (sic)
+    from nni.compression.utils import auto_set_denpendency_group_ids  # (sic); deferred: see above
 
     work = copy.deepcopy(model).eval()
     device = next(work.parameters()).device
