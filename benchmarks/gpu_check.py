@@ -41,8 +41,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("advfine") is None:  # a checkout without an install: use its own src/
-    sys.path.insert(0, str(REPO / "src"))
+if importlib.util.find_spec("advfine") is None:
+    sys.exit("gpu_check: the advfine package is not importable: run `make install`, or run this from the checkout "
+             "with PYTHONPATH=src")
 if importlib.util.find_spec("jsonschema") is None:
     sys.exit("gpu_check: jsonschema is missing (advfine's config validation needs it): install it or put it "
              "on PYTHONPATH")
