@@ -21,6 +21,7 @@ BENCHMARKS = [  # (script, title, extra arguments)
     ("compressed_speed.py", "Compressed models: inference latency", ["--rounds", "7"]),
     ("fake_quant_speed.py", "Fake quantization: adversarial training step vs dense, ours vs NNI", []),
     ("sync_count.py", "Fake quantization: device syncs and ATen ops per adversarial training step", []),
+    ("int8_attack_cost.py", "The real INT8 model: what attacking it costs (evaluate.int8_robust_images)", []),
     ("workflow_overhead.py", "Workflow overhead and peak memory of the default experiment", []),
     ("machine_speed.py", "Machine speed: start-up and PGD-20 throughput", []),
 ]

@@ -158,6 +158,31 @@ def test_the_deployed_model_faces_the_points_that_broke_the_model_it_was_convert
     assert deployed["robust_acc"] <= alone["robust_acc"] and "from_fake_quant_points" not in alone["attacks"]["transfer"]
 
 
+def test_the_real_int8_model_can_be_attacked_on_a_fixed_subset_beside_the_fake_quant_number_on_it(trained, digits):
+    """evaluate.int8_robust_images: the deployed model's attacks run on a fixed random subset (the same for
+    one seed), its robust accuracy is over that subset and the fake-quant model's is given on the same
+    samples; with no subset nothing changes."""
+    x, y = digits.test_x[:64], digits.test_y[:64]
+    s = suite(0.05, attacks=("pgd", "transfer", "square"))
+    model = RoundInput(trained)
+    outcome = evaluate_model(model, x, y, s, 64, CPU, seed=0, float_twin=trained)["per_sample"]
+    every = evaluate_deployed(model, trained, x, y, s, 64, 0, fake_quant_outcome=outcome)
+    part = evaluate_deployed(model, trained, x, y, s, 64, 0, fake_quant_outcome=outcome, robust_images=20)
+    assert every["robust_images"] == 64 and every["per_sample"]["attacked"].all()
+    attacked = part["per_sample"]["attacked"]
+    assert part["robust_images"] == int(attacked.sum()) == 20
+    assert torch.equal(attacked, evaluate_deployed(model, trained, x, y, s, 64, 0, robust_images=20)["per_sample"]
+                       ["attacked"])  # the subset depends on the seed only
+    assert torch.equal(part["per_sample"]["clean_ok"], every["per_sample"]["clean_ok"])  # clean: every sample
+    assert (part["per_sample"]["broken_by"][~attacked] == -1).all()
+    robust = part["per_sample"]["clean_ok"] & (part["per_sample"]["broken_by"] < 0)
+    assert part["robust_acc"] == pytest.approx(robust[attacked].float().mean().item())
+    fake_quant_robust = outcome["clean_ok"] & (outcome["broken_by"] < 0)
+    assert part["fake_quant_robust_acc"] == pytest.approx(fake_quant_robust[attacked].float().mean().item())
+    assert every["fake_quant_robust_acc"] == pytest.approx(fake_quant_robust.float().mean().item())
+    assert all(record["attacked"] <= 20 for record in part["attacks"].values())
+
+
 def test_the_robustness_curve_falls_with_eps_and_is_no_weaker_than_each_radius_alone(trained, digits):
     x, y = digits.test_x[:100], digits.test_y[:100]
     clean_ok = trained(x).argmax(1) == y

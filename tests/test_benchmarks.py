@@ -18,6 +18,12 @@ def run(script, *args):
     return result.stdout
 
 
+def test_int8_attack_cost_times_both_models_and_projects_the_paper_node():
+    out = run("int8_attack_cost.py", "--threads", "1", "--queries", "3", "--batch", "16")
+    assert "real INT8" in out and "fake-quant INT8" in out
+    assert "every test image" in out and "int8_robust_images: 1000" in out
+
+
 def test_training_speed_compares_four_loops_and_reports_flops_and_peak():
     out = run("training_speed.py", "--threads", "1", "--train-images", "384", "--pgd-steps", "1",
               "--test-images", "32")

@@ -267,6 +267,20 @@ def test_a_sample_robust_but_wrong_clean_is_refused_naming_the_file(tmp_path, ro
         assert str(path) in str(err.value) and "index 1" in str(err.value)
 
 
+def test_an_int8_robust_column_of_a_subset_is_checked_on_its_attacked_samples_only(tmp_path):
+    """evaluate.int8_robust_images: the real INT8 model's robust cells are empty where it was not attacked.
+    The file reads as usual; a wrong cell among the attacked ones is still caught; the column itself is
+    not a whole-test-set outcome and is refused as one."""
+    path = tmp_path / "samples.csv"
+    path.write_text(HEADER + "0,2,1,1,,1,1,\n1,3,1,0,pgd,1,,\n2,4,0,0,,0,,\n")
+    np.testing.assert_array_equal(read_outcome(path).correct, [True, False, False])
+    with pytest.raises(ValueError, match="int8_robust.*empty"):
+        read_outcome(path, "int8_robust")
+    path.write_text(HEADER + "0,2,1,1,,0,1,\n1,3,1,0,pgd,1,,\n")
+    with pytest.raises(ValueError, match="int8_robust 1 but int8_clean_correct 0"):
+        read_outcome(path)
+
+
 def write_outcomes(path, rows) -> None:
     path.write_text("index,label,clean_correct,robust,broken_by\n"
                     + "".join(f"{i},{label},1,{r},{'' if r else 'pgd'}\n" for i, label, r in rows))

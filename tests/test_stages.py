@@ -12,6 +12,7 @@ from advfine.core.cost import training_macs
 from advfine.pipeline import vocab
 from advfine.pipeline.checkpoints import load_model, save_model
 from advfine.pipeline.vocab import compression_label, parse_compression
+from advfine.report.paired import read_outcome
 from advfine.stages import compress as compress_stage
 from advfine.stages import evaluate as evaluate_stage
 from advfine.stages import finetune as finetune_stage
@@ -206,6 +207,21 @@ def test_compression_labels_round_trip():
     for bad in ("ptq-8", "prune-", "qat-int", "dense-1", "prune-1.2.3"):
         with pytest.raises(ValueError, match="unknown compression"):
             parse_compression(bad)
+
+
+def test_the_real_int8_model_is_attacked_on_the_configured_subset(data_path, base, tmp_path):
+    """evaluate.int8_robust_images: the record says how many images the deployed model was attacked on and
+    gives the fake-quant model's robust accuracy on them; samples.csv leaves the others' cells empty."""
+    compress(data_path, base, tmp_path, "ptq-int8")
+    record = evaluate(data_path, tmp_path / "ptq-int8.pt", tmp_path / "ptq-int8.json", "ptq-int8",
+                      **{"evaluate.int8_robust_images": 40})
+    int8 = record["int8"]
+    assert int8["robust_images"] == 40 and 0 <= int8["fake_quant_robust_acc"] <= 1
+    rows = list(csv.DictReader(open(tmp_path / "eval-ptq-int8-none.csv")))
+    attacked = [r for r in rows if r["int8_robust"] != ""]
+    assert len(rows) == 128 and len(attacked) == 40 and all(r["int8_clean_correct"] != "" for r in rows)
+    assert sum(int(r["int8_robust"]) for r in attacked) / 40 == pytest.approx(int8["robust_acc"])
+    assert read_outcome(tmp_path / "eval-ptq-int8-none.csv") is not None  # the report reads it as usual
 
 
 def test_evaluation_writes_the_per_sample_outcome_the_audit_and_a_curve(data_path, base, tmp_path):

@@ -286,23 +286,39 @@ def broken_per_attack(suites_records: list[dict]) -> dict:
     return total
 
 
+def robust_subset(n: int, images: int | None, seed: int) -> torch.Tensor:
+    """Which of ``n`` test samples the deployed INT8 model is attacked on: a fixed random subset of
+    ``images`` of them drawn with ``seed`` (the node's evaluation seed: the same samples for every node of
+    a seed), or all of them (``images`` None or at least ``n``)."""
+    chosen = torch.ones(n, dtype=torch.bool)
+    if images is not None and images < n:
+        chosen[:] = False
+        chosen[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:images]] = True
+    return chosen
+
+
 def evaluate_deployed(int8_model: nn.Module, float_twin: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: Suite,
                       batch_size: int, seed: int, num_classes: int = 10,
-                      fake_quant_outcome: dict | None = None) -> dict:
+                      fake_quant_outcome: dict | None = None, robust_images: int | None = None) -> dict:
     """The robustness of the real integer model a user deploys (CPU, no gradients), in cascade on the samples
     it classifies correctly: the transfer attack, then the Square attack. Its transfer attack first tries
     each sample's adversarial point on the fake-quantized model it was converted from
     (``fake_quant_outcome``: ``evaluate_model``'s per-sample outcome, after escalation; the two models agree
     on nearly every prediction, so what broke one almost always breaks the other), then PGD crafted on the
-    float twin on the samples still standing."""
+    float twin on the samples still standing.
+
+    ``robust_images``: attack only a fixed random subset of that many samples (``robust_subset``); its
+    clean accuracy is still over every sample. The robust accuracy is then over the subset, and the
+    fake-quant model's (``fake_quant_robust_acc``) is reported over the same samples beside it."""
     cpu = torch.device("cpu")
     clean_ok = correct(logits_of(int8_model, x, batch_size, cpu), y)
+    attacked = robust_subset(len(y), robust_images, seed)
     transfer = ATTACKS.index("transfer")
     broken_by = torch.full((len(y),), -1, dtype=torch.long)
     start, reused = time.perf_counter(), 0
     if fake_quant_outcome is not None:
         # the fake-quant model's points where it was broken (its clean misclassifications have no point)
-        tried = clean_ok & (fake_quant_outcome["broken_by"] >= 0)
+        tried = clean_ok & attacked & (fake_quant_outcome["broken_by"] >= 0)
         idx = tried.nonzero().flatten()
         if len(idx):
             adv = fake_quant_outcome["points"][idx]
@@ -310,21 +326,27 @@ def evaluate_deployed(int8_model: nn.Module, float_twin: nn.Module, x: torch.Ten
             broken_by[idx[fooled]] = transfer
             reused = int(fooled.sum())
     reuse_s = time.perf_counter() - start
-    standing = clean_ok & (broken_by < 0)
+    standing = clean_ok & attacked & (broken_by < 0)
     names = tuple(name for name in ("transfer", "square") if name in suite.attacks) or ("transfer",)
-    rest, records = run_suite(int8_model, x, y, standing, suite, batch_size, cpu, seed, float_twin.cpu(),
-                              num_classes=num_classes, names=names)
-    broken_by = torch.where(rest >= 0, rest, broken_by)
+    # the attacks see the subset only: their records' robust accuracies are over it
+    subset = attacked.nonzero().flatten()
+    rest, records = run_suite(int8_model, x[subset], y[subset], standing[subset], suite, batch_size, cpu, seed,
+                              float_twin.cpu(), num_classes=num_classes, names=names)
+    broken_by[subset] = torch.where(rest >= 0, rest, broken_by[subset])
     robust_ok = clean_ok & (broken_by < 0)
-    if fake_quant_outcome is not None:  # one transfer record for both sources, over every clean-correct sample
+    if fake_quant_outcome is not None:  # one transfer record for both sources, over every attacked sample
         crafted = records.get("transfer", {"broken": 0, "wall_time_s": 0.0, "norm": suite.threat.norm,
                                            "eps_pixel": suite.threat.eps,
-                                           "robust_acc_after": standing.float().mean().item()})
-        merged = crafted | {"attacked": int(clean_ok.sum()), "broken": crafted["broken"] + reused,
+                                           "robust_acc_after": standing[subset].float().mean().item()})
+        merged = crafted | {"attacked": int((clean_ok & attacked).sum()), "broken": crafted["broken"] + reused,
                             "from_fake_quant_points": reused, "wall_time_s": crafted["wall_time_s"] + reuse_s}
         records = {"transfer": merged, **{name: r for name, r in records.items() if name != "transfer"}}
-    return {"robust_acc": robust_ok.float().mean().item(), "attacks": records,
-            "per_sample": {"clean_ok": clean_ok, "broken_by": broken_by}}
+    result = {"robust_acc": robust_ok[attacked].float().mean().item(), "robust_images": int(attacked.sum()),
+              "attacks": records, "per_sample": {"clean_ok": clean_ok, "broken_by": broken_by, "attacked": attacked}}
+    if fake_quant_outcome is not None:
+        fake_quant_robust = fake_quant_outcome["clean_ok"] & (fake_quant_outcome["broken_by"] < 0)
+        result["fake_quant_robust_acc"] = fake_quant_robust[attacked].float().mean().item()
+    return result
 
 
 def robustness_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_ok: torch.Tensor, suite: Suite,

@@ -239,6 +239,8 @@ EVAL_NESTED: dict[tuple[str, ...], str] = {
     ("int8", "agreement"): "fraction",
     ("int8", "latency_ms"): "number",
     ("int8", "model_bytes"): "bytes",
+    ("int8", "robust_images"): "count",
+    ("int8", "fake_quant_robust_acc"): "fraction",
 }
 
 

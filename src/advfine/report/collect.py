@@ -70,9 +70,12 @@ RECORD_COLUMNS: dict[str, tuple[str, ...]] = {
     "int8_agreement": ("int8", "agreement"),
     "int8_latency_ms": ("int8", "latency_ms"),
     "int8_model_bytes": ("int8", "model_bytes"),
+    "int8_robust_images": ("int8", "robust_images"),
+    "int8_fake_quant_robust_acc": ("int8", "fake_quant_robust_acc"),
 }
 # Integer columns that may be NA (nullable Int64) and float columns among RECORD_COLUMNS.
-_NULLABLE_INT_COLS = ["latency_batch", "latency_threads", *[f"broken_by_{a}" for a in ATTACKS], "int8_model_bytes"]
+_NULLABLE_INT_COLS = ["latency_batch", "latency_threads", *[f"broken_by_{a}" for a in ATTACKS], "int8_model_bytes",
+                      "int8_robust_images"]
 _FLOAT_COLS = [c for c in RECORD_COLUMNS if c.startswith(("robust_acc", "audit_", "int8_", "latency_ms", "peak_rss"))
                and c not in _NULLABLE_INT_COLS]
 METRIC_COLUMNS = (

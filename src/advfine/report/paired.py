@@ -45,6 +45,9 @@ _MAX_DRAWS_PER_CHUNK = 4_000_000
 
 # (clean column, robust column) pairs of a samples.csv: a sample robust under the attacks is correct clean
 OUTCOME_PAIRS = (("clean_correct", "robust"), ("int8_clean_correct", "int8_robust"))
+# Robust columns whose cells are empty on the samples not attacked (evaluate.int8_robust_images): checked
+# on the attacked ones only, and never read as a whole-test-set outcome.
+SUBSET_COLUMNS = ("int8_robust",)
 
 
 @dataclass(frozen=True)
@@ -89,9 +92,12 @@ def read_outcome(path: str | Path, column: str = "robust") -> Outcome | None:
             raise ValueError(f"{path}: no column {needed!r} (columns: {', '.join(table.columns)})")
     for clean_column, robust_column in OUTCOME_PAIRS:
         if clean_column in table.columns and robust_column in table.columns:
-            clean, robust = _bits(table, path, clean_column), _bits(table, path, robust_column)
+            rows = table
+            if robust_column in SUBSET_COLUMNS and robust_column != column:
+                rows = table[table[robust_column].str.strip() != ""]
+            clean, robust = _bits(rows, path, clean_column), _bits(rows, path, robust_column)
             if clean is not None and robust is not None and (robust & ~clean).any():
-                rows = table["index"][robust & ~clean].tolist()
+                rows = rows["index"][robust & ~clean].tolist()
                 raise ValueError(f"{path}: {len(rows)} sample(s) with {robust_column} 1 but {clean_column} 0 "
                                  f"(index {', '.join(rows[:5])}): a sample robust under attack is correct clean; "
                                  "the file was edited or is corrupt: re-run its evaluation")

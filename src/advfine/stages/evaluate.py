@@ -115,8 +115,10 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
     deployed = None
     if int8_model is not None and inference["int8"] is not None:
         deployed = evaluate_deployed(int8_model, twin, dataset.test_x, dataset.test_y, suite, batch,
-                                     eval_seed, num_classes, fake_quant_outcome=outcome)
-        inference["int8"] |= {"robust_acc": deployed["robust_acc"], "attacks": deployed["attacks"]}
+                                     eval_seed, num_classes, fake_quant_outcome=outcome,
+                                     robust_images=ev["int8_robust_images"])
+        inference["int8"] |= {key: deployed[key] for key in ("robust_acc", "robust_images", "fake_quant_robust_acc",
+                                                             "attacks")}
     _write_samples(out_samples, dataset.test_y, outcome, deployed)
     bits = int(level) if method in QUANTIZATION_METHODS else None
     record = EvalRecord(
@@ -138,7 +140,9 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
 def _write_samples(path: str, labels, outcome: dict | None, deployed: dict | None) -> None:
     """One row per test sample: its label, whether the model classifies it correctly clean and under
     the whole suite, and the attack that broke it (empty: robust, or misclassified clean); for PTQ INT8
-    nodes the same for the real integer model. A diverged model has no outcome: the columns stay empty."""
+    nodes the same for the real integer model (its robust and broken-by cells empty on the samples it
+    was not attacked on: ``evaluate.int8_robust_images``). A diverged model has no outcome: the columns
+    stay empty."""
     columns = ["index", "label", "clean_correct", "robust", "broken_by"]
     if deployed is not None:
         columns += ["int8_clean_correct", "int8_robust", "int8_broken_by"]
@@ -148,7 +152,8 @@ def _write_samples(path: str, labels, outcome: dict | None, deployed: dict | Non
         for i, label in enumerate(labels.tolist()):
             row = [i, label] + (_outcome_cells(outcome, i) if outcome is not None else ["", "", ""])
             if deployed is not None:
-                row += _outcome_cells(deployed["per_sample"], i)
+                cells = _outcome_cells(deployed["per_sample"], i)
+                row += cells if deployed["per_sample"]["attacked"][i] else [cells[0], "", ""]
             writer.writerow(row)
 
 
