@@ -34,7 +34,6 @@ import tempfile
 import threading
 import time
 import traceback
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -517,15 +516,7 @@ def count_syncs(step, device: torch.device) -> int:
     """Device syncs in one call of ``step``: CUDA's sync debug warnings; on the CPU, the host reads of the
     CUDA code path (``quantize.emulate_cuda_path``), counted by ``advfine.core.syncs``."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                step()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        return sum("synchroniz" in str(w.message) for w in caught)
+        return syncs.cuda_syncs(step, device)
     with emulate_cuda_path():
         return syncs.count(step).syncs
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import warnings
 from collections import Counter
 
 TARGET = 2
@@ -87,7 +86,7 @@ def main() -> None:
             eval_forward = syncs.count(forward, watched)
             attack_step()
             attack_one = syncs.count(attack_step, watched)
-        real = cuda_syncs(train) if device.type == "cuda" else None
+        real = syncs.cuda_syncs(train) if device.type == "cuda" else None
         rows[name] = (step, reused, eval_forward, attack_one, real)
 
     where = "CUDA" if device.type == "cuda" else "the CPU, on the CUDA code path"
@@ -115,21 +114,6 @@ def main() -> None:
         print("No GPU here: the counts stand for CUDA's (the same Python code dispatches the same ops); on the "
               "CPU itself per-tensor fake quantization reads its scale and zero point with .item(), which "
               "costs nothing there.")
-
-
-def cuda_syncs(fn) -> int:
-    """The syncs CUDA reports while ``fn()`` runs (``torch.cuda.set_sync_debug_mode("warn")``)."""
-    import torch
-
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 if __name__ == "__main__":

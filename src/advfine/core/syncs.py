@@ -14,6 +14,7 @@ torch's source). On a GPU, ``torch.cuda.set_sync_debug_mode("warn")`` counts the
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 
@@ -103,3 +104,16 @@ def count(fn, watched: list[nn.Module] = ()) -> SyncCounter:
     with counter, counter.watch(watched):
         fn()
     return counter
+
+
+def cuda_syncs(fn, device: torch.device | None = None) -> int:
+    """The device syncs CUDA itself reports while ``fn()`` runs (``torch.cuda.set_sync_debug_mode("warn")``)."""
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
