@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections import defaultdict
+from datetime import datetime
 import shutil
 import subprocess
 import sys
@@ -103,25 +104,28 @@ def default_experiment() -> str:
     return yaml.safe_load((REPO / "config.yaml").read_text())["experiment"]
 
 
-def run_overhead(log_dir: Path, cores: int) -> tuple[int, float, float] | None:
-    """(jobs, elapsed s, summed in-process s) of the last run of every job under ``log_dir``."""
-    from datetime import datetime
-
+def job_times(log_dir: Path) -> list[tuple[str, float, float, float]]:
+    """(rule, start, end, in-process s) of the last run of every job whose log is under ``log_dir``: start
+    and end are the job's first and last log lines (after its imports), as Unix times."""
     start_re = re.compile(r"^(\S+ \S+) INFO advfine: rule \w+, wildcards", re.M)
-    end_re = re.compile(r"^(\S+ \S+) INFO advfine: rule \w+: peak_rss_mb=[0-9.]+ in_process_s=([0-9.]+)", re.M)
-    starts, ends, in_process = [], [], 0.0
-    for log in log_dir.rglob("*.log"):
+    end_re = re.compile(r"^(\S+ \S+) INFO advfine: rule (\w+): peak_rss_mb=[0-9.]+ in_process_s=([0-9.]+)", re.M)
+    stamp = lambda s: datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f").timestamp()  # noqa: E731
+    jobs = []
+    for log in sorted(log_dir.rglob("*.log")):
         text = log.read_text(errors="replace")
         begun, done = start_re.findall(text), end_re.findall(text)
-        if not begun or not done:
-            continue
-        stamp = lambda s: datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f").timestamp()  # noqa: E731
-        starts.append(stamp(begun[-1]))
-        ends.append(stamp(done[-1][0]))
-        in_process += float(done[-1][1])
-    if not starts:
+        if begun and done:
+            end, rule, seconds = done[-1]
+            jobs.append((rule, stamp(begun[-1]), stamp(end), float(seconds)))
+    return jobs
+
+
+def run_overhead(log_dir: Path, cores: int) -> tuple[int, float, float] | None:
+    """(jobs, elapsed s, summed in-process s) of the last run of every job under ``log_dir``."""
+    jobs = job_times(log_dir)
+    if not jobs:
         return None
-    return len(starts), max(ends) - min(starts), in_process
+    return len(jobs), max(j[2] for j in jobs) - min(j[1] for j in jobs), sum(j[3] for j in jobs)
 
 
 def peak_memory_by_rule(log_dir: Path) -> dict[str, list[float]]:

@@ -250,3 +250,29 @@ def test_a_from_scratch_control_owes_nothing_to_its_parents_weights(tmp_path, co
     assert not torch.equal(parents[0]["fc2.weight"], parents[1]["fc2.weight"])  # the parents differ...
     assert from_trained.keys() == from_untrained.keys()  # ...their controls do not
     assert all(torch.equal(from_trained[k], from_untrained[k]) for k in from_trained)
+
+
+def test_the_run_time_split_compares_two_runs_stage_by_stage(tmp_path):
+    def job_log(folder, name, rule, start, end, seconds):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / name).write_text(
+            f"2026-12-06 07:{start},000 INFO advfine: rule {rule}, wildcards {{}}\n"
+            f"2026-12-06 07:{end},000 INFO advfine: rule {rule}: peak_rss_mb=1.0 in_process_s={seconds}\n")
+
+    job_log("old", "a.log", "evaluate", "00:00", "04:00", "230.00")
+    job_log("old", "b.log", "evaluate", "00:00", "04:10", "240.00")
+    job_log("old", "c.log", "train_base", "04:10", "05:00", "50.00")
+    job_log("new", "a.log", "evaluate", "00:00", "01:00", "55.00")
+    job_log("new", "c.log", "train_base", "01:00", "01:50", "45.00")
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_time_split.py"), "--logs",
+                             str(tmp_path / "old"), str(tmp_path / "new"), "--cores", "2"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split(" | ")[0].strip("| *"): line.strip("| ").split(" | ")[1:] for line in result.stdout.splitlines()
+            if line.startswith("| ")}
+    assert rows["evaluate"] == ["2", "470", "1", "55", "8.55x"]
+    assert rows["train_base"] == ["1", "50", "1", "45", "1.11x"]
+    assert rows["all jobs"] == ["3", "520", "2", "100", "5.20x"]
+    assert rows["elapsed (first job start to last job end), s"][1:4:2] == ["300", "110"]
+    # old: 300 s elapsed over 520 / 2 in-process; new: 110 over 100 / 2
+    assert rows["overhead ratio: elapsed / (in-process / 2 cores)"][1:4:2] == ["1.15", "2.20"]
