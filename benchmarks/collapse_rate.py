@@ -100,7 +100,7 @@ def untrained_parent(config: dict, data: str, compression: str, seed: int, threa
     from advfine.pipeline.checkpoints import save_model
     from advfine.core.data import load_prepared
     from advfine.core.models import build_model
-    from advfine.pipeline.records import write_stage_record
+    from advfine.pipeline.records import Cost, write_stage_record
     from advfine.stages import compress
     from advfine.stages.common import dataset_arch, metrics_record, setup
 
@@ -108,7 +108,7 @@ def untrained_parent(config: dict, data: str, compression: str, seed: int, threa
     arch = dataset_arch(config, load_prepared(data))
     base_model, base_metrics = folder / "base.pt", folder / "base.json"
     save_model(base_model, build_model(arch), arch)
-    write_stage_record(base_metrics, metrics_record(config, seed, device, "train_base", 0.0, None))
+    write_stage_record(base_metrics, metrics_record(config, seed, device, "train_base", Cost.zero(), None))
     out_model, out_metrics = folder / "compressed.pt", folder / "compressed.json"
     compress.run(job_config(config, "compress"), data=data, compression=compression, seed=seed,
                  model=str(base_model), metrics=str(base_metrics), out_model=str(out_model),

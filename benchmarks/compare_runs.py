@@ -25,7 +25,7 @@ import pandas as pd
 
 # Keys and columns that describe how long the run took, where and from which code, not what it measured.
 TIMING = re.compile(r"wall|latency|peak_rss|speedup|speed_up|eval_s|time_ratio|git_commit|provenance|created"
-                    r"|fingerprint|minutes|seconds|_s$|cpu_time"
+                    r"|fingerprint|minutes|seconds|_s$|cpu_time|_cpu_h$|_gpu_h$|energy"
                     # how the file is written, not what it holds: two formats of one record compare equal
                     r"|^format_version$")
 

@@ -2,12 +2,13 @@
 what a test is about, the rest is a healthy, plausible default."""
 from __future__ import annotations
 
-from advfine.pipeline.records import EvalRecord, LineageEntry, StageRecord
+from advfine.pipeline.records import Cost, EvalRecord, LineageEntry, StageRecord, lineage_cost
 
 
 def lineage_entry(stage: str, **over) -> LineageEntry:
     values = {"stage": stage, "wall_time_s": 1.0, "estimated_macs": 0, "adversarial": False, "device": "cpu",
-              "peak_rss_mb": 100.0, "collapsed": False, "collapsed_reason": None}
+              "peak_rss_mb": 100.0, "collapsed": False, "collapsed_reason": None, "cpu_time_s": 0.9,
+              "energy_j": None, "energy_method": "none: zeus is not installed"}
     return LineageEntry(**values | over)
 
 
@@ -20,7 +21,8 @@ def stage_record(stage: str, lineage: list[str], **over) -> StageRecord:
 
 
 def eval_values(**over) -> dict:
-    """The fields of a healthy evaluated node (an ``EvalRecord``'s keyword arguments), with ``over``."""
+    """The fields of a healthy evaluated node (an ``EvalRecord``'s keyword arguments), with ``over``; its
+    cost to obtain is its lineage's unless ``over`` says otherwise."""
     values = {
         "experiment": "exp", "dataset": "fashion_mnist", "arch": "cnn8", "seed": 0, "train": "st",
         "compression": "dense", "method": "dense", "level": None, "finetune": "none",
@@ -35,9 +37,12 @@ def eval_values(**over) -> dict:
         "latency_ms": None, "latency_batch": 256, "latency_threads": 1, "int8": None, "escalation": None,
         "device": "cpu", "eval_wall_time_s": 1.5, "stages": [lineage_entry("train_base")],
         "model_path": "model.pt", "peak_rss_mb": None,
+        "eval_cost": Cost(wall_time_s=2.0, cpu_time_s=1.8, gpu_time_s=None, train_macs=0, energy_j=None,
+                          energy_method="none: zeus is not installed"),
         "provenance": {"config_hash": "abc123", "git_commit": "deadbeef", "versions": {}},
     }
-    return values | over
+    values |= over
+    return {"cost_to_obtain": lineage_cost(values["stages"])} | values
 
 
 def eval_record(**over) -> EvalRecord:

@@ -219,7 +219,7 @@ def test_a_from_scratch_control_owes_nothing_to_its_parents_weights(tmp_path, co
     from advfine.core.data import load_prepared
     from advfine.core.models import build_model
     from advfine.stages import compress, finetune, prepare_data, train_base
-    from advfine.pipeline.records import write_stage_record
+    from advfine.pipeline.records import Cost, write_stage_record
     from advfine.stages.common import dataset_arch, metrics_record
     from conftest import stage_settings, tiny_config
 
@@ -231,7 +231,7 @@ def test_a_from_scratch_control_owes_nothing_to_its_parents_weights(tmp_path, co
     arch = dataset_arch(tiny_config(**small), load_prepared(data))
     save_model(tmp_path / "untrained.pt", build_model(arch), arch)
     write_stage_record(tmp_path / "untrained.json",
-                       metrics_record(tiny_config(**small), 0, "cpu", "train_base", 0.0, None))
+                       metrics_record(tiny_config(**small), 0, "cpu", "train_base", Cost.zero(), None))
 
     def scratch_control_of(parent: str) -> dict:
         node = {"data": data, "compression": compression, "seed": 0}

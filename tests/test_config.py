@@ -384,11 +384,12 @@ def test_conda_env_pins_equal_the_pip_requirements():
 
 
 def test_pyproject_declares_the_pinned_requirements():
-    """``pip install .`` gets the runtime of requirements.txt; the dev extra adds its tools."""
+    """``pip install .`` gets the runtime of requirements.txt; the extras add the rest (dev tools, energy meter)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     pip_pins = [l.strip() for l in (REPO / "requirements.txt").read_text().splitlines()
                 if l.strip() and not l.startswith("#")]
-    assert sorted(project["dependencies"] + project["optional-dependencies"]["dev"]) == sorted(pip_pins)
+    extras = [pin for pins in project["optional-dependencies"].values() for pin in pins]
+    assert sorted(project["dependencies"] + extras) == sorted(pip_pins)
 
 
 def test_control_base_models_without_any_base_model_is_a_config_error():

@@ -193,6 +193,8 @@ def test_the_shipped_configs_use_the_stage_names():
 # torch.utils.tensorboard, which needs tensorboard, undeclared by nni; pandas' to_markdown (the tables) needs
 # tabulate, an optional dependency of pandas; the Slurm profile (profiles/slurm) needs snakemake's executor plugin.
 NEEDED_WITHOUT_IMPORT = {"tensorboard", "tabulate", "snakemake-executor-plugin-slurm"}
+# Imported at run time where installed, optional (the import guarded, a missing one recorded): extra -> import names.
+OPTIONAL_AT_RUN_TIME = {"energy": {"zeus"}}
 
 
 def imported_top_level_names(paths) -> set[str]:
@@ -220,6 +222,10 @@ def test_every_distribution_imported_at_run_time_is_declared():
                 for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
     names = imported_top_level_names(MODULES + sorted((REPO / "workflow" / "scripts").glob("*.py")))
     third_party = names - set(sys.stdlib_module_names) - {"advfine"}
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra, optional in OPTIONAL_AT_RUN_TIME.items():
+        assert {canonical(re.split(r"[=<>!~;\[ ]", dep)[0]) for dep in extras[extra]} >= optional, extra
+        third_party -= optional
     providers = packages_distributions()
     missing = {name: providers.get(name) for name in third_party
                if not providers.get(name) or not {canonical(d) for d in providers[name]} & declared}

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from record_factory import eval_record
+from record_factory import eval_record, lineage_entry
 
 from advfine.pipeline import vocab
-from advfine.pipeline.records import LineageEntry
 from advfine.report import audit_table, collect, figures, html_tables, labels, render, stats, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -44,8 +43,8 @@ FT_MINUTES = {"dense": 14.0, "prune": 10.0, "ptq": 12.0, "qat": 12.0}
 
 def make_stages(train, method, finetune, seed):
     def stage(name, seconds, macs, adversarial):
-        return LineageEntry(stage=name, wall_time_s=seconds, estimated_macs=macs, adversarial=adversarial,
-                            device="cuda", peak_rss_mb=None, collapsed=False, collapsed_reason=None)
+        return lineage_entry(name, wall_time_s=seconds, estimated_macs=macs, adversarial=adversarial,
+                             device="cuda", peak_rss_mb=None, cpu_time_s=seconds)
 
     if train == "rb":
         stages = [stage("train_base", 60.0 * (118 + 2 * seed), 1e15, True)]
@@ -153,6 +152,8 @@ def test_collect_metrics_columns_rows_and_sorting(df, paths):
                 "int8_clean_acc", "int8_fake_quant_clean_acc", "int8_agreement",
                 "int8_latency_ms", "int8_model_bytes", "int8_robust_images", "int8_fake_quant_robust_acc",
                 "audit_flags", "collapsed_upstream",
+                *[f"{prefix}_{what}" for prefix in ("obtain", "eval")
+                  for what in ("wall_h", "cpu_h", "gpu_h", "train_macs", "energy_j", "energy_method")],
                 "train_base_wall_time_s", "compress_wall_time_s", "finetune_wall_time_s",
                 "train_base_estimated_macs", "compress_estimated_macs",
                 "finetune_estimated_macs", "train_base_adversarial", "compress_adversarial",

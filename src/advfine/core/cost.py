@@ -13,6 +13,7 @@ from torch import nn
 
 from advfine.core.binary import BinaryLayer, binary_layers
 from advfine.core.evaluate import predict
+from advfine.core.objectives import TradesObjective
 from advfine.core.runtime import place_model
 
 log = logging.getLogger("advfine")
@@ -81,14 +82,24 @@ def measure_latency(model: nn.Module, example: torch.Tensor, repeats: int = 10, 
     return times[len(times) // 2]
 
 
-def training_macs(history: list[dict], n_examples: int, forward_macs: int, attack_steps: int) -> int:
-    """Multiply-accumulates a training run spent, estimated from its epochs: a training step costs
-    about 3 forward passes (forward, backward to activations and to weights), a PGD step about 2
-    (forward, backward to the input only); an epoch with eps > 0 runs ``attack_steps`` of them."""
-    total = 0
+def step_passes(attack_steps: int, trades: bool = False) -> int:
+    """Forward-pass equivalents one training example costs in one step: training costs about 3 (forward,
+    backward to activations and to weights), each attack step about 2 (forward, backward to the input
+    only). TRADES adds a clean forward pass before its attack and trains on the clean and the perturbed
+    batch together: 1 + 2 x steps + 2 x 3."""
+    return (7 if trades else 3) + 2 * attack_steps
+
+
+def training_macs(history: list[dict], n_examples: int, forward_macs: int, attack=None,
+                  calibration_images: int = 0) -> int:
+    """Multiply-accumulates a training run spent, estimated from its epochs (``step_passes`` per example;
+    an epoch with eps > 0 runs ``attack``'s steps, a clean epoch of the eps warm-up none), plus one
+    forward pass for each of ``calibration_images`` (QAT's observers, calibrated before training)."""
+    total = calibration_images * forward_macs
     for epoch in history:
-        steps = attack_steps if epoch["eps"] > 0 else 0
-        total += n_examples * (3 + 2 * steps) * forward_macs
+        adversarial = attack is not None and epoch["eps"] > 0
+        passes = step_passes(attack.steps, isinstance(attack, TradesObjective)) if adversarial else 3
+        total += n_examples * passes * forward_macs
     return int(total)
 
 

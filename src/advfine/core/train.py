@@ -25,7 +25,7 @@ from advfine.core.schedule import TrainSchedule
 
 log = logging.getLogger("advfine")
 
-RESUME_FORMAT = "advfine-resume-1"
+RESUME_FORMAT = "advfine-resume-2"  # 2: epochs record their CPU time
 # What makes a training batch adversarial: PGD (FGSM-RS is one-step PGD), N-FGSM, or TRADES (advfine.core.objectives)
 TrainingAttack = PGDAttack | NFGSMAttack | TradesObjective
 
@@ -105,10 +105,12 @@ def _set_rng_states(states: dict, generators: dict[str, torch.Generator | None],
         torch.cuda.set_rng_state(states["cuda"], device)
 
 
-def restored_wall_time(history: list[dict]) -> float:
-    """Seconds that earlier, interrupted attempts spent on the epochs this run restored: a stage's
-    wall time counts them, so a resumed run reports what the whole training cost."""
-    return sum(record["wall_time_s"] for record in history if record.get("restored"))
+def restored_times(history: list[dict]) -> tuple[int, float, float]:
+    """The epochs this run restored from earlier, interrupted attempts, and the wall and CPU seconds those
+    attempts spent on them: a stage's cost counts them, so a resumed run reports what the whole training
+    cost (``advfine.pipeline.meter.restored_cost``)."""
+    restored = [record for record in history if record.get("restored")]
+    return (len(restored), sum(r["wall_time_s"] for r in restored), sum(r["cpu_time_s"] for r in restored))
 
 
 def resume_path_for(output: str | Path) -> Path:
@@ -181,7 +183,7 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     the file once its outputs are written.
     ``precision`` is ``fp32`` or ``bf16`` (autocast for the training and attack forward passes).
     Returns one dict per epoch: lr (of its last batch), mean loss, accuracy on the batches trained on, wall
-    time (and ``restored: True`` for epochs taken from a resume checkpoint).
+    and CPU time (and ``restored: True`` for epochs taken from a resume checkpoint).
     """
     check_precision(precision)
     place_model(model, device)
@@ -211,7 +213,7 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     n_batches = (len(y_all) + schedule.batch_size - 1) // schedule.batch_size
     for epoch in range(first_epoch, epochs):
         epoch_attack = attack_for_epoch(attack, epoch, schedule)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         loss_sum, correct, seen = 0.0, 0, 0
         batches = iterate_batches(x_all, y_all, schedule.batch_size, shuffle=True,
                                   generator=generators["order"])
@@ -230,7 +232,7 @@ def train_model(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
         model.eval()
         record = {"epoch": epoch + 1, "lr": lr, "loss": loss_sum / seen, "train_acc": correct / seen,
                   "eps": epoch_attack.threat.config_eps if epoch_attack else 0.0,
-                  "wall_time_s": time.perf_counter() - start}
+                  "wall_time_s": time.perf_counter() - start, "cpu_time_s": time.process_time() - cpu_start}
         history.append(record)
         tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: lr {lr:g} loss {record['loss']:.4f} "
                    f"acc {record['train_acc']:.4f} ({record['wall_time_s']:.1f}s)")

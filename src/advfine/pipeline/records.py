@@ -1,5 +1,6 @@
 """The result files of a run, typed: ``StageRecord`` (the ``metrics.json`` beside each model.pt) and
-``EvalRecord`` (each node's ``eval.json``), with ``LineageEntry``, one stage of a model's lineage.
+``EvalRecord`` (each node's ``eval.json``), with ``LineageEntry``, one stage of a model's lineage, and
+``Cost``, what a span of work cost (the ledger: each stage's own cost, summed here and nowhere else).
 
 Each file is written by one function (``write_stage_record``, ``write_eval_record``) and read by one
 (``read_stage_record``, ``read_eval_record``). Every file carries ``format_version``; each reader accepts
@@ -23,8 +24,8 @@ from pathlib import Path
 from advfine.pipeline.vocab import ATTACKS, AUDIT_CHECKS
 
 # Each record's format, raised when its fields change: a change to one record refuses only files of that one.
-STAGE_FORMAT_VERSION = 1
-EVAL_FORMAT_VERSION = 2  # 2: the escalation
+STAGE_FORMAT_VERSION = 2  # 2: the cost ledger (CPU and GPU time, energy)
+EVAL_FORMAT_VERSION = 3  # 2: the escalation; 3: the cost ledger
 
 
 class MetricsFileError(ValueError):
@@ -41,7 +42,7 @@ def _kind(kind: str, nullable: bool = False, omitted_when_null: bool = False):
 _KIND_TEXT = {"number": "a number >= 0", "fraction": "a fraction in [0, 1]", "int": "an integer",
               "count": "an integer >= 1", "bytes": "an integer >= 0", "str": "a string", "bool": "true or false",
               "object": "an object", "list": "a list", "strings": "a list of strings",
-              "level": "a number", "lineage": "a list of stage entries"}
+              "level": "a number", "lineage": "a list of stage entries", "cost": "a cost object"}
 
 
 def _is_number(value) -> bool:
@@ -54,7 +55,7 @@ def _kind_ok(value, kind: str) -> bool:
         return isinstance(value, str)
     if kind == "bool":
         return isinstance(value, bool)
-    if kind == "object":
+    if kind in ("object", "cost"):
         return isinstance(value, dict)
     if kind in ("list", "lineage"):
         return isinstance(value, list)
@@ -128,13 +129,67 @@ def _load(path: str | Path, format_version: int) -> tuple[Path, dict]:
     return path, data
 
 
+# ----------------------------------------------------------------------------- the cost ledger
+
+
+def _join_methods(*methods: str | None) -> str | None:
+    parts: list[str] = []
+    for method in methods:
+        for part in (method or "").split(" + "):
+            if part and part not in parts:
+                parts.append(part)
+    return " + ".join(parts) or None
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a span of work cost: wall and process CPU seconds (user + system), GPU seconds (CUDA events
+    around the work; null: no CUDA), the training compute in multiply-accumulates (forward and backward
+    passes, attack steps and calibration included: ``advfine.core.cost.training_macs``), and energy in
+    joules with how it was obtained (``energy_method``, e.g. "measured: NVML (GPU 0)"; energy null: not
+    obtained, the method says why).
+
+    ``+`` is the one place costs are summed: times and MACs add; GPU time adds where measured (null only
+    when neither side is); energy adds when both sides have it and is null when either lacks it (a
+    total without a part would pass for the whole); the methods are joined, each named once, with " + "."""
+
+    wall_time_s: float = _kind("number")
+    cpu_time_s: float = _kind("number")
+    gpu_time_s: float | None = _kind("number", nullable=True)
+    train_macs: float = _kind("number")
+    energy_j: float | None = _kind("number", nullable=True)
+    energy_method: str | None = _kind("str", nullable=True)
+
+    @classmethod
+    def zero(cls) -> "Cost":
+        """Nothing spent: the neutral element of ``+``."""
+        return cls(wall_time_s=0.0, cpu_time_s=0.0, gpu_time_s=None, train_macs=0, energy_j=0.0, energy_method=None)
+
+    def __add__(self, other: "Cost") -> "Cost":
+        gpu = (None if self.gpu_time_s is None and other.gpu_time_s is None
+               else (self.gpu_time_s or 0.0) + (other.gpu_time_s or 0.0))
+        energy = None if self.energy_j is None or other.energy_j is None else self.energy_j + other.energy_j
+        return Cost(wall_time_s=self.wall_time_s + other.wall_time_s, cpu_time_s=self.cpu_time_s + other.cpu_time_s,
+                    gpu_time_s=gpu, train_macs=self.train_macs + other.train_macs, energy_j=energy,
+                    energy_method=_join_methods(self.energy_method, other.energy_method))
+
+    @classmethod
+    def total(cls, costs) -> "Cost":
+        result = cls.zero()
+        for cost in costs:
+            result = result + cost
+        return result
+
+
 # ----------------------------------------------------------------------------- the lineage
 
 
 @dataclass(frozen=True)
 class LineageEntry:
-    """One stage that made a model: its wall time, estimated MACs, whether it trained adversarially, the
-    device, its peak memory and whether its training collapsed (``health.collapse_record``)."""
+    """One stage that made a model: its wall time, estimated MACs (the training compute it spent), whether
+    it trained adversarially, the device, its peak memory, whether its training collapsed
+    (``health.collapse_record``), and the rest of its cost: process CPU time, GPU time (CUDA only) and
+    energy with its method (``cost`` reads them as a ``Cost``)."""
 
     stage: str = _kind("str")
     wall_time_s: float = _kind("number")
@@ -144,7 +199,23 @@ class LineageEntry:
     peak_rss_mb: float | None = _kind("number", nullable=True)
     collapsed: bool = _kind("bool")
     collapsed_reason: str | None = _kind("str", nullable=True)
+    cpu_time_s: float = _kind("number")
+    energy_j: float | None = _kind("number", nullable=True)
+    energy_method: str | None = _kind("str", nullable=True)
     peak_gpu_mb: float | None = _kind("number", omitted_when_null=True)  # CUDA memory; absent off CUDA
+    gpu_time_s: float | None = _kind("number", omitted_when_null=True)  # CUDA events; absent off CUDA
+
+    @property
+    def cost(self) -> Cost:
+        return Cost(wall_time_s=self.wall_time_s, cpu_time_s=self.cpu_time_s, gpu_time_s=self.gpu_time_s,
+                    train_macs=self.estimated_macs, energy_j=self.energy_j, energy_method=self.energy_method)
+
+
+def lineage_cost(stages: list[LineageEntry]) -> Cost:
+    """What obtaining a model cost: the sum of its lineage's stages (base training, compression or QAT,
+    fine-tuning). A base model shared by many nodes counts in full, once, in each node's cost: the cost
+    of obtaining that node alone (summed over nodes, a shared base counts once per node)."""
+    return Cost.total(st.cost for st in stages)
 
 
 def _json_of(record) -> dict:
@@ -249,7 +320,8 @@ class EvalRecord:
     """A node's eval.json: which model (experiment ... finetune, seed), its accuracies (null only for a
     diverged model), the attack suite's records, the audit, the robustness curve (Table 5's models),
     its health, size, cost and inference latency, the real INT8 model's numbers (PTQ INT8 nodes), the
-    lineage of the stages that made it, and provenance."""
+    lineage of the stages that made it, the evaluation's own cost and the cost to obtain the model (the
+    lineage's, ``lineage_cost``), and provenance."""
 
     experiment: str = _kind("str")
     dataset: str = _kind("str")
@@ -296,6 +368,10 @@ class EvalRecord:
     # and audit before, and each step's settings and what it broke (advfine.core.evaluate.escalate)
     escalation: dict | None = _kind("object", nullable=True)
     # why a PTQ INT8 node has no real INT8 model (it diverged)
+    # the evaluation job's own cost (attacks, audit, curve, latency and INT8 checks: all its work after
+    # loading; train_macs 0) and the cost to obtain the model: ``lineage_cost(stages)``
+    eval_cost: Cost = _kind("cost")
+    cost_to_obtain: Cost = _kind("cost")
     int8_skipped: str | None = _kind("str", omitted_when_null=True)
     peak_gpu_mb: float | None = _kind("number", omitted_when_null=True)  # CUDA memory; absent off CUDA
 
@@ -333,4 +409,6 @@ def read_eval_record(path: str | Path) -> EvalRecord:
             raise MetricsFileError(f"{path}: key 'robustness_curve' must be a list of "
                                    "{'eps_fraction': number, 'robust_acc': fraction, ...}")
     values["stages"] = _lineage(path, values["stages"])
+    for key in ("eval_cost", "cost_to_obtain"):
+        values[key] = Cost(**_fields_of(Cost, path, values[key], f"{key}."))
     return EvalRecord(**values)

@@ -19,6 +19,11 @@ flat DataFrame (``collect_metrics``) and write it as ``all_metrics.csv`` (``writ
   (NaN: the node was not escalated); a robustness curve
   ``robust_acc_eps_x<fraction>`` columns; the real INT8 model's numbers ``int8_*`` (NaN/NA for every node
   but PTQ INT8).
+* The cost ledger (``records.Cost``): ``obtain_*``, the cost to obtain the model (its lineage's sum, a
+  shared base model counted in full in each node: ``records.lineage_cost``), and ``eval_*``, the
+  evaluation job's own cost (attacks, audit, latency: more than ``eval_wall_time_s``, the attack suite's
+  span); each ``_wall_h``, ``_cpu_h`` and ``_gpu_h`` (hours; GPU NaN off CUDA), ``_train_macs``,
+  ``_energy_j`` (NaN where not measured) and ``_energy_method`` (how it was obtained, or why not).
 """
 from __future__ import annotations
 
@@ -73,6 +78,10 @@ RECORD_COLUMNS: dict[str, tuple[str, ...]] = {
     "int8_robust_images": ("int8", "robust_images"),
     "int8_fake_quant_robust_acc": ("int8", "fake_quant_robust_acc"),
 }
+# The cost ledger's columns: "<prefix>_<what>" for the record's Cost field of each prefix.
+COST_FIELDS = {"obtain": "cost_to_obtain", "eval": "eval_cost"}
+_COST_WHATS = ("wall_h", "cpu_h", "gpu_h", "train_macs", "energy_j", "energy_method")
+COST_COLUMNS = [f"{prefix}_{what}" for prefix in COST_FIELDS for what in _COST_WHATS]
 # Integer columns that may be NA (nullable Int64) and float columns among RECORD_COLUMNS.
 _NULLABLE_INT_COLS = ["latency_batch", "latency_threads", *[f"broken_by_{a}" for a in ATTACKS], "int8_model_bytes",
                       "int8_robust_images"]
@@ -82,6 +91,7 @@ METRIC_COLUMNS = (
     _FLAT_COLS
     + list(RECORD_COLUMNS)
     + ["audit_flags", "collapsed_upstream"]
+    + COST_COLUMNS
     + [f"{s}_{field}" for field in STAGE_FIELDS for s in STANDARD_STAGES]
     + ["git_commit", "config_hash", "attack_eps", "attack_step_size", "attack_steps",
        "attack_eps_space", "attack_eps_pixel", "attack_norm", "path"]
@@ -108,6 +118,13 @@ def _row(path: Path, rec: EvalRecord) -> dict:
     row.update({col: _value(rec, keys) for col, keys in RECORD_COLUMNS.items()})
     row["audit_flags"] = None if rec.audit is None else ";".join(rec.audit["flags"])
     row["collapsed_upstream"] = ";".join(rec.collapsed_upstream)
+    for prefix, key in COST_FIELDS.items():
+        cost = getattr(rec, key)
+        row.update({f"{prefix}_wall_h": cost.wall_time_s / 3600, f"{prefix}_cpu_h": cost.cpu_time_s / 3600,
+                    f"{prefix}_gpu_h": math.nan if cost.gpu_time_s is None else cost.gpu_time_s / 3600,
+                    f"{prefix}_train_macs": float(cost.train_macs),
+                    f"{prefix}_energy_j": math.nan if cost.energy_j is None else float(cost.energy_j),
+                    f"{prefix}_energy_method": cost.energy_method})
     for point in rec.robustness_curve or []:
         row[f"robust_acc_eps_x{point['eps_fraction']:g}"] = float(point["robust_acc"])
     for st in rec.stages:
@@ -155,7 +172,8 @@ def collect_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
             df[col] = df[col].astype("boolean")
         elif (col.endswith(("_wall_time_s", "_estimated_macs", "_peak_rss_mb"))
               or col.startswith("robust_acc_eps_x")
-              or col in ("attack_eps_pixel", "clean_acc", "robust_acc", *_FLOAT_COLS)):
+              or col in ("attack_eps_pixel", "clean_acc", "robust_acc", *_FLOAT_COLS)
+              or (col in COST_COLUMNS and not col.endswith("_energy_method"))):
             df[col] = df[col].astype(float)
         elif col in _NULLABLE_INT_COLS:
             df[col] = df[col].astype("Int64")

@@ -1,7 +1,7 @@
 """What every model stage does the same way: set up the job (threads, seed, device, backend flags),
 choose the precision, build attacks from the config, judge a training run's health, and assemble a
-metrics record whose ``stages`` list carries the wall time, cost and health of every stage that led
-to the model."""
+metrics record whose ``stages`` list carries the cost (the ledger: ``records.Cost``) and health of every
+stage that led to the model."""
 from __future__ import annotations
 
 import logging
@@ -20,7 +20,7 @@ from advfine.core.runtime import (check_precision, configure_backends, cpu_has_n
                                   resolve_device, seed_everything, set_threads, set_tf32)
 from advfine.core.train import TrainingAttack
 from advfine.pipeline.provenance import provenance
-from advfine.pipeline.records import LineageEntry, StageRecord
+from advfine.pipeline.records import Cost, LineageEntry, StageRecord
 from advfine.pipeline.vocab import PTQ, QAT, stage_seed
 
 log = logging.getLogger("advfine")
@@ -104,18 +104,19 @@ def training_health(model: torch.nn.Module, data: Dataset, device, desc: str) ->
     return reason
 
 
-def metrics_record(config: dict, seed: int, device, stage: str, wall: float, parent: StageRecord | None,
-                   estimated_macs: int = 0, adversarial: bool = False, collapsed_reason: str | None = None,
-                   **details) -> StageRecord:
+def metrics_record(config: dict, seed: int, device, stage: str, spent: Cost, parent: StageRecord | None,
+                   adversarial: bool = False, collapsed_reason: str | None = None, **details) -> StageRecord:
     """A stage's metrics: its own ``details``, whether its training collapsed (``collapsed_reason`` from
     ``training_health``), provenance, and ``stages``: the lineage of every stage that produced this model
-    (wall time, estimated MACs, adversarial or not, device, collapsed or not), oldest first."""
+    (what it ``spent``: wall, CPU and GPU time, training MACs, energy; adversarial or not, device, peak
+    memory, collapsed or not), oldest first."""
     peak = peak_rss_mb()
     health = collapse_record(collapsed_reason)
     peak_gpu = peak_gpu_mb(device)
-    own = LineageEntry(stage=stage, wall_time_s=wall, estimated_macs=int(estimated_macs),
+    own = LineageEntry(stage=stage, wall_time_s=spent.wall_time_s, estimated_macs=int(spent.train_macs),
                        adversarial=bool(adversarial), device=str(device), peak_rss_mb=peak, **health,
-                       peak_gpu_mb=peak_gpu)
-    return StageRecord(stage=stage, wall_time_s=wall, stages=[*(parent.stages if parent else []), own],
+                       cpu_time_s=spent.cpu_time_s, energy_j=spent.energy_j, energy_method=spent.energy_method,
+                       peak_gpu_mb=peak_gpu, gpu_time_s=spent.gpu_time_s)
+    return StageRecord(stage=stage, wall_time_s=spent.wall_time_s, stages=[*(parent.stages if parent else []), own],
                        **health, peak_rss_mb=peak, provenance=provenance(config, seed, device), details=details,
                        peak_gpu_mb=peak_gpu)

@@ -1,7 +1,8 @@
 """Stage evaluate: clean accuracy and the worst case over an attack suite of one model on the test set,
 the attack-failure checks, a robustness curve for the models of Table 5, the per-sample outcome, the
 model's size and measured inference cost (and, for PTQ INT8 nodes, the robustness and cost of the real
-integer model), the wall time and cost of every stage that made it, and its health: diverged, or
+integer model), the cost of every stage that made it, its own cost and the cost to obtain the model (the
+ledger: ``records.Cost``), and its health: diverged, or
 collapsed (itself, or a model it was built from; ``run_health.model_collapse``)."""
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from advfine.core.int8_export import export_int8
 from advfine.core.quantize import float_twin
 from advfine.core.runtime import peak_gpu_mb, peak_rss_mb
 from advfine.pipeline.checkpoints import load_model
+from advfine.pipeline.meter import Meter
 from advfine.pipeline.provenance import provenance
-from advfine.pipeline.records import EvalRecord, read_stage_record, write_eval_record
+from advfine.pipeline.records import EvalRecord, lineage_cost, read_stage_record, write_eval_record
 from advfine.pipeline.run_health import model_collapse
 from advfine.pipeline.vocab import PTQ, QUANTIZATION_METHODS, parse_compression, stage_seed
 from advfine.stages.common import precision_for, setup
@@ -52,6 +54,7 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
     precision = precision_for(config, device, ckpt["quant"] is not None)
     eval_seed = stage_seed("evaluate", seed)
     num_classes = dataset.num_classes
+    meter = Meter(device).start()
     start = time.perf_counter()
     diverged = divergence(evaluated, dataset.test_x, batch, device)
     if diverged:
@@ -119,6 +122,7 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
                                      robust_images=ev["int8_robust_images"])
         inference["int8"] |= {key: deployed[key] for key in ("robust_acc", "robust_images", "fake_quant_robust_acc",
                                                              "attacks")}
+    eval_cost = meter.stop()
     _write_samples(out_samples, dataset.test_y, outcome, deployed)
     bits = int(level) if method in QUANTIZATION_METHODS else None
     record = EvalRecord(
@@ -130,6 +134,7 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
         checkpoint_bytes=Path(model).stat().st_size,
         weight_bytes=weight_storage_bytes(evaluated, bits),
         **inference, device=str(device), eval_wall_time_s=wall, stages=upstream.stages,
+        eval_cost=eval_cost, cost_to_obtain=lineage_cost(upstream.stages),
         model_path=str(model), peak_rss_mb=peak_rss_mb(), peak_gpu_mb=peak_gpu_mb(device),
         provenance=provenance(config, seed, device),
     )

@@ -6,18 +6,19 @@ fine-tuning budget; ``scratch-full``: the base-training budget, ``train`` settin
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from advfine.core.cost import model_cost, training_macs
+from advfine.core.cost import model_cost, step_passes, training_macs
 from advfine.core.data import load_prepared
 from advfine.core.models import build_model
 from advfine.core.quantize import is_quantized
 from advfine.core.schedule import TrainSchedule, finetune_section
-from advfine.core.train import restored_wall_time, resume_path_for, train_model
+from advfine.core.train import resume_path_for, train_model
 from advfine.pipeline.checkpoints import load_model, save_model
+from advfine.pipeline.meter import Meter, restored_cost
 from advfine.pipeline.records import StageRecord, read_stage_record, write_stage_record
 from advfine.pipeline.vocab import (ADVERSARIAL_FINETUNING, CONTROLS, EQUAL_COST_SUFFIX, FINETUNE_MODES, QAT,
                                     QUANTIZATION_METHODS, SCRATCH_CONTROLS, parse_compression, stage_seed)
@@ -31,22 +32,23 @@ MODES = tuple(m for m in [*FINETUNE_MODES, *CONTROLS] if m != "none")
 
 def equal_cost_epochs(epochs: int, pgd_steps: int, steps: int) -> int:
     """Epochs of an adversarial arm with ``steps`` gradient steps per batch that cost what ``epochs`` of PGD
-    fine-tuning with ``pgd_steps`` cost, by the MACs estimate of ``cost.training_macs`` (a batch costs
-    3 + 2 x steps forward passes), rounded: a machine-independent stand-in for equal wall time (the
+    fine-tuning with ``pgd_steps`` cost, by the MACs estimate of ``cost.training_macs`` (``cost.step_passes``
+    forward passes an example), rounded: a machine-independent stand-in for equal wall time (the
     controls table shows the measured wall times beside)."""
-    return max(1, round(epochs * (3 + 2 * pgd_steps) / (3 + 2 * steps)))
+    return max(1, round(epochs * step_passes(pgd_steps) / step_passes(steps)))
 
 
-def reinitialized(compression: str, arch: dict, config: dict, train_x: torch.Tensor, seed: int) -> nn.Module:
+def reinitialized(compression: str, arch: dict, config: dict, train_x: torch.Tensor,
+                  seed: int) -> tuple[nn.Module, int]:
     """The architecture of node ``compression`` (its checkpoint's ``arch``) with fresh random weights, drawn
     after ``setup`` seeded the node: a plain or pruned model rebuilt from ``arch``; for a quantized node, a
     random float model prepared for QAT at its bit width and calibrated on training images (its activation
-    ranges then move as it trains, as in QAT)."""
+    ranges then move as it trains, as in QAT); and how many images calibrated it (0: none)."""
     fresh = build_model(arch)
     method, bits = parse_compression(compression)
     if method not in QUANTIZATION_METHODS:
-        return fresh
-    return fake_quantize(fresh, QAT, int(bits), train_x, config, seed)[0]
+        return fresh, 0
+    return fake_quantize(fresh, QAT, int(bits), train_x, config, seed)
 
 
 def run(config: dict, *, data: str, compression: str, mode: str, seed: int, model: str, metrics: str,
@@ -63,8 +65,10 @@ def run(config: dict, *, data: str, compression: str, mode: str, seed: int, mode
     settings = config["train"] if mode == "scratch-full" else finetune_section(config["finetune"], method,
                                                                                 scratch=mode == "scratch")
     scratch = mode in SCRATCH_CONTROLS
+    meter = Meter(device).start()
+    calibration_images = 0
     if scratch:
-        start_model = reinitialized(compression, ckpt["arch"], config, dataset.train_x, seed)
+        start_model, calibration_images = reinitialized(compression, ckpt["arch"], config, dataset.train_x, seed)
         log.info("%s: PGD training of the %s architecture from random initialization", mode, compression)
     adversarial = scratch or mode in ADVERSARIAL_FINETUNING
     objective = "ad" if scratch else mode.removesuffix(EQUAL_COST_SUFFIX)
@@ -75,21 +79,20 @@ def run(config: dict, *, data: str, compression: str, mode: str, seed: int, mode
         settings = settings | {"epochs": equal_cost_epochs(epochs, pgd_steps, attack.steps)}
     schedule = TrainSchedule.from_config(settings)
     forward_macs = model_cost(start_model, dataset.input_shape)["macs"]
-    start = time.perf_counter()
     resume = resume_path_for(out_model)
     precision = precision_for(config, device, fake_quantized=is_quantized(start_model))
     history = train_model(start_model, dataset.train_x, dataset.train_y, schedule, attack,
                           stage_seed("finetune", seed), device, desc=f"finetune {mode} {compression}",
                           resume_path=resume, precision=precision)
-    wall = time.perf_counter() - start + restored_wall_time(history)
+    spent = meter.stop() + restored_cost(history)
     collapsed = training_health(start_model, dataset, device, f"fine-tuning {mode} of {compression}")
     start_model.cpu()
     save_model(out_model, start_model, ckpt["arch"], extra={"finetune": mode, "parent": str(model),
                                                             "init": "random" if scratch else "parent"})
-    macs = training_macs(history, len(dataset.train_y), forward_macs, attack.steps if attack else 0)
+    macs = training_macs(history, len(dataset.train_y), forward_macs, attack, calibration_images)
     # a model trained from scratch owes nothing to its base model's training: its lineage is this stage alone
-    record = metrics_record(config, seed, device, "finetune", wall, None if scratch else parent, macs, adversarial,
-                            collapsed,
+    record = metrics_record(config, seed, device, "finetune", replace(spent, train_macs=macs),
+                            None if scratch else parent, adversarial, collapsed,
                             finetune=mode, init="random" if scratch else "parent",
                             settings=settings, history=history, attack=attack.describe() if attack else None,
                             precision=precision)

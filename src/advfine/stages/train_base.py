@@ -3,14 +3,15 @@ under ``adversarial.base_objective: trades``)."""
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import replace
 
 from advfine.core.cost import model_cost, training_macs
 from advfine.core.data import load_prepared
 from advfine.core.models import build_model, count_parameters, load_pretrained
 from advfine.core.schedule import TrainSchedule
-from advfine.core.train import restored_wall_time, resume_path_for, train_model
+from advfine.core.train import resume_path_for, train_model
 from advfine.pipeline.checkpoints import save_model
+from advfine.pipeline.meter import Meter, restored_cost
 from advfine.pipeline.records import StageRecord, write_stage_record
 from advfine.pipeline.vocab import BASE_MODELS, stage_seed
 from advfine.stages.common import (dataset_arch, metrics_record, precision_for, setup, training_health,
@@ -34,19 +35,20 @@ def run(config: dict, *, data: str, train: str, seed: int, out_model: str, out_m
         load_pretrained(model, pretrained)
         log.info("base model starts from the pretrained checkpoint %s", pretrained)
     forward_macs = model_cost(model, dataset.input_shape)["macs"]
-    start = time.perf_counter()
+    meter = Meter(device).start()
     attack = training_objective(config, config["adversarial"]["base_objective"]) if train == "rb" else None
     resume = resume_path_for(out_model)
     precision = precision_for(config, device, fake_quantized=False)
     history = train_model(model, dataset.train_x, dataset.train_y, TrainSchedule.from_config(config["train"]), attack,
                           stage_seed("train_base", seed), device,
                           desc=f"train {train}", resume_path=resume, precision=precision)
-    wall = time.perf_counter() - start + restored_wall_time(history)
+    spent = meter.stop() + restored_cost(history)
     collapsed = training_health(model, dataset, device, f"training of base model {train}")
     model.cpu()
     save_model(out_model, model, arch, extra={"train": train, "seed": seed})
-    macs = training_macs(history, len(dataset.train_y), forward_macs, attack.steps if attack else 0)
-    metrics = metrics_record(config, seed, device, "train_base", wall, None, macs, attack is not None, collapsed,
+    macs = training_macs(history, len(dataset.train_y), forward_macs, attack)
+    metrics = metrics_record(config, seed, device, "train_base", replace(spent, train_macs=macs), None,
+                             attack is not None, collapsed,
                              train=train, history=history, params=count_parameters(model),
                              n_train=len(dataset.train_y), precision=precision, pretrained=pretrained,
                              attack=attack.describe() if attack else None)
