@@ -25,7 +25,8 @@ SMALL = {"data.train_subset": 128, "data.test_subset": 32, "train.epochs": 1, "t
 
 
 def no_zeus(monkeypatch):
-    """Zeus cannot be imported, installed or not."""
+    """Zeus cannot be imported, installed or not (on a machine where a counter may be read)."""
+    monkeypatch.setattr(meter, "no_counters", lambda device: None)
     real_import = builtins.__import__
 
     def fail(name, *args, **kwargs):
@@ -39,6 +40,7 @@ def no_zeus(monkeypatch):
 def fake_zeus(monkeypatch, measurement):
     """A Zeus whose monitor's every window measured ``measurement``; returns the gpu_indices it was given."""
     seen = {}
+    monkeypatch.setattr(meter, "no_counters", lambda device: None)
 
     class ZeusMonitor:
         def __init__(self, gpu_indices=None, cpu_indices=None):
@@ -144,6 +146,16 @@ def test_zeus_without_counters_or_failing_leaves_energy_null(monkeypatch):
     sys.modules["zeus.monitor"].ZeusMonitor = Broken
     cost = meter.Meter("cpu").start().stop()
     assert cost.energy_j is None and cost.energy_method == "none: zeus could not start (RuntimeError: NVML went away)"
+
+
+def test_without_gpu_or_rapl_counters_zeus_is_not_imported(monkeypatch, tmp_path):
+    monkeypatch.setattr(meter, "POWERCAP", tmp_path)  # no intel-rapl* entries
+    monkeypatch.setitem(sys.modules, "zeus.monitor", None)  # importing it would fail the test
+    cost = meter.Meter("cpu").start().stop()
+    assert cost.energy_j is None and cost.energy_method == (
+        f"none: no GPU and no RAPL counters under {tmp_path} (zeus not consulted)")
+    (tmp_path / "intel-rapl:0").mkdir()  # a counter that may be read: zeus is consulted (and here fails to import)
+    assert "zeus is not installed" in meter.Meter("cpu").start().stop().energy_method
 
 
 def test_the_installed_zeus_measures_or_says_why_not():

@@ -15,14 +15,29 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import torch
 
 from advfine.core.train import restored_times
 from advfine.pipeline.records import Cost
 
+POWERCAP = Path("/sys/class/powercap")  # where Linux exposes RAPL's counters (intel-rapl:N, on AMD CPUs too)
+
+
+def no_counters(device: torch.device) -> str | None:
+    """Why a stage on ``device`` has no energy counter to read, or None where NVML or RAPL may be there.
+    Importing Zeus takes seconds, every job: a job skips it where Zeus could only report nothing."""
+    if device.type == "cuda" or any(POWERCAP.glob("intel-rapl*")):
+        return None
+    return f"none: no GPU and no RAPL counters under {POWERCAP} (zeus not consulted)"
+
+
 def _energy_monitor(device: torch.device):
     """(a started Zeus monitor of the devices a stage on ``device`` uses, None) or (None, why there is none)."""
+    why = no_counters(device)
+    if why:
+        return None, why
     zeus_log = logging.getLogger("zeus")
     level = zeus_log.level
     zeus_log.setLevel(logging.ERROR)  # it reports each counter it lacks at INFO/WARNING: the method says it once
