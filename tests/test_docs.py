@@ -17,7 +17,7 @@ FENCE = re.compile(r"^[ \t]*```(?:bash|sh|console)\n(.*?)^[ \t]*```", re.S | re.
 INLINE = re.compile(r"`((?:\.venv/bin/)?snakemake [^`]+|make [a-z-]+|(?:\.venv/bin/python )?benchmarks/[^`\s]+ [^`]+)`")
 # Scripts cheap enough to run for real on committed files; the others are benchmarks of minutes to hours,
 # run on tiny settings by tests/test_benchmarks.py, and checked here for their arguments' parser.
-RUN_FOR_REAL = {"benchmarks/reproduction_summary.py"}
+RUN_FOR_REAL = {"benchmarks/reproduction_summary.py", "benchmarks/slurm_groups.py"}
 
 
 def doc_commands() -> list[tuple[str, str]]:

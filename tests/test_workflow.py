@@ -190,7 +190,7 @@ def test_job_resources_come_from_the_config(tmp_path):
     result = snakemake(tmp_path, "all", "-n", timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     planned = {}
-    for rule, res in re.findall(r"^rule (\w+):\n(?:\s+\w+: .*\n)*?\s+resources: (.*)$", result.stdout, flags=re.M):
+    for rule, res in re.findall(r"^\s*rule (\w+):\n(?:\s+\w+: .*\n)*?\s+resources: (.*)$", result.stdout, flags=re.M):
         planned.setdefault(rule, set()).add(res)
     assert set(planned) >= {"prepare_data", "train_base", "compress", "finetune", "evaluate", "aggregate", "plot"}
     for rule, variants in planned.items():

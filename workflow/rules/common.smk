@@ -63,6 +63,25 @@ onstart:
         check_device(config["device"])
 
 
+# A cluster group job's request is computed with the run's --resources as limits (profiles/slurm: one
+# GPU, so its members run one after another), but Snakemake does not pass --resources to the Snakemake
+# processes that run the group inside its job: without them they would plan the members anew, ask srun
+# for a GPU per member at once and fail. The main process hands the limits on through the environment
+# (sbatch and srun pass it on), and those processes take them. The executor is not known yet when this
+# file is read; a local run spawns no such process, so the variable is set there too, unused.
+GROUP_LIMITS = "ADVFINE_GROUP_RESOURCES"
+if workflow.is_main_process:
+    os.environ[GROUP_LIMITS] = ",".join(
+        f"{name}={res.value}"
+        for name, res in workflow.global_resources.items()
+        if not name.startswith("_") and isinstance(res.value, int)
+    )
+else:
+    for limit in filter(None, os.environ.get(GROUP_LIMITS, "").split(",")):
+        name, _, value = limit.partition("=")
+        workflow.register_resource(name, int(value))
+
+
 EXPERIMENT = config["experiment"]
 DATASET = config["data"]["name"]
 SWEEP = config["sweep"]

@@ -9,6 +9,8 @@ rule compress:
         f"{nodes.COMPRESSED_LOGS}/compress.log",
     wildcard_constraints:
         compression=vocab.COMPRESS_OUTPUTS,
+    group:
+        "short"
     conda:
         "../../envs/advfine.yaml"
     threads: config["threads"]

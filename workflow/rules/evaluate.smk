@@ -8,6 +8,8 @@ rule evaluate:
         samples=f"{nodes.FINETUNED_FOLDER}/{vocab.SAMPLES}",
     log:
         f"{nodes.FINETUNED_LOGS}/evaluate.log",
+    group:
+        "short"
     conda:
         "../../envs/advfine.yaml"
     threads: config["threads"]

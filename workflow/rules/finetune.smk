@@ -9,6 +9,8 @@ rule finetune:
         f"{nodes.FINETUNED_LOGS}/finetune.log",
     wildcard_constraints:
         finetune=vocab.FINETUNE_OUTPUTS,
+    group:
+        "short"
     conda:
         "../../envs/advfine.yaml"
     threads: config["threads"]
