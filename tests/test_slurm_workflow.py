@@ -18,10 +18,11 @@ from test_workflow import snakemake, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
-# 12 jobs of every kind but QAT: small enough for a few minutes of Slurm polling
+# 13 jobs of every kind but QAT: small enough for a few minutes of Slurm polling
 SWEEP = {"sweep.base_models": ["rb"], "sweep.prune_sparsities": [0.5], "sweep.ptq_bits": [8],
          "sweep.finetune": ["none", "ad"], "sweep.dense_finetune": []}
-JOBS = {"prepare_data": 1, "train_base": 1, "compress": 2, "finetune": 2, "evaluate": 5, "aggregate": 1}
+JOBS = {"prepare_data": 1, "train_base": 1, "compress": 2, "finetune": 2, "evaluate": 5, "deployment": 1,
+        "aggregate": 1}
 
 
 def slurm_config():
