@@ -90,9 +90,9 @@ def rule_resources(rule_name):
 
 
 def exclusive_threads():
-    """The threads of a rule that must run alone: locally every core Snakemake has (--cores), so its
-    scheduler, which never runs jobs whose threads add up to more, starts nothing beside it; on a
-    cluster, where the rule asks for a node of its own, the threads it times with."""
+    """Threads for a job that must run alone. Locally every core Snakemake has (--cores), so its
+    scheduler, which never runs jobs whose threads add up to more, starts nothing beside it. On a
+    cluster, where the job asks for a node of its own, the threads it times with."""
     if workflow.local_exec and workflow._cores is not None:
         return workflow.cores
     return config["deployment"]["threads"]
