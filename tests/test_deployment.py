@@ -61,7 +61,7 @@ def node(**over):
 
 def test_deployment_rows_flatten_each_node_with_a_prefix_per_timed_model(tmp_path):
     path = tmp_path / "deployment.json"
-    write_deployment_record(path, {"rounds": 3}, [node(), node(compression="dense", models={"model": {}})])
+    write_deployment_record(path, {"rounds": 3}, [node(), node(compression="dense", models={"model": {}})], {})
     first, second = deployment_rows(path)
     assert first["latency_ms"] == 2.0 and first["int8_latency_ms"] == 1.0 and first["int8_disk_bytes"] == 300
     assert first["float_twin_latency_ms"] is None and first["checkpoint_bytes"] == 1000
@@ -78,7 +78,7 @@ def test_deployment_rows_name_the_bad_key(tmp_path, edit, key):
     bad = node()
     edit(bad)
     path = tmp_path / "deployment.json"
-    path.write_text(json.dumps({"format_version": 1, "settings": {}, "nodes": [bad]}))
+    path.write_text(json.dumps({"format_version": 1, "settings": {}, "provenance": {}, "nodes": [bad]}))
     with pytest.raises(MetricsFileError) as exc:
         deployment_rows(path)
     assert str(path) in str(exc.value) and key in str(exc.value)

@@ -126,7 +126,7 @@ def write_records(dirpath: Path, recs) -> list[Path]:
         p.write_text(json.dumps(rec))
         paths.append(p)
     if timed:
-        write_deployment_record(dirpath / "deployment.json", {}, timed)
+        write_deployment_record(dirpath / "deployment.json", {}, timed, {})
     return paths
 
 

@@ -348,13 +348,14 @@ MEASUREMENT_KEYS = {"latency_ms": "number", "latency_q1_ms": "number", "latency_
                     "memory_bytes": "bytes", "disk_bytes": "bytes"}
 
 
-def write_deployment_record(path: str | Path, settings: dict, nodes: list[dict]) -> None:
-    """``deployment.json``: the measurement's ``settings`` and one entry per node (its ``NODE_KEYS``, the
-    checkpoint's bytes and ``models``: ``DEPLOYED_MODELS`` name -> measurement)."""
+def write_deployment_record(path: str | Path, settings: dict, nodes: list[dict], provenance: dict) -> None:
+    """``deployment.json``: the measurement's ``settings``, its ``provenance`` and one entry per node (its
+    ``NODE_KEYS``, the checkpoint's bytes and ``models``: ``DEPLOYED_MODELS`` name -> measurement)."""
     # deferred: advfine.core.files imports torch; reading records (the end-of-run banner) must not
     from advfine.core.files import write_json
 
-    write_json(path, {"format_version": DEPLOYMENT_FORMAT_VERSION, "settings": settings, "nodes": nodes})
+    write_json(path, {"format_version": DEPLOYMENT_FORMAT_VERSION, "settings": settings, "provenance": provenance,
+                      "nodes": nodes})
 
 
 def deployment_rows(path: str | Path) -> list[dict]:
@@ -363,6 +364,7 @@ def deployment_rows(path: str | Path) -> list[dict]:
     ``MetricsFileError`` naming the file and key."""
     path, data = _load(path, DEPLOYMENT_FORMAT_VERSION)
     _check(path, "settings", data.get("settings"), "object", nullable=False)
+    _check(path, "provenance", data.get("provenance"), "object", nullable=False)
     _check(path, "nodes", data.get("nodes"), "list", nullable=False)
     rows = []
     for i, node in enumerate(data["nodes"]):

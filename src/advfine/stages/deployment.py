@@ -7,7 +7,7 @@ model (``int8_export.export_int8`` of the fake-quant checkpoint, as the evaluati
 beside its float twin (the same weights without rounding). Float models run channels-last, as every
 stage runs them (``runtime.place_model``); fake-quant models as they are evaluated.
 
-Writes ``deployment.json`` (settings, one entry per node; ``records.write_deployment_record``) and
+Writes ``deployment.json`` (settings, provenance, one entry per node; ``records.write_deployment_record``) and
 ``deployment.csv`` (its flat rows, ``records.deployment_rows``)."""
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from advfine.core.int8_export import export_int8, quantized_backend
 from advfine.core.quantize import float_twin
 from advfine.core.runtime import configure_backends, place_model, set_threads
 from advfine.pipeline.checkpoints import load_model
+from advfine.pipeline.provenance import provenance
 from advfine.pipeline.records import NODE_KEYS, deployment_rows, read_eval_record, write_deployment_record
 from advfine.pipeline.vocab import PTQ, parse_compression
 
@@ -80,7 +81,7 @@ def run(config: dict, *, data: str, evals: list[str], models: list[str], out_jso
     meta = {**settings, "job_threads": threads, "torch": torch.__version__, "quantized_engine": quantized_backend(),
             "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
             "wall_time_s": time.perf_counter() - start}
-    write_deployment_record(out_json, meta, nodes)
+    write_deployment_record(out_json, meta, nodes, provenance(config, None, cpu))
     _write_csv(out_csv, deployment_rows(out_json))
     return nodes
 
