@@ -186,7 +186,7 @@ def test_validation_fills_in_the_schemas_defaults():
     validate_config(cfg)
     assert cfg["precision"] == "fp32" and cfg["deterministic"] is True and cfg["attack"]["eps_space"] == "pixel"
     assert cfg["figure2"] == {"enabled": False, "class_index": 8, "n_images": 100, "perplexity": 30}
-    assert cfg["deployment"] == {"batch_size": 256, "threads": 1, "warmup": 2, "rounds": 20}
+    assert cfg["deployment"] == {"batch_size": 256, "threads": 1, "warmup": 1, "rounds": 20}
     assert cfg["train"]["weight_decay"] == 0.0
     assert cfg["resources"] == {"compute": {"gpu": 1}, "light": {"gpu": 0}, "rules": {}}
     assert cfg["sweep"]["qat_bits"] == [] and cfg["sweep"]["qat_base_models"] == ["rb"]

@@ -1,14 +1,15 @@
 """Stage deployment: the CPU inference cost of every evaluated model of a run, measured in one job that runs
 alone (the workflow gives it every core locally and a node of its own on SLURM), so that models of one
 architecture time alike: latency per batch (median over rounds, quartiles, range), throughput, and size on
-disk and in memory. Every model is timed with the same fixed number of torch threads, after a warm-up, in
-rounds that each time every model once (``cost.time_interleaved``). For PTQ INT8 nodes the real integer
-model (``int8_export.export_int8`` of the fake-quant checkpoint, as the evaluation exports it) is timed
-beside its float twin (the same weights without rounding). Float models run channels-last, as every
-stage runs them (``runtime.place_model``); fake-quant models as they are evaluated.
+disk and in memory. Every model is timed with the same fixed number of torch threads, in rounds that each
+time every model once, each timed pass right after untimed warm-up passes of the same model
+(``cost.time_interleaved``). For PTQ INT8 nodes the real integer model (``int8_export.export_int8`` of the
+fake-quant checkpoint, as the evaluation exports it) is timed beside its float twin (the same weights
+without rounding). Float models run channels-last, as every stage runs them (``runtime.place_model``);
+fake-quant models as they are evaluated.
 
-Writes ``deployment.json`` (settings, provenance, one entry per node; ``records.write_deployment_record``) and
-``deployment.csv`` (its flat rows, ``records.deployment_rows``)."""
+Writes ``deployment.json`` (settings, provenance, one entry per node; ``records.write_deployment_record``)
+and ``deployment.csv`` (its flat rows, ``records.deployment_rows``)."""
 from __future__ import annotations
 
 import csv
@@ -70,9 +71,9 @@ def run(config: dict, *, data: str, evals: list[str], models: list[str], out_jso
                                             "threads": settings["threads"]}
             timed[f"{i}/{name}"] = (module, variants[name][1])
         nodes.append(node)
-    log.info("timing %d models of %d nodes: %d rounds after %d warm-up passes, batch %d, %d torch thread(s) "
-             "(the job holds %d core(s))", len(timed), len(nodes), rounds, warmup, batch_size, settings["threads"],
-             threads)
+    log.info("timing %d models of %d nodes: %d rounds, %d warm-up pass(es) before each timed one, batch %d, "
+             "%d torch thread(s) (the job holds %d core(s))", len(timed), len(nodes), rounds, warmup, batch_size,
+             settings["threads"], threads)
     if rounds > 0:
         times = time_interleaved(timed, rounds, warmup)
         for key, seconds in times.items():
