@@ -4,7 +4,7 @@ the 80 %-pruned model (filters physically removed), the fake-quant INT8 model an
 
     .venv/bin/python benchmarks/compressed_speed.py [--threads 2] [--rounds 7]
 
-Every model runs as the pipeline runs it (cost.inference_costs): float models channels-last
+Every model runs as the pipeline runs it (stage deployment): float models channels-last
 (runtime.place_model), the fake-quant model as quantize_ptq returns it, the INT8 model as export_int8 returns
 it; all on the same example batch. The baseline is dense fp32 channels-last; dense fp32 in the
 default contiguous layout is shown for reference. Targets: pruned 80 % >= 3x faster than

@@ -83,8 +83,8 @@ TINY = {
     "finetune": {"epochs": 1, "eps_warmup_epochs": 0},
     "attack": {"eval": {"step_size": 0.05, "steps": 3}},
     "evaluate": {"apgd": {"steps": 5}, "square": {"queries": 10}, "audit": {"more_effort_samples": 16},
-                 "escalation": {"steps": [{"attacks": ["apgd_ce"], "apgd": {"steps": 5}}]},
-                 "latency_batch_size": 64, "latency_repeats": 1},
+                 "escalation": {"steps": [{"attacks": ["apgd_ce"], "apgd": {"steps": 5}}]}},
+    "deployment": {"batch_size": 64, "warmup": 1, "rounds": 1},
     "figure2": {"enabled": False},
 }
 

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = [  # (script, title, extra arguments)
     ("training_speed.py", "Adversarial training speed: naive reference, torchattacks, advfine fp32 and bf16", []),
     ("compressed_speed.py", "Compressed models: inference latency", ["--rounds", "7"]),
+    ("deployment_noise.py", "Deployment: do models of one architecture time alike?", ["--rounds", "20"]),
     ("fake_quant_speed.py", "Fake quantization: adversarial training step vs dense, ours vs NNI", []),
     ("sync_count.py", "Fake quantization: device syncs and ATen ops per adversarial training step", []),
     ("int8_attack_cost.py", "The real INT8 model: what attacking it costs (evaluate.int8_robust_images)", []),

@@ -34,7 +34,7 @@ def eval_values(**over) -> dict:
         "diverged": False, "diverged_reason": None, "collapsed": False, "collapsed_reason": None,
         "collapsed_upstream": [], "constant_predictions": None,
         "params": 1000, "macs": 5000, "checkpoint_bytes": 4000, "weight_bytes": 3000,
-        "latency_ms": None, "latency_batch": 256, "latency_threads": 1, "int8": None, "escalation": None,
+        "int8": None, "escalation": None,
         "device": "cpu", "eval_wall_time_s": 1.5, "stages": [lineage_entry("train_base")],
         "model_path": "model.pt", "peak_rss_mb": None,
         "eval_cost": Cost(wall_time_s=2.0, cpu_time_s=1.8, gpu_time_s=None, train_macs=0, energy_j=None,

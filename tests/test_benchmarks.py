@@ -40,6 +40,12 @@ def test_compressed_speed_measures_every_model():
         assert row in out, out
 
 
+def test_deployment_noise_times_every_model_and_judges_each_architecture():
+    out = run("deployment_noise.py", "--threads", "1", "--rounds", "2", "--warmup", "0", "--batch", "8")
+    for row in ("| pruned 80 % #3 |", "| dense #2 |", "| pruned 80 % | 3 | median |", "| dense | 2 | minimum |"):
+        assert row in out, out
+
+
 def test_fake_quant_speed_measures_every_model_and_counts_empty_cache():
     out = run("fake_quant_speed.py", "--rounds", "1", "--batch", "8", "--pgd-steps", "1")
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in out.splitlines() if line.startswith("| ")}

@@ -186,7 +186,8 @@ def test_validation_fills_in_the_schemas_defaults():
     validate_config(cfg)
     assert cfg["precision"] == "fp32" and cfg["deterministic"] is True and cfg["attack"]["eps_space"] == "pixel"
     assert cfg["figure2"] == {"enabled": False, "class_index": 8, "n_images": 100, "perplexity": 30}
-    assert cfg["evaluate"]["latency_repeats"] == 3 and cfg["train"]["weight_decay"] == 0.0
+    assert cfg["deployment"] == {"batch_size": 256, "threads": 1, "warmup": 1, "rounds": 20}
+    assert cfg["train"]["weight_decay"] == 0.0
     assert cfg["resources"] == {"compute": {"gpu": 1}, "light": {"gpu": 0}, "rules": {}}
     assert cfg["sweep"]["qat_bits"] == [] and cfg["sweep"]["qat_base_models"] == ["rb"]
     # a value given is kept; the default of its neighbour is still filled in
@@ -250,7 +251,9 @@ def test_every_stage_has_a_config_slice():
                                      ({"report.figure2": {"enabled": False}}, "figure2"),
                                      ({"resources": {"rules": {"quantization_aware_training": {}}}},
                                       "resources.rules.qat"),
-                                     ({"evaluate.transfer_attack_for_quantized": True}, "evaluate.attacks")])
+                                     ({"evaluate.transfer_attack_for_quantized": True}, "evaluate.attacks"),
+                                     ({"evaluate.latency_batch_size": 256}, "deployment.batch_size"),
+                                     ({"evaluate.latency_repeats": 0}, "deployment.rounds")])
 def test_moved_keys_say_where_they_went(old, new):
     with pytest.raises(ConfigError, match=rf"(moved to|replaced by .*in) {new}"):
         validate_config(tiny_config(validate=False, **old))
@@ -298,8 +301,10 @@ BAD = [
     ({"resources": {"rules": {"train": {"runtime": 60}}}}, "resources.rules"),
     ({"precision": "fp16"}, "precision"),
     ({"deterministic": "yes"}, "deterministic"),
-    ({"evaluate.latency_repeats": -1}, "evaluate.latency_repeats"),
-    ({"evaluate.latency_batch_size": 0}, "evaluate.latency_batch_size"),
+    ({"deployment": {"rounds": -1}}, "deployment.rounds"),
+    ({"deployment": {"batch_size": 0}}, "deployment.batch_size"),
+    ({"deployment": {"threads": 0}}, "deployment.threads"),
+    ({"resources": {"rules": {"deployment": {"slurm_extra": 1}}}}, "resources.rules.deployment.slurm_extra"),
     ({"evaluate.int8_export": 1}, "evaluate.int8_export"),
     ({"evaluate.attacks": ["apgd_ce", "pgd"]}, "evaluate.attacks"),
     ({"evaluate.attacks": ["pgd", "square", "apgd_t"]}, "evaluate.attacks"),

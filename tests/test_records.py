@@ -17,9 +17,8 @@ def measured_record():
         attacks={"pgd": {"attacked": 90, "broken": 10, "robust_acc_after": 0.2, "wall_time_s": 1.0}},
         attack_order=["pgd"], audit={"checks": {"large_eps": 0.0}, "flags": ["large_eps"]},
         robustness_curve=[{"eps_fraction": 0, "robust_acc": 0.9}, {"eps_fraction": 1, "robust_acc": 0.1}],
-        latency_ms=3.5, peak_rss_mb=512.0,
-        int8={"clean_acc": 0.89, "fake_quant_clean_acc": 0.9, "agreement": 0.98, "latency_ms": 1.0,
-              "model_bytes": 1500, "robust_acc": 0.1, "attacks": {}},
+        peak_rss_mb=512.0,
+        int8={"clean_acc": 0.89, "fake_quant_clean_acc": 0.9, "agreement": 0.98, "robust_acc": 0.1, "attacks": {}},
         stages=[lineage_entry("train_base", adversarial=True, estimated_macs=10**15),
                 lineage_entry("compress", collapsed=True, collapsed_reason="predicts class 3")])
 
@@ -62,7 +61,7 @@ def edited(tmp_path, record, edit, name="eval.json"):
 
 @pytest.mark.parametrize("edit, key", [
     (lambda d: d.pop("robust_acc"), "'robust_acc'"),
-    (lambda d: d.pop("latency_batch"), "'latency_batch'"),
+    (lambda d: d.pop("weight_bytes"), "'weight_bytes'"),
     (lambda d: d.update(clean_acc=90.5), "'clean_acc'"),
     (lambda d: d.update(seed="0"), "'seed'"),
     (lambda d: d.update(diverged=1), "'diverged'"),
@@ -76,7 +75,7 @@ def edited(tmp_path, record, edit, name="eval.json"):
     (lambda d: d["stages"][0].update(estimated_macs="1e15"), "'stages[0].estimated_macs'"),
     (lambda d: d["stages"].append(dict(d["stages"][0])), "'train_base' twice"),
     (lambda d: d["attacks"]["pgd"].update(robust_acc_after=2.0), "'attacks.pgd.robust_acc_after'"),
-    (lambda d: d["int8"].update(model_bytes=1.5), "'int8.model_bytes'"),
+    (lambda d: d["int8"].update(robust_images=1.5), "'int8.robust_images'"),
     (lambda d: d["audit"].update(flags="large_eps"), "'audit.flags'"),
     (lambda d: d["robustness_curve"].append({"eps_fraction": 2}), "'robustness_curve'"),
 ])

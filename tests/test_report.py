@@ -14,6 +14,7 @@ import pytest
 from record_factory import eval_record, lineage_entry
 
 from advfine.pipeline import vocab
+from advfine.pipeline.records import NODE_KEYS, write_deployment_record
 from advfine.report import audit_table, collect, figures, html_tables, labels, render, stats, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -107,18 +108,32 @@ def qat_records():
     return recs
 
 
+# Not an eval.json key: a record's timed models, which write_records puts into the run's deployment.json.
+TIMED = "_deployment"
+
+
 def write_records(dirpath: Path, recs) -> list[Path]:
-    paths = []
+    """Each record as an eval.json; the timed models of those that have them (``with_compute``) into
+    ``dirpath``/deployment.json."""
+    paths, timed = [], []
     for i, rec in enumerate(recs):
+        rec = dict(rec)
+        models = rec.pop(TIMED, None)
+        if models is not None:
+            timed.append({**{k: rec[k] for k in NODE_KEYS}, "checkpoint_bytes": 4000, "models": models})
         p = dirpath / f"m{i:03d}" / "eval.json"
         p.parent.mkdir(parents=True)
         p.write_text(json.dumps(rec))
         paths.append(p)
+    if timed:
+        write_deployment_record(dirpath / "deployment.json", {}, timed, {})
     return paths
 
 
 def frame(tmp_path, recs) -> pd.DataFrame:
-    return collect.collect_metrics(write_records(tmp_path, recs))
+    paths = write_records(tmp_path, recs)
+    deployment = tmp_path / "deployment.json"
+    return collect.collect_metrics(paths, deployment if deployment.exists() else None)
 
 
 @pytest.fixture
@@ -148,9 +163,13 @@ def test_collect_metrics_columns_rows_and_sorting(df, paths):
                 "robust_acc_whitebox", "robust_acc_before_escalation",
                 *[f"robust_acc_after_{a}" for a in vocab.ATTACKS], *[f"broken_by_{a}" for a in vocab.ATTACKS],
                 *[f"audit_{c}" for c in vocab.AUDIT_CHECKS], "int8_robust_acc",
-                "precision", "latency_ms", "latency_batch", "latency_threads", "peak_rss_mb",
+                "precision", "peak_rss_mb",
                 "int8_clean_acc", "int8_fake_quant_clean_acc", "int8_agreement",
-                "int8_latency_ms", "int8_model_bytes", "int8_robust_images", "int8_fake_quant_robust_acc",
+                "int8_robust_images", "int8_fake_quant_robust_acc",
+                *[f"{prefix}{col}" for prefix in ("", "float_twin_", "int8_")
+                  for col in ("latency_ms", "latency_iqr_ms", "latency_min_ms", "latency_max_ms",
+                              "throughput_ips", "memory_bytes")],
+                "latency_batch", "latency_threads", "latency_rounds", "int8_model_bytes",
                 "audit_flags", "collapsed_upstream",
                 *[f"{prefix}_{what}" for prefix in ("obtain", "eval")
                   for what in ("wall_h", "cpu_h", "gpu_h", "train_macs", "energy_j", "energy_method")],
@@ -419,10 +438,14 @@ def test_table_names_per_dataset():
 
 def with_compute(rec, latency=None, eval_peak=None, stage_peaks=None, int8=None, batch=256,
                  threads=2, precision="fp32"):
-    """A record with measured latency and memory: ``stage_peaks`` = peak_rss_mb of each entry of "stages", in
-    order (None: not measured)."""
-    rec |= {"latency_ms": latency, "latency_batch": batch, "latency_threads": threads,
-            "peak_rss_mb": eval_peak, "precision": precision, "int8": int8}
+    """A record with measured latency (its deployment entry) and memory: ``stage_peaks`` = peak_rss_mb of each
+    entry of "stages", in order (None: not measured); ``int8``'s latency and bytes go to the deployment entry."""
+    int8 = dict(int8) if int8 is not None else None
+    timed = {"model": {"latency_ms": latency, "batch_size": batch, "threads": threads}}
+    if int8 is not None:
+        timed["int8"] = {"latency_ms": int8.pop("latency_ms"), "disk_bytes": int8.pop("model_bytes"),
+                         "batch_size": batch, "threads": threads}
+    rec |= {"peak_rss_mb": eval_peak, "precision": precision, "int8": int8, TIMED: timed}
     for st, peak in zip(rec["stages"], stage_peaks or []):
         if peak is not None:
             st["peak_rss_mb"] = peak
@@ -482,14 +505,10 @@ def test_collect_metrics_reads_latency_memory_and_int8(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, named", [
-    ("latency_ms", "3.5", "'latency_ms'"), ("latency_ms", True, "'latency_ms'"),
-    ("latency_ms", -1.0, "'latency_ms'"), ("latency_batch", 256.0, "'latency_batch'"),
-    ("latency_threads", 0, "'latency_threads'"), ("peak_rss_mb", "512", "'peak_rss_mb'"),
+    ("peak_rss_mb", "512", "'peak_rss_mb'"),
     ("precision", 16, "'precision'"), ("int8", [0.9], "'int8'"),
     ("int8", {"clean_acc": 89.0}, "'int8.clean_acc'"),
     ("int8", {"agreement": "all"}, "'int8.agreement'"),
-    ("int8", {"latency_ms": "2"}, "'int8.latency_ms'"),
-    ("int8", {"model_bytes": 1.5}, "'int8.model_bytes'"),
 ])
 def test_mistyped_compute_keys_name_file_and_key(tmp_path, key, value, named):
     rec = with_compute(make_record("st", "ptq-int8", "none", 0), 5.0, 300.0,
@@ -499,6 +518,21 @@ def test_mistyped_compute_keys_name_file_and_key(tmp_path, key, value, named):
     with pytest.raises(collect.MetricsFileError) as exc:
         collect.collect_metrics([p])
     assert str(p) in str(exc.value) and named in str(exc.value)
+
+
+@pytest.mark.parametrize("model, key, value", [
+    ("model", "latency_ms", "3.5"), ("model", "latency_ms", True), ("model", "latency_ms", -1.0),
+    ("model", "batch_size", 256.0), ("model", "threads", 0), ("int8", "latency_ms", "2"),
+    ("int8", "disk_bytes", 1.5),
+])
+def test_mistyped_deployment_values_name_file_and_key(tmp_path, model, key, value):
+    rec = with_compute(make_record("st", "ptq-int8", "none", 0), 5.0, 300.0,
+                       int8=int8_record(0.9, 0.9, 2.0))
+    rec[TIMED][model][key] = value
+    p = write_records(tmp_path, [rec])[0]
+    with pytest.raises(collect.MetricsFileError) as exc:
+        collect.collect_metrics([p], tmp_path / "deployment.json")
+    assert "deployment.json" in str(exc.value) and f"'nodes[0].models.{model}.{key}'" in str(exc.value)
 
 
 def test_mistyped_stage_peak_memory_names_file_and_field(tmp_path):

@@ -12,18 +12,20 @@ from collections import Counter
 import pytest
 
 import slurm_cluster
+from advfine.pipeline.vocab import DEPLOYMENT
 from conftest import REPO, tiny_config
 from test_kill_resume import without_timings
 from test_workflow import snakemake, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
-# 12 jobs of every kind but QAT: small enough for a few minutes of Slurm polling
+# 13 jobs of every kind but QAT: small enough for a few minutes of Slurm polling
 SWEEP = {"sweep.base_models": ["rb"], "sweep.prune_sparsities": [0.5], "sweep.ptq_bits": [8],
          "sweep.finetune": ["none", "ad"], "sweep.dense_finetune": []}
-# 12 sbatch calls without groups (prepare_data 1, train_base 1, compress 2, finetune 2, evaluate 5,
-# aggregate 1); with the profile's group `short` the 9 compress, finetune and evaluate jobs are one
-SUBMISSIONS = {"rule_prepare_data": 1, "rule_train_base": 1, "group_short": 1, "rule_aggregate": 1}
+# 13 sbatch calls without groups (prepare_data 1, train_base 1, compress 2, finetune 2, evaluate 5,
+# deployment 1, aggregate 1); with the profile's group `short` the 9 compress, finetune and evaluate jobs are one
+SUBMISSIONS = {"rule_prepare_data": 1, "rule_train_base": 1, "group_short": 1, "rule_deployment": 1,
+               "rule_aggregate": 1}
 
 
 def slurm_config():
@@ -98,27 +100,33 @@ def test_the_workflow_runs_through_slurm_and_matches_a_local_run(cluster, tmp_pa
     # (a group job's log folder is group_<group>_<its rules>)
     submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S+/(rule_\w+|group_short)\w*/", slurm_run.stderr)
     assert Counter(name for _, name in submitted) == SUBMISSIONS, slurm_run.stderr[-3000:]
-    print(f"{len(submitted)} sbatch submissions (12 without groups):", dict(Counter(name for _, name in submitted)))
+    print(f"{len(submitted)} sbatch submissions (13 without groups):", dict(Counter(name for _, name in submitted)))
     job_of = {name: job_id for job_id, name in submitted}
-    # train_base wrote its metrics in its own Slurm job, every compress, finetune and evaluate job in the group's
+    # train_base and deployment wrote their records in their own Slurm jobs, every compress, finetune and
+    # evaluate job in the group's
     records = job_records(remote)
     ids = Counter(r["provenance"]["slurm_job_id"] for r in records.values())
-    assert ids == {job_of["rule_train_base"]: 1, job_of["group_short"]: len(records) - 1}, ids
+    assert ids == {job_of["rule_train_base"]: 1, job_of["rule_deployment"]: 1,
+                   job_of["group_short"]: len(records) - 2}, ids
     # the group job asked for what the dry run plans: one GPU, the members' runtimes one after another
     requested = group_request(job_of["group_short"], cluster.env)  # first: Slurm forgets it 300 s after its end
     planned = planned_group_request(remote / "config.yaml")
     assert requested == planned, cluster.log_tails()
     assert planned == {"time": 210, "mem": 3000, "gpus": 1, "cpus": 3}  # 30 min x (1 + 4 + 2) layers; 3 jobs at once
-    # every job got the fake GPU (CUDA_VISIBLE_DEVICES=0): compress (a CPU stage) too, inside the group's
-    # allocation; the device is still the CPU
+    # every job of a GPU rule got the fake GPU (CUDA_VISIBLE_DEVICES=0): compress (a CPU stage) too, inside
+    # the group's allocation; deployment (CPU only, its own job) none; the device is still the CPU
     for path, record in records.items():
-        assert record["provenance"]["cuda_visible_devices"] == "0", path
+        gpus = None if record["provenance"]["slurm_job_id"] == job_of["rule_deployment"] else "0"
+        assert record["provenance"]["cuda_visible_devices"] == gpus, path
         assert record["provenance"]["device"] == "cpu", path
 
     # same results as the local run, and the same tables
     assert records.keys() == job_records(local).keys()
     for path, record in job_records(local).items():
         assert record["provenance"]["slurm_job_id"] is None  # the local run ran no Slurm job
+        if path.endswith(f"{DEPLOYMENT}.json"):  # timings, taken on other machines: the same nodes timed
+            assert [n["eval"] for n in records[path]["nodes"]] == [n["eval"] for n in record["nodes"]]
+            continue
         assert comparable(records[path]) == comparable(record), path
     tables = sorted(p.relative_to(local) for p in (local / "results").rglob("tables/*.csv")
                     if p.stem not in ("computational_gains", "compute"))  # they hold wall times, latencies, memory

@@ -7,7 +7,8 @@ import pytest
 
 from advfine.pipeline import vocab
 from advfine.pipeline.config import STAGE_SECTIONS, stage_config
-from advfine.stages import aggregate, compress, evaluate, figure2, finetune, plot, prepare_data, qat, train_base
+from advfine.stages import (aggregate, compress, deployment, evaluate, figure2, finetune, plot, prepare_data, qat,
+                            train_base)
 
 from conftest import tiny_config
 
@@ -16,7 +17,7 @@ QAT = {"init": "parent", "epochs": 1, "batch_size": 32, "lr": 0.01, "momentum": 
 # one config for every case: QAT in the sweep (its section present), the tiny suite, Figure 2 on few images
 OVER = {"train.epochs": 1, "train.lr_drop_epoch": None, "sweep.qat_bits": [8], "qat": QAT,
         "finetune.qat": {"lr": 0.01, "momentum": 0.9}, "figure2": {"enabled": True, "n_images": 10, "perplexity": 3},
-        "evaluate.latency_repeats": 1}
+        "deployment": {"rounds": 1, "warmup": 1, "batch_size": 8}}
 # read by the job glue for every stage (advfine.pipeline.job adds it to the slice): a workflow key, not a stage's
 WORKFLOW_READS = {("device",)}
 
@@ -81,14 +82,18 @@ def every_stage_ran(tmp_path_factory):
         start = bases["st"] if label == "dense" else nodes[label]
         finetune.run(settings("finetune"), data=data, compression=label, mode=mode, seed=0, **model_files(start),
                      out_model=out / "model.pt", out_metrics=out / "metrics.json")
-    evals = []
+    evals, models = [], []
     for label, folder, curve in (("dense", bases["st"], True), ("ptq-int8", nodes["ptq-int8"], False)):
         out = root / f"eval-{label}"
         evaluate.run(settings("evaluate"), data=data, experiment="tiny", train="st", compression=label,
                      finetune="none", seed=0, **model_files(folder), out_eval=out / "eval.json",
                      out_samples=out / vocab.SAMPLES, curve=curve)
         evals.append(str(out / "eval.json"))
-    aggregate.run(settings("aggregate"), evals=evals, out_csv=root / "all_metrics.csv", out_tables_dir=root / "tables")
+        models.append(str(folder / "model.pt"))
+    deployment.run(settings("deployment"), data=data, evals=evals, models=models, out_json=root / "deployment.json",
+                   out_csv=root / "deployment.csv")
+    aggregate.run(settings("aggregate"), evals=evals, deployment=root / "deployment.json",
+                  out_csv=root / "all_metrics.csv", out_tables_dir=root / "tables")
     plot.run(settings("plot"), metrics_csv=root / "all_metrics.csv", out_dir=root / "figures",
              figures=vocab.plot_figure_names(with_qat=False))
     models = {"f_st": bases["st"], "f_rb": bases["rb"], "T_st_f_st_q": tuned["ptq-int8", "st"],

@@ -13,6 +13,7 @@ from advfine.pipeline.checkpoints import load_model, save_model
 from advfine.pipeline.vocab import compression_label, parse_compression
 from advfine.report.paired import read_outcome
 from advfine.stages import compress as compress_stage
+from advfine.stages import deployment as deployment_stage
 from advfine.stages import evaluate as evaluate_stage
 from advfine.stages import finetune as finetune_stage
 from advfine.stages import prepare_data, qat as qat_stage, train_base
@@ -93,9 +94,11 @@ def test_ptq_int8_without_finetuning_keeps_the_parent_accuracy(data_path, base, 
     assert [s["stage"] for s in quant["stages"]] == ["train_base", "compress"]
 
 
-def test_evaluation_measures_latency_memory_and_a_real_int8_model(data_path, base, tmp_path):
-    """Every evaluated node records its CPU latency (batch 256) and peak memory; a PTQ INT8 node also
-    measures the real integer model exported from its float weights, beside the fake-quant model."""
+def test_evaluation_records_memory_and_a_real_int8_model_and_deployment_times_every_model(data_path, base,
+                                                                                         tmp_path):
+    """Every evaluated node records its peak memory; a PTQ INT8 node also evaluates the real integer model
+    exported from its weights, beside the fake-quant model. The deployment stage then times every model in
+    one job: a record per node, the PTQ INT8 node's real integer model beside its float twin."""
     compress(data_path, base, tmp_path, "ptq-int8")
     compress(data_path, base, tmp_path, "prune-0.5")
     dense = evaluate(data_path, base / "model.pt", base / "metrics.json", **{"attack.eval.steps": 0})
@@ -104,7 +107,7 @@ def test_evaluation_measures_latency_memory_and_a_real_int8_model(data_path, bas
     quant = evaluate(data_path, tmp_path / "ptq-int8.pt", tmp_path / "ptq-int8.json", "ptq-int8",
                      **{"attack.eval.steps": 0})
     for record in (dense, pruned, quant):
-        assert record["latency_ms"] > 0 and record["latency_batch"] == 256 and record["latency_threads"] == 1
+        assert "latency_ms" not in record  # the deployment stage's
         # the peak of this (pytest) process so far: in a workflow job it is the job's own peak
         assert record["peak_rss_mb"] > 50 and all(stage["peak_rss_mb"] > 50 for stage in record["stages"])
         assert record["peak_rss_mb"] >= max(stage["peak_rss_mb"] for stage in record["stages"])  # never falls
@@ -115,12 +118,32 @@ def test_evaluation_measures_latency_memory_and_a_real_int8_model(data_path, bas
     int8 = quant["int8"]
     assert int8["fake_quant_clean_acc"] == quant["clean_acc"]
     assert abs(int8["clean_acc"] - quant["clean_acc"]) <= 0.03 and int8["agreement"] > 0.9
-    assert 0 < int8["model_bytes"] < Path(base / "model.pt").stat().st_size / 2
-    assert int8["latency_ms"] > 0
-    # switched off: no latency, no INT8 export
-    off = evaluate(data_path, tmp_path / "ptq-int8.pt", tmp_path / "ptq-int8.json", "ptq-int8",
-                   **{"attack.eval.steps": 0, "evaluate.latency_repeats": 0})
-    assert off["latency_ms"] is None and off["int8"] is None
+    evals = [base / "eval-dense-none.json", tmp_path / "eval-prune-0.5-none.json", tmp_path / "eval-ptq-int8-none.json"]
+    models = [base / "model.pt", tmp_path / "prune-0.5.pt", tmp_path / "ptq-int8.pt"]
+    timed = deployment_stage.run(stage_settings("deployment", deployment={"rounds": 3, "batch_size": 16}),
+                                 data=data_path, evals=evals, models=models, out_json=tmp_path / "deployment.json",
+                                 out_csv=tmp_path / "deployment.csv", threads=2)
+    assert written(tmp_path / "deployment.json")["nodes"] == timed
+    assert [(n["compression"], sorted(n["models"])) for n in timed] == [
+        ("dense", ["model"]), ("prune-0.5", ["model"]), ("ptq-int8", ["float_twin", "int8", "model"])]
+    for node in timed:
+        for about in node["models"].values():
+            assert about["latency_ms"] > 0 and about["repeats"] == 3 and about["batch_size"] == 16
+            assert about["threads"] == 1 and about["memory_bytes"] > 0
+            assert about["latency_min_ms"] <= about["latency_ms"] <= about["latency_max_ms"]
+    assert timed[0]["models"]["model"]["kind"] == "float" and timed[0]["models"]["model"]["channels_last"]
+    assert timed[2]["models"]["model"]["kind"] == "fake-quant"
+    int8_timed = timed[2]["models"]["int8"]
+    assert 0 < int8_timed["disk_bytes"] < Path(base / "model.pt").stat().st_size / 2
+    assert int8_timed["memory_bytes"] < timed[2]["models"]["float_twin"]["memory_bytes"] / 2
+    assert timed[1]["models"]["model"]["memory_bytes"] < timed[0]["models"]["model"]["memory_bytes"] / 2
+    rows = list(csv.DictReader((tmp_path / "deployment.csv").open()))
+    assert [r["compression"] for r in rows] == ["dense", "prune-0.5", "ptq-int8"] and rows[0]["int8_latency_ms"] == ""
+    # switched off: no timing, no INT8 export, the sizes still recorded
+    off = deployment_stage.run(stage_settings("deployment", deployment={"rounds": 0}), data=data_path, evals=evals,
+                               models=models, out_json=tmp_path / "off.json", out_csv=tmp_path / "off.csv")
+    assert all(sorted(n["models"]) == ["model"] and "latency_ms" not in n["models"]["model"] for n in off)
+    assert off[2]["checkpoint_bytes"] == timed[2]["checkpoint_bytes"] > 0
 
 
 def test_pruning_removes_filters_and_finetuning_starts_from_the_pruned_weights(data_path, base, tmp_path):
@@ -278,7 +301,7 @@ def test_a_diverged_model_is_reported_as_diverged_not_scored(data_path, base, tm
 # logits no longer depend on the input and training sits at ln 10, on every seed and CPU (the weights,
 # not a trajectory, decide it).
 COLLAPSING = {"train.weight_decay": 5.0, "train.lr_drop_epoch": None}
-FAST_EVAL = {"attack.eval.steps": 0, "evaluate.attacks": ["pgd"], "evaluate.latency_repeats": 0}
+FAST_EVAL = {"attack.eval.steps": 0, "evaluate.attacks": ["pgd"], "evaluate.int8_export": False}
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -96,12 +96,25 @@ wildcard_constraints:
 
 def rule_resources(rule_name):
     """Snakemake resources of ``rule_name`` from config key ``resources``: its group (compute or light),
-    then the rule's own overrides under ``resources.rules``; no GPU for the stages that run on the CPU.
+    then the rule's own overrides under ``resources.rules``; no GPU for the stages that run on the CPU;
+    a SLURM node of its own (sbatch --exclusive, unless resources.rules sets slurm_extra) for the stages
+    that time models.
     """
     res = config["resources"]
     group = "compute" if rule_name in vocab.COMPUTE_STAGES else "light"
     resources = res[group] | res["rules"].get(rule_name, {})
+    if rule_name in vocab.EXCLUSIVE_STAGES:
+        resources = {"slurm_extra": "--exclusive"} | resources
     return resources | {"gpu": 0} if rule_name in vocab.CPU_STAGES else resources
+
+
+def exclusive_threads():
+    """Threads for a job that must run alone. Locally every core Snakemake has (--cores), so its
+    scheduler, which never runs jobs whose threads add up to more, starts nothing beside it. On a
+    cluster, where the job asks for a node of its own, the threads it times with."""
+    if workflow.local_exec and workflow._cores is not None:
+        return workflow.cores
+    return config["deployment"]["threads"]
 
 
 def model_files(folder):
@@ -150,6 +163,11 @@ def is_table5_model(wildcards):
 def eval_targets():
     """Every eval.json of the sweep."""
     return [node.eval for node in nodes.sweep_nodes(config)]
+
+
+def model_targets():
+    """The checkpoint of every eval.json of the sweep, in eval_targets' order."""
+    return [node.model for node in nodes.sweep_nodes(config)]
 
 
 def sample_targets():

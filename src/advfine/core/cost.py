@@ -1,10 +1,9 @@
-"""What a model costs: parameters, multiply-accumulates, bytes of weights, the compute a training run
-spent, and measured inference latency (of the model and, for PTQ INT8 nodes, of a real integer model
-exported from it)."""
+"""What a model costs: parameters, multiply-accumulates, bytes of weights and of memory, the compute a
+training run spent, and measured inference latency (the deployment stage times every model of a run
+interleaved with the others: ``time_interleaved``, ``latency_stats``)."""
 from __future__ import annotations
 
 import io
-import logging
 import math
 import time
 
@@ -12,11 +11,7 @@ import torch
 from torch import nn
 
 from advfine.core.binary import BinaryLayer, binary_layers
-from advfine.core.evaluate import predict
 from advfine.core.objectives import TradesObjective
-from advfine.core.runtime import place_model
-
-log = logging.getLogger("advfine")
 
 def model_cost(model: nn.Module, input_shape: tuple) -> dict:
     """Parameters and multiply-accumulates of one input, counted with forward hooks on Conv2d/Linear
@@ -103,48 +98,70 @@ def training_macs(history: list[dict], n_examples: int, forward_macs: int, attac
     return int(total)
 
 
-def _latency_batch(x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def latency_batch(x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """``batch_size`` test images (repeated when the test set is smaller)."""
     repeats = -(-batch_size // len(x))
     return torch.cat([x] * repeats)[:batch_size]
 
 
-def _serialized_bytes(model: nn.Module) -> int:
+def serialized_bytes(model: nn.Module) -> int:
     """Bytes of the model's state_dict as torch.save writes it (int8 weights are stored as int8)."""
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes
 
 
-def inference_costs(model: nn.Module, float_twin: nn.Module | None, test_x: torch.Tensor, test_y: torch.Tensor,
-                    settings: dict, threads: int, int8_model: nn.Module | None = None) -> dict:
-    """Measured inference cost on the CPU (whatever device evaluated the model): the median latency of
-    ``settings['latency_repeats']`` passes of a batch of ``settings['latency_batch_size']`` test images.
-    With ``int8_model`` (PTQ INT8 nodes: the real integer model exported from ``float_twin``), the same
-    for it, with its clean accuracy and its agreement with ``model``. A fake-quant model (``float_twin``
-    given) runs at fp32 speed plus the rounding: quantization only pays as integers. ``settings`` is
-    the config's ``evaluate`` section."""
-    batch_size, repeats = settings["latency_batch_size"], settings["latency_repeats"]
-    result = {"latency_ms": None, "latency_batch": batch_size, "latency_threads": threads, "int8": None}
-    if repeats == 0:
-        return result
-    cpu = torch.device("cpu")
-    example = _latency_batch(test_x, batch_size)
-    if float_twin is None:  # float models run channels-last in this pipeline (runtime.place_model)
-        place_model(model, cpu)
-        example = example.contiguous(memory_format=torch.channels_last)
-    result["latency_ms"] = 1000 * measure_latency(model, example, repeats=repeats, warmup=1)
-    if int8_model is not None:
-        int8_pred = predict(int8_model, test_x, settings["batch_size"], cpu)
-        fake_pred = predict(model, test_x, settings["batch_size"], cpu)
-        result["int8"] = {
-            "clean_acc": (int8_pred == test_y).float().mean().item(),
-            "fake_quant_clean_acc": (fake_pred == test_y).float().mean().item(),
-            "agreement": (int8_pred == fake_pred).float().mean().item(),
-            "latency_ms": 1000 * measure_latency(int8_model, _latency_batch(test_x, batch_size),
-                                                 repeats=repeats, warmup=1),
-            "model_bytes": _serialized_bytes(int8_model),
-        }
-        log.info("real INT8 model: %s", result["int8"])
-    log.info("inference latency, batch %d, %d thread(s): %.1f ms", batch_size, threads, result["latency_ms"])
-    return result
+def memory_bytes(model: nn.Module) -> int:
+    """Bytes of the tensors the model holds: parameters and buffers of a float or fake-quant model; for a
+    real integer model its packed weights (int8, read back through its state_dict) and their scales."""
+    def size(value) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, (tuple, list)):
+            return sum(size(v) for v in value)
+        return 0
+
+    return sum(size(value) for value in model.state_dict().values())
+
+
+def time_interleaved(models: dict[str, tuple[nn.Module, torch.Tensor]], rounds: int, warmup: int) -> dict[str, list]:
+    """Seconds of each timed forward pass of ``models`` (name -> (model, its input)), in ``rounds`` rounds
+    that each time every model once: a drift of the machine's speed (another process, the clock) lands on
+    every model alike instead of on the ones timed during it. Each round starts one model further down the
+    list. Right before each timed pass the model makes ``warmup`` untimed passes, so the timed one finds
+    its own weights, activations and allocator state, not those of the model before it (measured on the
+    tiny workflow's 25 nodes, 10 rounds: a node's fake-quant fine-tuning variants 13.5 % apart without
+    it, 1.0 % with one)."""
+    names = list(models)
+    times: dict[str, list] = {name: [] for name in names}
+    with torch.no_grad():
+        for name in names:
+            models[name][0].eval()
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                model, example = models[name]
+                for _ in range(warmup):
+                    model(example)
+                start = time.perf_counter()
+                model(example)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def latency_stats(seconds: list[float], batch_size: int) -> dict:
+    """Median, quartiles and range (ms per batch) of one model's timed passes, and its throughput at the
+    median (images per second)."""
+    ms = sorted(1000.0 * s for s in seconds)
+    if not ms:
+        raise ValueError("latency_stats needs at least one timed pass")
+
+    def quantile(q: float) -> float:  # linear interpolation between order statistics (numpy's default)
+        pos = q * (len(ms) - 1)
+        low = math.floor(pos)
+        high = min(low + 1, len(ms) - 1)
+        return ms[low] + (ms[high] - ms[low]) * (pos - low)
+
+    median = quantile(0.5)
+    return {"latency_ms": median, "latency_q1_ms": quantile(0.25), "latency_q3_ms": quantile(0.75),
+            "latency_iqr_ms": quantile(0.75) - quantile(0.25), "latency_min_ms": ms[0], "latency_max_ms": ms[-1],
+            "throughput_ips": 1000.0 * batch_size / median if median > 0 else None, "repeats": len(ms)}

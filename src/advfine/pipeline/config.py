@@ -39,6 +39,7 @@ STAGE_SECTIONS = {
     "finetune": ("precision", "deterministic", "attack.eps_space", "attack.norm", "attack.train", "finetune",
                  "adversarial", "train", "compress"),
     "evaluate": ("precision", "deterministic", "attack.eps_space", "attack.norm", "attack.eval", "evaluate"),
+    "deployment": ("deterministic", "deployment"),
     "aggregate": ("report",),
     "plot": (),
     "figure2": ("deterministic", "attack.eps_space", "attack.norm", "attack.eval", "figure2"),
@@ -49,7 +50,7 @@ WORKFLOW_KEYS = {
     "experiment": "the results folder results/{experiment}/, a wildcard of every path",
     "device": "read by every job when it starts (advfine.pipeline.job); not a param, so where a result was "
               "computed is recorded in it (provenance) but is not part of its identity",
-    "threads": "every model rule's threads",
+    "threads": "every model rule's threads, but deployment's (it holds every core and times with deployment.threads)",
     "resources": "every rule's resources (GPUs, memory, runtime, SLURM partition)",
     "sweep": "the nodes of the DAG (seeds, base models, compression levels, fine-tuning modes)",
 }
@@ -61,6 +62,10 @@ MOVED_KEYS = {
     ("resources", "rules", "quantization_aware_training"): "moved to resources.rules.qat (the rule's name)",
     ("resources", "rules", "figure2_features"): "moved to resources.rules.figure2 (the rule's name)",
     ("evaluate", "transfer_attack_for_quantized"): "replaced by the attack 'transfer' in evaluate.attacks",
+    ("evaluate", "latency_batch_size"): "moved to deployment.batch_size (the deployment stage times every model "
+                                        "in one job that runs alone)",
+    ("evaluate", "latency_repeats"): "moved to deployment.rounds (each round times every model once; 0 still "
+                                     "switches timing off)",
 }
 
 

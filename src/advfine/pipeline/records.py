@@ -2,6 +2,9 @@
 ``EvalRecord`` (each node's ``eval.json``), with ``LineageEntry``, one stage of a model's lineage, and
 ``Cost``, what a span of work cost (the ledger: each stage's own cost, summed here and nowhere else).
 
+``deployment.json`` (one per experiment: every model's CPU inference cost, stage deployment) is written
+by ``write_deployment_record`` and read, flat, by ``deployment_rows``.
+
 Each file is written by one function (``write_stage_record``, ``write_eval_record``) and read by one
 (``read_stage_record``, ``read_eval_record``). Every file carries ``format_version``; each reader accepts
 only its record's current format (``STAGE_FORMAT_VERSION``, ``EVAL_FORMAT_VERSION``; an older file is
@@ -25,7 +28,8 @@ from advfine.pipeline.vocab import ATTACKS, AUDIT_CHECKS
 
 # Each record's format, raised when its fields change: a change to one record refuses only files of that one.
 STAGE_FORMAT_VERSION = 2  # 2: the cost ledger (CPU and GPU time, energy)
-EVAL_FORMAT_VERSION = 3  # 2: the escalation; 3: the cost ledger
+EVAL_FORMAT_VERSION = 4  # 2: the escalation; 3: the cost ledger; 4: latency moved to the deployment record
+DEPLOYMENT_FORMAT_VERSION = 1
 
 
 class MetricsFileError(ValueError):
@@ -308,8 +312,6 @@ EVAL_NESTED: dict[tuple[str, ...], str] = {
     ("int8", "clean_acc"): "fraction",
     ("int8", "fake_quant_clean_acc"): "fraction",
     ("int8", "agreement"): "fraction",
-    ("int8", "latency_ms"): "number",
-    ("int8", "model_bytes"): "bytes",
     ("int8", "robust_images"): "count",
     ("int8", "fake_quant_robust_acc"): "fraction",
 }
@@ -319,9 +321,9 @@ EVAL_NESTED: dict[tuple[str, ...], str] = {
 class EvalRecord:
     """A node's eval.json: which model (experiment ... finetune, seed), its accuracies (null only for a
     diverged model), the attack suite's records, the audit, the robustness curve (Table 5's models),
-    its health, size, cost and inference latency, the real INT8 model's numbers (PTQ INT8 nodes), the
+    its health, size and cost, the real INT8 model's accuracy and robustness (PTQ INT8 nodes), the
     lineage of the stages that made it, the evaluation's own cost and the cost to obtain the model (the
-    lineage's, ``lineage_cost``), and provenance."""
+    lineage's, ``lineage_cost``), and provenance. Inference latency is the deployment record's."""
 
     experiment: str = _kind("str")
     dataset: str = _kind("str")
@@ -354,9 +356,6 @@ class EvalRecord:
     macs: int = _kind("int")
     checkpoint_bytes: int = _kind("int")
     weight_bytes: int = _kind("int")
-    latency_ms: float | None = _kind("number", nullable=True)
-    latency_batch: int = _kind("count")
-    latency_threads: int = _kind("count")
     int8: dict | None = _kind("object", nullable=True)
     device: str = _kind("str")
     eval_wall_time_s: float = _kind("number")
@@ -412,3 +411,59 @@ def read_eval_record(path: str | Path) -> EvalRecord:
     for key in ("eval_cost", "cost_to_obtain"):
         values[key] = Cost(**_fields_of(Cost, path, values[key], f"{key}."))
     return EvalRecord(**values)
+
+
+# ----------------------------------------------------------------------------- deployment.json
+
+NODE_KEYS = ("experiment", "dataset", "arch", "seed", "train", "compression", "finetune")
+# The models timed per node: the evaluated checkpoint as the pipeline runs it, and for PTQ INT8 nodes
+# the real integer model and its float twin; their columns in deployment_rows carry these prefixes.
+DEPLOYED_MODELS = {"model": "", "float_twin": "float_twin_", "int8": "int8_"}
+# One timed model's values (advfine.core.cost.latency_stats and sizes): name -> kind (null: not timed).
+MEASUREMENT_KEYS = {"latency_ms": "number", "latency_q1_ms": "number", "latency_q3_ms": "number",
+                    "latency_iqr_ms": "number", "latency_min_ms": "number", "latency_max_ms": "number",
+                    "throughput_ips": "number", "repeats": "bytes", "batch_size": "count", "threads": "count",
+                    "memory_bytes": "bytes", "disk_bytes": "bytes"}
+
+
+def write_deployment_record(path: str | Path, settings: dict, nodes: list[dict], provenance: dict) -> None:
+    """``deployment.json``: the measurement's ``settings``, its ``provenance`` and one entry per node (its
+    ``NODE_KEYS``, the checkpoint's bytes and ``models``: ``DEPLOYED_MODELS`` name -> measurement)."""
+    # deferred: advfine.core.files imports torch; reading records (the end-of-run banner) must not
+    from advfine.core.files import write_json
+
+    write_json(path, {"format_version": DEPLOYMENT_FORMAT_VERSION, "settings": settings, "provenance": provenance,
+                      "nodes": nodes})
+
+
+def deployment_rows(path: str | Path) -> list[dict]:
+    """One flat dict per node of ``deployment.json``: its ``NODE_KEYS``, ``checkpoint_bytes``, and per
+    timed model (``DEPLOYED_MODELS``, by prefix) its ``MEASUREMENT_KEYS``, None where not timed. Raises
+    ``MetricsFileError`` naming the file and key."""
+    path, data = _load(path, DEPLOYMENT_FORMAT_VERSION)
+    _check(path, "settings", data.get("settings"), "object", nullable=False)
+    _check(path, "provenance", data.get("provenance"), "object", nullable=False)
+    _check(path, "nodes", data.get("nodes"), "list", nullable=False)
+    rows = []
+    for i, node in enumerate(data["nodes"]):
+        where = f"nodes[{i}]"
+        _check(path, where, node, "object", nullable=False)
+        row = {}
+        for key in NODE_KEYS:
+            if key not in node:
+                raise MetricsFileError(f"{path}: missing required key '{where}.{key}'")
+            _check(path, f"{where}.{key}", node[key], "int" if key == "seed" else "str", nullable=False)
+            row[key] = node[key]
+        _check(path, f"{where}.checkpoint_bytes", node.get("checkpoint_bytes"), "bytes", nullable=False)
+        _check(path, f"{where}.models", node.get("models"), "object", nullable=False)
+        row["checkpoint_bytes"] = node["checkpoint_bytes"]
+        unknown = sorted(set(node["models"]) - set(DEPLOYED_MODELS))
+        if unknown:
+            raise MetricsFileError(f"{path}: unknown key '{where}.models.{unknown[0]}'")
+        for name, prefix in DEPLOYED_MODELS.items():
+            measured = node["models"].get(name) or {}
+            for key, kind in MEASUREMENT_KEYS.items():
+                _check(path, f"{where}.models.{name}.{key}", measured.get(key), kind, nullable=True)
+                row[prefix + key] = measured.get(key)
+        rows.append(row)
+    return rows

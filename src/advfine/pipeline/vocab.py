@@ -16,13 +16,17 @@ from advfine.core.catalog import ATTACKS, AUDIT_CHECKS, NUM_CLASSES, WHITE_BOX_A
 # Each stage has one name end to end: rule <name> in workflow/rules/<name>.smk, script
 # workflow/scripts/<name>.py, entry point advfine.stages.<name>.run, config slice
 # config.STAGE_SECTIONS[<name>] and log file <name>.log.
-STAGES = ("prepare_data", "train_base", "compress", "qat", "finetune", "evaluate", "aggregate", "plot",
-          "figure2")
-# Stages that train, compress or attack models (a GPU helps); the others are light (no GPU).
-COMPUTE_STAGES = ("train_base", "compress", "qat", "finetune", "evaluate", "figure2")
+STAGES = ("prepare_data", "train_base", "compress", "qat", "finetune", "evaluate", "deployment", "aggregate",
+          "plot", "figure2")
+# Stages that train, compress, attack or time models (a GPU helps the first three); the others are light (no GPU).
+COMPUTE_STAGES = ("train_base", "compress", "qat", "finetune", "evaluate", "deployment", "figure2")
 # Compute stages that run on the CPU whatever the config's device, and so ask for no GPU: ranking filters
-# by their L1 norm and PTQ's few calibration batches take seconds, and a GPU job would hold a GPU idle.
-CPU_STAGES = ("compress",)
+# by their L1 norm and PTQ's few calibration batches take seconds, and a GPU job would hold a GPU idle;
+# deployment times CPU inference.
+CPU_STAGES = ("compress", "deployment")
+# Stages that time models and so run alone: locally on every core Snakemake has (nothing runs beside
+# them), on SLURM on a node of their own (sbatch --exclusive; workflow/rules/common.smk).
+EXCLUSIVE_STAGES = ("deployment",)
 
 # Each stage draws its random numbers from the node's seed plus its own offset, so fine-tuning,
 # evaluation and QAT of one seed never reuse base training's stream.
@@ -179,6 +183,7 @@ SAMPLES = "samples.csv"  # beside each eval.json: the per-sample outcome
 TABLE_FORMATS = ["csv", "md", "tex", "html"]  # html: the version `snakemake --report` shows
 FIGURE_FORMATS = ["png", "pdf"]
 ALL_METRICS = "all_metrics.csv"
+DEPLOYMENT = "deployment"  # results/<experiment>/deployment.json and .csv: every model's CPU inference cost
 RESOLVED_CONFIG = "config.resolved.yaml"  # the config a run used (rule resolved_config)
 
 TABLE2 = "table2_baselines"

@@ -130,14 +130,18 @@ CONTROLS_NOTE = (
 
 def compute_note(df: pd.DataFrame) -> str:
     """The compute table's notes, with the recorded batch size and threads."""
-    batch = joined(df["latency_batch"]) if "latency_batch" in df and len(df) else math.nan
-    threads = joined(df["latency_threads"]) if "latency_threads" in df and len(df) else math.nan
-    batch = "256" if isinstance(batch, float) else batch
-    threads = "" if isinstance(threads, float) else f" ({threads})"
-    return (f"Latency: median of timed forward passes of a batch of {batch} test images on the CPU with the "
-            f"job's threads{threads}, in ms, mean ± sample std over seeds; speed-up: ratio of means, the dense "
+    def recorded(column: str, default: str) -> str:
+        value = joined(df[column]) if column in df and len(df) else math.nan
+        return default if isinstance(value, float) else value
+
+    batch, threads, rounds = (recorded("latency_batch", "256"), recorded("latency_threads", "1"),
+                              recorded("latency_rounds", "the"))
+    return (f"Latency: median over {rounds} rounds of timed forward passes of a batch of {batch} test images on "
+            f"the CPU with {threads} torch thread(s), in ms, mean ± sample std over seeds; every model of the run "
+            "was timed in one job that ran alone (stage deployment), each round timing every model once, so "
+            "a drift of the machine's speed hits all alike. Speed-up: ratio of means, the dense "
             f"model of the same base training without fine-tuning ({_F_ST} or {_F_RB}) to this model (so "
-            f"{_F_ST} and {_F_RB} are 1.00x). Latencies depend on what else ran on the machine: compare them "
+            f"{_F_ST} and {_F_RB} are 1.00x). Latencies depend on the machine: compare them "
             "within one run. Fake-quantized models ($f^q$, PTQ and QAT) run as fp32 with rounding, so they are "
             "not faster; the real INT8 model is torch.ao's (oneDNN) integer model of the PTQ INT8 node (n/a "
             "elsewhere), converted from the fake-quant model (same scales), its clean accuracy (%) beside the "

@@ -1,5 +1,6 @@
-"""Read the per-model ``eval.json`` files (``records.read_eval_record``, which validates them) into one
-flat DataFrame (``collect_metrics``) and write it as ``all_metrics.csv`` (``write_metrics_csv``).
+"""Read the per-model ``eval.json`` files (``records.read_eval_record``, which validates them), joined per
+node with the run's ``deployment.json`` (``records.deployment_rows``: each model's inference cost), into
+one flat DataFrame (``collect_metrics``) and write it as ``all_metrics.csv`` (``write_metrics_csv``).
 
 * One row per eval.json; columns ``METRIC_COLUMNS``: the record's scalar fields, the values of its nested
   objects (``RECORD_COLUMNS``), ``<stage>_<field>`` per entry of ``stages`` (``STAGE_FIELDS``),
@@ -18,12 +19,15 @@ flat DataFrame (``collect_metrics``) and write it as ``all_metrics.csv`` (``writ
   columns and ``audit_flags`` (the flags joined with ";", empty when none); ``robust_acc_before_escalation``
   (NaN: the node was not escalated); a robustness curve
   ``robust_acc_eps_x<fraction>`` columns; the real INT8 model's numbers ``int8_*`` (NaN/NA for every node
-  but PTQ INT8).
+  but PTQ INT8); the deployment record's latency, throughput and memory ``DEPLOYMENT_COLUMNS``
+  (``latency_ms``, ``float_twin_latency_ms``, ``int8_latency_ms`` ...; NaN/NA where not timed or
+  without a deployment record).
 * The cost ledger (``records.Cost``): ``obtain_*``, the cost to obtain the model (its lineage's sum, a
   shared base model counted in full in each node: ``records.lineage_cost``), and ``eval_*``, the
-  evaluation job's own cost (attacks, audit, latency: more than ``eval_wall_time_s``, the attack suite's
-  span); each ``_wall_h``, ``_cpu_h`` and ``_gpu_h`` (hours; GPU NaN off CUDA), ``_train_macs``,
-  ``_energy_j`` (NaN where not measured) and ``_energy_method`` (how it was obtained, or why not).
+  evaluation job's own cost (attacks, audit, the real INT8 model's checks: more than ``eval_wall_time_s``,
+  the attack suite's span); each ``_wall_h``, ``_cpu_h`` and ``_gpu_h`` (hours; GPU NaN off CUDA),
+  ``_train_macs``, ``_energy_j`` (NaN where not measured) and ``_energy_method`` (how it was obtained, or
+  why not).
 """
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ from pathlib import Path
 import pandas as pd
 
 from advfine.core.files import write_text
-from advfine.pipeline.records import EvalRecord, MetricsFileError, read_eval_record
+from advfine.pipeline.records import (DEPLOYED_MODELS, NODE_KEYS, EvalRecord, MetricsFileError, deployment_rows,
+                                      read_eval_record)
 from advfine.pipeline.vocab import ATTACKS, AUDIT_CHECKS
 
 __all__ = ["METRIC_COLUMNS", "MetricsFileError", "collect_metrics", "write_metrics_csv"]
@@ -66,15 +71,10 @@ RECORD_COLUMNS: dict[str, tuple[str, ...]] = {
     **{f"audit_{c}": ("audit", "checks", c) for c in AUDIT_CHECKS},
     "int8_robust_acc": ("int8", "robust_acc"),
     "precision": ("precision",),
-    "latency_ms": ("latency_ms",),
-    "latency_batch": ("latency_batch",),
-    "latency_threads": ("latency_threads",),
     "peak_rss_mb": ("peak_rss_mb",),
     "int8_clean_acc": ("int8", "clean_acc"),
     "int8_fake_quant_clean_acc": ("int8", "fake_quant_clean_acc"),
     "int8_agreement": ("int8", "agreement"),
-    "int8_latency_ms": ("int8", "latency_ms"),
-    "int8_model_bytes": ("int8", "model_bytes"),
     "int8_robust_images": ("int8", "robust_images"),
     "int8_fake_quant_robust_acc": ("int8", "fake_quant_robust_acc"),
 }
@@ -82,14 +82,25 @@ RECORD_COLUMNS: dict[str, tuple[str, ...]] = {
 COST_FIELDS = {"obtain": "cost_to_obtain", "eval": "eval_cost"}
 _COST_WHATS = ("wall_h", "cpu_h", "gpu_h", "train_macs", "energy_j", "energy_method")
 COST_COLUMNS = [f"{prefix}_{what}" for prefix in COST_FIELDS for what in _COST_WHATS]
-# Integer columns that may be NA (nullable Int64) and float columns among RECORD_COLUMNS.
-_NULLABLE_INT_COLS = ["latency_batch", "latency_threads", *[f"broken_by_{a}" for a in ATTACKS], "int8_model_bytes",
-                      "int8_robust_images"]
-_FLOAT_COLS = [c for c in RECORD_COLUMNS if c.startswith(("robust_acc", "audit_", "int8_", "latency_ms", "peak_rss"))
+# Columns from deployment.json (records.deployment_rows), per timed model: its column -> the row's key.
+_TIMED = {"latency_ms": "latency_ms", "latency_iqr_ms": "latency_iqr_ms", "latency_min_ms": "latency_min_ms",
+          "latency_max_ms": "latency_max_ms", "throughput_ips": "throughput_ips", "memory_bytes": "memory_bytes"}
+DEPLOYMENT_COLUMNS: dict[str, str] = {
+    **{f"{prefix}{col}": f"{prefix}{key}" for prefix in DEPLOYED_MODELS.values() for col, key in _TIMED.items()},
+    "latency_batch": "batch_size", "latency_threads": "threads", "latency_rounds": "repeats",
+    "int8_model_bytes": "int8_disk_bytes",
+}
+# Integer columns that may be NA (nullable Int64) and float columns among RECORD_COLUMNS and DEPLOYMENT_COLUMNS.
+_NULLABLE_INT_COLS = [*[f"broken_by_{a}" for a in ATTACKS], "int8_robust_images",
+                      *[c for c in DEPLOYMENT_COLUMNS
+                        if c.endswith("_bytes") or c in ("latency_batch", "latency_threads", "latency_rounds")]]
+_FLOAT_COLS = [c for c in [*RECORD_COLUMNS, *DEPLOYMENT_COLUMNS]
+               if c.startswith(("robust_acc", "audit_", "int8_", "float_twin_", "latency_", "throughput", "peak_rss"))
                and c not in _NULLABLE_INT_COLS]
 METRIC_COLUMNS = (
     _FLAT_COLS
     + list(RECORD_COLUMNS)
+    + list(DEPLOYMENT_COLUMNS)
     + ["audit_flags", "collapsed_upstream"]
     + COST_COLUMNS
     + [f"{s}_{field}" for field in STAGE_FIELDS for s in STANDARD_STAGES]
@@ -141,20 +152,26 @@ def _row(path: Path, rec: EvalRecord) -> dict:
     return row
 
 
-def collect_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """Read eval.json files into one DataFrame, one row per file.
+def collect_metrics(paths: Iterable[str | os.PathLike], deployment: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Read eval.json files into one DataFrame, one row per file, with the inference cost of each node in
+    ``deployment`` (a deployment.json; None: those columns NaN/NA).
 
     Columns: ``METRIC_COLUMNS`` (+ ``<stage>_<field>`` for any non-standard stage). Per stage:
     ``_wall_time_s``, ``_estimated_macs`` and ``_peak_rss_mb`` (float, NaN when the stage is not
     in the model's lineage), ``_adversarial`` (nullable boolean), ``_device``. The ``RECORD_COLUMNS``
-    (``latency_ms``, ``peak_rss_mb``, ``int8_*`` ...) are float, or nullable Int64 for
-    ``latency_batch``/``latency_threads``/``broken_by_*``/``int8_model_bytes``; NaN/NA where the record
-    has no value (``int8_*``: every node but PTQ INT8).
+    and ``DEPLOYMENT_COLUMNS`` (``peak_rss_mb``, ``int8_*``, ``latency_ms`` ...) are float, or nullable
+    Int64 for ``broken_by_*``, the byte counts, ``latency_batch``/``latency_threads``/``latency_rounds``;
+    NaN/NA where the record has no value (``int8_*``: every node but PTQ INT8).
     Rows are sorted by experiment, dataset, arch, train, method, level, finetune, seed.
     Raises ``FileNotFoundError`` / ``MetricsFileError`` naming the offending file (and key), and
     ``MetricsFileError`` if two files describe the same model (same key columns and seed).
     """
     rows = [_row(Path(p), read_eval_record(p)) for p in paths]
+    if deployment is not None:
+        timed = {tuple(r[k] for k in NODE_KEYS): r for r in deployment_rows(deployment)}
+        for row in rows:
+            cost = timed.get(tuple(row[k] for k in NODE_KEYS), {})
+            row.update({col: cost.get(key) for col, key in DEPLOYMENT_COLUMNS.items()})
     df = pd.DataFrame(rows)
     extra = sorted(set(df.columns) - set(METRIC_COLUMNS)) if rows else []
     df = df.reindex(columns=METRIC_COLUMNS + extra)

@@ -9,7 +9,7 @@
 * ``computational_gains``: wall time and estimated MACs of full adversarial training (f_rb) vs
   adversarial fine-tuning (T_ad(f_st), T_ad(f_st^p), T_ad(f_st^q)), Sec. 6 "Computational gains";
 * ``compute_table`` (not in the paper): one row per model of the experiment with its size, CPU
-  inference latency and speed-up over its dense base, the real INT8 model of the PTQ INT8 node
+  inference latency (the deployment stage's) and speed-up over its dense base, the real INT8 model of the PTQ INT8 node
   (latency, accuracy), the cost of its training lineage and the peak memory of its jobs.
 
 Every table carries the number of seeds (``n`` columns); a requested combination with no data is
@@ -239,7 +239,7 @@ _COMPUTE_COLS = GROUP_COLS + [
     "params_mean", "macs_mean", "macs", "weight_bytes_mean", "weight_size",
     "checkpoint_bytes_mean", "checkpoint_size",
     "latency_ms", "latency_ms_mean", "latency_ms_std", "latency_speedup",
-    "latency_batch", "latency_threads", "precision",
+    "latency_iqr_ms_mean", "latency_batch", "latency_threads", "latency_rounds", "precision",
     "int8_n", "int8_latency_ms", "int8_latency_ms_mean", "int8_latency_ms_std", "int8_speedup",
     "int8_clean_acc", "int8_clean_acc_mean", "int8_clean_acc_std",
     "fake_quant_clean_acc", "fake_quant_clean_acc_mean", "fake_quant_clean_acc_std",
@@ -307,7 +307,8 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
     method, level, finetune (``model_sort_key``).
 
     Columns (each a mean over seeds, ``*_std`` the sample std; formatted text beside the numbers):
-    parameters, MACs per input, weight and checkpoint bytes; the CPU inference latency (ms) and its
+    parameters, MACs per input, weight and checkpoint bytes; the CPU inference latency (ms, the
+    deployment record's median over rounds; ``latency_iqr_ms_mean`` its interquartile range) and its
     speed-up, the ratio of means of the dense model of the same base training without fine-tuning
     (f_st / f_rb) to this model; for nodes with an ``int8`` record (the PTQ INT8 node), the real
     INT8 model's latency, speed-up over that same dense model, clean accuracy (%) beside the
@@ -350,8 +351,10 @@ def compute_table(df: pd.DataFrame) -> pd.DataFrame:
             "latency_ms": format_minutes(lat_mean, lat_std),
             "latency_ms_mean": lat_mean, "latency_ms_std": lat_std,
             "latency_speedup": _ratio(ref_latency, lat_mean),
+            "latency_iqr_ms_mean": mean_std(sel["latency_iqr_ms"])[0],
             "latency_batch": joined(sel["latency_batch"]),
             "latency_threads": joined(sel["latency_threads"]),
+            "latency_rounds": joined(sel["latency_rounds"]),
             "precision": joined(sel["precision"]),
             "int8_n": int(sel.loc[sel["int8_latency_ms"].notna()
                                   | sel["int8_clean_acc"].notna(), "seed"].nunique()),

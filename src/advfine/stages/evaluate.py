@@ -1,9 +1,10 @@
 """Stage evaluate: clean accuracy and the worst case over an attack suite of one model on the test set,
 the attack-failure checks, a robustness curve for the models of Table 5, the per-sample outcome, the
-model's size and measured inference cost (and, for PTQ INT8 nodes, the robustness and cost of the real
-integer model), the cost of every stage that made it, its own cost and the cost to obtain the model (the
-ledger: ``records.Cost``), and its health: diverged, or
-collapsed (itself, or a model it was built from; ``run_health.model_collapse``)."""
+model's size (and, for PTQ INT8 nodes, the accuracy and robustness of the real integer model), the cost
+of every stage that made it, its own cost and the cost to obtain the model (the ledger: ``records.Cost``),
+and its health: diverged, or collapsed (itself, or a model it was built from;
+``run_health.model_collapse``). Inference latency is the deployment stage's: it times every model in one
+job that runs alone."""
 from __future__ import annotations
 
 import csv
@@ -11,11 +12,13 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from advfine.core.audit import audit_evaluation
-from advfine.core.cost import inference_costs, model_cost, weight_storage_bytes
+from advfine.core.cost import model_cost, weight_storage_bytes
 from advfine.core.data import load_prepared
 from advfine.core.evaluate import (ATTACKS, Escalation, Suite, broken_per_attack, divergence, escalate,
-                                   evaluate_deployed, evaluate_model, robustness_curve)
+                                   evaluate_deployed, evaluate_model, predict, robustness_curve)
 from advfine.core.files import atomic_path
 from advfine.core.int8_export import export_int8
 from advfine.core.quantize import float_twin
@@ -50,7 +53,7 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
     if ckpt["quant"] is not None:
         twin = float_twin(evaluated)  # the same float weights without rounding: source of transfer attacks
         # the deployed integer model is convert_fx of this fake-quant model (same scales): PTQ INT8 nodes
-        export = method == PTQ and level == 8 and ev["int8_export"] and ev["latency_repeats"] > 0
+        export = method == PTQ and level == 8 and ev["int8_export"]
     precision = precision_for(config, device, ckpt["quant"] is not None)
     eval_seed = stage_seed("evaluate", seed)
     num_classes = dataset.num_classes
@@ -112,16 +115,17 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
         int8_model = export_int8(evaluated)
     elif export:
         log.warning("no real INT8 model: the model diverged")
-    inference = inference_costs(evaluated, twin, dataset.test_x, dataset.test_y, ev, threads, int8_model)
+    int8 = {"int8": None}
     if diverged and export:
-        inference["int8_skipped"] = f"the model diverged ({diverged})"
+        int8["int8_skipped"] = f"the model diverged ({diverged})"
     deployed = None
-    if int8_model is not None and inference["int8"] is not None:
+    if int8_model is not None:
+        int8["int8"] = _int8_agreement(evaluated, int8_model, dataset.test_x, dataset.test_y, batch)
         deployed = evaluate_deployed(int8_model, twin, dataset.test_x, dataset.test_y, suite, batch,
                                      eval_seed, num_classes, fake_quant_outcome=outcome,
                                      robust_images=ev["int8_robust_images"])
-        inference["int8"] |= {key: deployed[key] for key in ("robust_acc", "robust_images", "fake_quant_robust_acc",
-                                                             "attacks")}
+        int8["int8"] |= {key: deployed[key] for key in ("robust_acc", "robust_images", "fake_quant_robust_acc",
+                                                        "attacks")}
     eval_cost = meter.stop()
     _write_samples(out_samples, dataset.test_y, outcome, deployed)
     bits = int(level) if method in QUANTIZATION_METHODS else None
@@ -133,13 +137,26 @@ def run(config: dict, *, data: str, experiment: str, train: str, compression: st
         params=cost["params"], macs=cost["macs"],
         checkpoint_bytes=Path(model).stat().st_size,
         weight_bytes=weight_storage_bytes(evaluated, bits),
-        **inference, device=str(device), eval_wall_time_s=wall, stages=upstream.stages,
+        **int8, device=str(device), eval_wall_time_s=wall, stages=upstream.stages,
         eval_cost=eval_cost, cost_to_obtain=lineage_cost(upstream.stages),
         model_path=str(model), peak_rss_mb=peak_rss_mb(), peak_gpu_mb=peak_gpu_mb(device),
         provenance=provenance(config, seed, device),
     )
     write_eval_record(out_eval, record)
     return record
+
+
+def _int8_agreement(fake_quant, int8_model, test_x, test_y, batch_size: int) -> dict:
+    """The real integer model's clean accuracy beside the fake-quant model's (both on the CPU, where the
+    integer kernels run) and how often their predictions agree."""
+    cpu = torch.device("cpu")
+    int8_pred = predict(int8_model, test_x, batch_size, cpu)
+    fake_pred = predict(fake_quant, test_x, batch_size, cpu)
+    result = {"clean_acc": (int8_pred == test_y).float().mean().item(),
+              "fake_quant_clean_acc": (fake_pred == test_y).float().mean().item(),
+              "agreement": (int8_pred == fake_pred).float().mean().item()}
+    log.info("real INT8 model: %s", result)
+    return result
 
 
 def _write_samples(path: str, labels, outcome: dict | None, deployed: dict | None) -> None:
