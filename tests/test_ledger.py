@@ -20,8 +20,7 @@ from advfine.stages import compress, evaluate, finetune, prepare_data, train_bas
 from conftest import stage_settings
 from record_factory import eval_record, lineage_entry
 
-SMALL = {"data.train_subset": 128, "data.test_subset": 32, "train.epochs": 1, "train.lr_drop_epoch": None,
-         "evaluate.latency_repeats": 1}
+SMALL = {"data.train_subset": 128, "data.test_subset": 32, "train.epochs": 1, "train.lr_drop_epoch": None}
 
 
 def no_zeus(monkeypatch):

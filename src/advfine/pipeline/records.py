@@ -367,7 +367,7 @@ class EvalRecord:
     # and audit before, and each step's settings and what it broke (advfine.core.evaluate.escalate)
     escalation: dict | None = _kind("object", nullable=True)
     # why a PTQ INT8 node has no real INT8 model (it diverged)
-    # the evaluation job's own cost (attacks, audit, curve, latency and INT8 checks: all its work after
+    # the evaluation job's own cost (attacks, audit, curve and INT8 checks: all its work after
     # loading; train_macs 0) and the cost to obtain the model: ``lineage_cost(stages)``
     eval_cost: Cost = _kind("cost")
     cost_to_obtain: Cost = _kind("cost")
