@@ -178,6 +178,8 @@ def test_collect_metrics_columns_rows_and_sorting(df, paths):
                 "finetune_estimated_macs", "train_base_adversarial", "compress_adversarial",
                 "finetune_adversarial", "train_base_device", "compress_device", "finetune_device",
                 "train_base_peak_rss_mb", "compress_peak_rss_mb", "finetune_peak_rss_mb",
+                *[f"{s}_{f}" for f in ("cpu_time_s", "gpu_time_s", "energy_j")
+                  for s in ("train_base", "compress", "finetune")],
                 "git_commit", "config_hash", "attack_eps", "attack_step_size", "attack_steps",
                 "attack_eps_space", "attack_eps_pixel", "attack_norm", "path"]
     assert list(df.columns) == expected
@@ -425,11 +427,13 @@ def test_computational_gains_from_recorded_stages(df):
 def test_table_names_per_dataset():
     assert vocab.table_names("fashion_mnist") == [
         "table2_baselines", "table3_compressed", "table5_adversarial_finetuning",
-        "computational_gains", "compute", "evaluation_audit", "controls", "claims"]
+        "computational_gains", "compute", "evaluation_audit", "controls", "efficiency",
+        "efficiency_stages", "claims"]
     assert vocab.table_names("digits") == vocab.table_names("fashion_mnist")
     assert vocab.table_names("cifar10") == [
         "table2_baselines", "table4_compressed", "table6_adversarial_finetuning",
-        "computational_gains", "compute", "evaluation_audit", "controls", "claims"]
+        "computational_gains", "compute", "evaluation_audit", "controls", "efficiency",
+        "efficiency_stages", "claims"]
     assert all(vocab.table_names(d)[-1] == "claims" for d in ("digits", "cifar10", "other"))
 
 
@@ -914,7 +918,7 @@ def test_plot_figures_by_name(df_qat, tmp_path):
     written = figures.plot_figures(df_qat, tmp_path)
     assert [p.name for p in written] == [f"{n}.{e}" for n in figures.FIGURES for e in ("png", "pdf")]
     assert list(figures.FIGURES) == ["figure1_adversarial_finetuning", "figure3_no_finetuning",
-                                    "figure4_qat", "figure5_robustness_curves"]
+                                    "figure4_qat", "figure5_robustness_curves", "figure6_frontier"]
     with pytest.raises(ValueError, match="unknown figure"):
         figures.plot_figures(df_qat, tmp_path, ["figure9"])
 

@@ -36,6 +36,10 @@ def test_the_whole_dag_produces_tables_and_figures(finished_run):
         assert "| n/a" not in text, f"{table} has an empty cell"
         assert "\\begin{tabular}" in (out / "tables" / f"{table}.tex").read_text()
     assert (out / "tables" / "computational_gains.csv").exists()
+    frontier = pd.read_csv(out / "tables" / "efficiency.csv")  # every recipe, f_rb the reference of the ratios
+    assert len(frontier) == df.groupby(["train", "method", "level", "finetune"], dropna=False).ngroups
+    f_rb = frontier[(frontier["model"] == "f_rb") & (frontier["scored"] > 0)]
+    assert (f_rb["obtain_ratio"] == 1.0).all() and frontier["pareto_obtain"].any()
     controls = pd.read_csv(out / "tables" / "controls.csv")
     assert set(controls["finetune"]) == {"ad", "fgsm", "scratch"} and (controls["n"] == 1).all()
     claims = pd.read_csv(out / "tables" / "claims.csv").set_index("claim")
@@ -46,7 +50,7 @@ def test_the_whole_dag_produces_tables_and_figures(finished_run):
     assert claims.loc["X1", "n_seeds"] == 1 and claims.loc["X1", "verdict"] != "not run"
     assert claims.loc["C1", "n_samples"] == 128 and "confirmed" in (out / "tables" / "claims.md").read_text()
     for fig in ("figure1_adversarial_finetuning", "figure2_tsne", "figure3_no_finetuning", "figure4_qat",
-                "figure5_robustness_curves"):
+                "figure5_robustness_curves", "figure6_frontier"):
         assert (out / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
         assert (out / "figures" / f"{fig}.pdf").read_bytes()[:4] == b"%PDF"
     logs = list((finished_run / "logs").rglob("*.log"))
@@ -135,7 +139,8 @@ def test_the_snakemake_report_holds_the_tables_and_figures_with_captions(finishe
     assert len(html) > 100_000  # the figures are embedded
     for name in ("table2_baselines", "table3_compressed", "table5_adversarial_finetuning", "computational_gains",
                  "compute", "evaluation_audit", "all_metrics", "figure1_adversarial_finetuning", "figure2_tsne",
-                 "figure3_no_finetuning", "figure4_qat", "figure5_robustness_curves"):
+                 "figure3_no_finetuning", "figure4_qat", "figure5_robustness_curves", "figure6_frontier", "efficiency",
+                 "efficiency_stages"):
         assert name in html, name
     for caption in ("The paper's Table 2", "The paper's Figure 2", "computational gains", "One row per evaluated"):
         assert caption in html, caption

@@ -1,7 +1,8 @@
 rule aggregate:
     """all_metrics.csv and the paper's tables (mean +- std over seeds) as CSV, Markdown, LaTeX and HTML:
-    Tables 2, 3/4, 5/6, the computational-gains, compute, audit, controls and claims tables (the claims
-    table reads the per-sample outcomes), with every model's inference cost from the deployment rule.
+    Tables 2, 3/4, 5/6, the computational-gains, compute, audit, controls, efficiency (the robustness-cost
+    frontier) and claims tables (the claims table reads the per-sample outcomes), with every model's
+    inference cost from the deployment rule.
     """
     input:
         evals=eval_targets(),

@@ -1,5 +1,6 @@
 rule plot:
-    """The paper's Figures 1 (after adversarial fine-tuning), 3 (without) and 4 (QAT), PNG and PDF."""
+    """The paper's Figures 1 (after adversarial fine-tuning), 3 (without) and 4 (QAT), our Figures 5
+    (robustness curves) and 6 (the robustness-cost frontier), PNG and PDF."""
     input:
         csv=f"results/{{experiment}}/{vocab.ALL_METRICS}",
     output:

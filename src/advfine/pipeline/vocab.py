@@ -192,15 +192,19 @@ COMPUTE = "compute"
 EVALUATION_AUDIT = "evaluation_audit"
 CONTROLS_TABLE = "controls"   # T_ad beside the control arms (sweep.controls)
 CLAIMS_TABLE = "claims"       # the paper's claims decided by paired statistics
+EFFICIENCY = "efficiency"     # every recipe's robustness, cost to obtain, speed-up and Pareto optimality
+EFFICIENCY_STAGES = "efficiency_stages"  # the paper's 118 -> 14 -> 10 minutes as ratios of our stages
 
 
 def table_names(dataset: str) -> list[str]:
     """File stems the aggregate stage writes for an experiment on ``dataset`` (each as .csv, .md, .tex).
     CIFAR-10 gets the paper's Tables 4 and 6, every other dataset Tables 3 and 5; ``compute`` is the
-    per-model compute and memory table (not in the paper)."""
+    per-model compute and memory table (not in the paper), ``efficiency`` and ``efficiency_stages`` the
+    robustness-cost frontier's (not in the paper)."""
     compressed, finetuned = ((4, 6) if dataset == "cifar10" else (3, 5))  # controls, claims: not in the paper
     return [TABLE2, f"table{compressed}_compressed", f"table{finetuned}_adversarial_finetuning",
-            COMPUTATIONAL_GAINS, COMPUTE, EVALUATION_AUDIT, CONTROLS_TABLE, CLAIMS_TABLE]
+            COMPUTATIONAL_GAINS, COMPUTE, EVALUATION_AUDIT, CONTROLS_TABLE, EFFICIENCY, EFFICIENCY_STAGES,
+            CLAIMS_TABLE]
 
 
 FIGURE1 = "figure1_adversarial_finetuning"  # accuracy vs compression level after T_ad
@@ -208,12 +212,13 @@ FIGURE2 = "figure2_tsne"                    # t-SNE of features (stage figure2)
 FIGURE3 = "figure3_no_finetuning"           # accuracy vs compression level without fine-tuning
 FIGURE4 = "figure4_qat"                     # QAT of f_rb vs bit width
 FIGURE5 = "figure5_robustness_curves"       # robust accuracy vs eps for the models of Table 5 (not in the paper)
+FIGURE6 = "figure6_frontier"                # robust accuracy vs cost to obtain and deployed cost (not in the paper)
 FIGURE2_EMBEDDINGS = "figure2_tsne_embeddings.csv"
 
 
 def plot_figure_names(with_qat: bool) -> list[str]:
     """The figures the plot stage draws from all_metrics.csv (Figure 4 only when the sweep has QAT)."""
-    return [FIGURE1, FIGURE3] + ([FIGURE4] if with_qat else []) + [FIGURE5]
+    return [FIGURE1, FIGURE3] + ([FIGURE4] if with_qat else []) + [FIGURE5, FIGURE6]
 
 
 # Figure 2's three model pairs (rows), first seed, at the report's compression levels: each model is

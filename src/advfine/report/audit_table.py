@@ -12,7 +12,7 @@ import pandas as pd
 from advfine.pipeline.vocab import ATTACKS, AUDIT_CHECKS, model_label
 from advfine.report.collect import METRIC_COLUMNS
 from advfine.report.labels import NA, format_cell
-from advfine.report.stats import GROUP_COLS, collapsed_mask, diverged_mask, mean_std
+from advfine.report.stats import GROUP_COLS, collapsed_mask, diverged_mask, mean_std, scored
 from advfine.report.tables import compression_level_text, models_in_order
 
 AUDIT_COLS = GROUP_COLS + [
@@ -47,14 +47,14 @@ def evaluation_audit(df: pd.DataFrame) -> pd.DataFrame:
     for keys, _, (train, compression, method, level, finetune), sel in models_in_order(df):
         diverged, collapsed = diverged_mask(sel), collapsed_mask(sel)
         n = int(sel["seed"].nunique())
-        scored = sel[~diverged & ~collapsed]
-        clean, pgd, worst = (_percent(scored, c) for c in ("clean_acc", "robust_acc_pgd", "robust_acc"))
-        gap = mean_std((scored["robust_acc_pgd"].astype(float) - scored["robust_acc"].astype(float)) * 100.0)[0]
-        worst_case = scored["robust_acc"].astype(float)
-        before = scored["robust_acc_before_escalation"].astype(float)
+        kept = scored(sel)
+        clean, pgd, worst = (_percent(kept, c) for c in ("clean_acc", "robust_acc_pgd", "robust_acc"))
+        gap = mean_std((kept["robust_acc_pgd"].astype(float) - kept["robust_acc"].astype(float)) * 100.0)[0]
+        worst_case = kept["robust_acc"].astype(float)
+        before = kept["robust_acc_before_escalation"].astype(float)
         escalation_gain = mean_std((before.fillna(worst_case) - worst_case) * 100.0)[0]
-        int8 = _percent(scored, "int8_robust_acc")
-        flags = scored["audit_flags"].fillna("")
+        int8 = _percent(kept, "int8_robust_acc")
+        flags = kept["audit_flags"].fillna("")
         row = {**dict(zip(GROUP_COLS, keys)), "model": model_label(train, method, finetune, quant_kind=True),
                "train": train, "compression": compression, "finetune": finetune,
                "compression_level": compression_level_text(method, level), "n": n,
@@ -63,14 +63,14 @@ def evaluation_audit(df: pd.DataFrame) -> pd.DataFrame:
                "pgd": format_cell(*pgd), "pgd_mean": pgd[0],
                "worst_case": format_cell(*worst), "worst_case_mean": worst[0], "gap_mean": gap,
                "escalation_gain_mean": escalation_gain, "escalated": int(before.notna().sum()),
-               "decisive_attack": _decisive_attack(scored) if len(scored) else NA,
+               "decisive_attack": _decisive_attack(kept) if len(kept) else NA,
                "flags": ", ".join(sorted({f for joined in flags for f in joined.split(";") if f})) or "none",
                "int8_robust": format_cell(*int8), "int8_robust_mean": int8[0]}
         for attack in ATTACKS:
             if attack != "pgd":
-                row[f"broken_by_{attack}_mean"] = mean_std(scored[f"broken_by_{attack}"])[0]
+                row[f"broken_by_{attack}_mean"] = mean_std(kept[f"broken_by_{attack}"])[0]
         for check in AUDIT_CHECKS:
-            row[f"{check}_mean"] = mean_std(scored[f"audit_{check}"].astype(float) * 100.0)[0]
+            row[f"{check}_mean"] = mean_std(kept[f"audit_{check}"].astype(float) * 100.0)[0]
             row[f"{check}_flagged"] = sum(check in joined.split(";") for joined in flags)
         rows.append(row)
     return pd.DataFrame(rows, columns=AUDIT_COLS)

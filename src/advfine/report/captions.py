@@ -18,7 +18,7 @@ import pandas as pd
 
 from advfine.core.health import CONSTANT_SHARE
 from advfine.report.labels import NA, arch_name, dataset_name, latex_escape
-from advfine.report.stats import joined
+from advfine.report.stats import DEPLOY_UNITS, OBTAIN_UNITS, cost_unit, groups, joined
 from advfine.report.tables import level_for
 
 
@@ -154,6 +154,40 @@ def compute_note(df: pd.DataFrame) -> str:
             "attack suite, the audit and the robustness curve (mean ± std); n/a = no data.")
 
 
+def _units(df: pd.DataFrame, units) -> str:
+    """The units the groups of ``df`` chose (``stats.cost_unit``), joined; the last of ``units`` for no rows."""
+    chosen = sorted({cost_unit(g, units).axis for _, g in groups(df)}) or [units[-1].axis]
+    return " / ".join(chosen)
+
+
+def efficiency_note(df: pd.DataFrame) -> str:
+    """The efficiency table's notes, with the cost units the run's groups use."""
+    return ("A recipe = base training, compression method and level, fine-tuning. Accuracy in %, mean ± sample "
+            "std (ddof=1) over the seeds that neither diverged nor collapsed ($n$: all seeds, those left out in "
+            "brackets). Robustness: per-sample worst case over the attack suite († = flagged by the evaluation "
+            f"audit). Cost to obtain: {_units(df, OBTAIN_UNITS)}, the sum over the model's lineage (base training "
+            "+ compression or QAT + fine-tuning; a shared base model counted in full in each recipe), mean ± std; "
+            "the unit is the first that every node of the run recorded: measured energy (kJ), else GPU time "
+            "(GPU-h; a stage on the CPU adds none), else process CPU time (CPU-h). Cost / f_rb: ratio of means to "
+            f"full adversarial training ({_F_RB}). Speed-up: ratio of mean CPU inference latencies, the dense "
+            f"model of the same base training without fine-tuning ({_F_ST} or {_F_RB}) to this recipe. "
+            "Pareto-optimal: no other recipe has at least its robustness at no more cost, one of them strictly "
+            f"(obtain: the cost to obtain; deployed: {_units(df, DEPLOY_UNITS)}); tied recipes are both optimal. "
+            "n/a = not recorded. Costs depend on the machine and on what else ran on it: compare them within one "
+            "run.")
+
+
+EFFICIENCY_STAGES_NOTE = (
+    "Each step's own stage (eval.json stages, not its lineage): wall time in minutes and cost in the run's unit "
+    "(see the efficiency table), mean ± sample std over the nodes that hold it, every seed counted (a model "
+    "that collapsed still cost its time); ratio: ratio of means to the adversarial training of "
+    f"{_F_RB} (= 1). Dense and compressed models' adversarial fine-tuning: the fine-tuning stage of every "
+    f"{_T_AD_ANY} node. Compression: the pruning or post-training quantization stage of each "
+    "compressed model. The paper (CIFAR10, one GPU): about 118 minutes of adversarial training, 14 of adversarial "
+    "fine-tuning and 10 for adversarial fine-tuning of a compressed model, so 1 : 0.119 : 0.085; it gives no "
+    "time for compression itself. n/a = not run.")
+
+
 def claims_note(margin: float) -> str:
     """The claims table's notes, with its equivalence margin in points."""
     return (f"A - B: difference of mean accuracy in points over the seeds both models have (n) and the test "
@@ -213,6 +247,15 @@ def table_captions(df: pd.DataFrame, dataset: str, prune_level: float | Mapping[
             f"Controls on {on}: adversarial fine-tuning {_T_AD_ANY} of each compressed model beside FGSM-RS, "
             "N-FGSM and TRADES fine-tuning at the same budget and PGD training of the same architecture from "
             "random initialization (fine-tuning and base-training budgets).", CONTROLS_NOTE),
+        "efficiency": Caption(
+            f"Robustness and cost on {on}: every recipe of the run with its worst-case robust and clean accuracy, "
+            f"its cost to obtain and the ratio to full adversarial training ({_F_RB}), its deployed CPU speed-up "
+            "over its dense base, and whether it lies on the Pareto frontier of robustness against each cost.",
+            efficiency_note(df)),
+        "efficiency_stages": Caption(
+            f"The paper's computational gains as ratios of this run's stages on {on}: adversarial training of "
+            f"{_F_RB}, adversarial fine-tuning of dense and of compressed models, and compression, each relative "
+            "to the adversarial training, beside the paper's 118 : 14 : 10 minutes.", EFFICIENCY_STAGES_NOTE),
         "claims": Caption(
             f"The paper's claims on {on}, each decided by a paired statistic over seeds and test samples.",
             claims_note(margin)),

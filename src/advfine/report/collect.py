@@ -48,7 +48,9 @@ __all__ = ["METRIC_COLUMNS", "MetricsFileError", "collect_metrics", "write_metri
 # The stages of a model's lineage, in order (an eval.json may list others too).
 STANDARD_STAGES = ["train_base", "compress", "finetune"]
 # Per-stage columns "<stage>_<field>" taken from each entry of eval.json's "stages".
-STAGE_FIELDS = ["wall_time_s", "estimated_macs", "adversarial", "device", "peak_rss_mb"]
+# cpu_time_s, gpu_time_s and energy_j: each stage's own share of the cost ledger (the frontier's stage ratios).
+STAGE_FIELDS = ["wall_time_s", "estimated_macs", "adversarial", "device", "peak_rss_mb", "cpu_time_s", "gpu_time_s",
+                "energy_j"]
 
 # Columns copied verbatim from the record's fields, in DataFrame order.
 _FLAT_COLS = [
@@ -143,7 +145,10 @@ def _row(path: Path, rec: EvalRecord) -> dict:
                     f"{st.stage}_estimated_macs": float(st.estimated_macs),
                     f"{st.stage}_adversarial": st.adversarial,
                     f"{st.stage}_device": st.device,
-                    f"{st.stage}_peak_rss_mb": math.nan if st.peak_rss_mb is None else float(st.peak_rss_mb)})
+                    f"{st.stage}_peak_rss_mb": math.nan if st.peak_rss_mb is None else float(st.peak_rss_mb),
+                    f"{st.stage}_cpu_time_s": float(st.cpu_time_s),
+                    f"{st.stage}_gpu_time_s": math.nan if st.gpu_time_s is None else float(st.gpu_time_s),
+                    f"{st.stage}_energy_j": math.nan if st.energy_j is None else float(st.energy_j)})
     row["git_commit"] = rec.provenance["git_commit"]
     row["config_hash"] = rec.provenance["config_hash"]
     for key in ("eps", "step_size", "steps", "eps_space", "eps_pixel", "norm"):
@@ -157,11 +162,12 @@ def collect_metrics(paths: Iterable[str | os.PathLike], deployment: str | os.Pat
     ``deployment`` (a deployment.json; None: those columns NaN/NA).
 
     Columns: ``METRIC_COLUMNS`` (+ ``<stage>_<field>`` for any non-standard stage). Per stage:
-    ``_wall_time_s``, ``_estimated_macs`` and ``_peak_rss_mb`` (float, NaN when the stage is not
-    in the model's lineage), ``_adversarial`` (nullable boolean), ``_device``. The ``RECORD_COLUMNS``
-    and ``DEPLOYMENT_COLUMNS`` (``peak_rss_mb``, ``int8_*``, ``latency_ms`` ...) are float, or nullable
-    Int64 for ``broken_by_*``, the byte counts, ``latency_batch``/``latency_threads``/``latency_rounds``;
-    NaN/NA where the record has no value (``int8_*``: every node but PTQ INT8).
+    ``_wall_time_s``, ``_estimated_macs``, ``_peak_rss_mb``, ``_cpu_time_s``, ``_gpu_time_s`` and ``_energy_j``
+    (float, NaN when the stage is not in the model's lineage or did not measure it), ``_adversarial``
+    (nullable boolean), ``_device``. The ``RECORD_COLUMNS`` and ``DEPLOYMENT_COLUMNS`` (``peak_rss_mb``,
+    ``int8_*``, ``latency_ms`` ...) are float, or nullable Int64 for ``broken_by_*``, the byte counts,
+    ``latency_batch``/``latency_threads``/``latency_rounds``; NaN/NA where the record has no value
+    (``int8_*``: every node but PTQ INT8).
     Rows are sorted by experiment, dataset, arch, train, method, level, finetune, seed.
     Raises ``FileNotFoundError`` / ``MetricsFileError`` naming the offending file (and key), and
     ``MetricsFileError`` if two files describe the same model (same key columns and seed).
@@ -187,7 +193,8 @@ def collect_metrics(paths: Iterable[str | os.PathLike], deployment: str | os.Pat
     for col in df.columns:
         if col.endswith("_adversarial") or col in ("diverged", "collapsed"):
             df[col] = df[col].astype("boolean")
-        elif (col.endswith(("_wall_time_s", "_estimated_macs", "_peak_rss_mb"))
+        elif (col.endswith(("_wall_time_s", "_estimated_macs", "_peak_rss_mb", "_cpu_time_s", "_gpu_time_s",
+                               "_energy_j"))
               or col.startswith("robust_acc_eps_x")
               or col in ("attack_eps_pixel", "clean_acc", "robust_acc", *_FLOAT_COLS)
               or (col in COST_COLUMNS and not col.endswith("_energy_method"))):

@@ -1,7 +1,7 @@
-"""The paper's Figures 1, 3 and 4 (and our Figure 5, robustness curves) from the per-model DataFrame
-(``collect_metrics`` or all_metrics.csv), and the figure helpers the other figures share (``new_figure``,
-``save_figure``, ``paper_style``, ``model_style``, ``draw_accuracy``; Figure 2, the t-SNE of features, is drawn
-by ``advfine.core.features``).
+"""The paper's Figures 1, 3 and 4 (and our Figures 5, robustness curves, and 6, the robustness-cost frontier)
+from the per-model DataFrame (``collect_metrics`` or all_metrics.csv), and the figure helpers the other
+figures share (``new_figure``, ``save_figure``, ``paper_style``, ``model_style``, ``draw_accuracy``; Figure 2,
+the t-SNE of features, is drawn by ``advfine.core.features``).
 
 Figures (PNG, and PDF when a PDF path is given): Figure 1 (accuracy vs pruning sparsity and vs
 bit width after adversarial fine-tuning), Figure 3 (the same without fine-tuning), Figure 4
@@ -12,16 +12,18 @@ accuracy is a solid line with filled markers, robustness a dashed line with open
 lines are the dense models without fine-tuning; one panel row per (experiment, dataset, arch),
 titled by dataset and architecture. A model with a diverged or collapsed seed (``stats``) has no
 point: the figure writes "diverged" or "collapsed" where it would be (Figure 5: in the legend, no
-curve). Every model is labelled in the paper's notation (``vocab.math_model_label``) and drawn in
-its own colour and marker (``model_style``) in every figure. Each ``plot_*`` function writes a PNG to
-``path_png`` and, when ``path_pdf`` is given, the same figure as PDF, and returns the written paths;
-``plot_figures`` writes both for figures named by their stems (``FIGURES``).
+curve; Figure 6 averages the other seeds and counts those left out in the legend). Every model is
+labelled in the paper's notation (``vocab.math_model_label``) and drawn in its own colour and marker
+(``model_style``) in every figure. Each ``plot_*`` function writes a PNG to ``path_png`` and, when
+``path_pdf`` is given, the same figure as PDF, and returns the written paths; ``plot_figures`` writes both
+for figures named by their stems (``FIGURES``).
 
 This module needs no other part of ``advfine.report`` but ``labels`` and ``stats``.
 """
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,10 +36,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from advfine.core.files import atomic_path
-from advfine.pipeline.vocab import (DENSE, FIGURE1, FIGURE3, FIGURE4, FIGURE5, FIGURE_FORMATS, PRUNE, PTQ, QAT,
-                                    math_model_label)
-from advfine.report.labels import arch_name, dataset_name, health_text
-from advfine.report.stats import GROUP_COLS, collapsed_mask, groups, select, summarize
+from advfine.pipeline.vocab import (DENSE, FIGURE1, FIGURE3, FIGURE4, FIGURE5, FIGURE6, FIGURE_FORMATS, PRUNE, PTQ,
+                                    QAT, math_model_label)
+from advfine.report.labels import arch_name, dataset_name, health_text, level_label
+from advfine.report.stats import (DEPLOY_UNITS, GROUP_COLS, OBTAIN_UNITS, RECIPE_STATS_COLS, CostUnit, collapsed_mask,
+                                  cost_unit, groups, recipe_stats, select, summarize)
 
 ACCURACY_LIMITS = (0.0, 100.0)  # every accuracy axis, in %
 # The paper's notation set as LaTeX sets it (Computer Modern math); other text in matplotlib's sans serif.
@@ -108,16 +111,16 @@ def _model_order(train: str, method: str, level, finetune: str) -> tuple:
 
 
 def draw_accuracy(ax, x, mean, std, *, colour: str, marker: str, label: str, linestyle: str = "-",
-                  filled: bool = True):
+                  filled: bool = True, xerr=None):
     """Mean ± std of an accuracy (in %) at the levels ``x``: error bars drawn clipped to
     ``ACCURACY_LIMITS`` (mean ± std may pass 100 %; the bar stops at the axis, the mean is drawn as
-    is), a line through the points when there are several levels, the points alone at one level.
-    Returns the ``ErrorbarContainer``."""
+    is), a line through the points when there are several levels, the points alone at one level;
+    ``xerr``: horizontal error bars too (as ``errorbar`` takes them). Returns the ``ErrorbarContainer``."""
     mean = np.asarray(mean, dtype=float)
     std = np.nan_to_num(np.asarray(std, dtype=float))
     low, high = ACCURACY_LIMITS
     yerr = [mean - np.clip(mean - std, low, high), np.clip(mean + std, low, high) - mean]
-    drawn = ax.errorbar(x, mean, yerr=yerr, label=label, color=colour, marker=marker,
+    drawn = ax.errorbar(x, mean, yerr=yerr, xerr=xerr, label=label, color=colour, marker=marker,
                         linestyle=linestyle if len(mean) > 1 else "none",
                         markerfacecolor=colour if filled else "white", markeredgecolor=colour,
                         capsize=3, linewidth=1.5, markersize=6)
@@ -315,8 +318,94 @@ def plot_figure5(df: pd.DataFrame, path_png: str | os.PathLike,
     return save_figure(fig, path_png, path_pdf)
 
 
+# Figure 6's panels: (the cost, its units in order of preference, title).
+_FRONTIER_PANELS = (("obtain", OBTAIN_UNITS, "(a) robustness against the cost to obtain"),
+                    ("deploy", DEPLOY_UNITS, "(b) robustness against the deployed cost"))
+# On a log axis a cost's error bar stops at this share of its mean rather than at 0 or below.
+_LOG_BAR_FLOOR = 0.1
+
+
+def _recipe_label(r) -> str:
+    """A recipe in the legend: ``$T_ad(f_st^p)$, sparsity 0.8 (n = 2, 1 collapsed left out)``."""
+    label = math_model_label(r.train, r.method, r.finetune)
+    if r.method != DENSE:
+        label += ", " + level_label(r.method, None if pd.isna(r.level) else float(r.level))
+    left_out = health_text(r.diverged, r.collapsed, r.n)
+    return label + (f" (n = {r.scored}, left out: {left_out})" if left_out else f" (n = {r.scored})")
+
+
+def _frontier_panel(ax, recipes: pd.DataFrame, cost: str, unit: CostUnit, title: str) -> list:
+    """Robust accuracy against one cost (``cost``: "obtain" or "deploy") for every recipe, the Pareto-optimal
+    ones ringed and joined by the staircase of the best robustness each cost buys; returns the legend handles
+    (the recipes', then the Pareto marks)."""
+    drawn = recipes[recipes["robust_mean"].notna() & recipes[f"{cost}_mean"].notna()]
+    if drawn.empty:
+        _no_data(ax, title)
+        return []
+    handles = []
+    for r in recipes.itertuples():
+        colour, marker = model_style(r.train, r.method, r.finetune)
+        mean, std = getattr(r, f"{cost}_mean"), getattr(r, f"{cost}_std")
+        if math.isnan(r.robust_mean) or math.isnan(mean):  # no scored seed, or no cost recorded: no point
+            handles += ax.plot([], [], linestyle="none", marker="x", color=colour, label=_recipe_label(r))
+            continue
+        std = 0.0 if math.isnan(std) else std
+        xerr = [[min(std, (1 - _LOG_BAR_FLOOR) * mean)], [std]]
+        handles.append(draw_accuracy(ax, [mean], [r.robust_mean], [r.robust_std], colour=colour, marker=marker,
+                                     label=_recipe_label(r), xerr=xerr))
+        if r.method != DENSE:  # the level beside its point: the legend's colours repeat over the levels
+            ax.annotate(level_label(r.method, None if pd.isna(r.level) else float(r.level)).replace("sparsity ", ""),
+                        (mean, r.robust_mean), textcoords="offset points", xytext=(4, 4), fontsize=6,
+                        color=colour)
+    front = drawn[drawn[f"pareto_{cost}"]].sort_values([f"{cost}_mean", "robust_mean"])
+    ring = ax.scatter(front[f"{cost}_mean"], front["robust_mean"], s=260, facecolors="none", edgecolors="black",
+                      linewidths=1.6, zorder=4, label="Pareto-optimal recipe")
+    stairs, = ax.step(front[f"{cost}_mean"], front["robust_mean"], where="post", color="black", linewidth=1.0,
+                      alpha=0.7, zorder=1, label="Pareto frontier")
+    ring.set_clip_on(False)
+    ax.set_xscale("log")
+    ax.set_xlabel(unit.axis + ", log scale")
+    _accuracy_axis(ax, "worst-case robust accuracy (%)")
+    ax.set_title(title)
+    return handles + [ring, stairs]
+
+
+@paper_style
+def plot_figure6(df: pd.DataFrame, path_png: str | os.PathLike,
+                 path_pdf: str | os.PathLike | None = None) -> list[Path]:
+    """Figure 6 (not in the paper): the robustness-cost frontier. Per (experiment, dataset, arch) a row of
+    two panels, worst-case robust accuracy against (a) the cost to obtain each recipe (train, method, level,
+    finetune) and (b) its deployed cost, each in the first unit of ``stats.OBTAIN_UNITS`` /
+    ``stats.DEPLOY_UNITS`` every node of the group recorded (named on the axis), log scale; one point per
+    recipe, mean ± sample std over its seeds that neither diverged nor collapsed in both axes
+    (``stats.recipe_stats``), n in the legend; the Pareto-optimal recipes (``stats.pareto_mask``) ringed and
+    joined by the Pareto staircase."""
+    rows = groups(df) or [(("", "", ""), pd.DataFrame(columns=_USED_COLUMNS))]
+    fig = new_figure(17.0, 6.5 * len(rows) + 1.0)
+    fig.set_layout_engine("constrained")
+    axes = fig.subplots(len(rows), len(_FRONTIER_PANELS), squeeze=False)
+    for (keys, g), row_axes in zip(rows, axes):
+        where = _where(keys) if len(rows) > 1 else ""
+        units = {cost: cost_unit(g, options) for cost, options, _ in _FRONTIER_PANELS}
+        recipes = (recipe_stats(g, units["obtain"], units["deploy"]) if len(g)
+                   else pd.DataFrame(columns=RECIPE_STATS_COLS))
+        recipes = recipes.iloc[sorted(range(len(recipes)), key=lambda i: _model_order(
+            *recipes.iloc[i][["train", "method", "level", "finetune"]]))]
+        handles = []
+        for ax, (cost, _, title) in zip(row_axes, _FRONTIER_PANELS):
+            handles = _frontier_panel(ax, recipes, cost, units[cost], where + title) or handles
+        if handles:  # the same recipes and marks in both panels: one legend, right of the row
+            row_axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+                                fontsize=7, ncol=1 if len(handles) <= 30 else 2)
+    fig.suptitle(_heading(rows, "robust accuracy against the cost to obtain and the deployed cost of each recipe")
+                 + "\nmean ± sample std over the seeds that neither diverged nor collapsed; ringed and joined: "
+                   "Pareto-optimal (no recipe more robust at no more cost)", fontsize=11)
+    return save_figure(fig, path_png, path_pdf)
+
+
 # Figure stems (as the workflow names the files) -> plot function.
-FIGURES = {FIGURE1: plot_figure1, FIGURE3: plot_figure3, FIGURE4: plot_figure4, FIGURE5: plot_figure5}
+FIGURES = {FIGURE1: plot_figure1, FIGURE3: plot_figure3, FIGURE4: plot_figure4, FIGURE5: plot_figure5,
+           FIGURE6: plot_figure6}
 
 
 def plot_figures(df: pd.DataFrame, out_dir: str | os.PathLike,

@@ -80,6 +80,19 @@ def health_text(diverged: int, collapsed: int, n: int) -> str:
     return ", ".join(f"{word} ({k}/{n})" for word, k in marks if k)
 
 
+def seeds_text(n: int, diverged: int, collapsed: int) -> str:
+    """A seed count with the seeds its numbers leave out: ``"3 (1 collapsed)"``, ``"3"`` when none."""
+    left_out = [f"{int(k)} {word}" for word, k in ((DIVERGED, diverged), (COLLAPSED, collapsed)) if k]
+    return f"{int(n)} ({', '.join(left_out)})" if left_out else str(int(n))
+
+
+def format_cost(mean: float, std: float, symbol: str) -> str:
+    """``"1.23 ± 0.05 GPU-h"`` (three significant digits, any magnitude); n/a when NaN."""
+    if mean is None or std is None or not (math.isfinite(mean) and math.isfinite(std)):
+        return NA
+    return f"{mean:.3g} ± {std:.2g} {symbol}"
+
+
 def format_minutes(mean: float, std: float) -> str:
     """``"118.20 ± 1.50"``; short runs keep 4 decimals (``"0.0123 ± 0.0004"``); n/a when NaN."""
     if math.isnan(mean) or math.isnan(std):

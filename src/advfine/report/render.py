@@ -31,9 +31,10 @@ from advfine.report.audit_table import evaluation_audit, format_points
 from advfine.report.captions import Caption
 from advfine.report.claims import claims_table, layout_claims
 from advfine.report.controls import controls_table, layout_controls
+from advfine.report.efficiency import efficiency_stages, efficiency_table, layout_efficiency, layout_efficiency_stages
 from advfine.report.html_tables import block_html, table_page
-from advfine.report.labels import (COLLAPSED, DIVERGED, dataset_name, format_count, format_ratio, format_speedup,
-                                   group_title, latex_escape, latex_model_label)
+from advfine.report.labels import (dataset_name, format_count, format_ratio, format_speedup, group_title,
+                                   latex_escape, latex_model_label, seeds_text)
 from advfine.report.stats import GROUP_COLS
 from advfine.report.tables import FT_KEYS, computational_gains, compute_table, table2, table3, table5
 
@@ -138,6 +139,15 @@ _TEX_HEADERS = {
                  r" & Time (min) & MACs (est.) & Peak mem. (MB) & Eval. (s) \\"], "llrrrrrccccccccccccc"),
     "controls": ([r"Compression & Model & Start & Objective & Budget & $n$ & Test & Robustness & Time (min)"
                   r" & MACs (est.) \\"], "llllllccrr"),
+    "efficiency": ([r" & & & \multicolumn{2}{c}{Accuracy (\%)} & \multicolumn{2}{c}{Cost to obtain} & Deployed"
+                    r" & \multicolumn{2}{c}{Pareto-optimal} \\",
+                    r"\cmidrule(lr){4-5} \cmidrule(lr){6-7} \cmidrule(lr){9-10}",
+                    r"Model & Compression & $n$ & Robustness & Test & Mean & / $f_{rb}$ & Speed-up & Obtain"
+                    r" & Deployed \\"], "llrccrrrcc"),
+    "efficiency_stages": ([r" & & & \multicolumn{4}{c}{This run} & \multicolumn{2}{c}{Paper} \\",
+                           r"\cmidrule(lr){4-7} \cmidrule(lr){8-9}",
+                           r"Step & Stage & Nodes & Wall time (min) & Ratio & Cost & Ratio & Minutes & Ratio \\"],
+                          "llrcrcrrr"),
     "claims": ([r"Claim & Statement & A & B & Metric & Claimed & $n$ & A (\%) & B (\%) & A $-$ B & 95\,\% CI"
                 r" & McNemar $p$ & Verdict \\"], "lp{4cm}llllrrrrrrl"),
 }
@@ -198,19 +208,13 @@ def _latex(caption: Caption, label: str, blocks: list, header: list[str], colspe
 
 # ----------------------------------------------------------------------------- writers
 
-def _audit_seeds(n: int, diverged: int, collapsed: int) -> str:
-    """The audit table's seed count, with the seeds its numbers leave out: ``"3 (1 collapsed)"``."""
-    left_out = [f"{int(k)} {word}" for word, k in ((DIVERGED, diverged), (COLLAPSED, collapsed)) if k]
-    return f"{int(n)} ({', '.join(left_out)})" if left_out else str(int(n))
-
-
 def _layout_audit(rows: pd.DataFrame) -> pd.DataFrame:
     def check(name):
         return [f"{format_points(v)} ({int(k)})" for v, k in zip(rows[f"{name}_mean"], rows[f"{name}_flagged"])]
 
     return pd.DataFrame({
         "Model": rows["model"], "Compression": rows["compression_level"],
-        "n": [_audit_seeds(*counts) for counts in zip(rows["n"], rows["diverged"], rows["collapsed"])],
+        "n": [seeds_text(*counts) for counts in zip(rows["n"], rows["diverged"], rows["collapsed"])],
         "Clean": rows["clean"], "PGD": rows["pgd"], "Worst case": rows["worst_case"],
         "Gap": rows["gap_mean"].map(format_points),
         "Escalation gain": [f"{format_points(v)} ({int(k)})" for v, k in zip(rows["escalation_gain_mean"],
@@ -253,6 +257,8 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike,
         "compute": (compute_table(df), _layout_compute),
         "audit": (evaluation_audit(df), _layout_audit),
         "controls": (controls_table(df), layout_controls),
+        "efficiency": (efficiency_table(df), layout_efficiency),
+        "efficiency_stages": (efficiency_stages(df), layout_efficiency_stages),
         "claims": (claims_table(df, prune_level, ptq_bits, margin), layout_claims),
     }
     out = Path(out_dir)

@@ -1,4 +1,4 @@
-"""Stage plot: the paper's Figures 1, 3 and 4 (PNG and PDF) from all_metrics.csv."""
+"""Stage plot: the paper's Figures 1, 3 and 4 and our Figures 5 and 6 (PNG and PDF) from all_metrics.csv."""
 from __future__ import annotations
 
 import pandas as pd
