@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from test_report import PDF_MAGIC, PNG_MAGIC, check_latex_table, frame, make_record, synthetic_records
+from test_report import PDF_MAGIC, PNG_MAGIC, TIMED, check_latex_table, frame, make_record, synthetic_records
 
 from advfine.pipeline import vocab
 from advfine.report import collect, efficiency, figures, render, stats
@@ -84,7 +84,8 @@ def costed(tmp_path):
     """The report tests' records with CPU latencies: dense models 10 ms, compressed 5 ms (PTQ INT4 4 ms)."""
     recs = synthetic_records()
     for rec in recs:
-        rec["latency_ms"] = {"dense": 10.0, "ptq-int4": 4.0}.get(rec["compression"], 5.0)
+        latency = {"dense": 10.0, "ptq-int4": 4.0}.get(rec["compression"], 5.0)
+        rec[TIMED] = {"model": {"latency_ms": latency, "batch_size": 256, "threads": 1}}
     return frame(tmp_path, recs)
 
 
