@@ -9,7 +9,8 @@ time / cores: 1.0 would mean no start-up or scheduling cost).
 With ``--old``/``--new`` (``--new`` defaults to the working tree) each version's default experiment
 (its own ``config.yaml``) runs from scratch in a scratch checkout, one after the other, with
 ``snakemake all --cores N``, its package imported from that checkout (the dependencies are this
-environment's). ``--logs`` reads two runs already made (their ``logs/<experiment>`` folders).
+environment's); ``--keep DIR`` keeps the two checkouts, results included, in DIR/old and DIR/new.
+``--logs`` reads two runs already made (their ``logs/<experiment>`` folders).
 """
 from __future__ import annotations
 
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--new", help="git revision of the new version (default: the working tree)")
     parser.add_argument("--logs", nargs=2, metavar=("OLD", "NEW"), help="the job-log folders of two runs already made")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="run in this (new or empty) folder and keep both runs there")
     args = parser.parse_args()
     if bool(args.logs) == bool(args.old):
         parser.error("give either --old REV or --logs OLD NEW")
@@ -107,20 +109,22 @@ def main() -> None:
         old, new = (split(Path(folder)) for folder in args.logs)
         print(table(old, new, args.cores, tuple(args.logs)))
         return
-    scratch = Path(tempfile.mkdtemp(prefix="advfine-split-"))
+    if args.keep and args.keep.exists() and any(args.keep.iterdir()):
+        parser.error(f"--keep {args.keep}: the folder is not empty")
+    scratch = args.keep or Path(tempfile.mkdtemp(prefix="advfine-split-"))
     try:
-        runs, snakemake_s = [], []
-        for name, rev in (("old", args.old), ("new", args.new)):
+        runs, snakemake_s = {}, {}
+        for name, rev in (("new", args.new), ("old", args.old)):  # the new first: usually the shorter
             project = checkout(rev, (scratch / name))
             print(f"running the default experiment of {rev or 'the working tree'} ...", flush=True)
-            log_dir, seconds = run_default(project, args.cores)
-            runs.append(split(log_dir))
-            snakemake_s.append(seconds)
-        print(table(runs[0], runs[1], args.cores, (args.old, args.new or "the working tree")))
-        print(f"\nSnakemake's own wall time, `snakemake all --cores {args.cores}`: old {snakemake_s[0] / 60:.1f} min, "
-              f"new {snakemake_s[1] / 60:.1f} min ({ratio(*snakemake_s)})")
+            log_dir, snakemake_s[name] = run_default(project, args.cores)
+            runs[name] = split(log_dir)
+        print(table(runs["old"], runs["new"], args.cores, (args.old, args.new or "the working tree")))
+        print(f"\nSnakemake's own wall time, `snakemake all --cores {args.cores}`: old {snakemake_s['old'] / 60:.1f} "
+              f"min, new {snakemake_s['new'] / 60:.1f} min ({ratio(snakemake_s['old'], snakemake_s['new'])})")
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
