@@ -81,7 +81,7 @@ TINY = {
     "train": {"epochs": 1, "lr_drop_epoch": None, "eps_warmup_epochs": 0},
     "qat": {"epochs": 1},
     "finetune": {"epochs": 1, "eps_warmup_epochs": 0},
-    "attack": {"eval": {"step_size": 0.05, "steps": 3}},
+    "attack": {"eval": {"step_size": 0.1, "steps": 3}},  # 3 steps reach config.yaml's eps (0.2)
     "evaluate": {"apgd": {"steps": 5}, "square": {"queries": 10}, "audit": {"more_effort_samples": 16},
                  "escalation": {"steps": [{"attacks": ["apgd_ce"], "apgd": {"steps": 5}}]}},
     "deployment": {"batch_size": 64, "warmup": 1, "rounds": 1},
